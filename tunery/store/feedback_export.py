@@ -1,0 +1,91 @@
+"""Turn rated completions into training data: chat-format JSONL and (chosen, rejected) pairs.
+
+Corrected answers become examples with the correction as the assistant turn; positively rated
+answers become examples as they were; negatively rated answers without a correction are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from tunery.errors import ConfigError
+from tunery.store.db import Store
+from tunery.store.requests import Feedback, LoggedCompletion, list_rated_completions
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    examples: int
+    pairs: int
+    skipped: int
+
+
+def parse_since(since: str | None) -> str | None:
+    """`YYYY-MM-DD` or an ISO datetime → the store's timestamp format (UTC)."""
+    if not since:
+        return None
+    try:
+        parsed = datetime.fromisoformat(since) if "T" in since else datetime.combine(date.fromisoformat(since),
+                                                                                       datetime.min.time())
+    except ValueError:
+        raise ConfigError(f"--since {since!r} is not a date", hint="use YYYY-MM-DD, e.g. 2026-01-31") from None
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _prompt_messages(entry: LoggedCompletion) -> list[dict]:
+    if entry.kind == "chat":
+        return [{"role": m["role"], "content": m["content"]} for m in entry.messages]
+    return [{"role": "user", "content": entry.messages[0]["content"] if entry.messages else ""}]
+
+
+def build_example(entry: LoggedCompletion, feedback: Feedback) -> dict | None:
+    """The chat example this feedback teaches, or None when it teaches nothing."""
+    if feedback.correction:
+        answer = feedback.correction
+    elif feedback.rating == 1:
+        answer = entry.outputs[0] if entry.outputs else ""
+    else:
+        return None
+    if not answer.strip():
+        return None
+    return {"messages": _prompt_messages(entry) + [{"role": "assistant", "content": answer}]}
+
+
+def build_pair(entry: LoggedCompletion, feedback: Feedback) -> dict | None:
+    """A preference pair: the correction is chosen over the logged answer."""
+    rejected = entry.outputs[0] if entry.outputs else ""
+    if not feedback.correction or not feedback.correction.strip() or feedback.correction == rejected:
+        return None
+    prompt = _prompt_messages(entry)
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": feedback.correction}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def export_feedback(store: Store, out: Path, *, since: str | None = None, model: str | None = None,
+                    pairs_out: Path | None = None) -> ExportSummary:
+    """Write the examples (and optionally the pairs) as JSONL; returns how many of each."""
+    rated = list_rated_completions(store, since=parse_since(since), model=model)
+    examples, pairs = [], []
+    for entry, feedback in rated:
+        example = build_example(entry, feedback)
+        if example is not None:
+            examples.append(example)
+        pair = build_pair(entry, feedback)
+        if pair is not None:
+            pairs.append(pair)
+    _write_jsonl(Path(out), examples)
+    if pairs_out is not None:
+        _write_jsonl(Path(pairs_out), pairs)
+    return ExportSummary(examples=len(examples), pairs=len(pairs), skipped=len(rated) - len(examples))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
