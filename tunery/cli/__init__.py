@@ -1,0 +1,27 @@
+"""The `tunery` command: parses arguments, calls one library function, renders the result.
+
+Each area registers its commands from its own module; errors become exit codes in `output.py`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="tunery",
+    help="Fine-tune open language models on your own data, evaluate them, serve them, and feed "
+    "what you learn back into training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Imported for their side effect of adding commands to `app`.
+    from tunery.cli import models as _models  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()

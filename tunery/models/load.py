@@ -1,0 +1,145 @@
+"""Load a resolved model's tokenizer and weights (dtype, 4-bit NF4, adapters) safely.
+
+`trust_remote_code` is always off and only safetensors weights are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+from tunery.errors import ModelError
+from tunery.models.resolve import ResolvedModel, resolve_model
+
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AMX or AVX512-BF16 units (bf16 matmuls several times faster)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def select_dtype(precision: Precision = "auto", device: str | None = None):
+    """Map a precision choice to a torch dtype; `auto` is bf16 where the hardware runs it fast."""
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(ref: str | Path | ResolvedModel):
+    """The tokenizer of a model reference (a run directory's own saved tokenizer when present)."""
+    from transformers import AutoTokenizer
+
+    resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
+    source = resolved.tokenizer_source
+    kwargs = {"trust_remote_code": False}
+    if resolved.gguf_file and resolved.tokenizer_path is None:
+        kwargs["gguf_file"] = resolved.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer of {resolved.ref!r}: {exc}", code="tokenizer_error") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    ref: str | Path | ResolvedModel,
+    *,
+    dtype: Precision | object = "auto",
+    load_in_4bit: bool = False,
+    device: str | None = None,
+    with_adapter: bool = True,
+    is_trainable: bool = False,
+):
+    """Load `(model, tokenizer)`; a run directory gives its PEFT adapter on its base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
+    device = device or default_device()
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else select_dtype(dtype, device)
+    kwargs: dict = {"trust_remote_code": False, "dtype": torch_dtype}
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    else:
+        kwargs["use_safetensors"] = True
+    if load_in_4bit:
+        kwargs["quantization_config"] = nf4_config(torch_dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        _quiet_transformers()
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load model {resolved.ref!r}: {exc}", code="model_load_error") from None
+    if not load_in_4bit:
+        model.to(device)
+    if with_adapter and resolved.adapter_path is not None:
+        model = attach_saved_adapter(model, resolved.adapter_path, is_trainable=is_trainable)
+    model.eval()
+    return model, load_tokenizer(resolved)
+
+
+def nf4_config(compute_dtype):
+    """bitsandbytes 4-bit NF4 with double quantisation (QLoRA's recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def attach_saved_adapter(model, adapter_path: Path, *, adapter_name: str = "default", is_trainable: bool = False):
+    """Put a saved PEFT adapter (safetensors only) on a loaded base model."""
+    from peft import PeftModel
+
+    if not (Path(adapter_path) / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{adapter_path} has no adapter_model.safetensors", code="no_weights",
+                         hint="tunery reads only safetensors adapters; pickle adapters are refused")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_path), adapter_name=adapter_name,
+                                         is_trainable=is_trainable)
+    except Exception as exc:
+        raise ModelError(f"cannot load adapter {adapter_path}: {exc}", code="adapter_load_error") from None
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 over a folder's safetensors files (or one file), in name order: the weights' identity."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _quiet_transformers() -> None:
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)

@@ -1,0 +1,54 @@
+"""Where tunery keeps its files (`TUNERY_HOME`, default `~/.tunery`) and safe name checks.
+
+No user-supplied string becomes part of a path without passing `check_name`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tunery.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def tunery_home() -> Path:
+    """The root folder for models, caches, runs and the database; created on first use."""
+    home = Path(os.environ.get("TUNERY_HOME") or Path.home() / ".tunery").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def models_dir() -> Path:
+    path = tunery_home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    path = tunery_home() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    path = tunery_home() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def database_path() -> Path:
+    return tunery_home() / "tunery.db"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is a safe identifier (letters, digits, `._-`, no path parts)."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in {".", ".."} or ".." in name:
+        raise ConfigError(
+            f"invalid {what} {name!r}",
+            code="invalid_name",
+            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name

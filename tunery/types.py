@@ -1,0 +1,68 @@
+"""Plain data types shared by every layer: conversations, locations, tokenized examples.
+
+No torch here; tensors appear only in the layers below the CLI that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an example came from: file and 1-based line (CSV: the file line of the row)."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message. `train` is True on assistant turns whose tokens carry loss."""
+
+    role: str
+    content: str
+    train: bool = False
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The one internal form of every example.
+
+    `kind="chat"`: turns rendered with the model's chat template.
+    `kind="text"`: a single raw document (continued pre-training), every token trained.
+    """
+
+    turns: tuple[Turn, ...]
+    kind: Literal["chat", "text"] = "chat"
+    location: Location | None = None
+
+    @property
+    def text(self) -> str:
+        """The document text of a `kind="text"` example."""
+        return self.turns[0].content if self.turns else ""
+
+    def messages(self) -> list[dict[str, str]]:
+        """OpenAI-style message dicts (what chat templates consume)."""
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+
+@dataclass
+class TokenizedExample:
+    """Token ids and labels (-100 where no loss) for one example."""
+
+    input_ids: list[int]
+    labels: list[int]
+    location: Location | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_trained(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
