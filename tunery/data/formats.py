@@ -1,0 +1,194 @@
+"""The four dataset formats (chat, instruction, prompt-completion, text): detection and conversion.
+
+Each raw record becomes one `Conversation` or located problems; this module knows keys and roles,
+not files or encodings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.data.problems import ProblemLog
+from tunery.data.readers import RawRecord
+from tunery.types import ROLES, Conversation, Location, Turn
+
+# format -> (required keys, optional keys)
+FORMAT_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "chat": (frozenset({"messages"}), frozenset()),
+    "instruction": (frozenset({"instruction", "output"}), frozenset({"input"})),
+    "prompt_completion": (frozenset({"prompt", "completion"}), frozenset()),
+    "text": (frozenset({"text"}), frozenset()),
+}
+_FORMAT_OF_KEY = {key: name for name, (req, opt) in FORMAT_KEYS.items() for key in req | opt}
+MESSAGE_KEYS = frozenset({"role", "content", "weight"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass
+class FormatState:
+    """Per-file memory: the file's format (from its first example) and keys seen but ignored."""
+
+    file_format: str | None = None
+    ignored_keys: dict[str, list[int]] = field(default_factory=dict)  # "key" -> [first line, count]
+
+
+def detect_format(keys: set[str]) -> tuple[str | None, str, str]:
+    """(format, problem code, message): the format whose keys appear, or why none does."""
+    named = sorted({_FORMAT_OF_KEY[k] for k in keys if k in _FORMAT_OF_KEY})
+    if not named:
+        shown = ", ".join(sorted(map(str, keys))[:8]) or "none"
+        return None, "unknown_format", f"no known format's keys (found: {shown})"
+    if len(named) > 1:
+        return None, "ambiguous_format", f"keys of several formats at once: {', '.join(named)}"
+    return named[0], "", ""
+
+
+def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Conversation | None:
+    """One raw record to a Conversation, or None with every problem in it logged."""
+    where = {"file": record.file, "line": record.line}
+    value = record.value
+    if not isinstance(value, dict):
+        log.error("not_an_object", f"expected a JSON object, found {_type_name(value)}", **where)
+        return None
+    fmt, code, message = detect_format(set(value))
+    if fmt is None:
+        log.error(code, message, **where)
+        return None
+    if state.file_format is None:
+        state.file_format = fmt
+    elif fmt != state.file_format:
+        log.error("mixed_formats", f"this example is {fmt} but the file's first example is {state.file_format}",
+                  **where)
+        return None
+    errors_before = len(log.errors)
+    required, optional = FORMAT_KEYS[fmt]
+    for key in sorted(required - set(value)):
+        log.error("missing_key", f"missing key {key!r} of the {fmt} format", field=key, **where)
+    _check_unknown_keys(value, required | optional, "", state, log, **where)
+    if len(log.errors) > errors_before:
+        return None
+    location = Location(record.file, record.line)
+    if fmt == "chat":
+        return _convert_chat(value["messages"], location, state, log)
+    if fmt == "text":
+        text = _check_text(value["text"], "text", log, **where)
+        return None if text is None else Conversation((Turn("assistant", text, True),), "text", location)
+    prompt_key, answer_key = ("instruction", "output") if fmt == "instruction" else ("prompt", "completion")
+    prompt = _check_text(value[prompt_key], prompt_key, log, **where)
+    answer = _check_text(value[answer_key], answer_key, log, **where)
+    extra = None
+    if fmt == "instruction" and value.get("input") not in (None, ""):
+        extra = _check_text(value["input"], "input", log, allow_blank=True, **where)
+        if extra is None:
+            return None
+    if prompt is None or answer is None:
+        return None
+    if extra and extra.strip():
+        prompt = f"{prompt}\n\n{extra}"
+    return Conversation((Turn("user", prompt), Turn("assistant", answer, True)), "chat", location)
+
+
+def _convert_chat(messages: Any, location: Location, state: FormatState, log: ProblemLog) -> Conversation | None:
+    where = {"file": location.file, "line": location.line}
+    if not isinstance(messages, list):
+        log.error("wrong_type", f"'messages' must be a list of messages, found {_type_name(messages)}",
+                  field="messages", **where)
+        return None
+    if not messages:
+        log.error("no_messages", "'messages' is empty", field="messages", **where)
+        return None
+    errors_before = len(log.errors)
+    turns = [_convert_message(m, f"messages[{i}]", state, log, **where) for i, m in enumerate(messages)]
+    if len(log.errors) > errors_before:
+        return None
+    for index, turn in enumerate(turns):
+        if turn.role == "system" and index > 0:
+            log.error("system_not_first", f"system message at position {index}; it must be the first",
+                      field=f"messages[{index}].role", **where)
+            return None
+    if not any(t.role == "assistant" for t in turns):
+        log.error("no_assistant", "no assistant message", field="messages", **where)
+        return None
+    if not any(t.train for t in turns):
+        log.warning("no_trained_turn", "every assistant message has weight 0; example skipped",
+                    field="messages", **where)
+        return None
+    return Conversation(tuple(turns), "chat", location)
+
+
+def _convert_message(message: Any, path: str, state: FormatState, log: ProblemLog, **where) -> Turn:
+    if not isinstance(message, dict):
+        log.error("wrong_type", f"a message must be an object, found {_type_name(message)}", field=path, **where)
+        return Turn("user", "")
+    for key in ("role", "content"):
+        if key not in message:
+            log.error("missing_key", f"message has no {key!r}", field=f"{path}.{key}", **where)
+    _check_unknown_keys(message, MESSAGE_KEYS, f"{path}.", state, log, **where)
+    role = message.get("role")
+    if "role" in message and role not in ROLES:
+        suggestion = difflib.get_close_matches(str(role).lower(), ROLES, n=1, cutoff=0.6)
+        hint = f"did you mean {suggestion[0]!r}? " if suggestion else ""
+        log.error("unknown_role", f"unknown role {role!r}", field=f"{path}.role",
+                  hint=hint + "role must be one of: system, user, assistant", **where)
+    content = _check_text(message["content"], f"{path}.content", log, **where) if "content" in message else None
+    train = role == "assistant"
+    if "weight" in message:
+        weight = message["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+            log.error("invalid_weight", f"weight must be 0 or 1, found {weight!r}", field=f"{path}.weight", **where)
+        elif role != "assistant":
+            log.error("invalid_weight", f"weight is only allowed on assistant messages, not {role!r}",
+                      field=f"{path}.weight", **where)
+        else:
+            train = weight == 1
+    return Turn(role if role in ROLES else "user", content or "", train)
+
+
+def _check_text(value: Any, path: str, log: ProblemLog, *, allow_blank: bool = False, **where) -> str | None:
+    if value is None:
+        log.error("null_content", f"{path} is null", field=path, **where)
+        return None
+    if not isinstance(value, str):
+        log.error("wrong_type", f"{path} must be a string, found {_type_name(value)}", field=path, **where)
+        return None
+    if not allow_blank and not value.strip():
+        log.error("empty_content", f"{path} is empty", field=path, **where)
+        return None
+    match = _SURROGATE.search(value)
+    if match:
+        log.error("invalid_unicode", f"{path} holds a lone surrogate \\u{ord(match.group()):04x}",
+                  field=path, **where)
+        return None
+    return value
+
+
+def _check_unknown_keys(obj: dict, known: frozenset[str], prefix: str, state: FormatState,
+                        log: ProblemLog, **where) -> None:
+    """A near-miss of a known key is an error (a typo loses data); other extra keys are ignored."""
+    for key in obj:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+        if close and close[0] not in obj:
+            log.error("unknown_key", f"unknown key {key!r}", field=f"{prefix}{key}",
+                      hint=f"did you mean {close[0]!r}?", **where)
+            continue
+        seen = state.ignored_keys.setdefault(f"{prefix.split('[')[0]}{'[].' if prefix else ''}{key}",
+                                             [where["line"], 0])
+        seen[1] += 1
+
+
+def report_ignored_keys(file: str, state: FormatState, log: ProblemLog) -> None:
+    """One warning per ignored key per file, not one per line."""
+    for key, (first_line, count) in state.ignored_keys.items():
+        log.warning("unknown_key", f"key {key!r} is not part of the format and is ignored ({count} examples)",
+                    file=file, line=first_line, field=key, hint="remove it if it was meant to be used")
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
