@@ -1,0 +1,257 @@
+"""Typed, strict configuration: YAML files plus dotted `key=value` overrides.
+
+Every field carries a description (it becomes `--help` text and docs/training.md). No torch here:
+`auto` values stay as the string "auto" until `tunery.training.auto` resolves them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunery.errors import ConfigError
+
+Auto = Literal["auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Which data trains the model and how examples become token sequences."""
+
+    train: str | None = Field(None, description="Training data: a file (JSONL, JSON, CSV, Parquet) or a folder of text documents. Relative paths are relative to the config file.")
+    validation: str | None = Field(None, description="Validation data. When absent, `val_fraction` of the training data is held out.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of training examples held out for validation when `validation` is not given (0 disables validation).")
+    max_seq_len: int = Field(1024, gt=8, description="Maximum tokens per example; longer examples are handled by `too_long`.")
+    packing: bool = Field(True, description="Concatenate the examples of a micro-batch into one row with per-example positions and no attention across examples (no padding compute).")
+    too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="What to do with an example longer than `max_seq_len`: cut it, skip it, or stop with an error naming it.")
+
+
+class LoraConfig(_Strict):
+    """LoRA adapter shape (used by `method: lora` and `method: qlora`)."""
+
+    rank: int = Field(16, gt=0, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer except the output head.")
+    use_dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
+    train_embeddings: bool = Field(False, description="Also train the token embeddings and output head (needed only when adding tokens).")
+
+
+class TrainSettings(_Strict):
+    """The optimisation loop: how long, how big, how fast to learn, when to evaluate and save."""
+
+    epochs: int | Auto = Field("auto", description="Passes over the training data; `auto` picks from dataset size (more for small sets).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides `epochs` when set).")
+    batch_size: int | Auto = Field("auto", description="Examples per micro-batch (per process); `auto` picks from dataset size.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step; the loss is normalised per trained token over all of them.")
+    learning_rate: float | Auto = Field("auto", description="Peak learning rate; `auto` picks from method and model size.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup.")
+    warmup_steps: int | Auto = Field("auto", description="Linear warmup steps; `auto` is 5% of the total steps (at most 100).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float | None = Field(1.0, description="Clip the global gradient norm to this value (null disables clipping).")
+    seed: int = Field(42, description="Seed for data order, initialisation and dropout; the same seed gives the same run.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="`auto`: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX/AVX512-BF16), else fp32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory (slower).")
+    eval_every_steps: int | None = Field(None, gt=0, description="Validate every N optimizer steps (and always at the end); null: only at the end of each epoch.")
+    save_every_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N optimizer steps (and always at the end); null: at the end of each epoch.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many of the most recent checkpoints to keep (the best one is kept as well).")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many validations (null: never).")
+    loss_impl: Literal["chunked", "reference"] = Field("chunked", description="`chunked`: cross-entropy from hidden states over trained tokens only, in chunks (no full-vocabulary logits); `reference`: the model's own loss over full logits.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (null: one per physical core).")
+    fsdp: bool = Field(False, description="Under torchrun, shard full fine-tuning with FSDP2 instead of replicating it (DDP).")
+
+
+class LoggingConfig(_Strict):
+    """Where metrics go besides metrics.jsonl."""
+
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs `tensorboard` installed).")
+    mlflow: bool = Field(False, description="Also log to MLflow (needs `mlflow` installed; uses MLFLOW_TRACKING_URI).")
+
+
+class TrainConfig(_Strict):
+    """One training run: base model, method, data, and loop settings."""
+
+    name: str | None = Field(None, description="Run name (letters, digits, `._-`); default: derived from the method and time.")
+    base_model: str = Field("smollm2-135m-instruct", description="Model to adapt: built-in alias, local folder, .gguf file, hub id, or run directory.")
+    method: Literal["full", "lora", "qlora"] = Field("lora", description="`full`: all weights train; `lora`: low-rank adapters; `qlora`: adapters on a 4-bit NF4 base.")
+    init_from: str | None = Field(None, description="A previous run directory whose adapter or weights this run continues training.")
+    output_dir: str | None = Field(None, description="Run directory to write; default TUNERY_HOME/runs/<name>.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset settings.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (ignored by `method: full`).")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimisation loop settings.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Extra metric sinks.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from defaults), apply `key=value` overrides, validate strictly."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        base_dir = path.resolve().parent
+        raw = read_yaml_mapping(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    config = validate_train_config(raw, source=source, yaml_path=path)
+    return resolve_relative_paths(config, base_dir)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping; YAML errors carry the line."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", code="config_not_found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one dotted `a.b.c=value` override in place; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE", hint="e.g. train.max_steps=30 method=qlora")
+    key, _, text = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_train_config(raw: dict[str, Any], *, source: str = "<config>", yaml_path: Path | None = None) -> TrainConfig:
+    """Validate a raw mapping into a TrainConfig; the error names each bad key and the closest valid one."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = list(dict.fromkeys(describe_error(err, source, yaml_path) for err in _one_per_key(exc.errors())))
+        first = exc.errors()[0]
+        hint = suggest_key(first["loc"]) if first["type"] == "extra_forbidden" else None
+        raise ConfigError(
+            "invalid config:\n  " + "\n  ".join(lines),
+            code="invalid_config",
+            hint=hint or "run `tunery config show` to list every key with its default",
+        ) from None
+
+
+def _one_per_key(errors: list[dict]) -> list[dict]:
+    # A union field (int | "auto") fails once per member; one message per key reads better.
+    seen: dict[tuple, dict] = {}
+    for err in errors:
+        seen.setdefault(tuple(p for p in err["loc"] if not _is_union_tag(p)), err)
+    return list(seen.values())
+
+
+def describe_error(err: dict, source: str, yaml_path: Path | None) -> str:
+    loc = tuple(str(p) for p in err["loc"] if not _is_union_tag(p))
+    key = ".".join(loc)
+    line = find_yaml_line(yaml_path, loc) if yaml_path else None
+    where = f"{source}:{line}" if line else source
+    if err["type"] == "extra_forbidden":
+        suggestion = suggest_key(err["loc"])
+        tail = f" ({suggestion})" if suggestion else ""
+        return f"{where}: unknown key '{key}'{tail}"
+    return f"{where}: {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's type to the location ("int", "literal['auto']"); not a key.
+    return isinstance(part, str) and (part in {"int", "float", "str", "list[str]", "bool"} or part.startswith(("literal[", "function-")))
+
+
+def suggest_key(loc: tuple) -> str | None:
+    """`did you mean 'train.learning_rate'?` for a misspelt key, from the fields at that level."""
+    parts = [str(p) for p in loc if not _is_union_tag(p)]
+    model: type[BaseModel] = TrainConfig
+    for part in parts[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.5)
+    if not close:
+        return None
+    return "did you mean '" + ".".join([*parts[:-1], close[0]]) + "'?"
+
+
+def find_yaml_line(path: Path, loc: tuple[str, ...]) -> int | None:
+    """1-based line of the key at `loc` in a YAML file, or None when it is not there (an override)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line = key_node.start_mark.line + 1
+                node = value_node
+                break
+        else:
+            return line
+    return line
+
+
+def resolve_relative_paths(config: TrainConfig, base_dir: Path) -> TrainConfig:
+    """Make data paths absolute, relative to the config file's folder."""
+    data = config.data.model_copy(
+        update={k: _absolute(getattr(config.data, k), base_dir) for k in ("train", "validation")}
+    )
+    return config.model_copy(update={"data": data})
+
+
+def _absolute(value: str | None, base_dir: Path) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, every default filled in, in field order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf field; feeds docs/training.md."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append((f"{prefix}{name}", yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), field.description or ""))
+    return rows

@@ -1,0 +1,79 @@
+"""The training run's view of data: read, split, tokenize, and order examples into steps.
+
+Example order is a pure function of (seed, epoch), so a resumed run needs only its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tunery.config import DataConfig
+from tunery.errors import ConfigError
+from tunery.types import Conversation, TokenizedExample
+
+
+@dataclass
+class TrainingData:
+    """Tokenized train and validation examples plus where they came from."""
+
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+    dataset_version: str
+    info: dict = field(default_factory=dict)
+
+
+def prepare_data(data: DataConfig, tokenizer, *, seed: int,
+                 train_conversations: Sequence[Conversation] | None = None,
+                 val_conversations: Sequence[Conversation] | None = None) -> TrainingData:
+    """Read (or take) conversations, split off validation, tokenize both (cached)."""
+    from tunery.data.dataset import load_dataset
+    from tunery.data.splits import dataset_version, split_dataset
+    from tunery.data.tokenized import tokenize_dataset
+
+    if train_conversations is None:
+        if not data.train:
+            raise ConfigError("data.train is not set", hint="set data.train: path/to/train.jsonl in the config")
+        train_conversations = load_dataset(data.train)
+    train_conversations = list(train_conversations)
+    if val_conversations is None and data.validation:
+        val_conversations = load_dataset(data.validation, min_examples=1)
+    if val_conversations is None and data.val_fraction > 0:
+        train_conversations, val_conversations = split_dataset(
+            train_conversations, validation_fraction=data.val_fraction, seed=seed)
+    val_conversations = list(val_conversations or [])
+    train, train_info = tokenize_dataset(train_conversations, tokenizer, data.max_seq_len, too_long=data.too_long)
+    validation, _ = tokenize_dataset(val_conversations, tokenizer, data.max_seq_len, too_long=data.too_long) \
+        if val_conversations else ([], {})
+    if not train:
+        raise ConfigError("no training example is left after tokenization",
+                          hint="check data.max_seq_len and data.too_long")
+    version = dataset_version(train_conversations + val_conversations)
+    info = {"train_examples": len(train), "val_examples": len(validation),
+            "train_tokens": sum(len(e.input_ids) for e in train),
+            "train_trained_tokens": sum(e.num_trained for e in train),
+            "tokenization_cached": bool(train_info.get("cached"))}
+    return TrainingData(train=train, validation=validation, dataset_version=version, info=info)
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch; the same (seed, epoch) always gives the same order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def step_micro_batches(indices: list[int], *, batch_size: int, grad_accum: int, rank: int,
+                       world_size: int) -> list[list[int]]:
+    """This process's micro-batches of one optimizer step.
+
+    The step's examples are cut into `grad_accum` consecutive micro-batches of `batch_size x
+    world_size`; process `rank` takes every `world_size`-th example of each, so one process with
+    batch B x W sees exactly the examples that W processes with batch B see together.
+    """
+    per_micro = batch_size * world_size
+    if len(indices) > per_micro * grad_accum:
+        raise ValueError(f"{len(indices)} examples do not fit {grad_accum} micro-batches of {per_micro}")
+    batches = [indices[start:start + per_micro][rank::world_size] for start in range(0, len(indices), per_micro)]
+    return [b for b in batches if b]

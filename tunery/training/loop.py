@@ -1,0 +1,265 @@
+"""The training loop: one function to read top to bottom, with its step and validation beside it.
+
+It knows the model, the optimizer, ordered examples and when to validate and save; run.py does
+the set-up (config, data, model, run directory) and the wrap-up (exports, summary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from tunery.config import TrainSettings
+from tunery.data.packing import make_batch
+from tunery.errors import TrainingError
+from tunery.training import checkpoints as ckpt
+from tunery.training.data import TrainingData, epoch_order, step_micro_batches
+from tunery.training.distributed import Distributed
+from tunery.training.loss import compute_loss
+from tunery.training.optim import (
+    load_optimizer_state,
+    lr_multiplier,
+    optimizer_state_tensors,
+    set_learning_rate,
+)
+
+EVAL_BATCH_SIZE = 8
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_position: int = 0
+    tokens_seen: int = 0
+    trained_tokens_seen: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    last_train_loss: float | None = None
+    last_val: dict | None = None
+    initial_val: dict | None = None
+    stopped_early: bool = False
+    train_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Trainer:
+    """What the loop works on; built by run.py."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[tuple[str, torch.nn.Parameter]]
+    settings: TrainSettings
+    data: TrainingData
+    packing: bool
+    pad_token_id: int
+    autocast_dtype: torch.dtype | None
+    device: str
+    total_steps: int
+    checkpoints_dir: object
+    dist: Distributed
+    emit: Callable[[dict], None]
+    loss_impl: str = "chunked"
+
+    @property
+    def global_batch(self) -> int:
+        return self.settings.batch_size * self.settings.grad_accum * self.dist.world_size
+
+
+def train_loop(trainer: Trainer, state: TrainState) -> str:
+    """Run optimizer steps until done; returns `completed` or `interrupted` (raises on NaN)."""
+    s = trainer.settings
+    num_examples = len(trainer.data.train)
+    if state.initial_val is None and trainer.data.validation:
+        state.initial_val = evaluate(trainer)
+        trainer.emit({"type": "val", "step": 0, **state.initial_val})
+    with StopRequest() as stop:
+        while state.step < trainer.total_steps:
+            if state.epoch_position >= num_examples:
+                state.epoch, state.epoch_position = state.epoch + 1, 0
+            order = epoch_order(num_examples, s.seed, state.epoch)
+            indices = order[state.epoch_position:state.epoch_position + trainer.global_batch]
+            lr = s.learning_rate * lr_multiplier(state.step, total_steps=trainer.total_steps,
+                                                 warmup_steps=s.warmup_steps, schedule=s.lr_schedule)
+            set_learning_rate(trainer.optimizer, lr)
+            started = time.perf_counter()
+            result = run_step(trainer, indices, step=state.step + 1)
+            elapsed = time.perf_counter() - started
+            state.step += 1
+            state.epoch_position += len(indices)
+            state.tokens_seen += result["tokens"]
+            state.trained_tokens_seen += result["trained_tokens"]
+            state.last_train_loss = result["loss"]
+            state.train_time_s += elapsed
+            trainer.emit({"type": "train", "step": state.step, "epoch": round(state.epoch + state.epoch_position / num_examples, 4),
+                          "loss": result["loss"], "lr": lr, "grad_norm": result["grad_norm"],
+                          "tokens": result["tokens"], "tokens_per_s": round(result["tokens"] / elapsed, 1),
+                          "total_steps": trainer.total_steps})
+            last = state.step >= trainer.total_steps
+            epoch_done = state.epoch_position >= num_examples
+            improved = False
+            if trainer.data.validation and (last or (s.eval_every_steps and state.step % s.eval_every_steps == 0)
+                                            or (s.eval_every_steps is None and epoch_done)):
+                state.last_val = evaluate(trainer)
+                trainer.emit({"type": "val", "step": state.step, **state.last_val})
+                improved = record_validation(state, s.early_stopping_patience)
+            if (last or improved or stop.requested or state.stopped_early
+                    or (s.save_every_steps and state.step % s.save_every_steps == 0)
+                    or (s.save_every_steps is None and epoch_done)):
+                save_training_checkpoint(trainer, state)
+            if stop.requested:
+                return "interrupted"
+            if state.stopped_early:
+                break
+    return "completed"
+
+
+def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
+    """One optimizer step: forward/backward over every micro-batch, loss per trained token, clip, update."""
+    s, dist = trainer.settings, trainer.dist
+    micro = step_micro_batches(indices, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                               rank=dist.rank, world_size=dist.world_size)
+    batches = [make_batch([trainer.data.train[i] for i in mb], packing=trainer.packing,
+                          pad_token_id=trainer.pad_token_id) for mb in micro]
+    # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
+    # update does not depend on how the step is cut into micro-batches or processes.
+    step_tokens = dist.sum_int(sum(b.num_trained_tokens for b in batches))
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for batch in batches:
+        with autocast(trainer):
+            sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+        (sums.loss_sum / step_tokens).backward()
+        loss_sum += float(sums.loss_sum.detach())
+    params = [p for _, p in trainer.params]
+    dist.sum_gradients(params)
+    loss = dist.sum_float(loss_sum) / step_tokens
+    max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}", code="nan_loss",
+                            hint="lower train.learning_rate or set train.max_grad_norm; the last good "
+                                 "checkpoint is kept")
+    trainer.optimizer.step()
+    return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": step_tokens,
+            "tokens": dist.sum_int(sum(b.num_tokens for b in batches))}
+
+
+def autocast(trainer: Trainer):
+    if trainer.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=trainer.device.split(":")[0], dtype=trainer.autocast_dtype)
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer) -> dict:
+    """Validation loss, perplexity and next-token accuracy over trained tokens (no dropout)."""
+    examples = trainer.data.validation
+    dist = trainer.dist
+    trainer.model.eval()
+    loss_sum, tokens, correct = 0.0, 0, 0
+    mine = list(range(len(examples)))[dist.rank::dist.world_size]
+    for start in range(0, len(mine), EVAL_BATCH_SIZE):
+        batch = make_batch([examples[i] for i in mine[start:start + EVAL_BATCH_SIZE]], packing=trainer.packing,
+                           pad_token_id=trainer.pad_token_id)
+        with autocast(trainer):
+            sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+        loss_sum += float(sums.loss_sum)
+        tokens += sums.num_tokens
+        correct += sums.num_correct
+    trainer.model.train()
+    loss_sum, tokens, correct = dist.sum_float(loss_sum), dist.sum_int(tokens), dist.sum_int(correct)
+    val_loss = loss_sum / max(tokens, 1)
+    return {"val_loss": round(val_loss, 6), "val_perplexity": round(math.exp(min(val_loss, 50.0)), 4),
+            "val_token_accuracy": round(correct / max(tokens, 1), 4), "val_tokens": tokens}
+
+
+def record_validation(state: TrainState, patience: int | None) -> bool:
+    """Track the best validation loss; returns True when this one is the new best."""
+    loss = state.last_val["val_loss"]
+    if state.best_val_loss is None or loss < state.best_val_loss:
+        state.best_val_loss, state.best_step, state.evals_since_best = loss, state.step, 0
+        return True
+    state.evals_since_best += 1
+    if patience is not None and state.evals_since_best >= patience:
+        state.stopped_early = True
+    return False
+
+
+def save_training_checkpoint(trainer: Trainer, state: TrainState) -> None:
+    """Trainable weights, AdamW moments, RNG states and TrainState; only rank 0 writes."""
+    if trainer.dist.is_main:
+        names = {id(p): n for n, p in trainer.params}
+        tensors = {
+            "trainable": {n: p.detach() for n, p in trainer.params},
+            "optimizer": optimizer_state_tensors(trainer.optimizer, names),
+            "rng": rng_state_tensors(),
+        }
+        path = ckpt.save_checkpoint(trainer.checkpoints_dir, state.step, tensors, asdict(state))
+        ckpt.prune_checkpoints(trainer.checkpoints_dir, trainer.settings.keep_checkpoints, state.best_step)
+        trainer.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
+    trainer.dist.barrier()
+
+
+def restore_training_checkpoint(trainer: Trainer, checkpoint: ckpt.Checkpoint) -> TrainState:
+    """Load what `save_training_checkpoint` wrote back into the model, optimizer and RNGs."""
+    weights = checkpoint.tensors("trainable")
+    by_name = dict(trainer.params)
+    missing = set(by_name) - set(weights)
+    if missing:
+        raise TrainingError(f"checkpoint {checkpoint.path} lacks {len(missing)} trainable tensors "
+                            f"(e.g. {sorted(missing)[0]})", code="checkpoint_mismatch",
+                            hint="the run's config changed since the checkpoint was written")
+    with torch.no_grad():
+        for name, param in by_name.items():
+            param.copy_(weights[name].to(param.device, param.dtype))
+    names = {id(p): n for n, p in trainer.params}
+    load_optimizer_state(trainer.optimizer, checkpoint.tensors("optimizer"), names)
+    set_rng_state(checkpoint.tensors("rng"))
+    return TrainState(**checkpoint.state())
+
+
+def rng_state_tensors() -> dict[str, torch.Tensor]:
+    states = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["torch_cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_state(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["torch_cuda"])
+
+
+class StopRequest:
+    """SIGTERM / Ctrl-C set a flag: the current step finishes, a checkpoint is written, the loop returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -1,0 +1,103 @@
+"""Token-level cross-entropy for a batch: the reference path and the chunked path.
+
+Reference: the model's full logits ([tokens, vocab], fp32) then cross-entropy. Chunked: hidden
+states from the decoder, projected through the output head only at trained positions, in chunks
+recomputed in the backward pass, so full-vocabulary logits never exist at once. Both return sums
+(not means): the loop normalises by trained tokens over a whole accumulation window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from tunery.data.packing import IGNORE_INDEX, Batch
+
+CHUNK_TOKENS = 1024
+
+
+@dataclass
+class LossSums:
+    """Summed loss (differentiable), trained-token count and argmax-correct count of one batch."""
+
+    loss_sum: torch.Tensor
+    num_tokens: int
+    num_correct: int
+
+
+def compute_loss(model, batch: Batch, *, impl: str = "chunked") -> LossSums:
+    """Summed next-token loss over the batch's trained targets."""
+    if impl == "chunked" and supports_chunked_loss(model):
+        return chunked_loss(model, batch)
+    return reference_loss(model, batch)
+
+
+def model_inputs(batch: Batch, device) -> dict:
+    inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device),
+              "use_cache": False}
+    if batch.attention_mask is not None:
+        inputs["attention_mask"] = batch.attention_mask.to(device)
+    return inputs
+
+
+def reference_loss(model, batch: Batch) -> LossSums:
+    """Full logits from the model's own forward, then fp32 cross-entropy at every trained position."""
+    device = next(model.parameters()).device
+    logits = model(**model_inputs(batch, device)).logits.float()
+    targets = batch.targets.to(device)
+    loss_sum = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    mask = targets != IGNORE_INDEX
+    correct = int((logits.argmax(-1)[mask] == targets[mask]).sum())
+    return LossSums(loss_sum, int(mask.sum()), correct)
+
+
+def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS) -> LossSums:
+    """Hidden states → output head at trained positions only, chunk by chunk with recomputation."""
+    causal_lm = unwrap_causal_lm(model)
+    device = next(model.parameters()).device
+    hidden = causal_lm.get_decoder()(**model_inputs(batch, device)).last_hidden_state
+    targets = batch.targets.to(device)
+    mask = targets != IGNORE_INDEX
+    hidden = hidden[mask]
+    targets = targets[mask]
+    head = causal_lm.get_output_embeddings()
+    loss_sum = hidden.new_zeros((), dtype=torch.float32)
+    correct = 0
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        h = hidden[start:start + chunk_tokens]
+        t = targets[start:start + chunk_tokens]
+        part, hits = checkpoint(_chunk_cross_entropy, h, head, t, use_reentrant=False)
+        loss_sum = loss_sum + part
+        correct += int(hits)
+    return LossSums(loss_sum, int(targets.numel()), correct)
+
+
+def _chunk_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor):
+    logits = head(hidden).float()
+    hits = (logits.detach().argmax(-1) == targets).sum()
+    return F.cross_entropy(logits, targets, reduction="sum"), hits
+
+
+def unwrap_causal_lm(model):
+    """The transformers *ForCausalLM inside a PEFT or DDP wrapper (LoRA layers stay injected)."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner
+
+
+def supports_chunked_loss(model) -> bool:
+    """Chunking is exact only when logits are a plain linear map of the last hidden state."""
+    causal_lm = unwrap_causal_lm(model)
+    config = getattr(causal_lm, "config", None)
+    if config is None or not hasattr(causal_lm, "get_decoder"):
+        return False
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, attr, None) not in (None, 1, 1.0):
+            return False
+    head = causal_lm.get_output_embeddings()
+    return isinstance(head, torch.nn.Linear)

@@ -1,0 +1,245 @@
+"""`tunery.train(config) -> RunResult`: set up a run, call the loop, write the run directory.
+
+Set-up order matters: config → data → `auto` values → resource preflight → model → loop, so a run
+that cannot fit fails before anything large is loaded, and `auto` sees the real dataset size.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import tunery
+from tunery.config import TrainConfig, dump_config, load_train_config
+from tunery.errors import ConfigError, TrainingError, TuneryError
+from tunery.models import load_tokenizer, resolve_model, weights_sha256
+from tunery.paths import check_name, runs_dir
+from tunery.training import checkpoints as ckpt
+from tunery.training import resources
+from tunery.training.auto import resolve_auto, total_steps
+from tunery.training.data import prepare_data
+from tunery.training.distributed import setup_distributed
+from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
+from tunery.training.optim import build_optimizer
+from tunery.training.progress import Reporter, make_reporter
+from tunery.training.rundir import RunDir, publish_folder
+from tunery.training.setup import choose_precision, load_for_training, set_threads, trainable_parameters
+from tunery.types import Conversation
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run left behind."""
+
+    run_dir: Path
+    status: str
+    steps: int
+    metrics: dict = field(default_factory=dict)
+    adapter_path: Path | None = None
+    model_path: Path | None = None
+    resume_command: str | None = None
+
+
+def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path | None = None,
+          train_conversations: Sequence[Conversation] | None = None,
+          val_conversations: Sequence[Conversation] | None = None,
+          quiet: bool = False, json_logs: bool = False, reporter: Reporter | None = None,
+          on_event: Callable[[dict], None] | None = None) -> RunResult:
+    """Train from a config (object or YAML path), or continue the run directory `resume`."""
+    dist = setup_distributed()
+    reporter = reporter or (make_reporter(quiet=quiet, json_logs=json_logs) if dist.is_main else Reporter())
+    run, config = open_run(config, resume)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = set_threads(config.train.threads) if device == "cpu" else None
+    precision = choose_precision(config.train.precision, config.method, device)
+    source = resolve_model(config.init_from or config.base_model)
+    num_params, model_config = resources.count_model_parameters(source.path)
+    tokenizer = load_tokenizer(source)
+    data = prepare_data(config.data, tokenizer, seed=config.train.seed,
+                        train_conversations=train_conversations, val_conversations=val_conversations)
+    settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
+                                     num_params=num_params, world_size=dist.world_size)
+    config = config.model_copy(update={"train": settings})
+    steps = total_steps(settings, len(data.train), dist.world_size)
+    preflight(config, num_params, model_config, precision, run.path)
+
+    torch.manual_seed(settings.seed)
+    model, tokenizer = load_for_training(config, precision, device)
+    params = trainable_parameters(model)
+    dist.broadcast_params([p for _, p in params])
+    optimizer = build_optimizer(params, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)
+    if dist.is_main:
+        run.create()
+        run.config_path.write_text(dump_config(config), encoding="utf-8")
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if dist.is_main:
+            run.append_metric(event)
+            reporter.event(event)
+        if on_event is not None:
+            on_event(event)
+
+    trainer = Trainer(model=model, optimizer=optimizer, params=params, settings=settings, data=data,
+                      packing=config.data.packing, pad_token_id=tokenizer.pad_token_id,
+                      autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
+                      device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
+                      emit=emit, loss_impl=settings.loss_impl)
+    state = resume_state(trainer, run, reporter) if resume else TrainState()
+    if dist.is_main:
+        run.update_run_json(
+            status="running", name=run.path.name, method=config.method, base_model=config.base_model,
+            lineage={"base_model": source.base_ref or config.base_model, "init_from": config.init_from,
+                     "base_weights_sha256": weights_sha256(source.path), "dataset_version": data.dataset_version,
+                     "tunery_version": tunery.__version__, "torch_version": torch.__version__, "seed": settings.seed},
+            hyperparameters=settings.model_dump(mode="json"), auto_choices=[asdict(c) for c in choices],
+            precision={"compute": precision.name, "reason": precision.reason}, threads=threads,
+            world_size=dist.world_size, data=data.info, total_steps=steps, pid=os.getpid(),
+        )
+    reporter.start({"name": run.path.name, "total_steps": steps, "start_step": state.step,
+                    "settings": start_table(config, precision, choices, data.info, steps, threads, num_params)})
+    started = time.time()
+    try:
+        status = train_loop(trainer, state)
+    except TrainingError as exc:
+        finish_failed(run, dist, reporter, state, exc)
+        raise
+    result = RunResult(run_dir=run.path, status=status, steps=state.step,
+                       metrics=final_metrics(state, events))
+    if status == "completed":
+        if dist.is_main:
+            result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method)
+    else:
+        result.resume_command = f"tunery train --resume {shlex.quote(str(run.path))}"
+    if dist.is_main:
+        run.update_run_json(status=status, steps=state.step, metrics=result.metrics,
+                            stopped_early=state.stopped_early, best_step=state.best_step,
+                            timings={"train_s": round(state.train_time_s, 2), "wall_s": round(time.time() - started, 2)},
+                            resume_command=result.resume_command,
+                            adapter=str(result.adapter_path) if result.adapter_path else None,
+                            model=str(result.model_path) if result.model_path else None)
+        reporter.finish(summary(run, status, state, result))
+    dist.barrier()
+    return result
+
+
+def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
+    """The run directory and its config: a new one from `config`, or an existing one to resume."""
+    if resume is not None:
+        run = RunDir(Path(resume).expanduser().resolve())
+        if not run.config_path.is_file():
+            raise ConfigError(f"{run.path} is not a run directory (no config.yaml)",
+                              hint="pass the folder `tunery train` printed at the start of the run")
+        status = run.read_run_json().get("status")
+        if status == "completed":
+            raise ConfigError(f"run {run.path} has already completed", code="run_completed",
+                              hint="start a new run with init_from: <run dir> to train further")
+        return run, load_train_config(run.config_path)
+    if config is None:
+        raise ConfigError("no config given", hint="tunery train CONFIG.yaml, or tunery train --resume RUN_DIR")
+    if not isinstance(config, TrainConfig):
+        config = load_train_config(config)
+    name = config.name or f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(name, "run name")
+    path = Path(config.output_dir).expanduser().resolve() if config.output_dir else runs_dir() / name
+    run = RunDir(path)
+    if run.run_json_path.exists() or run.checkpoints_dir.exists():
+        raise ConfigError(f"run directory {path} already holds a run", code="run_exists",
+                          hint=f"continue it with `tunery train --resume {path}`, or choose another name/output_dir")
+    return run, config.model_copy(update={"name": name, "output_dir": str(path)})
+
+
+def preflight(config: TrainConfig, num_params: int, model_config: dict, precision, run_path: Path) -> None:
+    weight_bytes = 2 if precision.weights == torch.bfloat16 else 4
+    tokens = config.train.batch_size * config.data.max_seq_len
+    estimate = resources.estimate_memory(num_params, model_config, method=config.method, weight_bytes=weight_bytes,
+                                         lora_rank=config.lora.rank, tokens_per_micro_batch=tokens,
+                                         gradient_checkpointing=config.train.gradient_checkpointing)
+    resources.check_memory(estimate, resources.available_memory_bytes())
+    trainable = num_params if config.method == "full" else estimate.trainable_bytes // 16
+    resources.check_disk(run_path, resources.checkpoint_bytes(config.method, num_params, trainable,
+                                                              config.train.keep_checkpoints))
+
+
+def resume_state(trainer: Trainer, run: RunDir, reporter: Reporter) -> TrainState:
+    """Clean partial checkpoints, pick the newest verified one, restore it; none means start over."""
+    for path in ckpt.clean_partial_checkpoints(run.checkpoints_dir):
+        reporter.message(f"removed partial checkpoint {path.name} (its write was interrupted)")
+    checkpoint = ckpt.latest_valid_checkpoint(run.checkpoints_dir, warn=reporter.message)
+    if checkpoint is None:
+        reporter.message("no valid checkpoint: starting this run from step 0")
+        run.drop_metrics_after(0)
+        return TrainState()
+    state = restore_training_checkpoint(trainer, checkpoint)
+    if trainer.dist.is_main:
+        run.drop_metrics_after(checkpoint.step)
+    reporter.message(f"resuming from {checkpoint.path.name} (step {checkpoint.step})")
+    return state
+
+
+def export_outputs(run: RunDir, model, tokenizer, method: str) -> tuple[Path | None, Path | None]:
+    """adapter/ (PEFT format) or model/ (HF safetensors), plus tokenizer and chat template."""
+    tokenizer.save_pretrained(run.path)
+    if method == "full":
+        def write_model(tmp: Path) -> None:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        publish_folder(write_model, run.model_dir)
+        return None, run.model_dir
+    publish_folder(lambda tmp: model.save_pretrained(tmp, safe_serialization=True), run.adapter_dir)
+    return run.adapter_dir, None
+
+
+def finish_failed(run: RunDir, dist, reporter: Reporter, state: TrainState, exc: TuneryError) -> None:
+    if dist.is_main:
+        run.update_run_json(status="failed", error={"code": exc.code, "message": exc.message, "step": state.step + 1},
+                            steps=state.step)
+        reporter.finish({"name": run.path.name, "status": "failed",
+                         "rows": {"error": exc.code, "step": state.step + 1, "run": str(run.path)}})
+
+
+def final_metrics(state: TrainState, events: list[dict]) -> dict:
+    train_losses = [e["loss"] for e in events if e.get("type") == "train"]
+    speeds = [e["tokens_per_s"] for e in events if e.get("type") == "train"]
+    metrics = {"train_loss": state.last_train_loss, "tokens_seen": state.tokens_seen,
+               "trained_tokens_seen": state.trained_tokens_seen,
+               "tokens_per_s": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s else None,
+               "first_train_loss": train_losses[0] if train_losses else None,
+               "median_step_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None}
+    if state.initial_val:
+        metrics["initial_val_loss"] = state.initial_val["val_loss"]
+    if state.last_val:
+        metrics.update(state.last_val)
+        metrics["best_val_loss"] = state.best_val_loss
+    return metrics
+
+
+def start_table(config, precision, choices, data_info, steps, threads, num_params) -> dict:
+    s = config.train
+    table = {"base model": f"{config.base_model} ({num_params / 1e6:.0f}M params)", "method": config.method,
+             "examples": f"{data_info['train_examples']} train / {data_info['val_examples']} validation",
+             "precision": f"{precision.name} ({precision.reason})", "threads": threads,
+             "steps": f"{steps} (batch {s.batch_size} x accum {s.grad_accum}, {s.epochs} epochs)",
+             "learning rate": f"{s.learning_rate:g} ({s.lr_schedule}, warmup {s.warmup_steps})"}
+    for choice in choices:
+        table[f"auto {choice.key}"] = f"{choice.value} ({choice.reason})"
+    return table
+
+
+def summary(run: RunDir, status: str, state: TrainState, result: RunResult) -> dict:
+    m = result.metrics
+    rows = {"steps": state.step, "train loss (first → last)": f"{m.get('first_train_loss')} → {m.get('train_loss')}",
+            "val loss (before → after)": f"{m.get('initial_val_loss')} → {m.get('val_loss')}",
+            "tokens seen": state.tokens_seen, "tokens/s": m.get("tokens_per_s"),
+            "train time": f"{state.train_time_s:.1f} s",
+            "output": str(result.adapter_path or result.model_path or run.path)}
+    if result.resume_command:
+        rows["resume with"] = result.resume_command
+    return {"name": run.path.name, "status": status, "rows": rows, "run_dir": str(run.path)}
