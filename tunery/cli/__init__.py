@@ -20,6 +20,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
     from tunery.cli import data as _data  # noqa: F401
+    from tunery.cli import evaluate as _evaluate  # noqa: F401
     from tunery.cli import models as _models  # noqa: F401
 
 

@@ -1,0 +1,166 @@
+"""`tunery eval`, `tunery compare` and `tunery export`: parse options, call one library function, render.
+
+A failed gate exits with code 3 (errors exit 1 or 2), so scripts and the lifecycle can tell
+"the candidate is worse" from "the comparison could not run".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunery.cli import app
+from tunery.cli.output import console, err_console, handle_errors, print_json
+
+GATE_FAILED_EXIT = 3
+
+MetricOpt = typer.Option(None, "--metric", "-m", help="Metric for rows that name none (repeatable): exact_match, "
+                         "contains, token_f1, rouge_l, json_valid, json_fields, regex, judge. Default: by reference "
+                         "shape (JSON object: json_valid+json_fields; text: exact_match+token_f1+rouge_l).")
+BatchOpt = typer.Option(8, "--batch-size", min=1, help="Prompts generated together.")
+MaxTokensOpt = typer.Option(256, "--max-new-tokens", min=1, help="Longest completion, in tokens.")
+DtypeOpt = typer.Option("auto", "--dtype", help="Weights precision: auto, bf16 or fp32.")
+JudgeOpt = typer.Option(None, "--judge", help="Local judge model for the 'judge' metric (any model reference).")
+RubricOpt = typer.Option(None, "--rubric", help="Judge rubric text, or @FILE to read it from a file.")
+
+
+def judge_spec(judge: str | None, rubric: str | None):
+    from tunery.evaluation.judge import JudgeSpec, read_rubric
+
+    return JudgeSpec(model_ref=judge, rubric=read_rubric(rubric)) if judge else None
+
+
+def check_dtype(dtype: str) -> str:
+    from tunery.errors import ConfigError
+
+    if dtype not in {"auto", "bf16", "fp32"}:
+        raise ConfigError(f"--dtype must be auto, bf16 or fp32, got {dtype!r}", code="invalid_option")
+    return dtype
+
+
+@app.command("eval")
+@handle_errors
+def eval_command(
+    model: str = typer.Argument(..., help="Model reference: built-in alias, folder, .gguf file or run directory."),
+    tasks: Path = typer.Option(None, "--tasks", "-t", help="JSONL task file: prompt or messages, and reference."),
+    metric: list[str] = MetricOpt,
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for predictions.jsonl and scores.json."),
+    data: Path = typer.Option(None, "--data", help="Also report loss and perplexity on this dataset file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    batch_size: int = BatchOpt,
+    max_new_tokens: int = MaxTokensOpt,
+    dtype: str = DtypeOpt,
+    judge: str = JudgeOpt,
+    rubric: str = RubricOpt,
+) -> None:
+    """Score a model on a task file (greedy generation, saved predictions), and/or its loss on a dataset."""
+    from tunery.errors import ConfigError
+    from tunery.evaluation.evaluate import evaluate_model, evaluate_model_loss
+
+    if tasks is None and data is None:
+        raise ConfigError("nothing to evaluate", code="invalid_option", hint="pass --tasks FILE and/or --data FILE")
+    if tasks is None:
+        loss = evaluate_model_loss(model, data, dtype=check_dtype(dtype), batch_size=batch_size)
+        if as_json:
+            print_json({"model": model, "metrics": {}, "loss": loss})
+        else:
+            console.print(f"loss {loss['loss']:.4f}  perplexity {loss['perplexity']:.3f}  "
+                          f"({loss['num_tokens']} tokens, {loss['num_examples']} examples)")
+        return
+    result = evaluate_model(model, tasks, metrics=metric or None, out_dir=out, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
+                            judge=judge_spec(judge, rubric), loss_data=data)
+    if as_json:
+        print_json({"model": result.model_ref, "metrics": result.metric_means(), "intervals": result.metrics,
+                    "loss": result.loss, "num_examples": len(result.rows), "out": result.out_dir})
+        return
+    from rich.table import Table
+
+    table = Table("metric", "mean", "95% CI", "n")
+    for name, stats in result.metrics.items():
+        table.add_row(name, f"{stats['mean']:.3f}", f"[{stats['low']:.3f}, {stats['high']:.3f}]", str(stats["n"]))
+    console.print(table)
+    if result.loss:
+        console.print(f"loss {result.loss['loss']:.4f}  perplexity {result.loss['perplexity']:.3f}")
+    if result.out_dir:
+        console.print(f"predictions: {Path(result.out_dir) / 'predictions.jsonl'}")
+
+
+@app.command("compare")
+@handle_errors
+def compare_command(
+    models: list[str] = typer.Argument(..., help="Two or more model references; the first is the baseline."),
+    tasks: Path = typer.Option(..., "--tasks", "-t", help="JSONL task file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html, summary.json, summary.md."),
+    gate: list[str] = typer.Option(None, "--gate", "-g", help='Rule the candidates must pass (repeatable): '
+                                   '"json_fields>=0.9", "exact_match.delta>=0", "no-regression[:TOL]".'),
+    metric: list[str] = MetricOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    batch_size: int = BatchOpt,
+    max_new_tokens: int = MaxTokensOpt,
+    dtype: str = DtypeOpt,
+    judge: str = JudgeOpt,
+    rubric: str = RubricOpt,
+) -> None:
+    """Compare models on one task file; write an offline HTML report. Exit 3 if a gate fails."""
+    from tunery.errors import ConfigError
+    from tunery.evaluation.compare import compare_models
+
+    if len(models) < 2:
+        raise ConfigError("compare needs at least two models", code="invalid_option",
+                          hint="tunery compare BASE CANDIDATE --tasks FILE --out DIR")
+    summary = compare_models(models, tasks, out, gates=gate or [], metrics=metric or None, batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
+                             judge=judge_spec(judge, rubric))
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        print_summary(summary)
+    if not summary.passed:
+        for failed in summary.failed_gates:
+            err_console.print(f"[bold red]gate failed[/]: {failed.rule} ({failed.model}): {failed.detail}",
+                              highlight=False)
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def print_summary(summary) -> None:
+    from rich.table import Table
+
+    table = Table("metric", *[m.label for m in summary.models], *[f"Δ {c.candidate}" for c in summary.comparisons])
+    for name in summary.models[0].metrics:
+        if name.startswith("json_field."):
+            continue
+        means = [f"{m.metrics[name]['mean']:.3f}" if name in m.metrics else "-" for m in summary.models]
+        deltas = [f"{c.deltas[name]['delta']:+.3f}" if name in c.deltas else "-" for c in summary.comparisons]
+        table.add_row(name, *means, *deltas)
+    console.print(table)
+    for c in summary.comparisons:
+        o = c.outcomes
+        console.print(f"{c.candidate} vs {c.baseline}: {o['wins']} wins, {o['losses']} losses, {o['ties']} ties")
+    for g in summary.gates:
+        console.print(f"gate {g.rule} ({g.model}): {'pass' if g.passed else 'FAIL'} — {g.detail}", highlight=False)
+    console.print(f"report: {summary.report_path}")
+
+
+@app.command("export")
+@handle_errors
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A completed run directory."),
+    fmt: str = typer.Option(..., "--format", "-f", help="adapter, merged or gguf."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist or be empty)."),
+    dtype: str = typer.Option(None, "--dtype", help="merged: fp32, bf16 or fp16 (default: the base's); "
+                              "gguf: f32, f16, bf16 or q8_0 (default f16)."),
+    ollama: bool = typer.Option(False, "--ollama", help="gguf: also write an Ollama Modelfile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
+) -> None:
+    """Export a run as a PEFT adapter, a merged safetensors folder or a GGUF file, verified by logits."""
+    from tunery.export import export_run
+
+    result = export_run(run_dir, fmt, out, dtype=dtype, ollama=ollama)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(f"exported {result.format} to {result.path}")
+    console.print(f"verified: max |Δlogit| {result.max_abs_diff:.3g} ≤ tolerance {result.tolerance:.3g} "
+                  f"on {result.num_prompts} prompts")

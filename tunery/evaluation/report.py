@@ -1,0 +1,173 @@
+"""Render a comparison Summary as one self-contained HTML file and a Markdown summary.
+
+The HTML has inline CSS and inline SVG only: no scripts, no fonts, no links to anything outside
+the file, so it opens offline and can be attached to a ticket. Every user string is escaped.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from tunery.evaluation.svg import delta_bars, grouped_bars, line_chart
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 8px;
+vertical-align:top;text-align:left}th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#1a7f37;font-weight:600}.fail{color:#c62828;font-weight:600}pre{white-space:pre-wrap;margin:0;
+max-width:380px;font-size:12px}.pos{color:#1a7f37}.neg{color:#c62828}h2{margin-top:28px}
+"""
+MAX_EXAMPLES_SHOWN = 200
+
+
+def headline_metrics(summary) -> list[str]:
+    names: list[str] = []
+    for model in summary.models:
+        for name in model.metrics:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def write_reports(summary, out_dir: Path) -> None:
+    (out_dir / "report.html").write_text(render_html(summary), encoding="utf-8")
+    (out_dir / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
+
+
+def render_html(summary) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tunery comparison</title>"
+             f"<style>{STYLE}</style></head><body><h1>tunery comparison</h1>",
+             f"<p>Tasks: <code>{escape(summary.tasks_path)}</code>; "
+             f"{len(summary.models[0].rows)} examples; greedy decoding; 95% bootstrap intervals.</p>"]
+    parts.append(render_gates(summary))
+    parts.append(render_metric_table(summary))
+    for comparison in summary.comparisons:
+        parts.append(render_comparison(comparison))
+    parts.append(render_curves(summary))
+    for comparison in summary.comparisons:
+        parts.append(render_examples(summary, comparison))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_gates(summary) -> str:
+    if not summary.gates:
+        return ""
+    verdict = "<span class='pass'>PASSED</span>" if summary.passed else "<span class='fail'>FAILED</span>"
+    rows = "".join(f"<tr><td><code>{escape(g.rule)}</code></td><td>{escape(g.model)}</td>"
+                   f"<td class='{'pass' if g.passed else 'fail'}'>{'pass' if g.passed else 'FAIL'}</td>"
+                   f"<td>{escape(g.detail)}</td></tr>" for g in summary.gates)
+    return (f"<h2>Gates: {verdict}</h2><table><tr><th>rule</th><th>model</th><th>result</th><th>detail</th></tr>"
+            f"{rows}</table>")
+
+
+def render_metric_table(summary) -> str:
+    names = headline_metrics(summary)
+    head = "".join(f"<th>{escape(m.label)}</th>" for m in summary.models)
+    rows = []
+    for name in names:
+        cells = []
+        for model in summary.models:
+            stats = model.metrics.get(name)
+            cells.append(f"<td class='num'>{stats['mean']:.3f} <small>[{stats['low']:.3f}, {stats['high']:.3f}]"
+                         f" n={stats['n']}</small></td>" if stats else "<td>-</td>")
+        rows.append(f"<tr><td>{escape(name)}</td>{''.join(cells)}</tr>")
+    for key in ("loss", "perplexity"):
+        if any(m.loss for m in summary.models):
+            cells = "".join(f"<td class='num'>{m.loss[key]:.4f}</td>" if m.loss else "<td>-</td>"
+                            for m in summary.models)
+            rows.append(f"<tr><td>{key}</td>{cells}</tr>")
+    main = [n for n in names if not n.startswith("json_field.")]
+    series = [(m.label, [(m.metrics[n]["mean"], m.metrics[n]["low"], m.metrics[n]["high"]) if n in m.metrics
+                         else (0.0, 0.0, 0.0) for n in main]) for m in summary.models]
+    return (f"<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+            f"{grouped_bars(main, series)}")
+
+
+def render_comparison(comparison) -> str:
+    rows = []
+    for name, d in comparison.deltas.items():
+        css = "pos" if d["delta"] > 0 else "neg" if d["delta"] < 0 else ""
+        rows.append(f"<tr><td>{escape(name)}</td><td class='num'>{d['baseline']:.3f}</td>"
+                    f"<td class='num'>{d['candidate']:.3f}</td><td class='num {css}'>{d['delta']:+.3f}</td>"
+                    f"<td class='num'>[{d['low']:+.3f}, {d['high']:+.3f}]</td><td class='num'>{d['n']}</td></tr>")
+    o = comparison.outcomes
+    chart = delta_bars([(n, d["delta"], d["low"], d["high"]) for n, d in comparison.deltas.items()
+                        if not n.startswith("json_field.")])
+    return (f"<h2>{escape(comparison.candidate)} vs {escape(comparison.baseline)}</h2>"
+            f"<p>Per example: <b class='pos'>{o['wins']} wins</b>, <b class='neg'>{o['losses']} losses</b>, "
+            f"{o['ties']} ties.</p><table><tr><th>metric</th><th>{escape(comparison.baseline)}</th>"
+            f"<th>{escape(comparison.candidate)}</th><th>delta</th><th>95% CI</th><th>n</th></tr>"
+            f"{''.join(rows)}</table>{chart}")
+
+
+def render_curves(summary) -> str:
+    charts = []
+    for label, curves in summary.loss_curves.items():
+        series = [(f"{label} train", curves.get("train", []), False), (f"{label} val", curves.get("val", []), True)]
+        chart = line_chart(series)
+        if chart:
+            charts.append(f"<h3>{escape(label)}</h3>{chart}")
+    if not charts:
+        return ""
+    return "<h2>Training and validation loss</h2>" + "".join(charts)
+
+
+def render_examples(summary, comparison) -> str:
+    """Regressions first (worst first), then improvements, then every other example."""
+    changed = comparison.regressions + comparison.improvements
+    changed_ids = {x["id"] for x in changed}
+    base = next(m for m in summary.models if m.label == comparison.baseline)
+    cand = {row["id"]: row for row in next(m for m in summary.models if m.label == comparison.candidate).rows}
+    ties = [{"id": r["id"], "location": r["location"], "prompt": r["messages"][-1]["content"],
+             "reference": r["reference"], "baseline": r["prediction"], "candidate": cand[r["id"]]["prediction"],
+             "baseline_score": r["score"], "candidate_score": cand[r["id"]]["score"], "delta": 0.0}
+            for r in base.rows if r["id"] not in changed_ids and r["id"] in cand]
+    shown = (changed + ties)[:MAX_EXAMPLES_SHOWN]
+    rows = []
+    for x in shown:
+        css = "neg" if x["delta"] < 0 else "pos" if x["delta"] > 0 else ""
+        outcome = "regressed" if x["delta"] < 0 else "improved" if x["delta"] > 0 else "tie"
+        rows.append(f"<tr><td>{escape(x['id'])}<br><small>{escape(x['location'])}</small></td>"
+                    f"<td><pre>{escape(x['prompt'])}</pre></td><td><pre>{escape(x['reference'])}</pre></td>"
+                    f"<td><pre>{escape(x['baseline'])}</pre></td><td><pre>{escape(x['candidate'])}</pre></td>"
+                    f"<td class='num {css}'>{score_text(x['baseline_score'])} → {score_text(x['candidate_score'])}"
+                    f"<br>{outcome}</td></tr>")
+    more = f"<p>{len(changed) + len(ties) - len(shown)} more in the predictions files.</p>" \
+        if len(changed) + len(ties) > len(shown) else ""
+    return (f"<h2>Examples: {escape(comparison.candidate)} vs {escape(comparison.baseline)} "
+            f"({len(comparison.regressions)} regressed, shown first)</h2><table><tr><th>id</th><th>prompt</th>"
+            f"<th>reference</th><th>{escape(comparison.baseline)}</th><th>{escape(comparison.candidate)}</th>"
+            f"<th>score</th></tr>{''.join(rows)}</table>{more}")
+
+
+def score_text(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_markdown(summary) -> str:
+    lines = ["# tunery comparison", "", f"Tasks: `{summary.tasks_path}`, {len(summary.models[0].rows)} examples.", ""]
+    if summary.gates:
+        lines += [f"**Gates: {'PASSED' if summary.passed else 'FAILED'}**", ""]
+        lines += [f"- {'pass' if g.passed else 'FAIL'} `{g.rule}` ({g.model}): {g.detail}" for g in summary.gates]
+        lines.append("")
+    names = headline_metrics(summary)
+    lines += ["| metric | " + " | ".join(m.label for m in summary.models) + " |",
+              "|---|" + "---|" * len(summary.models)]
+    for name in names:
+        cells = [f"{m.metrics[name]['mean']:.3f}" if name in m.metrics else "-" for m in summary.models]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for comparison in summary.comparisons:
+        o = comparison.outcomes
+        lines += ["", f"## {comparison.candidate} vs {comparison.baseline}", "",
+                  f"{o['wins']} wins, {o['losses']} losses, {o['ties']} ties.", "",
+                  "| metric | delta | 95% CI |", "|---|---|---|"]
+        lines += [f"| {n} | {d['delta']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] |"
+                  for n, d in comparison.deltas.items()]
+        if comparison.regressions:
+            lines += ["", "Regressed examples (worst first):", ""]
+            lines += [f"- `{x['id']}` ({x['location']}): {score_text(x['baseline_score'])} → "
+                      f"{score_text(x['candidate_score'])}" for x in comparison.regressions[:20]]
+    lines += ["", "Full report: report.html", ""]
+    return "\n".join(lines)
