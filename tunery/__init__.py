@@ -8,7 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def train(config, **kwargs):
+def train(config=None, **kwargs):
     """Train a model from a `TrainConfig` (or a path to a YAML config); see `tunery.training`."""
     from tunery.training.run import train as _train
 

@@ -1,0 +1,93 @@
+"""Packing keeps examples apart, and the chunked loss matches the reference loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.training.conftest import make_conversations
+from tunery.data.packing import IGNORE_INDEX, pack_examples, pad_examples
+from tunery.data.template import encode_conversation
+from tunery.models import load_model
+from tunery.training.loss import chunked_loss, reference_loss
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
+    return model, tokenizer
+
+
+def encode(tokenizer, n=5):
+    return [encode_conversation(tokenizer, c) for c in make_conversations(n)]
+
+
+def test_packed_example_loss_equals_its_loss_alone(tiny):
+    model, tokenizer = tiny
+    examples = encode(tokenizer)
+    packed = pack_examples(examples)
+    assert packed.input_ids.shape[0] == 1
+    assert packed.position_ids[0, len(examples[0].input_ids)] == 0  # positions restart per example
+    logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits[0]
+    start = 0
+    for example in examples:
+        n = len(example.input_ids)
+        alone = pack_examples([example])
+        alone_logits = model(input_ids=alone.input_ids, position_ids=alone.position_ids, use_cache=False).logits[0]
+        targets = alone.targets[0]
+        mask = targets != IGNORE_INDEX
+        loss_alone = torch.nn.functional.cross_entropy(alone_logits[mask], targets[mask])
+        loss_packed = torch.nn.functional.cross_entropy(logits[start:start + n][mask], targets[mask])
+        assert abs(loss_alone.item() - loss_packed.item()) < 1e-4
+        start += n
+
+
+def test_packing_without_position_reset_would_leak(tiny):
+    """Guard the test above: with one running position range, later examples' losses change."""
+    model, tokenizer = tiny
+    examples = encode(tokenizer, 3)
+    packed = pack_examples(examples)
+    leaky = model(input_ids=packed.input_ids, use_cache=False).logits[0]
+    fine = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits[0]
+    n0 = len(examples[0].input_ids)
+    assert torch.allclose(leaky[:n0], fine[:n0], atol=1e-5)
+    assert not torch.allclose(leaky[n0:], fine[n0:], atol=1e-3)
+
+
+def test_targets_never_cross_example_boundaries(tiny):
+    _, tokenizer = tiny
+    examples = encode(tokenizer, 3)
+    packed = pack_examples(examples)
+    ends = torch.tensor([len(e.input_ids) for e in examples]).cumsum(0) - 1
+    assert (packed.targets[0, ends] == IGNORE_INDEX).all()
+    assert packed.num_trained_tokens == sum(e.num_trained for e in examples)
+
+
+def test_padded_and_packed_batches_give_the_same_loss(tiny):
+    model, tokenizer = tiny
+    examples = encode(tokenizer, 4)
+    packed = reference_loss(model, pack_examples(examples))
+    padded = reference_loss(model, pad_examples(examples, tokenizer.pad_token_id))
+    assert packed.num_tokens == padded.num_tokens
+    assert abs(packed.loss_sum.item() - padded.loss_sum.item()) < 1e-3
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_chunked_loss_matches_reference_loss_and_gradients(tiny, packing):
+    model, tokenizer = tiny
+    examples = encode(tokenizer, 6)
+    batch = pack_examples(examples) if packing else pad_examples(examples, tokenizer.pad_token_id)
+    results = []
+    for fn in (reference_loss, lambda m, b: chunked_loss(m, b, chunk_tokens=7)):
+        model.zero_grad()
+        sums = fn(model, batch)
+        sums.loss_sum.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((sums, grads))
+    (ref, ref_grads), (chunk, chunk_grads) = results
+    assert ref.num_tokens == chunk.num_tokens and ref.num_correct == chunk.num_correct
+    assert abs(ref.loss_sum.item() - chunk.loss_sum.item()) < 1e-4
+    assert ref_grads.keys() == chunk_grads.keys()
+    for name in ref_grads:
+        assert torch.allclose(ref_grads[name], chunk_grads[name], atol=1e-5, rtol=1e-4), name
+    model.zero_grad()
