@@ -1,0 +1,44 @@
+"""Fixtures for the engine tests: the tiny model loaded once, and LoRA adapters saved by peft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, use_dora: bool = False) -> Path:
+    """A run directory as training writes it: adapter/ (PEFT, safetensors) and run.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False, use_dora=use_dora)
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # random B too, so the adapter visibly changes the output
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
+    (run_dir / "run.json").write_text(json.dumps({"status": "completed", "lineage": {"base_model": str(base_dir)}}))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lora-runs")
+    return {name: save_lora_run(tiny_model_dir, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    """(model, tokenizer, stop ids) of the tiny model in float32; fresh per test (engines wrap its layers)."""
+    from tunery.data.template import stop_token_ids
+    from tunery.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
+    return model, tokenizer, stop_token_ids(tokenizer)

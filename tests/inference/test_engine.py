@@ -1,0 +1,190 @@
+"""The engine against Hugging Face `generate` and peft: same tokens, batched or not, any adapter mix."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tunery.data.template import encode_prompt
+from tunery.errors import ConfigError, ModelError, NotFoundError
+from tunery.inference import Engine, SamplingParams
+from tunery.inference.lora import read_peft_adapter
+
+QUESTIONS = ["hi", "The printer on floor three is offline again", "Please reset my VPN token",
+             "What is the capital of France?", "Outlook keeps crashing"]
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+
+def prompt(tokenizer, text):
+    return encode_prompt(tokenizer, [{"role": "user", "content": text}])
+
+
+def hf_greedy(model, tokenizer, stops, ids, max_new_tokens=12) -> str:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+@pytest.fixture
+def engine(tiny):
+    model, tokenizer, stops = tiny
+    eng = Engine(model, tokenizer, stops, max_batch_size=8)
+    yield eng
+    eng.stop()
+
+
+def submit_all(eng, jobs):
+    """Submit before the loop starts so every job lands in the same batch; returns (text, event) in order."""
+    results, texts, all_done = [None] * len(jobs), [""] * len(jobs), threading.Event()
+
+    def sink(i):
+        def on_event(event):
+            texts[i] += event.text
+            if event.finish_reason:
+                results[i] = (texts[i], event)
+                if all(r is not None for r in results):
+                    all_done.set()
+        return on_event
+
+    for i, (ids, params, adapter) in enumerate(jobs):
+        eng.submit(ids, params, sink(i), adapter)
+    eng.start()
+    assert all_done.wait(60)
+    return results
+
+
+def test_engine_matches_hf_generate_alone_and_batched(tiny, engine):
+    model, tokenizer, stops = tiny
+    prompts = [prompt(tokenizer, q) for q in QUESTIONS]
+    expected = [hf_greedy(model, tokenizer, stops, ids) for ids in prompts]
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        batched = submit_all(engine, [(ids, GREEDY, None) for ids in prompts])
+    finally:
+        hook.remove()
+    assert [text for text, _ in batched] == expected
+    # 5 prefills, then the rows decode together: far fewer forwards than one per token per request.
+    total_tokens = sum(event.completion_tokens for _, event in batched)
+    assert len(calls) <= len(prompts) + max(event.completion_tokens for _, event in batched)
+    assert total_tokens > len(calls)
+    for ids, want in zip(prompts, expected, strict=True):
+        assert engine.generate(ids, GREEDY).text == want
+
+
+def test_max_tokens_ends_with_length_and_counts(tiny, engine):
+    _, tokenizer, _ = tiny
+    result = engine.generate(prompt(tokenizer, "hi"), SamplingParams(max_new_tokens=3, temperature=0))
+    assert result.finish_reason == "length" and result.completion_tokens == 3
+    assert result.prompt_tokens == len(prompt(tokenizer, "hi"))
+
+
+def test_stop_string_truncates_the_output(tiny, engine):
+    _, tokenizer, _ = tiny
+    ids = prompt(tokenizer, QUESTIONS[1])
+    full = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0)).text
+    stop = full[4:7]
+    assert len(stop) == 3 and stop in full
+    result = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0, stop=(stop,)))
+    assert result.finish_reason == "stop"
+    assert result.text == full[: full.index(stop)]
+
+
+def test_seeded_sampling_repeats_and_differs_across_seeds(tiny, engine):
+    _, tokenizer, _ = tiny
+    ids = prompt(tokenizer, "hi")
+    runs = [engine.generate(ids, SamplingParams(max_new_tokens=16, temperature=1.0, seed=s)).text for s in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    nucleus = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=3)).text
+    assert nucleus == engine.generate(ids, GREEDY).text  # a tiny nucleus holds only the top token
+
+
+def test_context_overflow_is_refused(tiny, engine):
+    _, tokenizer, _ = tiny
+    with pytest.raises(ConfigError, match="context"):
+        engine.submit([1] * 1000, SamplingParams(max_new_tokens=100), lambda e: None)
+
+
+def test_abort_frees_the_row(tiny, engine):
+    _, tokenizer, _ = tiny
+    events, finished = [], threading.Event()
+
+    def on_event(event):
+        events.append(event)
+        if len(events) == 1:
+            engine.abort(request_id)
+        if event.finish_reason:
+            finished.set()
+
+    request_id = engine.submit(prompt(tokenizer, "hi"), SamplingParams(max_new_tokens=500, temperature=1.0, seed=1),
+                               on_event)
+    engine.start()
+    assert finished.wait(30)
+    assert events[-1].finish_reason == "abort" and events[-1].completion_tokens < 500
+    assert engine.generate(prompt(tokenizer, "hi"), GREEDY).finish_reason in ("stop", "length")
+    assert engine.wait_idle(30) and engine.num_running == 0
+
+
+def _peft_reference(tiny_model_dir, run_dir, ids):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    with torch.no_grad():
+        return peft_model(torch.tensor([ids])).logits[0]
+
+
+def test_lora_logits_match_peft(tiny, tiny_model_dir, lora_runs, engine):
+    model, tokenizer, _ = tiny
+    ids = prompt(tokenizer, QUESTIONS[2])
+    engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
+    slot = engine.adapters["alpha"].slot
+    with torch.no_grad():
+        engine.slots.routing.groups = [(slot, None)]
+        ours = model(torch.tensor([ids])).logits[0]
+        engine.slots.routing.groups = []
+        bare = model(torch.tensor([ids])).logits[0]
+    reference = _peft_reference(tiny_model_dir, lora_runs["alpha"], ids)
+    assert torch.allclose(ours, reference, atol=1e-4)
+    assert not torch.allclose(bare, reference, atol=1e-2)
+
+
+def test_mixed_adapter_batch_equals_each_alone(tiny, lora_runs, engine):
+    _, tokenizer, _ = tiny
+    engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
+    engine.load_adapter("beta", lora_runs["beta"] / "adapter")
+    ids = prompt(tokenizer, QUESTIONS[0])
+    jobs = [(ids, GREEDY, a) for a in (None, "alpha", "beta", "alpha", None)]
+    batched = [text for text, _ in submit_all(engine, jobs)]
+    alone = {a: engine.generate(ids, GREEDY, adapter=a).text for a in (None, "alpha", "beta")}
+    assert batched == [alone[a] for _, _, a in jobs]
+    assert len(set(alone.values())) == 3  # the adapters really differ
+
+
+def test_unload_and_lru_cap(tiny, lora_runs):
+    model, tokenizer, stops = tiny
+    eng = Engine(model, tokenizer, stops, max_adapters=1)
+    try:
+        eng.load_adapter("alpha", lora_runs["alpha"] / "adapter")
+        eng.load_adapter("beta", lora_runs["beta"] / "adapter")
+        assert set(eng.adapters) == {"beta"}
+        eng.unload_adapter("beta")
+        with pytest.raises(NotFoundError):
+            eng.submit([1, 2], GREEDY, lambda e: None, adapter="beta")
+        with pytest.raises(NotFoundError):
+            eng.unload_adapter("beta")
+    finally:
+        eng.stop()
+        eng.slots.remove(1)
+        eng.slots.remove(2)
+
+
+def test_dora_adapters_are_refused(tiny_model_dir, tmp_path):
+    from tests.inference.conftest import save_lora_run
+
+    run = save_lora_run(tiny_model_dir, tmp_path / "dora", seed=3, use_dora=True)
+    with pytest.raises(ModelError, match="DoRA"):
+        read_peft_adapter(run / "adapter")

@@ -1,0 +1,68 @@
+"""The batch's KV cache: rows of different lengths left-padded into one tensor per layer.
+
+Rows join after their own prefill (merge) and leave when done (select); padding that every
+remaining row shares is trimmed away so the cache never grows for nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad_left(tensor: torch.Tensor, amount: int) -> torch.Tensor:
+    if amount == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[2] = amount
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=2)
+
+
+class BatchCache:
+    """A DynamicCache over the active rows plus the 2-D attention mask marking their padding."""
+
+    def __init__(self):
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, columns], 1 where a real token sits
+
+    @property
+    def num_rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Add one prefilled sequence (its cache tensors, batch size 1) as the last row."""
+        row_mask = torch.ones(1, length, dtype=torch.long)
+        if self.cache is None:
+            self.cache, self.mask = DynamicCache(layers), row_mask
+            return
+        width = self.mask.shape[1]
+        old, new_pad, old_pad = cache_tensors(self.cache), max(0, width - length), max(0, length - width)
+        merged = [
+            (torch.cat([_pad_left(k0, old_pad), _pad_left(k1, new_pad)]),
+             torch.cat([_pad_left(v0, old_pad), _pad_left(v1, new_pad)]))
+            for (k0, v0), (k1, v1) in zip(old, layers, strict=True)
+        ]
+        old_mask = torch.cat([self.mask.new_zeros(self.num_rows, old_pad), self.mask], dim=1)
+        new_mask = torch.cat([row_mask.new_zeros(1, new_pad), row_mask], dim=1)
+        self.cache, self.mask = DynamicCache(merged), torch.cat([old_mask, new_mask])
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order) and trim the padding columns they all share."""
+        if not rows:
+            self.cache, self.mask = None, None
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        mask = self.mask.index_select(0, index)
+        shared_pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min().item())
+        layers = [(k.index_select(0, index)[:, :, shared_pad:], v.index_select(0, index)[:, :, shared_pad:])
+                  for k, v in cache_tensors(self.cache)]
+        self.cache, self.mask = DynamicCache(layers), mask[:, shared_pad:]
+
+    def extend_mask(self) -> torch.Tensor:
+        """The mask for a decode step: one more real column for every row."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.num_rows, 1)], dim=1)
+        return self.mask

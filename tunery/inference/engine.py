@@ -1,0 +1,319 @@
+"""The generation engine: one thread owns the model and steps every active request together.
+
+Each step first prefills newly arrived requests one by one, then decodes one token for all
+active rows in a single forward pass, rows using different adapters included. Results leave
+through a per-request callback; aborting a request frees its row at the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from tunery.errors import ConfigError, NotFoundError
+from tunery.inference.batch import BatchCache, cache_tensors
+from tunery.inference.lora import AdapterSlots, read_peft_adapter
+from tunery.inference.sampling import SamplingParams, make_generator, sample_token
+from tunery.inference.stops import TextTracker
+
+log = logging.getLogger("tunery.inference")
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """`text` is new output; `finish_reason` is set on the last event ("stop", "length", "abort", "error")."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Sequence:
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    slot: int
+    on_event: Callable[[GenerationEvent], None]
+    tracker: TextTracker
+    generator: torch.Generator
+    fed: int = 0  # tokens already in the KV cache
+    last_token: int = -1
+    generated: int = 0
+    aborted: bool = False
+    done: bool = False
+
+
+@dataclass
+class _Adapter:
+    slot: int
+    source: Path
+    last_used_s: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    """Continuous step-level batching over one base model with many LoRA adapters."""
+
+    def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
+                 max_adapters: int = 8, max_context: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stop_token_ids = set(stop_token_ids)
+        self.max_batch_size = max_batch_size
+        self.max_adapters = max_adapters
+        self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
+        self.slots = AdapterSlots(model)
+        self.adapters: dict[str, _Adapter] = {}
+        self._retired_slots: set[int] = set()
+        self._batch = BatchCache()
+        self._active: list[_Sequence] = []
+        self._pending: list[_Sequence] = []
+        self._commands: list[tuple[Callable[[], object], Future]] = []
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tunery-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wait_idle(self, timeout_s: float = 30) -> bool:
+        """Block until no request is queued or running; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._pending or self._active), timeout_s)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._active)
+
+    # ---- requests --------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[GenerationEvent], None],
+               adapter: str | None = None) -> int:
+        """Queue a request; returns its id (for `abort`). Events arrive on the engine thread."""
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty")
+        if len(prompt_ids) + params.max_new_tokens > self.max_context:
+            raise ConfigError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_new_tokens}) "
+                              f"exceeds the model's context of {self.max_context} tokens", code="context_length_exceeded")
+        with self._cond:
+            slot = self._slot_of(adapter)
+            seq = _Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=slot,
+                            on_event=on_event, tracker=TextTracker(self.tokenizer, params.stop),
+                            generator=make_generator(params.seed))
+            self._pending.append(seq)
+            self._cond.notify_all()
+        return seq.id
+
+    def abort(self, request_id: int) -> None:
+        with self._cond:
+            for seq in itertools.chain(self._pending, self._active):
+                if seq.id == request_id:
+                    seq.aborted = True
+            self._cond.notify_all()
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+                 timeout_s: float = 600) -> GenerationEvent:
+        """Blocking convenience: the whole output as one event (text joined, final counts)."""
+        pieces: list[str] = []
+        done = threading.Event()
+        final: list[GenerationEvent] = []
+
+        def on_event(event: GenerationEvent) -> None:
+            pieces.append(event.text)
+            if event.finish_reason is not None:
+                final.append(event)
+                done.set()
+
+        self.start()
+        request_id = self.submit(prompt_ids, params, on_event, adapter)
+        if not done.wait(timeout_s):
+            self.abort(request_id)
+            done.wait(5)
+        last = final[0] if final else GenerationEvent(finish_reason="abort")
+        return GenerationEvent("".join(pieces), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+    # ---- adapters --------------------------------------------------------------------------
+    def load_adapter(self, name: str, adapter_dir: Path) -> None:
+        """Read a PEFT folder and install it under `name` (replacing one of the same name)."""
+        weights = read_peft_adapter(adapter_dir)
+
+        def install() -> None:
+            if name in self.adapters:
+                self._retire(name)
+            while len(self.adapters) >= self.max_adapters:
+                self._retire(min(self.adapters, key=lambda n: self.adapters[n].last_used_s))
+            self.adapters[name] = _Adapter(slot=self.slots.install(weights), source=Path(adapter_dir))
+
+        self._call_on_engine(install)
+
+    def unload_adapter(self, name: str) -> None:
+        def remove() -> None:
+            if name not in self.adapters:
+                raise NotFoundError(f"no adapter named {name!r} is loaded")
+            self._retire(name)
+
+        self._call_on_engine(remove)
+
+    def _retire(self, name: str) -> None:
+        # Rows already running on this adapter finish on it; its weights go once they are gone.
+        self._retired_slots.add(self.adapters.pop(name).slot)
+
+    def _slot_of(self, adapter: str | None) -> int:
+        if adapter is None:
+            return 0
+        entry = self.adapters.get(adapter)
+        if entry is None:
+            raise NotFoundError(f"no adapter named {adapter!r} is loaded")
+        entry.last_used_s = time.monotonic()
+        return entry.slot
+
+    def _call_on_engine(self, fn: Callable[[], object]):
+        if self._thread is None or threading.current_thread() is self._thread:
+            with self._cond:
+                return fn()
+        future: Future = Future()
+        with self._cond:
+            self._commands.append((fn, future))
+            self._cond.notify_all()
+        return future.result(timeout=120)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not (self._pending or self._active or self._commands or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    for seq in self._pending + self._active:
+                        self._finish(seq, "abort")
+                    return
+                commands, self._commands = self._commands, []
+                for fn, future in commands:
+                    try:
+                        future.set_result(fn())
+                    except Exception as exc:  # handed to the caller's thread
+                        future.set_exception(exc)
+                room = max(0, self.max_batch_size - len(self._active))
+                admitted, self._pending = self._pending[:room], self._pending[room:]
+            try:
+                self._step(admitted)
+            except Exception:
+                log.exception("generation step failed; ending the requests in the batch")
+                for seq in self._active + admitted:
+                    self._finish(seq, "error")
+                self._active, self._batch = [], BatchCache()
+
+    def _step(self, admitted: list[_Sequence]) -> None:
+        self._drop_finished()
+        with torch.inference_mode():
+            for seq in admitted:
+                if seq.aborted:
+                    self._finish(seq, "abort")
+                    continue
+                self._prefill(seq)
+            self._drop_finished()
+            if self._active:
+                self._decode()
+                self._drop_finished()
+        with self._cond:
+            self._cond.notify_all()  # wakes wait_idle
+            live = {seq.slot for seq in self._active + self._pending}
+            for slot in list(self._retired_slots - live):
+                self.slots.remove(slot)
+                self._retired_slots.discard(slot)
+
+    def _route(self, slots: list[int]) -> None:
+        distinct = set(slots)
+        if distinct == {0}:
+            self.slots.routing.groups = []
+        elif len(distinct) == 1:
+            self.slots.routing.groups = [(slots[0], None)]
+        else:
+            self.slots.routing.groups = [
+                (slot, torch.tensor([i for i, s in enumerate(slots) if s == slot])) for slot in distinct if slot
+            ]
+
+    def _prefill(self, seq: _Sequence) -> None:
+        self._route([seq.slot])
+        cache = DynamicCache()
+        out = self.model(input_ids=torch.tensor([seq.prompt_ids]), cache=cache, use_cache=True, logits_to_keep=1)
+        self._batch.append_row(cache_tensors(cache), len(seq.prompt_ids))
+        self._active.append(seq)
+        seq.fed = len(seq.prompt_ids)
+        self._accept(seq, sample_token(out.logits[0, -1], seq.params, seq.generator))
+
+    def _decode(self) -> None:
+        rows = self._active
+        self._route([seq.slot for seq in rows])
+        input_ids = torch.tensor([[seq.last_token] for seq in rows])
+        positions = torch.tensor([[seq.fed] for seq in rows])
+        mask = self._batch.extend_mask()
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         cache=self._batch.cache, use_cache=True)
+        logits = out.logits[:, -1]
+        for i, seq in enumerate(rows):
+            seq.fed += 1
+            if not seq.aborted:
+                self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        seq.generated += 1
+        seq.last_token = token
+        if token in self.stop_token_ids:
+            self._finish(seq, "stop")
+            return
+        text = seq.tracker.add(token)
+        if seq.tracker.stopped:
+            self._finish(seq, "stop", text)
+        elif seq.generated >= seq.params.max_new_tokens or seq.fed + 1 >= self.max_context:
+            self._finish(seq, "length", text)
+        elif text:
+            self._emit(seq, GenerationEvent(text=text))
+
+    def _drop_finished(self) -> None:
+        for seq in self._active:
+            if seq.aborted and not seq.done:
+                self._finish(seq, "abort")
+        keep = [i for i, seq in enumerate(self._active) if not seq.done]
+        if len(keep) != len(self._active):
+            self._batch.keep_rows(keep)
+            self._active = [self._active[i] for i in keep]
+
+    def _finish(self, seq: _Sequence, reason: str, text: str = "") -> None:
+        if seq.done:
+            return
+        seq.done = True
+        if reason in ("stop", "length"):
+            text += seq.tracker.flush()
+        self._emit(seq, GenerationEvent(text=text, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
+                                        completion_tokens=seq.generated))
+
+    def _emit(self, seq: _Sequence, event: GenerationEvent) -> None:
+        try:
+            seq.on_event(event)
+        except Exception:  # a broken consumer must not stop the batch
+            log.exception("event consumer failed; aborting request %s", seq.id)
+            seq.aborted = True
