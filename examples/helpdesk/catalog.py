@@ -51,7 +51,7 @@ ISSUES: tuple[Issue, ...] = (
         "can I get access to the Finance share (\\\\fs01\\finance)", "please add me to the Marketing SharePoint site",
         "need read access to the Q3 planning folder on the S: drive", "request: write permissions on the HR team drive",
     )),
-    Issue("SSO login failure for a web app", "access", "identity-access", "blocked", (
+    Issue("SSO login failure on a web app", "access", "identity-access", "blocked", (
         "SSO into Workday just loops back to the login page", "getting 'SAML response invalid' when I open Concur",
         "single sign-on to the expenses portal fails with error AADSTS50105", "can't SSO into Confluence, says user not assigned",
     ), widespread=True),

@@ -140,19 +140,24 @@ def _save_cache(folder: Path, key: str, examples: list[TokenizedExample], info: 
 
 
 def _load_cache(folder: Path, key: str) -> tuple[list[TokenizedExample], dict] | None:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    if not folder.exists():
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("key") != key:
-            return None
         tensors = load_file(str(folder / "tokens.safetensors"))
-    except (OSError, ValueError, KeyError):
-        return None  # no entry, or a damaged one: tokenize again
-    ids, labels, offsets = tensors["input_ids"].tolist(), tensors["labels"].tolist(), tensors["offsets"].tolist()
-    examples = []
-    for index, row in enumerate(meta["examples"]):
-        start, end = offsets[index], offsets[index + 1]
-        location = Location(row["file"], row["line"]) if row["file"] is not None else None
-        examples.append(TokenizedExample(ids[start:end], labels[start:end], location, row["meta"]))
-    return examples, meta["info"]
+        ids, labels = tensors["input_ids"].tolist(), tensors["labels"].tolist()
+        offsets = tensors["offsets"].tolist()
+        if meta["key"] != key or len(offsets) != len(meta["examples"]) + 1 or offsets[-1] != len(ids):
+            raise ValueError("cache entry does not match its key")
+        examples = []
+        for index, row in enumerate(meta["examples"]):
+            start, end = offsets[index], offsets[index + 1]
+            location = Location(row["file"], row["line"]) if row["file"] is not None else None
+            examples.append(TokenizedExample(ids[start:end], labels[start:end], location, row["meta"]))
+        return examples, meta["info"]
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged entry: drop it and tokenize again
+        return None
