@@ -42,3 +42,14 @@ def tiny(tiny_model_dir):
 
     model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
     return model, tokenizer, stop_token_ids(tokenizer)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model runs fastest on one thread, and shared CI cores make spinning OpenMP workers crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,198 @@
+"""The server through the official openai client: models, chat, streaming, adapters, keys, feedback."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+
+from tunery.data.template import encode_prompt
+
+MESSAGES = [{"role": "user", "content": "The printer on floor three is offline again"}]
+
+
+def greedy(client, model="tiny", messages=MESSAGES, **kwargs):
+    return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=10, **kwargs)
+
+
+def reference_text(live, messages, adapter_dir=None, max_new_tokens=10) -> str:
+    """Greedy text from Hugging Face generate (with peft for an adapter), independent of the engine."""
+    from transformers import AutoModelForCausalLM
+
+    from tunery.data.template import stop_token_ids
+
+    tok = live.state.tokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(live.state.base_path), dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    ids = encode_prompt(tok, messages)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_list_models_shows_base_and_adapter(live):
+    models = {m.id: m for m in live.client().models.list().data}
+    assert set(models) == {"tiny", "support"}
+    assert models["support"].model_extra["parent"] == "tiny"
+
+
+def test_chat_completion_matches_reference_and_reports_usage(live):
+    result = greedy(live.client())
+    assert result.object == "chat.completion" and result.id.startswith("chatcmpl-")
+    assert result.choices[0].message.role == "assistant"
+    assert result.choices[0].message.content == reference_text(live, MESSAGES)
+    assert result.usage.prompt_tokens == len(encode_prompt(live.state.tokenizer, MESSAGES))
+    assert result.usage.completion_tokens == 10 or result.choices[0].finish_reason == "stop"
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+
+
+def test_streaming_yields_the_same_text(live):
+    client = live.client()
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, temperature=0, max_tokens=10,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == greedy(client).choices[0].message.content
+    assert finishes in (["length"], ["stop"])
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+
+
+def test_adapter_by_name_matches_peft(live, adapter_run):
+    result = greedy(live.client(), model="support")
+    assert result.model == "support"
+    assert result.choices[0].message.content == reference_text(live, MESSAGES, adapter_run / "adapter")
+    assert result.choices[0].message.content != greedy(live.client()).choices[0].message.content
+
+
+def test_text_completion_and_n_choices_with_seed(live):
+    client = live.client()
+    result = client.completions.create(model="tiny", prompt="Part number", max_tokens=5, temperature=0)
+    assert result.object == "text_completion" and result.choices[0].finish_reason in ("length", "stop")
+    sampled = client.chat.completions.create(model="tiny", messages=MESSAGES, n=3, seed=11, max_tokens=8,
+                                             temperature=1.0)
+    again = client.chat.completions.create(model="tiny", messages=MESSAGES, n=3, seed=11, max_tokens=8,
+                                           temperature=1.0)
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
+    assert len({c.message.content for c in sampled.choices}) > 1
+
+
+def test_concurrent_clients_do_not_mix_answers(live):
+    questions = ["hi", "Please reset my VPN token", "What is the capital of France?", "Outlook keeps crashing",
+                 "Part number TX-4410", "You are a helpful assistant.", "The queue is stuck", "since Monday"]
+    jobs = [([{"role": "user", "content": q}], "support" if i % 3 == 0 else "tiny") for i, q in enumerate(questions)]
+    solo = [greedy(live.client(), model=m, messages=msgs).choices[0].message.content for msgs, m in jobs]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: greedy(live.client(), model=job[1], messages=job[0])
+                                 .choices[0].message.content, jobs))
+    assert together == solo
+    assert len(set(solo)) > 1
+
+
+def test_keys_are_required_and_checked(live):
+    assert httpx.get(live.url + "/health").status_code == 200
+    missing = httpx.get(live.url + "/v1/models")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    with pytest.raises(openai.AuthenticationError) as bad:
+        live.client(key="tny_0000_nope").models.list()
+    assert bad.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError):
+        live.client().post("/adapters", body={"name": "x", "run": "y"}, cast_to=object)
+    assert live.user_key not in bad.value.response.text
+
+
+def test_adapter_load_and_unload_while_serving(live, adapter_run):
+    admin = live.client(key=live.admin_key)
+    stream = live.client().chat.completions.create(model="support", messages=MESSAGES, temperature=0,
+                                                   max_tokens=10, stream=True)
+    first = next(iter(stream))
+    admin.post("/adapters", body={"name": "support-copy", "run": str(adapter_run)}, cast_to=object)
+    copy = greedy(live.client(), model="support-copy").choices[0].message.content
+    admin.delete("/adapters/support-copy", cast_to=object)
+    rest = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert (first.choices[0].delta.content or "") + rest == copy  # same weights, same answer, undisturbed
+    with pytest.raises(openai.NotFoundError):
+        greedy(live.client(), model="support-copy")
+    with pytest.raises(openai.NotFoundError):  # only runs the server knows, never arbitrary paths
+        admin.post("/adapters", body={"name": "evil", "run": "/etc"}, cast_to=object)
+    with pytest.raises(openai.BadRequestError):
+        admin.post("/adapters", body={"name": "../x", "run": str(adapter_run)}, cast_to=object)
+
+
+def post_raw(live, path, content, key=None, headers=None):
+    return httpx.post(live.url + path, content=content, timeout=60,
+                      headers={"Authorization": f"Bearer {key or live.user_key}", "Content-Type": "application/json",
+                               **(headers or {})})
+
+
+BAD_REQUESTS = [
+    ({"model": "nope", "messages": MESSAGES}, 404, "model_not_found"),
+    ({"model": "tiny", "messages": []}, 400, None),
+    ({"model": "tiny", "messages": [{"role": "user", "content": ""}]}, 400, None),
+    ({"model": "tiny", "messages": "hello"}, 400, None),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "temperature": "hot"}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "temperature": 5}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "max_tokens": 5000}, 400, "context_length_exceeded"),
+    ({"model": "tiny", "messages": MESSAGES, "max_tokens": 0}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "n": 5}, 400, "n_too_large"),
+    ({"model": "tiny", "messages": MESSAGES, "stop": ["a", "b", "c"]}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "stop": ["x" * 100]}, 400, None),
+    ({"model": "tiny", "messages": MESSAGES, "logit_bias": {"1": 2}}, 400, None),
+    ({"model": 3, "messages": MESSAGES}, 400, None),
+    ({"messages": MESSAGES}, 400, None),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x" * 6000}]}, 400, "context_length_exceeded"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD_REQUESTS)
+def test_bad_chat_requests_get_openai_errors(live, body, status, code):
+    response = post_raw(live, "/v1/chat/completions", json.dumps(body))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code:
+        assert error["code"] == code
+    assert "Traceback" not in response.text and str(live.state.base_path) not in response.text
+
+
+def test_malformed_and_oversized_bodies(live):
+    invalid = post_raw(live, "/v1/chat/completions", b"{not json")
+    assert invalid.status_code == 400 and "JSON" in invalid.json()["error"]["message"]
+    huge = post_raw(live, "/v1/chat/completions", json.dumps({"model": "tiny", "messages": MESSAGES,
+                                                               "user": "x" * 100_000}))
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
+    unknown = httpx.get(live.url + "/v2/nothing")
+    assert unknown.status_code == 404 and "error" in unknown.json()
+    assert httpx.get(live.url + "/health").status_code == 200  # still alive
+
+
+def test_client_disconnect_aborts_generation(live):
+    from tunery.inference import SamplingParams
+
+    engine, params = live.state.engine, {"max_tokens": 900, "temperature": 1.0, "seed": 5}
+    forwards = []
+    hook = engine.model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        with httpx.stream("POST", live.url + "/v1/chat/completions", timeout=60,
+                          headers={"Authorization": f"Bearer {live.user_key}"},
+                          json={"model": "tiny", "messages": MESSAGES, "stream": True, **params}) as response:
+            for line in response.iter_lines():
+                if '"content"' in line and '"content": ""' not in line:
+                    break
+        assert engine.wait_idle(30)
+    finally:
+        hook.remove()
+    ids = encode_prompt(live.state.tokenizer, MESSAGES)
+    alone = engine.generate(ids, SamplingParams(max_new_tokens=200, temperature=1.0, seed=5))
+    assert alone.finish_reason == "length"  # this seed runs past 200 tokens when left alone...
+    assert len(forwards) < 100  # ...but the disconnected request stopped early

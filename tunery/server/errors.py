@@ -1,0 +1,100 @@
+"""The one place that turns exceptions into OpenAI-shaped error JSON with a 4xx (or 5xx) status.
+
+Messages come from our own exception texts or validation locations, never from request values,
+so keys, file paths and tracebacks are never echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError, TuneryError
+
+log = logging.getLogger("tunery.server")
+_PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?/[\w.\-]+(?:/[\w.\-]*)+")
+
+
+def scrub_paths(text: str) -> str:
+    """Library messages name files for the CLI user; a remote client gets `<path>` instead."""
+    return _PATH.sub("<path>", text)
+
+
+class ApiError(Exception):
+    """An error raised by the server layer itself (auth, caps, body size)."""
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status)
+
+
+def tunery_error_status(exc: TuneryError) -> int:
+    if isinstance(exc, NotFoundError) or exc.code == "model_not_found":
+        return 404
+    if isinstance(exc, ResourceError):
+        return 503
+    if isinstance(exc, ConfigError | ModelError):
+        return 400
+    return 400
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        message = "field required"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown or unsupported field"
+    count = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{count}" if param else f"{message}{count}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+    @app.exception_handler(TuneryError)
+    async def _tunery_error(_: Request, exc: TuneryError):
+        status = tunery_error_status(exc)
+        type_ = "not_found_error" if status == 404 else "invalid_request_error"
+        message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        return error_response(status, message, type_, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        message, param = _describe_validation(exc)
+        return error_response(400, message, "invalid_request_error", "invalid_request", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        messages = {404: "no such route", 405: "method not allowed for this route"}
+        return error_response(exc.status_code, messages.get(exc.status_code, "request refused"),
+                              "invalid_request_error", code=str(exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.error("unexpected server error: %s", type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal server error", "server_error")

@@ -1,0 +1,268 @@
+"""Handlers for /v1/chat/completions and /v1/completions: validate, plan, run, stream, log.
+
+A plan is the prompt tokens, sampling settings and adapter; running it submits `n` requests to
+the engine and relays their events. A client that goes away aborts its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from tunery.errors import DataError, StoreError
+from tunery.inference.engine import GenerationEvent
+from tunery.inference.sampling import SamplingParams
+from tunery.server.auth import Caller
+from tunery.server.errors import ApiError, error_body
+from tunery.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DeltaMessage,
+    Usage,
+)
+from tunery.server.state import ServerState
+from tunery.store.requests import LoggedCompletion, log_completion
+
+log = logging.getLogger("tunery.server")
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    kind: str  # "chat" | "text"
+    model: str
+    adapter: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    n: int
+    logged_messages: list[dict]
+    stream: bool
+    include_usage: bool
+    created: int
+
+
+def _check_caps(state: ServerState, req) -> list[str]:
+    settings = state.settings
+    if req.n > settings.max_n:
+        raise ApiError(400, f"n must be at most {settings.max_n}", param="n", code="n_too_large")
+    stops = req.stop_list()
+    if len(stops) > settings.max_stop:
+        raise ApiError(400, f"at most {settings.max_stop} stop sequences are allowed", param="stop")
+    if any(len(s) > settings.max_stop_chars or not s for s in stops):
+        raise ApiError(400, f"each stop sequence must be 1 to {settings.max_stop_chars} characters", param="stop")
+    return stops
+
+
+def _max_new_tokens(state: ServerState, prompt_len: int, requested: int | None) -> int:
+    left = state.engine.max_context - prompt_len
+    if left < 1:
+        raise ApiError(400, f"the prompt is {prompt_len} tokens, which fills the model's context of "
+                            f"{state.engine.max_context} tokens", param="messages", code="context_length_exceeded")
+    if requested is not None and requested > left:
+        raise ApiError(400, f"max_tokens is {requested}, but only {left} tokens of the model's context of "
+                            f"{state.engine.max_context} are left after the {prompt_len}-token prompt",
+                       param="max_tokens", code="context_length_exceeded")
+    return requested if requested is not None else min(state.settings.default_max_tokens, left)
+
+
+def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
+    from tunery.data.template import encode_prompt
+
+    adapter = state.adapter_for(req.model)
+    stops = _check_caps(state, req)
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    try:
+        prompt_ids = encode_prompt(state.tokenizer, messages)
+    except DataError as exc:
+        raise ApiError(400, exc.message, param="messages", code=exc.code) from None
+    return _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages,
+                 req.requested_max_tokens())
+
+
+def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
+    from tunery.data.template import encode_text
+
+    adapter = state.adapter_for(req.model)
+    stops = _check_caps(state, req)
+    if req.echo:
+        raise ApiError(400, "echo is not supported", param="echo")
+    try:
+        text = req.prompt_text()
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="prompt") from None
+    prompt_ids = encode_text(state.tokenizer, text)
+    if not prompt_ids:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    return _plan(state, req, "text", "cmpl-", adapter, prompt_ids, stops, [{"role": "user", "content": text}],
+                 req.max_tokens)
+
+
+def _plan(state, req, kind, prefix, adapter, prompt_ids, stops, logged, requested) -> Plan:
+    params = SamplingParams(max_new_tokens=_max_new_tokens(state, len(prompt_ids), requested),
+                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(stops))
+    return Plan(id=prefix + secrets.token_hex(12), kind=kind, model=req.model, adapter=adapter,
+                prompt_ids=prompt_ids, params=params, n=req.n, logged_messages=logged, stream=req.stream,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                created=int(time.time()))
+
+
+async def run_plan(state: ServerState, plan: Plan) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """Submit the plan's `n` requests and yield (choice index, event) until all are finished."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    request_ids: list[int] = []
+    remaining = plan.n
+    try:
+        for index in range(plan.n):
+            seed = None if plan.params.seed is None else plan.params.seed + index
+            request_ids.append(state.engine.submit(
+                plan.prompt_ids, replace(plan.params, seed=seed),
+                lambda event, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, event)), plan.adapter))
+        while remaining:
+            index, event = await queue.get()
+            if event.finish_reason is not None:
+                remaining -= 1
+            yield index, event
+    finally:
+        if remaining:  # cancelled (client gone) or failed: free the engine rows at once
+            for request_id in request_ids:
+                state.engine.abort(request_id)
+
+
+def _usage(plan: Plan, finals: list[GenerationEvent | None]) -> Usage:
+    completion = sum(f.completion_tokens for f in finals if f is not None)
+    return Usage(prompt_tokens=len(plan.prompt_ids), completion_tokens=completion,
+                 total_tokens=len(plan.prompt_ids) + completion)
+
+
+def _raise_for_failure(finals: list[GenerationEvent | None]) -> None:
+    reasons = {f.finish_reason for f in finals if f is not None}
+    if "error" in reasons:
+        raise ApiError(500, "generation failed", type_="server_error", code="generation_failed")
+    if "abort" in reasons:
+        raise ApiError(503, "the server is shutting down", type_="server_error", code="unavailable")
+
+
+def _log(state: ServerState, plan: Plan, caller: Caller, texts: list[str], finals, started_s: float) -> None:
+    if state.settings.no_log:
+        return
+    usage = _usage(plan, finals)
+    entry = LoggedCompletion(id=plan.id, model=plan.model, kind=plan.kind, messages=plan.logged_messages,
+                             outputs=texts, finish_reason=finals[0].finish_reason if finals[0] else None,
+                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                             latency_ms=int((time.monotonic() - started_s) * 1000), key_id=caller.key_id)
+    try:
+        log_completion(state.store, entry)
+    except (StoreError, OSError, Exception) as exc:  # the answer still goes out; the log is best effort
+        log.warning("could not log completion %s: %s", plan.id, type(exc).__name__)
+
+
+async def _collect(state: ServerState, plan: Plan) -> tuple[list[str], list[GenerationEvent | None]]:
+    texts, finals = [""] * plan.n, [None] * plan.n
+    async for index, event in run_plan(state, plan):
+        texts[index] += event.text
+        if event.finish_reason is not None:
+            finals[index] = event
+    return texts, finals
+
+
+async def _collect_unless_disconnected(state: ServerState, plan: Plan, request: Request):
+    task = asyncio.ensure_future(_collect(state, plan))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ApiError(499, "client closed the request", code="client_closed")
+
+
+async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, caller: Caller, request: Request):
+    plan, started_s = plan_chat(state, req), time.monotonic()
+    if plan.stream:
+        return _stream(state, plan, caller, started_s, _chat_chunks)
+    texts, finals = await _collect_unless_disconnected(state, plan, request)
+    _raise_for_failure(finals)
+    _log(state, plan, caller, texts, finals, started_s)
+    choices = [ChatChoice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=finals[i].finish_reason)
+               for i in range(plan.n)]
+    return ChatCompletion(id=plan.id, created=plan.created, model=plan.model, choices=choices,
+                          usage=_usage(plan, finals))
+
+
+async def create_completion(state: ServerState, req: CompletionRequest, caller: Caller, request: Request):
+    plan, started_s = plan_completion(state, req), time.monotonic()
+    if plan.stream:
+        return _stream(state, plan, caller, started_s, _text_chunks)
+    texts, finals = await _collect_unless_disconnected(state, plan, request)
+    _raise_for_failure(finals)
+    _log(state, plan, caller, texts, finals, started_s)
+    choices = [CompletionChoice(index=i, text=texts[i], finish_reason=finals[i].finish_reason) for i in range(plan.n)]
+    return Completion(id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=_usage(plan, finals))
+
+
+def _sse(obj) -> str:
+    payload = obj if isinstance(obj, dict) else obj.model_dump(exclude_none=False)
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _chat_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: Usage | None = None):
+    if usage is not None:
+        return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model, choices=[], usage=usage)
+    if event is None:  # the opening chunk of a choice carries the role
+        delta = DeltaMessage(role="assistant", content="")
+        return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
+                                   choices=[ChatChunkChoice(index=index, delta=delta)])
+    choice = ChatChunkChoice(index=index, delta=DeltaMessage(content=event.text or None),
+                             finish_reason=event.finish_reason)
+    return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model, choices=[choice])
+
+
+def _text_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: Usage | None = None):
+    if usage is not None:
+        return Completion(id=plan.id, created=plan.created, model=plan.model, choices=[], usage=usage)
+    if event is None:
+        return None
+    return Completion(id=plan.id, created=plan.created, model=plan.model,
+                      choices=[CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason)])
+
+
+def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, make_chunk) -> StreamingResponse:
+    async def events():
+        texts, finals = [""] * plan.n, [None] * plan.n
+        for index in range(plan.n):
+            opening = make_chunk(plan, index, None)
+            if opening is not None:
+                yield _sse(opening)
+        async for index, event in run_plan(state, plan):
+            texts[index] += event.text
+            if event.finish_reason in ("error", "abort"):
+                yield _sse(error_body("generation failed", "server_error", "generation_failed"))
+                return
+            if event.finish_reason is not None:
+                finals[index] = event
+            if event.text or event.finish_reason:
+                yield _sse(make_chunk(plan, index, event))
+        if plan.include_usage:
+            yield _sse(make_chunk(plan, 0, None, usage=_usage(plan, finals)))
+        yield "data: [DONE]\n\n"
+        _log(state, plan, caller, texts, finals, started_s)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

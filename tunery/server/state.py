@@ -1,0 +1,128 @@
+"""What a running server holds: the engine over the base model, its adapters, and the store.
+
+Adapters come only from run directories the server knows: those configured at start and runs
+under `TUNERY_HOME/runs` named by a checked identifier. A request never supplies a path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunery.errors import ConfigError, ModelError, NotFoundError
+from tunery.paths import check_name, runs_dir
+from tunery.server.settings import ServerSettings
+from tunery.store import Store, open_store
+
+log = logging.getLogger("tunery.server")
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    engine: object  # tunery.inference.Engine (imported lazily: torch is heavy)
+    tokenizer: object
+    store: Store
+    base_name: str
+    base_path: Path
+    configured_runs: dict[str, Path]
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    adapter_created: dict[str, int] = field(default_factory=dict)
+
+    def model_names(self) -> list[str]:
+        return [self.base_name, *sorted(self.engine.adapters)]
+
+    def adapter_for(self, model: str) -> str | None:
+        """The adapter a request's `model` names (None for the base); unknown names are NotFound."""
+        if model == self.base_name:
+            return None
+        if model in self.engine.adapters:
+            return model
+        raise NotFoundError(f"the model {model!r} does not exist", code="model_not_found",
+                            hint="GET /v1/models lists the models this server serves")
+
+    def find_run(self, run: str) -> Path:
+        """A run directory the server knows: configured at start, or a named run under runs_dir()."""
+        for configured in self.configured_runs.values():
+            if run == str(configured) or run in (configured.name,):
+                return configured
+        unknown = NotFoundError("that run is not known to this server",
+                                hint="pass a run name under TUNERY_HOME/runs or one configured with --adapter")
+        try:
+            check_name(run, "run name")
+        except ConfigError:
+            raise unknown from None
+        path = runs_dir() / run
+        if not (path / "run.json").is_file():
+            raise unknown
+        return path
+
+    def load_adapter(self, name: str, run_dir: Path) -> None:
+        """Check the run (completed, an adapter, trained on our base) and load it under `name`."""
+        from tunery.models import resolve_model
+
+        check_name(name, "adapter name")
+        if name == self.base_name:
+            raise ConfigError(f"{name!r} is the base model's name", hint="pick another adapter name")
+        status = _run_status(run_dir)
+        if status not in (None, "completed"):
+            raise ConfigError(f"run {run_dir.name!r} is {status}, not completed", code="run_incomplete")
+        resolved = resolve_model(run_dir)
+        if resolved.adapter_path is None:
+            raise ConfigError(f"run {run_dir.name!r} holds a full model, not an adapter",
+                              hint="serve a fully fine-tuned run with `tunery serve --model RUN_DIR`")
+        if Path(resolved.path).resolve() != self.base_path.resolve():
+            raise ModelError(f"run {run_dir.name!r} was trained on another base model than {self.base_name!r}",
+                             code="adapter_mismatch")
+        self.engine.load_adapter(name, resolved.adapter_path)
+        self.adapter_created[name] = int(time.time())
+
+
+def _run_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError):
+        raise ModelError(f"run {run_dir.name!r} has no readable run.json", code="bad_run_dir") from None
+
+
+def default_served_name(resolved) -> str:
+    if resolved.kind == "builtin":
+        return resolved.ref
+    source = resolved.run_dir or Path(resolved.ref)
+    name = Path(source).name
+    if resolved.gguf_file and not resolved.run_dir:
+        name = Path(resolved.gguf_file).stem
+    return check_name(name, "served model name")
+
+
+def build_state(settings: ServerSettings) -> ServerState:
+    """Load the base model (and configured adapters), start the engine, open the store."""
+    from tunery.data.template import stop_token_ids
+    from tunery.inference import Engine
+    from tunery.models import load_model, resolve_model
+
+    settings.check_exposure()
+    resolved = resolve_model(settings.model)
+    model, tokenizer = load_model(resolved, dtype=settings.dtype, with_adapter=False)
+    base_name = check_name(settings.served_name, "served model name") if settings.served_name \
+        else default_served_name(resolved)
+    # The engine thread decodes while request handlers encode: each gets its own tokenizer.
+    engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer),
+                    max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
+    configured = {check_name(name, "adapter name"): Path(run).expanduser().resolve()
+                  for name, run in settings.adapters.items()}
+    state = ServerState(settings=settings, engine=engine, tokenizer=tokenizer,
+                        store=open_store(settings.database), base_name=base_name,
+                        base_path=Path(resolved.path), configured_runs=configured)
+    if resolved.adapter_path is not None:  # --model RUN_DIR of a LoRA run: its adapter, named after the run
+        run_name = default_served_name(resolved)
+        state.base_name = check_name(settings.served_name or Path(str(resolved.base_ref)).name, "served model name")
+        state.configured_runs.setdefault(run_name, Path(resolved.run_dir))
+    for name, run_dir in state.configured_runs.items():
+        state.load_adapter(name, run_dir)
+    engine.start()
+    return state
