@@ -6,7 +6,6 @@ under `TUNERY_HOME/runs` named by a checked identifier. A request never supplies
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -101,28 +100,28 @@ def default_served_name(resolved) -> str:
 
 def build_state(settings: ServerSettings) -> ServerState:
     """Load the base model (and configured adapters), start the engine, open the store."""
-    from tunery.data.template import stop_token_ids
-    from tunery.inference import Engine
-    from tunery.models import load_model, resolve_model
+    from tunery.inference.loading import load_engine
 
     settings.check_exposure()
-    resolved = resolve_model(settings.model)
-    model, tokenizer = load_model(resolved, dtype=settings.dtype, with_adapter=False)
-    base_name = check_name(settings.served_name, "served model name") if settings.served_name \
-        else default_served_name(resolved)
-    # The engine thread decodes while request handlers encode: each gets its own tokenizer.
-    engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer),
-                    max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
+    loaded = load_engine(settings.model, dtype=settings.dtype, max_batch_size=settings.max_batch_size,
+                         max_adapters=settings.max_adapters)
+    resolved = loaded.resolved
+    if settings.served_name:
+        base_name = check_name(settings.served_name, "served model name")
+    elif loaded.adapter:  # --model RUN_DIR of a LoRA run: the base keeps its own name, the run its folder's
+        base_name = check_name(Path(str(resolved.base_ref)).name, "served model name")
+    else:
+        base_name = default_served_name(resolved)
     configured = {check_name(name, "adapter name"): Path(run).expanduser().resolve()
                   for name, run in settings.adapters.items()}
-    state = ServerState(settings=settings, engine=engine, tokenizer=tokenizer,
+    state = ServerState(settings=settings, engine=loaded.engine, tokenizer=loaded.tokenizer,
                         store=open_store(settings.database), base_name=base_name,
                         base_path=Path(resolved.path), configured_runs=configured)
-    if resolved.adapter_path is not None:  # --model RUN_DIR of a LoRA run: its adapter, named after the run
-        run_name = default_served_name(resolved)
-        state.base_name = check_name(settings.served_name or Path(str(resolved.base_ref)).name, "served model name")
-        state.configured_runs.setdefault(run_name, Path(resolved.run_dir))
+    if loaded.adapter:
+        state.configured_runs.setdefault(loaded.adapter, Path(resolved.run_dir))
+        state.adapter_created[loaded.adapter] = state.started_at
     for name, run_dir in state.configured_runs.items():
-        state.load_adapter(name, run_dir)
-    engine.start()
+        if name not in loaded.engine.adapters:
+            state.load_adapter(name, run_dir)
+    loaded.engine.start()
     return state

@@ -1,0 +1,208 @@
+"""`tunery serve`, `tunery chat`, `tunery keys ...` and `tunery feedback export`.
+
+Each command parses its flags, calls one library function and renders the result.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tunery.cli import app
+from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.errors import ConfigError
+
+keys_app = typer.Typer(help="Create, list and revoke API keys for `tunery serve`.", no_args_is_help=True)
+feedback_app = typer.Typer(help="Turn feedback on served answers into training data.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(feedback_app, name="feedback")
+
+
+def parse_adapters(pairs: list[str]) -> dict[str, str]:
+    adapters: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, run = pair.partition("=")
+        if not sep or not name or not run:
+            raise ConfigError(f"--adapter {pair!r} is not NAME=RUN_DIR", hint="e.g. --adapter support=runs/support-v1")
+        adapters[name] = run
+    return adapters
+
+
+@app.command("serve")
+@handle_errors
+def serve_command(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Base model: built-in alias, folder, "
+                              ".gguf file or run directory."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=RUN_DIR: serve a LoRA run under NAME "
+                                      "(repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default loopback only)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="No API keys (loopback only)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log requests and answers."),
+    log_retention_days: float | None = typer.Option(None, "--log-retention-days", help="Delete logged requests "
+                                                    "older than this."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most requests decoded together."),
+    max_adapters: int = typer.Option(8, "--max-adapters", help="Most adapters in memory (LRU)."),
+):
+    """Serve the base model and adapters behind an OpenAI-compatible API."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tunery.server.app import create_app
+    from tunery.server.settings import ServerSettings, is_loopback
+    from tunery.store import list_keys, open_store
+
+    try:
+        settings = ServerSettings(model=model, adapters=parse_adapters(adapter), host=host, port=port,
+                                  no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
+                                  dtype=dtype, max_batch_size=max_batch_size, max_adapters=max_adapters)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
+    settings.check_exposure()
+    if no_auth:
+        err_console.print("[bold red]WARNING: --no-auth: every request is accepted without an API key, "
+                          f"admin routes included. Bound to {host} only.[/]")
+    elif not any(k.revoked_at is None for k in list_keys(open_store(settings.database))):
+        err_console.print("[yellow]no API keys exist yet: create one with `tunery keys create`[/]")
+    if not is_loopback(host):
+        err_console.print(f"[yellow]listening on {host}: reachable from the network[/]")
+    console.print(f"loading {model} ...")
+    application = create_app(settings)
+    state = application.state.tunery
+    console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command("chat")
+@handle_errors
+def chat_command(
+    model: str = typer.Argument(..., help="Model reference or run directory."),
+    system: str | None = typer.Option(None, "--system", help="System message."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens per answer."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
+):
+    """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
+    from tunery.data.template import encode_prompt
+    from tunery.inference import SamplingParams
+    from tunery.inference.loading import load_engine
+
+    loaded = load_engine(model, dtype=dtype, max_batch_size=1)
+    engine = loaded.engine.start()
+    history = [{"role": "system", "content": system}] if system else []
+    console.print("[dim]/reset clears the conversation, /exit (or Ctrl-D) quits[/]")
+    try:
+        while True:
+            try:
+                line = console.input("[bold green]you>[/] ")
+            except EOFError:
+                break
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip() == "/reset":
+                history = history[:1] if system else []
+                continue
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            prompt = encode_prompt(loaded.tokenizer, history)
+            left = engine.max_context - len(prompt)
+            if left < 1:
+                err_console.print("the conversation fills the model's context: /reset to start over")
+                history.pop()
+                continue
+            answer = _stream_answer(engine, prompt, SamplingParams(max_new_tokens=min(max_tokens, left),
+                                                                   temperature=temperature), loaded.adapter)
+            history.append({"role": "assistant", "content": answer})
+    finally:
+        engine.stop()
+
+
+def _stream_answer(engine, prompt: list[int], params, adapter: str | None) -> str:
+    events: queue.Queue = queue.Queue()
+    request_id = engine.submit(prompt, params, events.put, adapter)
+    pieces = []
+    console.print("[bold blue]model>[/] ", end="")
+    try:
+        while True:
+            event = events.get()
+            console.print(event.text, end="", markup=False, highlight=False)
+            pieces.append(event.text)
+            if event.finish_reason:
+                break
+    except KeyboardInterrupt:
+        engine.abort(request_id)
+        console.print(" [dim](stopped)[/]", end="")
+    console.print()
+    return "".join(pieces)
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    name: str = typer.Option("", "--name", help="A label to recognise the key by."),
+    admin: bool = typer.Option(False, "--admin", help="Allow adapter and key management."),
+):
+    """Create a key and print it once; only its hash is stored."""
+    from tunery.store import create_key, open_store
+
+    record, secret = create_key(open_store(), name, admin=admin)
+    err_console.print(f"created {'admin ' if admin else ''}key {record.id}; it is shown only now:")
+    print(secret)
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List keys (ids, names, admin flag, revocation); secrets are never shown."""
+    from tunery.store import list_keys, open_store
+
+    keys = list_keys(open_store())
+    if json_output:
+        print_json([k.__dict__ for k in keys])
+        return
+    table = Table("id", "name", "admin", "created", "revoked")
+    for key in keys:
+        table.add_row(key.id, key.name, "yes" if key.admin else "", key.created_at, key.revoked_at or "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `tunery keys list`.")):
+    """Revoke a key; requests with it are refused from now on."""
+    from tunery.store import open_store, revoke_key
+
+    revoke_key(open_store(), key_id)
+    console.print(f"revoked {key_id}")
+
+
+@feedback_app.command("export")
+@handle_errors
+def feedback_export(
+    out: Path = typer.Option(..., "--out", help="Chat-format JSONL to write."),
+    since: str | None = typer.Option(None, "--since", help="Only completions from this date (YYYY-MM-DD) on."),
+    model: str | None = typer.Option(None, "--model", help="Only completions of this served model or adapter."),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Also write (chosen, rejected) preference pairs."),
+):
+    """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
+    from tunery.data.check import check_dataset
+    from tunery.store import open_store
+    from tunery.store.feedback_export import export_feedback
+
+    summary = export_feedback(open_store(), out, since=since, model=model, pairs_out=pairs)
+    console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
+                                                                   if pairs else "")
+                  + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))
+    if summary.examples:
+        report = check_dataset(out, min_examples=1)
+        state = "passes" if report["ok"] else "FAILS"
+        console.print(f"data check {state}: {report['summary']['warnings']} warnings, "
+                      f"{report['summary']['errors']} errors")
+        if not report["ok"]:
+            raise typer.Exit(1)

@@ -1,0 +1,39 @@
+"""Build an engine from a model reference: the base model, and a LoRA run's adapter on top of it.
+
+Shared by `tunery serve`, `tunery chat` and the serving benchmark so all three load the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunery.paths import check_name
+
+
+@dataclass
+class LoadedEngine:
+    engine: object  # tunery.inference.Engine
+    tokenizer: object  # for encoding prompts; the engine decodes with its own copy
+    resolved: object  # tunery.models.ResolvedModel
+    adapter: str | None  # the adapter a LoRA run was loaded as (its run folder name)
+
+
+def load_engine(ref: str | Path, *, dtype: str = "auto", max_batch_size: int = 16,
+                max_adapters: int = 8) -> LoadedEngine:
+    """Load `ref` into a (not yet started) engine; a LoRA run comes as its base plus its adapter."""
+    from tunery.data.template import stop_token_ids
+    from tunery.inference.engine import Engine
+    from tunery.models import load_model, resolve_model
+
+    resolved = resolve_model(ref)
+    model, tokenizer = load_model(resolved, dtype=dtype, with_adapter=False)
+    # The engine thread decodes while request handlers encode: each gets its own tokenizer.
+    engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), max_batch_size=max_batch_size,
+                    max_adapters=max_adapters)
+    adapter = None
+    if resolved.adapter_path is not None:
+        adapter = check_name(Path(resolved.run_dir).name, "adapter name")
+        engine.load_adapter(adapter, resolved.adapter_path)
+    return LoadedEngine(engine=engine, tokenizer=tokenizer, resolved=resolved, adapter=adapter)
