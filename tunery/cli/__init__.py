@@ -22,6 +22,8 @@ def _register() -> None:
     from tunery.cli import data as _data  # noqa: F401
     from tunery.cli import evaluate as _evaluate  # noqa: F401
     from tunery.cli import models as _models  # noqa: F401
+    from tunery.cli import serve as _serve  # noqa: F401
+    from tunery.cli import train as _train  # noqa: F401
 
 
 def main() -> None:
