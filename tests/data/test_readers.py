@@ -176,6 +176,8 @@ def test_json_array_errors_are_located(tmp_path):
     path.write_text('{"not": "an array"}\n{"messages": 1}')
     codes = {p.code for p in read_dataset(path).errors}
     assert "unknown_format" in codes and "wrong_type" in codes  # a .json of lines reads as JSONL
+    path.write_text(json.dumps({"data": [chat_row(i) for i in range(10)]}, indent=2))
+    assert only_problem(read_dataset(path), "json_not_array").line == 1
 
 
 def test_parquet_garbage_is_an_error_not_a_crash(tmp_path):

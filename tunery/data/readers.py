@@ -105,10 +105,22 @@ def read_file(path: Path, log: ProblemLog) -> tuple[list[RawRecord], FileStats]:
         records = _read_csv(decoded, file, stats, log)
     elif file_type == "json" and decoded.text.lstrip().startswith("["):
         records = _read_json_array(decoded, file, log)
+    elif file_type == "json" and _is_one_multiline_object(decoded.text):
+        log.error("json_not_array", "the .json file holds one object, not an array of examples", file=file, line=1)
+        records = []
     else:  # .jsonl, or a .json file holding one object per line
         records = _read_jsonl(decoded, file, stats, log)
     stats.records = len(records)
     return records, stats
+
+
+def _is_one_multiline_object(text: str) -> bool:
+    if "\n" not in text.strip():
+        return False
+    try:
+        return isinstance(parse_json(text), dict)
+    except JsonProblem:
+        return False
 
 
 def _read_jsonl(decoded: DecodedText, file: str, stats: FileStats, log: ProblemLog) -> list[RawRecord]:
