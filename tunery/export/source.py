@@ -91,5 +91,5 @@ def merge_adapter(model):
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        return model.merge_and_unload(safe_merge=True)
+        return model.merge_and_unload()
     return model
