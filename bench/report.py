@@ -1,0 +1,218 @@
+"""Summaries of benchmark results: medians with spreads, ratios, targets, and the markdown report.
+
+Pure functions over the results dictionary that `bench.run` collects (no torch except machine_info).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from pathlib import Path
+
+GiB = 2**30
+
+# The issue's targets (CPU, default model, LoRA), as (label, metric, comparison, bound).
+TARGETS = [
+    ("tokens/s vs baseline", "speed_ratio", ">=", 5.0),
+    ("final val loss - baseline", "val_loss_delta", "<=", 0.02),
+    ("peak RSS vs baseline", "rss_ratio", "<=", 0.5),
+    ("MFU (of measured bf16 peak)", "mfu_bf16", ">=", 0.40),
+]
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu_model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model == "unknown":
+                cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    interesting = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+    return {"cpu": cpu_model, "logical_cpus": __import__("os").cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "flags": {f: f in flags for f in interesting}, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def spread(values: list[float]) -> dict | None:
+    """Median, min and max of the values (None when there are none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def best_peak(peaks: list[dict], dtype: str) -> float:
+    """The highest matmul rate measured for `dtype` during the run (FLOP/s)."""
+    return max(p[dtype]["flops_per_s"] for p in peaks)
+
+
+def summarize(results: list[dict], peak_bf16: float, peak_fp32: float) -> dict:
+    return {
+        "tokens_per_s": spread([r["tokens"] / r["train_wall_s"] for r in results]),
+        "tokens_per_cpu_s": spread([r["tokens"] / r["train_cpu_s"] for r in results if r.get("train_cpu_s")]),
+        "peak_rss_gib": spread([r["peak_rss_bytes"] / GiB for r in results]),
+        "val_loss": spread([r.get("val_loss") for r in results]),
+        "mfu_bf16": spread([r["model_flops"] / r["train_wall_s"] / peak_bf16 for r in results]),
+        "mfu_fp32": spread([r["model_flops"] / r["train_wall_s"] / peak_fp32 for r in results]),
+        "tokens": results[0]["tokens"], "trained_tokens": results[0]["trained_tokens"],
+        "settings": results[0].get("settings", {}),
+    }
+
+
+def comparison(data: dict) -> dict:
+    """Per-row summaries and the tunery/baseline ratios of medians."""
+    bf16, fp32 = best_peak(data["peaks"], "bf16"), best_peak(data["peaks"], "fp32")
+    rows = {name: summarize(results, bf16, fp32) for name, results in data["runs"].items() if results}
+    out = {"rows": rows, "peak_bf16": bf16, "peak_fp32": fp32, "ratios": {}}
+    t, b = rows.get("tunery-lora"), rows.get("trl-lora")
+    if t and b:
+        out["ratios"] = {
+            "speed_ratio": t["tokens_per_s"]["median"] / b["tokens_per_s"]["median"],
+            "rss_ratio": t["peak_rss_gib"]["median"] / b["peak_rss_gib"]["median"],
+            "val_loss_delta": (t["val_loss"]["median"] - b["val_loss"]["median"])
+            if t["val_loss"] and b["val_loss"] else None,
+            "mfu_bf16": t["mfu_bf16"]["median"],
+        }
+    return out
+
+
+def target_lines(ratios: dict, rows: dict) -> list[str]:
+    lines = []
+    for label, key, op, bound in TARGETS:
+        value = ratios.get(key)
+        if value is None:
+            lines.append(f"| {label} | {op} {bound:g} | not measured | - |")
+            continue
+        met = value >= bound if op == ">=" else value <= bound
+        shown = f"{value:.1%}" if key == "mfu_bf16" else f"{value:+.3f}" if key == "val_loss_delta" else f"{value:.2f}x"
+        lines.append(f"| {label} | {op} {bound:g} | {shown} | {'met' if met else '**not met**'} |")
+    q, lo = rows.get("tunery-qlora"), rows.get("tunery-lora")
+    if q and lo:
+        ratio = q["peak_rss_gib"]["median"] / lo["peak_rss_gib"]["median"]
+        lines.append(f"| QLoRA peak RSS vs LoRA | < 1 | {ratio:.2f}x | {'met' if ratio < 1 else '**not met**'} |")
+    return lines
+
+
+def fmt(s: dict | None, pattern: str = "{:.0f}", scale: float = 1.0) -> str:
+    if not s:
+        return "-"
+    med = pattern.format(s["median"] * scale)
+    if s["n"] == 1:
+        return med
+    return f"{med} ({pattern.format(s['min'] * scale)}-{pattern.format(s['max'] * scale)})"
+
+
+ROW_TITLES = {"tunery-lora": "tunery LoRA", "trl-lora": "TRL SFTTrainer + PEFT LoRA (baseline)",
+              "tunery-lora-extra": "tunery LoRA, extra overrides", "tunery-qlora": "tunery QLoRA",
+              "tunery-full": "tunery full fine-tuning"}
+
+
+def table_lines(comp: dict, baseline: str = "trl-lora") -> list[str]:
+    base = comp["rows"].get(baseline)
+    lines = ["| run | reps | real tokens/s | vs baseline | tokens per CPU-s | peak RSS GiB | vs baseline | "
+             "final val loss | MFU (bf16 peak) | MFU (fp32 peak) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in comp["rows"].items():
+        speed = rss = "-"
+        if base and name != baseline:
+            speed = f"{row['tokens_per_s']['median'] / base['tokens_per_s']['median']:.2f}x"
+            rss = f"{row['peak_rss_gib']['median'] / base['peak_rss_gib']['median']:.2f}x"
+        lines.append(f"| {ROW_TITLES.get(name, name)} | {row['tokens_per_s']['n']} | {fmt(row['tokens_per_s'])} | "
+                     f"{speed} | {fmt(row['tokens_per_cpu_s'])} | {fmt(row['peak_rss_gib'], '{:.2f}')} | {rss} | {fmt(row['val_loss'], '{:.4f}')} | "
+                     f"{fmt(row['mfu_bf16'], '{:.1f}%', 100)} | {fmt(row['mfu_fp32'], '{:.1f}%', 100)} |")
+    return lines
+
+
+def render_summary(data: dict) -> str:
+    comp = comparison(data)
+    lines = table_lines(comp) + ["", f"bf16 matmul peak {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "
+                                     f"fp32 {comp['peak_fp32'] / 1e12:.3f} TFLOP/s", "",
+                                 "| target | bound | tunery | status |", "|---|---|---|---|"]
+    return "\n".join(lines + target_lines(comp["ratios"], comp["rows"]))
+
+
+def render_markdown(data: dict) -> str:
+    """docs/benchmarks.md: what ran, on what, how each number is computed, and where tunery stands."""
+    comp, m, w = comparison(data), data["machine"], data["workload"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
+    ts, shape = data["train_stats"], data["model_shape"]
+    kind = "a reduced (`--quick`) run" if data.get("quick") else "a full run"
+    lines = [
+        "# Benchmarks", "",
+        "Generated by `make bench` (`python -m bench.run`); do not edit by hand. "
+        f"This is {kind} from {data['date_utc']} ({data['duration_s'] / 60:.0f} min).", "",
+        "## Reproduce", "", "```", data["command"], "```", "",
+        "## Machine", "",
+        f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
+        f"(capability {m['cpu_capability']}, {m['torch_threads']} threads), Python {m['python']}",
+        f"- CPU flags: {flags}",
+        f"- measured matmul peak (best of the run): bf16 {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "
+        f"fp32 {comp['peak_fp32'] / 1e12:.3f} TFLOP/s", "",
+        "## Workload (identical on both sides)", "",
+        f"- model `{Path(w['model_path']).name}`; data: the first {ts['examples']} examples of "
+        f"`{_rel(data['sources']['train'])}` that fit max_seq_len {w['max_seq_len']} "
+        f"({ts['tokens']} tokens, {ts['trained_tokens']} trained), each seen exactly once",
+        f"- LoRA rank {w['rank']}, alpha {w['alpha']:g}, all linear layers, dropout 0; AdamW, lr "
+        f"{w['learning_rate']:g}, {w['lr_schedule']} after {w['warmup_steps']} warmup steps, weight decay 0, "
+        f"grad clip 1.0; {w['steps']} steps of global batch {w['batch_size'] * w['grad_accum']} "
+        f"({w['batch_size']} x accum {w['grad_accum']}); seed {w['seed']}",
+        f"- validation: {data['val_stats']['examples']} examples of `{_rel(data['sources']['validation'])}`", "",
+        "## Results", "",
+        "Medians over repetitions, (min-max) in brackets. tunery and the baseline alternate run by run.", "",
+        *table_lines(comp), "",
+        "## Targets (issue 6)", "", "| target | bound | tunery | status |", "|---|---|---|---|",
+        *target_lines(comp["ratios"], comp["rows"]), "",
+        "## Settings each side used", "",
+        f"- tunery: `{data['tunery_command']}` (through `tunery.train`); "
+        f"{_settings(comp['rows'].get('tunery-lora'))}",
+        f"- baseline: TRL `SFTTrainer` + PEFT `LoraConfig`; {_settings(comp['rows'].get('trl-lora'))}",
+    ]
+    if data.get("extra_tunery"):
+        lines.append(f"- extra tunery row: the tunery LoRA run plus `{' '.join(data['extra_tunery'])}`")
+    lines += ["", "## How each number is computed", "", *HOW, "",
+              f"Model shape used: {shape['decoder_linear_params'] / 1e6:.1f}M decoder linear weights, "
+              f"{shape['lora_params'] / 1e6:.2f}M LoRA weights at rank {w['rank']}, {shape['layers']} layers, "
+              f"vocabulary {shape['vocab_size']} x hidden {shape['hidden_size']}.", ""]
+    return "\n".join(lines)
+
+
+HOW = [
+    "- **real tokens/s**: non-padding tokens fed to the model during the training steps, divided by the wall "
+    "time from the start of the first step to the end of the last (model loading, tokenization, validation "
+    "and the final save are outside the window). Both sides see the same examples once each, so both count "
+    "the same tokens (the harness checks it). Baseline: timed by a `TrainerCallback` (`on_train_begin` to the "
+    "last `on_step_end`), tokens counted in `training_step`. tunery: timed by a `Reporter` (`start` to the "
+    "last `train` event), tokens from run.json `metrics.tokens_seen`.",
+    "- **tokens per CPU-s**: the same tokens over the process CPU time (user + system, all threads) in the "
+    "same window; less sensitive than wall time to other processes taking the cores, but spin-waiting "
+    "threads count too.",
+    "- **peak RSS**: `ru_maxrss` of the training process itself (`os.wait4`), each run in its own process.",
+    "- **final val loss**: after training, a separate process loads the base model in fp32 with the saved "
+    "adapter (or full model) and takes the mean cross-entropy over assistant tokens (content + end-of-turn, "
+    "tunery's chat encoding) of the validation examples; the same code for both sides.",
+    "- **MFU**: model FLOPs / train window / measured peak. Model FLOPs per token: 4 N for frozen decoder "
+    "linear weights (forward 2 N + backward to activations 2 N), 6 N for trained ones (adds weight gradients), "
+    "LoRA adds 6 r (d_in + d_out) per adapted linear, causal attention 12 x attention width x layers x mean "
+    "context, and the output head 4 V d only on trained (loss) tokens. Computed from the model shape and the "
+    "data, the same for both sides, whatever each implementation actually computes.",
+    "- **matmul peak**: the best rate of square `torch.matmul` (1024-4096) in bf16 and fp32, measured at the "
+    "start and the end of the run; other processes share this CPU, so every number here is noisy.",
+]
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return path
+
+
+def _settings(row: dict | None) -> str:
+    if not row:
+        return "not run"
+    return ", ".join(f"{k} {v}" for k, v in row["settings"].items())

@@ -1,0 +1,210 @@
+"""`make bench`: tunery against TRL SFTTrainer + PEFT on the same LoRA work, then LoRA vs QLoRA vs full.
+
+Each training run is its own process (peak RSS from its rusage); the two sides alternate over
+several repetitions; the report gives medians with min-max spreads and writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="Base model reference (tunery alias or folder).")
+    p.add_argument("--data", default=str(REPO / "examples" / "helpdesk"),
+                   help="Folder with train.jsonl and validation.jsonl (chat format).")
+    p.add_argument("--steps", type=int, default=20, help="Optimizer steps per training run.")
+    p.add_argument("--batch-size", type=int, default=8, help="Examples per micro-batch.")
+    p.add_argument("--grad-accum", type=int, default=1, help="Micro-batches per optimizer step.")
+    p.add_argument("--max-seq-len", type=int, default=512, help="Longest example kept (longer ones are skipped).")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank.")
+    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha.")
+    p.add_argument("--learning-rate", type=float, default=2e-4, help="Peak learning rate.")
+    p.add_argument("--warmup-steps", type=int, default=2, help="Linear warmup steps, then cosine decay.")
+    p.add_argument("--seed", type=int, default=42, help="Seed for both sides.")
+    p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions of tunery and the baseline.")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="tunery train.precision.")
+    p.add_argument("--baseline-precision", default="bf16", choices=["bf16", "fp32"],
+                   help="Baseline: bf16 autocast (TRL's default) or fp32.")
+    p.add_argument("--methods", default="qlora,full",
+                   help="tunery methods to compare with its LoRA (comma list; empty for none).")
+    p.add_argument("--extra-tunery", action="append", default=[], metavar="KEY=VALUE",
+                   help="Extra tunery override for an additional tunery-only LoRA row, e.g. train.precision=fp32.")
+    p.add_argument("--val-examples", type=int, default=60, help="Validation examples for the final loss.")
+    p.add_argument("--eval-all", action="store_true", help="Evaluate every repetition (default: the first of each side).")
+    p.add_argument("--no-baseline", action="store_true", help="Skip the TRL runs (tunery only).")
+    p.add_argument("--quick", action="store_true",
+                   help="Reduced run: 8 steps of batch 4, 2 repetitions, 24 validation examples.")
+    p.add_argument("--work-dir", default=None, help="Where runs and data subsets go (default: a temp folder).")
+    p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report to write.")
+    p.add_argument("--results-json", default=None, help="Also write all raw results here.")
+    p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.batch_size, args.repetitions, args.val_examples = 8, 4, 2, 24
+    return args
+
+
+def run_job(job: str, spec: dict, work_dir: Path, tag: str, timeout_s: float) -> dict:
+    """Run one worker process; its result JSON plus its own peak RSS (`ru_maxrss`) and wall time."""
+    spec_path, out_path, log_path = (work_dir / f"{tag}.{ext}" for ext in ("spec.json", "out.json", "log"))
+    spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.worker", job, str(spec_path), str(out_path)],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        status, rusage = wait_with_timeout(proc, timeout_s)
+    if status != 0 or not out_path.is_file():
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"bench job {tag} ({job}) failed with status {status}; log {log_path}:\n{tail}")
+    result = json.loads(out_path.read_text(encoding="utf-8"))
+    result["peak_rss_bytes"] = rusage.ru_maxrss * 1024  # Linux reports kilobytes
+    result["job_wall_s"] = time.perf_counter() - started
+    return result
+
+
+def wait_with_timeout(proc: subprocess.Popen, timeout_s: float):
+    """`os.wait4` gives this child's own rusage (RUSAGE_CHILDREN would mix all children)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, rusage
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def prepare(args, work_dir: Path):
+    """Resolve the model, write the train/validation subsets, read the model's shape."""
+    from bench.flops import read_model_shape
+    from bench.workload import Workload, find_split, prepare_subset
+    from tunery.models import load_tokenizer, resolve_model
+
+    model_path = str(resolve_model(args.model).path)
+    data_dir = Path(args.data)
+    train_src = find_split(data_dir, ("train",))
+    val_src = find_split(data_dir, ("validation", "val", "valid"))
+    if train_src is None or val_src is None:
+        raise SystemExit(f"{data_dir}: needs train.jsonl and validation.jsonl (chat format)")
+    tokenizer = load_tokenizer(args.model)
+    work = Workload(model_path=model_path, train_file=str(work_dir / "data" / "train.jsonl"),
+                    val_file=str(work_dir / "data" / "validation.jsonl"), rank=args.rank, alpha=args.alpha,
+                    learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+                    grad_accum=args.grad_accum, steps=args.steps, max_seq_len=args.max_seq_len, seed=args.seed,
+                    precision=args.precision)
+    train_stats = prepare_subset(train_src, Path(work.train_file), tokenizer, count=work.train_examples,
+                                 max_seq_len=args.max_seq_len)
+    val_stats = prepare_subset(val_src, Path(work.val_file), tokenizer, count=args.val_examples,
+                               max_seq_len=args.max_seq_len)
+    sources = {"train": str(train_src), "validation": str(val_src)}
+    return work, train_stats, val_stats, read_model_shape(model_path), sources
+
+
+def train_and_eval(side: str, work, work_dir: Path, tag: str, *, evaluate: bool, timeout_s: float,
+                   expected_tokens: int) -> dict:
+    out_dir = work_dir / "runs" / tag
+    spec = {"workload": asdict(work), "output_dir": str(out_dir)}
+    print(f"[bench] {tag}: training ({side}, {work.method})", flush=True)
+    result = run_job(side, spec, work_dir, tag, timeout_s)
+    result["tokens_per_s"] = result["tokens"] / result["train_wall_s"]
+    # Both sides must have trained on exactly the subset, once: otherwise the comparison is off.
+    result["tokens_match_subset"] = result["tokens"] == expected_tokens
+    if not result["tokens_match_subset"]:
+        print(f"[bench] WARNING {tag}: {result['tokens']} tokens trained, the subset has {expected_tokens}",
+              flush=True)
+    print(f"[bench] {tag}: {result['tokens_per_s']:.0f} tokens/s, peak RSS "
+          f"{result['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+    if evaluate:
+        eval_spec = {"model_path": work.model_path, "val_file": work.val_file, "adapter_dir": result["adapter_dir"],
+                     "model_dir": result["model_dir"], "max_seq_len": work.max_seq_len}
+        evaluation = run_job("eval", eval_spec, work_dir, f"{tag}-eval", timeout_s)
+        result["val_loss"] = evaluation["val_loss"]
+        result["val_tokens"] = evaluation["val_tokens"]
+        print(f"[bench] {tag}: val loss {result['val_loss']:.4f}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import report
+    from bench.flops import training_flops
+    from bench.side_tunery import tunery_overrides
+
+    args = parse_args(argv)
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    work, train_stats, val_stats, shape, sources = prepare(args, work_dir)
+    print(f"[bench] work dir {work_dir}; {train_stats.examples} train examples, {train_stats.tokens} tokens "
+          f"({train_stats.trained_tokens} trained)", flush=True)
+    peaks = [run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-0", args.job_timeout_s)]
+    runs: dict[str, list[dict]] = {"tunery-lora": [], "trl-lora": []}
+    baseline_work = type(work)(**{**asdict(work), "precision": args.baseline_precision})
+    for rep in range(args.repetitions):
+        order = ["tunery", "trl"] if rep % 2 == 0 else ["trl", "tunery"]
+        for side in order:
+            if side == "trl" and args.no_baseline:
+                continue
+            side_work = work if side == "tunery" else baseline_work
+            evaluate = args.eval_all or rep == 0
+            runs[f"{side}-lora"].append(train_and_eval(side, side_work, work_dir, f"{side}-lora-{rep}",
+                                                       evaluate=evaluate, timeout_s=args.job_timeout_s,
+                                                       expected_tokens=train_stats.tokens))
+    if args.extra_tunery:
+        extra = dict(item.split("=", 1) for item in args.extra_tunery)
+        extra_work = type(work)(**{**asdict(work), "extra": {"tunery_overrides": extra}})
+        runs["tunery-lora-extra"] = [train_and_eval("tunery", extra_work, work_dir, "tunery-lora-extra",
+                                                    evaluate=True, timeout_s=args.job_timeout_s,
+                                                    expected_tokens=train_stats.tokens)]
+    for method in [m for m in args.methods.split(",") if m.strip()]:
+        method_work = type(work)(**{**asdict(work), "method": method.strip()})
+        runs[f"tunery-{method}"] = [train_and_eval("tunery", method_work, work_dir, f"tunery-{method}-0",
+                                                   evaluate=True, timeout_s=args.job_timeout_s,
+                                                   expected_tokens=train_stats.tokens)]
+    peaks.append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-1", args.job_timeout_s))
+
+    for name, results in runs.items():
+        method = name.split("-")[1]
+        for r in results:
+            r["model_flops"] = training_flops(shape, method=method, rank=work.rank, tokens=r["tokens"],
+                                              trained_tokens=r["trained_tokens"], context_sum=train_stats.context_sum)
+    data = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "duration_s": round(time.time() - started), "machine": report.machine_info(),
+        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "quick": args.quick, "workload": asdict(work), "baseline_precision": args.baseline_precision,
+        "sources": sources, "train_stats": train_stats.to_dict(), "val_stats": val_stats.to_dict(),
+        "model_shape": {"decoder_linear_params": shape.decoder_linear_params,
+                        "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
+                        "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
+        "peaks": peaks, "runs": runs, "extra_tunery": args.extra_tunery,
+        "tunery_command": "tunery train " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
+    }
+    if args.results_json:
+        Path(args.results_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    (work_dir / "results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(report.render_markdown(data), encoding="utf-8")
+    print(report.render_summary(data), flush=True)
+    print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

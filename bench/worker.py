@@ -1,0 +1,48 @@
+"""One measured job in its own process: `python -m bench.worker JOB SPEC.json OUT.json`.
+
+JOB is `tunery` or `trl` (train), `eval` (validation loss of a trained result) or `peak` (matmul
+peaks). The parent reads peak RSS from the process's own rusage (`os.wait4`), so each job is alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    job, spec_path, out_path = argv[0], Path(argv[1]), Path(argv[2])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    if job in ("tunery", "trl"):
+        from bench.workload import Workload
+
+        work = Workload(**spec["workload"])
+        output_dir = Path(spec["output_dir"])
+        if job == "tunery":
+            from bench.side_tunery import run_tunery
+            result = run_tunery(work, output_dir)
+        else:
+            from bench.side_trl import run_trl
+            result = run_trl(work, output_dir)
+    elif job == "eval":
+        from bench.evaluate import validation_loss
+        result = validation_loss(**spec)
+    elif job == "peak":
+        from bench.flops import measure_matmul_peak
+        result = {name: measure_matmul_peak(name).to_dict() for name in spec.get("dtypes", ["bf16", "fp32"])}
+    else:
+        print(f"unknown job {job!r}", file=sys.stderr)
+        return 2
+    result["process_wall_s"] = time.perf_counter() - started
+    out_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""The benchmark harness's own pieces on the tiny model: FLOPs and MFU arithmetic, the data subset,
+token counting on both sides, the shared validation loss, and the report's ratios. No timing asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import report
+from bench.flops import ModelShape, mfu, read_model_shape, training_flops
+from bench.workload import Workload, prepare_subset
+from tunery.errors import DataError
+
+
+def write_chat(path, n, *, long_every=0):
+    with path.open("w") as f:
+        for i in range(n):
+            answer = "The printer on floor three is offline. " * (40 if long_every and i % long_every == 0 else 1)
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Outlook keeps crashing {i}"},
+                                             {"role": "assistant", "content": answer + str(i)}]}) + "\n")
+    return path
+
+
+def test_model_shape_counts_decoder_linears_and_lora_params(tiny_model_dir):
+    shape = read_model_shape(tiny_model_dir)
+    # per layer: q 64x64, k 64x32, v 64x32, o 64x64, gate/up 64x128, down 128x64; two layers
+    assert shape.decoder_linear_params == 2 * (4096 + 2048 + 2048 + 4096 + 3 * 8192)
+    # LoRA adds r (d_in + d_out) per adapted linear
+    assert shape.lora_params(4) == 2 * 4 * (128 + 96 + 96 + 128 + 3 * 192)
+    assert (shape.num_layers, shape.attn_width, shape.hidden_size) == (2, 64, 64)
+
+
+def test_training_flops_formula_and_mfu():
+    shape = ModelShape(linear_shapes=[("a", 10, 20)], num_layers=1, attn_width=8, vocab_size=100,
+                       hidden_size=10, tied_head=True)
+    lora = training_flops(shape, method="lora", rank=2, tokens=5, trained_tokens=3, context_sum=15)
+    # 4 N tokens + 6 N_lora tokens + 12 d_attn L context pairs + 4 V d trained tokens
+    assert lora == 4 * 200 * 5 + 6 * (2 * 30) * 5 + 12 * 8 * 1 * 15 + 4 * 100 * 10 * 3
+    full = training_flops(shape, method="full", rank=2, tokens=5, trained_tokens=3, context_sum=15)
+    assert full == 6 * 200 * 5 + 12 * 8 * 15 + 4 * 100 * 10 * 3
+    assert mfu(2e12, 2.0, 4e12) == pytest.approx(0.25)
+    assert mfu(1.0, 0.0, 1.0) == 0.0
+
+
+def test_prepare_subset_skips_long_examples_and_counts_tokens(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tunery.data.dataset import load_dataset
+    from tunery.data.template import encode_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    source = write_chat(tmp_path / "src.jsonl", 30, long_every=3)
+    stats = prepare_subset(source, tmp_path / "out.jsonl", tokenizer, count=12, max_seq_len=200)
+    kept = load_dataset(str(tmp_path / "out.jsonl"), min_examples=1)
+    assert stats.examples == len(kept) == 12
+    encoded = [encode_conversation(tokenizer, c) for c in kept]
+    assert all(len(e.input_ids) <= 200 for e in encoded)
+    assert not any(c.turns[-1].content.endswith(("0", "3", "6")) and len(c.turns[-1].content) > 300 for c in kept)
+    assert stats.tokens == sum(len(e.input_ids) for e in encoded)
+    assert stats.trained_tokens == sum(e.num_trained for e in encoded)
+    assert stats.context_sum == sum(len(e.input_ids) * (len(e.input_ids) + 1) // 2 for e in encoded)
+    with pytest.raises(DataError, match="only 20 examples fit"):
+        prepare_subset(source, tmp_path / "none.jsonl", tokenizer, count=25, max_seq_len=200)
+
+
+def test_both_sides_train_the_same_tokens_and_share_the_validation_loss(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from bench.evaluate import validation_loss
+    from bench.side_trl import run_trl
+    from bench.side_tunery import run_tunery
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train = prepare_subset(write_chat(tmp_path / "src.jsonl", 16), tmp_path / "train.jsonl", tokenizer,
+                           count=12, max_seq_len=128)
+    prepare_subset(write_chat(tmp_path / "val_src.jsonl", 4), tmp_path / "val.jsonl", tokenizer, count=4,
+                   max_seq_len=128)
+    work = Workload(model_path=str(tiny_model_dir), train_file=str(tmp_path / "train.jsonl"),
+                    val_file=str(tmp_path / "val.jsonl"), rank=4, alpha=8, learning_rate=1e-3, warmup_steps=1,
+                    batch_size=4, steps=3, max_seq_len=128, precision="fp32")
+    ours = run_tunery(work, tmp_path / "tunery")
+    theirs = run_trl(work, tmp_path / "trl")
+    for result in (ours, theirs):
+        assert result["steps"] == 3
+        assert result["tokens"] == train.tokens  # every example exactly once, no padding counted
+        assert result["train_wall_s"] > 0 and result["train_cpu_s"] > 0
+    assert ours["trained_tokens"] == train.trained_tokens
+    base = validation_loss(str(tiny_model_dir), work.val_file, max_seq_len=128)
+    tuned = [validation_loss(str(tiny_model_dir), work.val_file, adapter_dir=r["adapter_dir"], max_seq_len=128)
+             for r in (ours, theirs)]
+    assert all(t["val_tokens"] == base["val_tokens"] > 0 for t in tuned)
+    # A random tiny model sits near ln(vocab); training moves both adapters off the base loss.
+    assert math.isfinite(base["val_loss"]) and all(t["val_loss"] != base["val_loss"] for t in tuned)
+
+
+def result(tokens, wall_s, rss_gib, val_loss=None, flops=1e12):
+    return {"tokens": tokens, "trained_tokens": tokens // 4, "train_wall_s": wall_s,
+            "peak_rss_bytes": rss_gib * report.GiB, "val_loss": val_loss, "model_flops": flops}
+
+
+def test_report_ratios_spreads_and_targets():
+    data = {"peaks": [{"bf16": {"flops_per_s": 1e12}, "fp32": {"flops_per_s": 5e11}},
+                      {"bf16": {"flops_per_s": 2e12}, "fp32": {"flops_per_s": 4e11}}],
+            "runs": {"tunery-lora": [result(1000, 1.0, 1.0, 1.00), result(1000, 2.0, 1.2), result(1000, 0.5, 1.1)],
+                     "trl-lora": [result(1000, 10.0, 2.0, 1.01), result(1000, 8.0, 2.4)],
+                     "tunery-qlora": [result(1000, 2.0, 0.9)]}}
+    comp = report.comparison(data)
+    assert comp["peak_bf16"] == 2e12 and comp["peak_fp32"] == 5e11
+    speed = comp["rows"]["tunery-lora"]["tokens_per_s"]
+    assert (speed["median"], speed["min"], speed["max"], speed["n"]) == (1000, 500, 2000, 3)
+    assert comp["ratios"]["speed_ratio"] == pytest.approx(1000 / 112.5)  # baseline median of 100 and 125
+    assert comp["ratios"]["rss_ratio"] == pytest.approx(1.1 / 2.2)
+    assert comp["ratios"]["val_loss_delta"] == pytest.approx(-0.01)
+    assert comp["ratios"]["mfu_bf16"] == pytest.approx(0.5)  # 1e12 FLOPs in 1 s against a 2e12 peak
+    lines = "\n".join(report.target_lines(comp["ratios"], comp["rows"]))
+    assert "| tokens/s vs baseline | >= 5 | 8.89x | met |" in lines
+    assert "| peak RSS vs baseline | <= 0.5 | 0.50x | met |" in lines
+    assert "QLoRA peak RSS vs LoRA | < 1 | 0.82x | met" in lines
