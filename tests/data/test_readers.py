@@ -180,6 +180,18 @@ def test_json_array_errors_are_located(tmp_path):
     assert only_problem(read_dataset(path), "json_not_array").line == 1
 
 
+def test_parquet_chat_with_weight_on_some_messages(tmp_path):
+    rows = [chat_row(i) for i in range(10)]
+    rows[0]["messages"][1]["weight"] = 0
+    rows[0]["messages"].append({"role": "assistant", "content": "again", "weight": 1})
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = read_dataset(path)
+    assert not report.problems, [str(p) for p in report.problems]
+    assert [t.train for t in report.conversations[0].turns] == [False, False, True]
+    assert [t.train for t in report.conversations[1].turns] == [False, True]
+
+
 def test_parquet_garbage_is_an_error_not_a_crash(tmp_path):
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1 not really parquet")

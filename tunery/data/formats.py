@@ -63,12 +63,12 @@ def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Co
         log.error("mixed_formats", f"this example is {fmt} but the file's first example is {state.file_format}",
                   **where)
         return None
-    errors_before = len(log.errors)
+    errors_before = log.error_count
     required, optional = FORMAT_KEYS[fmt]
     for key in sorted(required - set(value)):
         log.error("missing_key", f"missing key {key!r} of the {fmt} format", field=key, **where)
     _check_unknown_keys(value, required | optional, "", state, log, **where)
-    if len(log.errors) > errors_before:
+    if log.error_count > errors_before:
         return None
     location = Location(record.file, record.line)
     if fmt == "chat":
@@ -100,9 +100,9 @@ def _convert_chat(messages: Any, location: Location, state: FormatState, log: Pr
     if not messages:
         log.error("no_messages", "'messages' is empty", field="messages", **where)
         return None
-    errors_before = len(log.errors)
+    errors_before = log.error_count
     turns = [_convert_message(m, f"messages[{i}]", state, log, **where) for i, m in enumerate(messages)]
-    if len(log.errors) > errors_before:
+    if log.error_count > errors_before:
         return None
     for index, turn in enumerate(turns):
         if turn.role == "system" and index > 0:

@@ -86,9 +86,11 @@ class ProblemLog:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.error_count = 0  # kept as a number: callers compare it before and after a check
 
     def add(self, severity: Severity, code: str, message: str, *, file: str = "", line: int = 0,
             field: str = "", hint: str | None = None) -> None:
+        self.error_count += severity == "error"
         self.problems.append(Problem(severity, code, message, str(file), line, field,
                                      HINTS.get(code, "") if hint is None else hint))
 

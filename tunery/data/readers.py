@@ -251,4 +251,13 @@ def _read_parquet(path: Path, log: ProblemLog, stats: FileStats) -> list[RawReco
         return []
     if not rows:
         log.error("empty_file", "Parquet file has no rows", file=str(path))
-    return [RawRecord(row, str(path), index) for index, row in enumerate(rows, start=1)]
+    return [RawRecord(_drop_null_optionals(row), str(path), index) for index, row in enumerate(rows, start=1)]
+
+
+def _drop_null_optionals(row: dict) -> dict:
+    """Parquet structs give every message every field: a null `weight` there means "not given"."""
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        row["messages"] = [{k: v for k, v in m.items() if not (k == "weight" and v is None)}
+                           if isinstance(m, dict) else m for m in messages]
+    return row
