@@ -32,7 +32,8 @@ lint: setup
 	$(VENV)/bin/ruff check tunery tests bench examples
 
 bench: setup
-	$(PY) -m bench.run
+	# BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS=--quick` (see python -m bench.run --help).
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

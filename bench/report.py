@@ -151,6 +151,8 @@ def render_markdown(data: dict) -> str:
         f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
         f"(capability {m['cpu_capability']}, {m['torch_threads']} threads), Python {m['python']}",
         f"- CPU flags: {flags}",
+        f"- load average (1 min) at start / end: {_load(data, 'start')} / {_load(data, 'end')} "
+        f"on {m['logical_cpus']} CPUs (other work shared the machine)",
         f"- measured matmul peak (best of the run): bf16 {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "
         f"fp32 {comp['peak_fp32'] / 1e12:.3f} TFLOP/s", "",
         "## Workload (identical on both sides)", "",
@@ -168,12 +170,15 @@ def render_markdown(data: dict) -> str:
         "## Targets (issue 6)", "", "| target | bound | tunery | status |", "|---|---|---|---|",
         *target_lines(comp["ratios"], comp["rows"]), "",
         "## Settings each side used", "",
-        f"- tunery: `{data['tunery_command']}` (through `tunery.train`); "
+        f"- tunery: `{data['tunery_command']}` (an empty empty.yaml; the harness calls `tunery.train` with the same overrides); "
         f"{_settings(comp['rows'].get('tunery-lora'))}",
         f"- baseline: TRL `SFTTrainer` + PEFT `LoraConfig`; {_settings(comp['rows'].get('trl-lora'))}",
     ]
+    for name, reason in data.get("failures", {}).items():
+        lines.append(f"- **{ROW_TITLES.get(name, name)} failed**: `{reason}`")
     if data.get("extra_tunery"):
         lines.append(f"- extra tunery row: the tunery LoRA run plus `{' '.join(data['extra_tunery'])}`")
+    lines += ["", "## Observations (computed from this run)", "", *observations(data, comp)]
     lines += ["", "## How each number is computed", "", *HOW, "",
               f"Model shape used: {shape['decoder_linear_params'] / 1e6:.1f}M decoder linear weights, "
               f"{shape['lora_params'] / 1e6:.2f}M LoRA weights at rank {w['rank']}, {shape['layers']} layers, "
@@ -216,3 +221,29 @@ def _settings(row: dict | None) -> str:
     if not row:
         return "not run"
     return ", ".join(f"{k} {v}" for k, v in row["settings"].items())
+
+
+def _load(data: dict, when: str) -> str:
+    value = data.get("load_avg", {}).get(when)
+    return f"{value[0]:.1f}" if value else "?"
+
+
+def observations(data: dict, comp: dict) -> list[str]:
+    """Plain statements the numbers support, so a regenerated report stays honest without hand edits."""
+    out, rows, flags = [], comp["rows"], data["machine"]["flags"]
+    ratio = comp["peak_bf16"] / comp["peak_fp32"]
+    if ratio < 1:
+        out.append(f"- bf16 matmuls run at {ratio:.2f}x the fp32 rate here: the CPU exposes avx512_bf16 "
+                   f"{'but no AMX' if not flags.get('amx_bf16') else 'and AMX'}, so bf16 compute does not pay "
+                   "on this machine; MFU against the bf16 peak therefore flatters every row.")
+    else:
+        out.append(f"- bf16 matmuls run at {ratio:.1f}x the fp32 rate here.")
+    t, x = rows.get("tunery-lora"), rows.get("tunery-lora-extra")
+    if t and x:
+        out.append(f"- tunery LoRA with `{' '.join(data.get('extra_tunery', []))}`: "
+                   f"{x['tokens_per_s']['median'] / t['tokens_per_s']['median']:.2f}x the tokens/s of the default "
+                   f"row, peak RSS {x['peak_rss_gib']['median']:.2f} vs {t['peak_rss_gib']['median']:.2f} GiB.")
+    if data.get("quick"):
+        out.append("- This is a reduced run: with few steps, one-time costs in the first step (kernel "
+                   "selection, allocator warm-up) weigh more than in a long run, on both sides alike.")
+    return out

@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=512, help="Longest example kept (longer ones are skipped).")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank.")
     p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha.")
-    p.add_argument("--learning-rate", type=float, default=2e-4, help="Peak learning rate.")
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="Peak learning rate (about what tunery's `auto` picks for LoRA on a 135M model).")
     p.add_argument("--warmup-steps", type=int, default=2, help="Linear warmup steps, then cosine decay.")
     p.add_argument("--seed", type=int, default=42, help="Seed for both sides.")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions of tunery and the baseline.")
@@ -48,14 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-all", action="store_true", help="Evaluate every repetition (default: the first of each side).")
     p.add_argument("--no-baseline", action="store_true", help="Skip the TRL runs (tunery only).")
     p.add_argument("--quick", action="store_true",
-                   help="Reduced run: 8 steps of batch 4, 2 repetitions, 24 validation examples.")
+                   help="Reduced run: 5 steps of batch 4, 2 repetitions, 16 validation examples.")
     p.add_argument("--work-dir", default=None, help="Where runs and data subsets go (default: a temp folder).")
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report to write.")
     p.add_argument("--results-json", default=None, help="Also write all raw results here.")
+    p.add_argument("--render", metavar="RESULTS_JSON", default=None,
+                   help="Only re-render --output from a saved results.json (no training).")
     p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.batch_size, args.repetitions, args.val_examples = 8, 4, 2, 24
+        args.steps, args.batch_size, args.repetitions, args.val_examples = 5, 4, 2, 16
     return args
 
 
@@ -147,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.side_tunery import tunery_overrides
 
     args = parse_args(argv)
+    if args.render:
+        Path(args.output).write_text(report.render_markdown(json.loads(Path(args.render).read_text())), encoding="utf-8")
+        print(f"[bench] wrote {args.output}")
+        return 0
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    load_start = os.getloadavg()
     work, train_stats, val_stats, shape, sources = prepare(args, work_dir)
     print(f"[bench] work dir {work_dir}; {train_stats.examples} train examples, {train_stats.tokens} tokens "
           f"({train_stats.trained_tokens} trained)", flush=True)
@@ -166,17 +174,20 @@ def main(argv: list[str] | None = None) -> int:
             runs[f"{side}-lora"].append(train_and_eval(side, side_work, work_dir, f"{side}-lora-{rep}",
                                                        evaluate=evaluate, timeout_s=args.job_timeout_s,
                                                        expected_tokens=train_stats.tokens))
+    extra_rows = []
     if args.extra_tunery:
         extra = dict(item.split("=", 1) for item in args.extra_tunery)
-        extra_work = type(work)(**{**asdict(work), "extra": {"tunery_overrides": extra}})
-        runs["tunery-lora-extra"] = [train_and_eval("tunery", extra_work, work_dir, "tunery-lora-extra",
-                                                    evaluate=True, timeout_s=args.job_timeout_s,
-                                                    expected_tokens=train_stats.tokens)]
-    for method in [m for m in args.methods.split(",") if m.strip()]:
-        method_work = type(work)(**{**asdict(work), "method": method.strip()})
-        runs[f"tunery-{method}"] = [train_and_eval("tunery", method_work, work_dir, f"tunery-{method}-0",
-                                                   evaluate=True, timeout_s=args.job_timeout_s,
-                                                   expected_tokens=train_stats.tokens)]
+        extra_rows.append(("tunery-lora-extra", type(work)(**{**asdict(work), "extra": {"tunery_overrides": extra}})))
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        extra_rows.append((f"tunery-{method}", type(work)(**{**asdict(work), "method": method})))
+    failures: dict[str, str] = {}
+    for name, row_work in extra_rows:
+        try:
+            runs[name] = [train_and_eval("tunery", row_work, work_dir, f"{name}-0", evaluate=True,
+                                         timeout_s=args.job_timeout_s, expected_tokens=train_stats.tokens)]
+        except RuntimeError as exc:  # a failed extra row is reported, not fatal to the comparison
+            failures[name] = str(exc).splitlines()[-1][:300]
+            print(f"[bench] {name} failed: {failures[name]}", flush=True)
     peaks.append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-1", args.job_timeout_s))
 
     for name, results in runs.items():
@@ -193,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "model_shape": {"decoder_linear_params": shape.decoder_linear_params,
                         "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
-        "peaks": peaks, "runs": runs, "extra_tunery": args.extra_tunery,
-        "tunery_command": "tunery train " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
+        "peaks": peaks, "runs": runs, "failures": failures,
+        "load_avg": {"start": load_start, "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
+        "tunery_command": "tunery train empty.yaml " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
     }
     if args.results_json:
         Path(args.results_json).write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -119,3 +119,29 @@ def test_report_ratios_spreads_and_targets():
     assert "| tokens/s vs baseline | >= 5 | 8.89x | met |" in lines
     assert "| peak RSS vs baseline | <= 0.5 | 0.50x | met |" in lines
     assert "QLoRA peak RSS vs LoRA | < 1 | 0.82x | met" in lines
+
+
+def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
+    data = {"peaks": [{"bf16": {"flops_per_s": 5e10}, "fp32": {"flops_per_s": 1e11}}],
+            "runs": {"tunery-lora": [result(1000, 4.0, 1.0, 1.0)], "trl-lora": [result(1000, 8.0, 2.5, 1.1)],
+                     "tunery-lora-extra": [result(1000, 2.0, 1.5, 1.0)]},
+            "failures": {"tunery-qlora": "bench job failed"}, "extra_tunery": ["train.precision=fp32"],
+            "machine": {"cpu": "Test CPU", "logical_cpus": 2, "torch": "2.x", "torch_threads": 2,
+                        "cpu_capability": "AVX512", "python": "3.11", "flags": {"avx512_bf16": True, "amx_bf16": False}},
+            "date_utc": "2026-01-01 00:00 UTC", "duration_s": 600, "command": "python -m bench.run --quick",
+            "quick": True, "load_avg": {"start": [3.0, 2, 1], "end": [4.0, 2, 1]},
+            "workload": {"model_path": "/m/smollm2", "max_seq_len": 512, "rank": 16, "alpha": 32.0,
+                         "learning_rate": 1e-3, "lr_schedule": "cosine", "warmup_steps": 2, "steps": 5,
+                         "batch_size": 4, "grad_accum": 1, "seed": 42},
+            "sources": {"train": "examples/helpdesk/train.jsonl", "validation": "examples/helpdesk/validation.jsonl"},
+            "train_stats": {"examples": 20, "tokens": 1000, "trained_tokens": 250},
+            "val_stats": {"examples": 16}, "tunery_command": "tunery train empty.yaml method=lora",
+            "model_shape": {"decoder_linear_params": 106e6, "lora_params": 4.9e6, "layers": 30,
+                            "vocab_size": 49152, "hidden_size": 576}}
+    text = report.render_markdown(data)
+    assert "python -m bench.run --quick" in text and "Test CPU" in text and "amx_bf16 no" in text
+    assert "| tunery LoRA | 1 | 250 | 2.00x |" in text
+    assert "bf16 matmuls run at 0.50x the fp32 rate here" in text
+    assert "2.00x the tokens/s of the default row" in text
+    assert "**tunery QLoRA failed**" in text
+    assert "reduced run" in text
