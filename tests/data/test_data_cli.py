@@ -126,16 +126,17 @@ def test_cli_check_on_garbage_prints_errors_not_tracebacks(tmp_path):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_show_colours_trained_tokens_on_a_terminal(tmp_path, tiny_model_dir):
-    import os
-    import subprocess
-    import sys
+def test_show_colours_trained_tokens_on_a_terminal(tmp_path, tiny_model_dir, monkeypatch):
+    from rich.console import Console
 
+    import tunery.cli.data as data_cli
+
+    # A console that believes it writes to a terminal, as `tunery data show` does in one.
+    monkeypatch.setattr(data_cli, "console", Console(force_terminal=True, color_system="standard", width=200))
     path = write_lines(tmp_path / "d.jsonl", chat_lines(2))
-    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"}
-    result = subprocess.run([sys.executable, "-m", "tunery", "data", "show", str(path), "--model", str(tiny_model_dir),
-                             "--index", "1"], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "\x1b[" in result.stdout and "[[" not in result.stdout
-    coloured = result.stdout.split("answer 1")[0].rsplit("\x1b[", 1)[-1]
-    assert coloured.startswith("1;30;42m")  # bold black on green starts right before the answer
+    result = runner.invoke(app, ["data", "show", str(path), "--model", str(tiny_model_dir), "--index", "1"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" in result.output and "[[" not in result.output
+    coloured = result.output.split("answer 1")[0].rsplit("\x1b[", 1)[-1]
+    assert coloured == "1;30;42m"  # bold black on green starts right at the answer
+    assert "highlighted" in result.output
