@@ -146,8 +146,6 @@ def train_and_eval(side: str, work, work_dir: Path, tag: str, *, evaluate: bool,
 
 def main(argv: list[str] | None = None) -> int:
     from bench import report
-    from bench.flops import training_flops
-    from bench.side_tunery import tunery_overrides
 
     args = parse_args(argv)
     if args.render:
@@ -156,66 +154,82 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    load_start = os.getloadavg()
-    work, train_stats, val_stats, shape, sources = prepare(args, work_dir)
+    session = {"started": time.time(), "load_start": os.getloadavg(), "argv": argv, "peaks": [],
+               "runs": {"tunery-lora": [], "trl-lora": []}, "failures": {}}
+    session["prepared"] = prepare(args, work_dir)
+    work, train_stats = session["prepared"][0], session["prepared"][1]
     print(f"[bench] work dir {work_dir}; {train_stats.examples} train examples, {train_stats.tokens} tokens "
           f"({train_stats.trained_tokens} trained)", flush=True)
-    peaks = [run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-0", args.job_timeout_s)]
-    runs: dict[str, list[dict]] = {"tunery-lora": [], "trl-lora": []}
+
+    def train(side: str, name: str, row_work, tag: str, evaluate: bool) -> None:
+        result = train_and_eval(side, row_work, work_dir, tag, evaluate=evaluate, timeout_s=args.job_timeout_s,
+                                expected_tokens=train_stats.tokens)
+        session["runs"].setdefault(name, []).append(result)
+        save_results(args, session, work_dir, final=False)  # a stopped bench still leaves what it measured
+
+    session["peaks"].append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-0", args.job_timeout_s))
     baseline_work = type(work)(**{**asdict(work), "precision": args.baseline_precision})
     for rep in range(args.repetitions):
-        order = ["tunery", "trl"] if rep % 2 == 0 else ["trl", "tunery"]
-        for side in order:
-            if side == "trl" and args.no_baseline:
-                continue
-            side_work = work if side == "tunery" else baseline_work
-            evaluate = args.eval_all or rep == 0
-            runs[f"{side}-lora"].append(train_and_eval(side, side_work, work_dir, f"{side}-lora-{rep}",
-                                                       evaluate=evaluate, timeout_s=args.job_timeout_s,
-                                                       expected_tokens=train_stats.tokens))
-    extra_rows = []
+        for side in (["tunery", "trl"] if rep % 2 == 0 else ["trl", "tunery"]):
+            if not (side == "trl" and args.no_baseline):
+                train(side, f"{side}-lora", work if side == "tunery" else baseline_work, f"{side}-lora-{rep}",
+                      evaluate=args.eval_all or rep == 0)
+    for name, row_work in extra_rows(args, work):
+        try:
+            train("tunery", name, row_work, f"{name}-0", evaluate=True)
+        except RuntimeError as exc:  # a failed extra row is reported, not fatal to the comparison
+            session["failures"][name] = str(exc).splitlines()[-1][:300]
+            print(f"[bench] {name} failed: {session['failures'][name]}", flush=True)
+    session["peaks"].append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-1", args.job_timeout_s))
+    data = save_results(args, session, work_dir, final=True)
+    print(report.render_summary(data), flush=True)
+    print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
+    return 0
+
+
+def extra_rows(args, work) -> list[tuple[str, object]]:
+    """tunery-only rows: LoRA with extra overrides, then the other methods."""
+    rows = []
     if args.extra_tunery:
         extra = dict(item.split("=", 1) for item in args.extra_tunery)
-        extra_rows.append(("tunery-lora-extra", type(work)(**{**asdict(work), "extra": {"tunery_overrides": extra}})))
+        rows.append(("tunery-lora-extra", type(work)(**{**asdict(work), "extra": {"tunery_overrides": extra}})))
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        extra_rows.append((f"tunery-{method}", type(work)(**{**asdict(work), "method": method})))
-    failures: dict[str, str] = {}
-    for name, row_work in extra_rows:
-        try:
-            runs[name] = [train_and_eval("tunery", row_work, work_dir, f"{name}-0", evaluate=True,
-                                         timeout_s=args.job_timeout_s, expected_tokens=train_stats.tokens)]
-        except RuntimeError as exc:  # a failed extra row is reported, not fatal to the comparison
-            failures[name] = str(exc).splitlines()[-1][:300]
-            print(f"[bench] {name} failed: {failures[name]}", flush=True)
-    peaks.append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-1", args.job_timeout_s))
+        rows.append((f"tunery-{method}", type(work)(**{**asdict(work), "method": method})))
+    return rows
 
-    for name, results in runs.items():
-        method = name.split("-")[1]
+
+def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
+    """Assemble everything measured so far into results.json (and the markdown report when final)."""
+    from bench import report
+    from bench.flops import training_flops
+    from bench.side_tunery import tunery_overrides
+
+    work, train_stats, val_stats, shape, sources = session["prepared"]
+    for name, results in session["runs"].items():
         for r in results:
-            r["model_flops"] = training_flops(shape, method=method, rank=work.rank, tokens=r["tokens"],
+            r["model_flops"] = training_flops(shape, method=name.split("-")[1], rank=work.rank, tokens=r["tokens"],
                                               trained_tokens=r["trained_tokens"], context_sum=train_stats.context_sum)
+    argv = session["argv"] if session["argv"] is not None else sys.argv[1:]
     data = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "duration_s": round(time.time() - started), "machine": report.machine_info(),
-        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "complete": final, "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(session["started"])),
+        "duration_s": round(time.time() - session["started"]), "machine": report.machine_info(),
+        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in argv),
         "quick": args.quick, "workload": asdict(work), "baseline_precision": args.baseline_precision,
         "sources": sources, "train_stats": train_stats.to_dict(), "val_stats": val_stats.to_dict(),
         "model_shape": {"decoder_linear_params": shape.decoder_linear_params,
                         "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
-        "peaks": peaks, "runs": runs, "failures": failures,
-        "load_avg": {"start": load_start, "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
+        "peaks": session["peaks"], "runs": session["runs"], "failures": session["failures"],
+        "load_avg": {"start": session["load_start"], "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
         "tunery_command": "tunery train empty.yaml " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
     }
-    if args.results_json:
-        Path(args.results_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
     (work_dir / "results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(report.render_markdown(data), encoding="utf-8")
-    print(report.render_summary(data), flush=True)
-    print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
-    return 0
+    if final:
+        if args.results_json:
+            Path(args.results_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(report.render_markdown(data), encoding="utf-8")
+    return data
 
 
 if __name__ == "__main__":

@@ -94,6 +94,13 @@ def test_both_sides_train_the_same_tokens_and_share_the_validation_loss(tiny_mod
     assert all(t["val_tokens"] == base["val_tokens"] > 0 for t in tuned)
     # A random tiny model sits near ln(vocab); training moves both adapters off the base loss.
     assert math.isfinite(base["val_loss"]) and all(t["val_loss"] != base["val_loss"] for t in tuned)
+    # The same evaluation as a bench job: its own process, its own peak RSS, the same number.
+    from bench.run import run_job
+
+    job = run_job("eval", {"model_path": str(tiny_model_dir), "val_file": work.val_file,
+                           "adapter_dir": ours["adapter_dir"], "max_seq_len": 128}, tmp_path, "eval", 600)
+    assert job["val_loss"] == pytest.approx(tuned[0]["val_loss"], abs=1e-6)
+    assert job["peak_rss_bytes"] > 50 * 2**20  # torch alone is bigger than this
 
 
 def result(tokens, wall_s, rss_gib, val_loss=None, flops=1e12):
