@@ -79,3 +79,22 @@ def test_gates_apply_to_every_candidate():
     comparisons = [compare_results(base, good), compare_results(base, bad)]
     results = check_gates(["no-regression"], [base, good, bad], comparisons)
     assert [(r.model, r.passed) for r in results] == [("good", True), ("bad", False)]
+
+
+def test_report_escapes_user_text_and_loads_nothing(tmp_path):
+    from tunery.evaluation.compare import Summary
+    from tunery.evaluation.report import render_html, render_markdown
+
+    base = make_result("base", [1.0, 0.0])
+    tuned = make_result("tuned", [0.0, 0.0])
+    tuned.rows[0]["prediction"] = '<img src="https://example.com/x.png"><script>alert(1)</script>'
+    summary = Summary(models=[base, tuned], comparisons=[compare_results(base, tuned)], gates=[],
+                      out_dir=str(tmp_path), report_path=str(tmp_path / "report.html"), tasks_path="t.jsonl",
+                      loss_curves={"tuned": {"train": [[1, 2.0], [2, 1.5]], "val": [[2, 1.7]]}})
+    html = render_html(summary)
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<polyline" in html  # the loss curve is drawn inline
+    # The regressed example (r0: 1.0 -> 0.0) is listed before the tie (r1).
+    assert html.index("base-0") < html.index("base-1")
+    assert "- `r0` (t.jsonl:1): 1.00 → 0.00" in render_markdown(summary)

@@ -139,6 +139,18 @@ def test_loss_and_perplexity_match_a_direct_forward(tiny_model_dir, tmp_path):
     assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_cli_eval_data_only_reports_loss(tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completion": "An answer."} for i in range(2)]
+    data = tmp_path / "pc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", tiny_model_dir, "--data", data, "--json", "--dtype", "fp32")
+    assert result.exit_code == 0, result.output
+    loss = json.loads(result.output[result.output.index("{"):])["loss"]
+    assert loss["num_examples"] == 2 and loss["perplexity"] == pytest.approx(math.exp(loss["loss"]))
+    nothing = cli("eval", tiny_model_dir)
+    assert nothing.exit_code == 2 and "nothing to evaluate" in nothing.output
+
+
 def test_parse_verdict():
     assert parse_verdict("PASS: matches the reference.") == parse_verdict("pass - matches the reference.")
     verdict = parse_verdict("Verdict: FAIL: the priority is wrong")
