@@ -196,3 +196,16 @@ def test_client_disconnect_aborts_generation(live):
     alone = engine.generate(ids, SamplingParams(max_new_tokens=200, temperature=1.0, seed=5))
     assert alone.finish_reason == "length"  # this seed runs past 200 tokens when left alone...
     assert len(forwards) < 100  # ...but the disconnected request stopped early
+
+
+def test_keys_never_reach_the_logs(live, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    greedy(live.client())
+    with pytest.raises(openai.AuthenticationError):
+        live.client(key="tny_feedface_secret-guess").models.list()
+    post_raw(live, "/v1/chat/completions", b"{oops")
+    assert caplog.records  # the server and its libraries did log something...
+    assert live.user_key not in caplog.text and "secret-guess" not in caplog.text  # ...but never a key
+    assert "authorization" not in caplog.text.lower()

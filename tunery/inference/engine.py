@@ -22,20 +22,11 @@ from transformers import DynamicCache
 from tunery.errors import ConfigError, NotFoundError
 from tunery.inference.batch import BatchCache, cache_tensors
 from tunery.inference.lora import AdapterSlots, read_peft_adapter
-from tunery.inference.sampling import SamplingParams, make_generator, sample_token
+from tunery.inference.params import GenerationEvent, SamplingParams
+from tunery.inference.sampling import make_generator, sample_token
 from tunery.inference.stops import TextTracker
 
 log = logging.getLogger("tunery.inference")
-
-
-@dataclass(frozen=True)
-class GenerationEvent:
-    """`text` is new output; `finish_reason` is set on the last event ("stop", "length", "abort", "error")."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 @dataclass
@@ -282,7 +273,7 @@ class Engine:
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
         seq.last_token = token
-        if token in self.stop_token_ids:
+        if token in self.stop_token_ids and not seq.params.ignore_eos:
             self._finish(seq, "stop")
             return
         text = seq.tracker.add(token)

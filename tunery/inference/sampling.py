@@ -6,20 +6,9 @@ else shares its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """What one request asks of the sampler and when it must stop."""
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
+from tunery.inference.params import SamplingParams
 
 
 def make_generator(seed: int | None) -> torch.Generator:

@@ -18,8 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tunery.errors import DataError, StoreError
-from tunery.inference.engine import GenerationEvent
-from tunery.inference.sampling import SamplingParams
+from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.server.auth import Caller
 from tunery.server.errors import ApiError, error_body
 from tunery.server.protocol import (
@@ -122,27 +121,39 @@ def _plan(state, req, kind, prefix, adapter, prompt_ids, stops, logged, requeste
                 created=int(time.time()))
 
 
-async def run_plan(state: ServerState, plan: Plan) -> AsyncIterator[tuple[int, GenerationEvent]]:
-    """Submit the plan's `n` requests and yield (choice index, event) until all are finished."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    request_ids: list[int] = []
-    remaining = plan.n
-    try:
-        for index in range(plan.n):
-            seed = None if plan.params.seed is None else plan.params.seed + index
-            request_ids.append(state.engine.submit(
-                plan.prompt_ids, replace(plan.params, seed=seed),
-                lambda event, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, event)), plan.adapter))
-        while remaining:
-            index, event = await queue.get()
-            if event.finish_reason is not None:
-                remaining -= 1
-            yield index, event
-    finally:
-        if remaining:  # cancelled (client gone) or failed: free the engine rows at once
-            for request_id in request_ids:
-                state.engine.abort(request_id)
+class Submitted:
+    """The engine requests of one plan and the queue their events arrive on (via the event loop)."""
+
+    def __init__(self, state: ServerState, plan: Plan):
+        loop = asyncio.get_running_loop()
+        self.state, self.plan, self.queue, self.request_ids = state, plan, asyncio.Queue(), []
+        try:
+            for index in range(plan.n):
+                seed = None if plan.params.seed is None else plan.params.seed + index
+                self.request_ids.append(state.engine.submit(
+                    plan.prompt_ids, replace(plan.params, seed=seed),
+                    lambda event, i=index: loop.call_soon_threadsafe(self.queue.put_nowait, (i, event)),
+                    plan.adapter))
+        except Exception:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        for request_id in self.request_ids:
+            self.state.engine.abort(request_id)
+
+    async def events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
+        """Yield (choice index, event) until every choice has finished."""
+        remaining = self.plan.n
+        try:
+            while remaining:
+                index, event = await self.queue.get()
+                if event.finish_reason is not None:
+                    remaining -= 1
+                yield index, event
+        finally:
+            if remaining:  # cancelled (client gone) or failed: free the engine rows at once
+                self.abort()
 
 
 def _usage(plan: Plan, finals: list[GenerationEvent | None]) -> Usage:
@@ -173,9 +184,10 @@ def _log(state: ServerState, plan: Plan, caller: Caller, texts: list[str], final
         log.warning("could not log completion %s: %s", plan.id, type(exc).__name__)
 
 
-async def _collect(state: ServerState, plan: Plan) -> tuple[list[str], list[GenerationEvent | None]]:
+async def _collect(submitted: Submitted) -> tuple[list[str], list[GenerationEvent | None]]:
+    plan = submitted.plan
     texts, finals = [""] * plan.n, [None] * plan.n
-    async for index, event in run_plan(state, plan):
+    async for index, event in submitted.events():
         texts[index] += event.text
         if event.finish_reason is not None:
             finals[index] = event
@@ -183,7 +195,7 @@ async def _collect(state: ServerState, plan: Plan) -> tuple[list[str], list[Gene
 
 
 async def _collect_unless_disconnected(state: ServerState, plan: Plan, request: Request):
-    task = asyncio.ensure_future(_collect(state, plan))
+    task = asyncio.ensure_future(_collect(Submitted(state, plan)))
     while True:
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
         if done:
@@ -244,13 +256,15 @@ def _text_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: U
 
 
 def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, make_chunk) -> StreamingResponse:
+    submitted = Submitted(state, plan)  # before the 200 goes out, so a refused submit is still a 4xx
+
     async def events():
         texts, finals = [""] * plan.n, [None] * plan.n
         for index in range(plan.n):
             opening = make_chunk(plan, index, None)
             if opening is not None:
                 yield _sse(opening)
-        async for index, event in run_plan(state, plan):
+        async for index, event in submitted.events():
             texts[index] += event.text
             if event.finish_reason in ("error", "abort"):
                 yield _sse(error_body("generation failed", "server_error", "generation_failed"))
