@@ -21,22 +21,25 @@ def tunery_home() -> Path:
     return home
 
 
-def models_dir() -> Path:
-    path = tunery_home() / "models"
+def _subdir(name: str) -> Path:
+    path = tunery_home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def models_dir() -> Path:
+    """Converted and cached base models."""
+    return _subdir("models")
 
 
 def cache_dir() -> Path:
-    path = tunery_home() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Tokenized datasets and other derived data that can be rebuilt."""
+    return _subdir("cache")
 
 
 def runs_dir() -> Path:
-    path = tunery_home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Default home of run directories."""
+    return _subdir("runs")
 
 
 def database_path() -> Path:
