@@ -188,6 +188,13 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in {"int", "float", "str", "list[str]", "bool"} or part.startswith(("literal[", "function-")))
 
 
+# Names other tools use for the same setting; difflib alone cannot see that `lr` means learning_rate.
+KEY_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "num_epochs": "epochs", "num_train_epochs": "epochs",
+               "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size": "batch_size",
+               "r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+               "model": "base_model", "dtype": "precision", "warmup": "warmup_steps", "scheduler": "lr_schedule"}
+
+
 def suggest_key(loc: tuple) -> str | None:
     """`did you mean 'train.learning_rate'?` for a misspelt key, from the fields at that level."""
     parts = [str(p) for p in loc if not _is_union_tag(p)]
@@ -198,7 +205,9 @@ def suggest_key(loc: tuple) -> str | None:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
-    close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.5)
+    fields = list(model.model_fields)
+    alias = KEY_ALIASES.get(parts[-1].lower())
+    close = [alias] if alias in fields else difflib.get_close_matches(parts[-1], fields, n=1, cutoff=0.5)
     if not close:
         return None
     return "did you mean '" + ".".join([*parts[:-1], close[0]]) + "'?"
@@ -220,7 +229,7 @@ def find_yaml_line(path: Path, loc: tuple[str, ...]) -> int | None:
                 node = value_node
                 break
         else:
-            return line
+            return None  # the key is not in the file: it came from an override
     return line
 
 

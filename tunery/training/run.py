@@ -235,11 +235,15 @@ def start_table(config, precision, choices, data_info, steps, threads, num_param
 
 def summary(run: RunDir, status: str, state: TrainState, result: RunResult) -> dict:
     m = result.metrics
-    rows = {"steps": state.step, "train loss (first → last)": f"{m.get('first_train_loss')} → {m.get('train_loss')}",
-            "val loss (before → after)": f"{m.get('initial_val_loss')} → {m.get('val_loss')}",
+    rows = {"steps": state.step, "train loss (first → last)": f"{_fmt(m.get('first_train_loss'))} → {_fmt(m.get('train_loss'))}",
+            "val loss (before → after)": f"{_fmt(m.get('initial_val_loss'))} → {_fmt(m.get('val_loss'))}",
             "tokens seen": state.tokens_seen, "tokens/s": m.get("tokens_per_s"),
             "train time": f"{state.train_time_s:.1f} s",
             "output": str(result.adapter_path or result.model_path or run.path)}
     if result.resume_command:
         rows["resume with"] = result.resume_command
     return {"name": run.path.name, "status": status, "rows": rows, "run_dir": str(run.path)}
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,92 @@
+"""`tunery train`, `tunery config validate|show` and `tunery demo`: parse, call the library, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunery.cli import app
+from tunery.cli.output import console, err_console, handle_errors, print_json
+
+config_app = typer.Typer(help="Check and print training configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+EXIT_INTERRUPTED = 130
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+@handle_errors
+def train_command(
+    config: Path = typer.Argument(None, help="Training config (YAML). Not needed with --resume.", show_default=False),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. method=qlora train.max_steps=30.",
+                                          show_default=False),
+    resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly where it stopped."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or tables."),
+    json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per line on stdout (for scripts)."),
+):
+    """Fine-tune a model (full, LoRA or QLoRA) and write a run directory.
+
+    Under `torchrun --nproc_per_node N` the same command trains data-parallel (only rank 0 writes).
+    """
+    import tunery
+    from tunery.config import load_train_config
+    from tunery.errors import ConfigError
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides",
+                              hint=f"tunery train --resume {resume}")
+        result = tunery.train(resume=resume, quiet=quiet, json_logs=json_logs)
+    else:
+        if config is None:
+            raise ConfigError("no config given", hint="tunery train CONFIG.yaml [KEY=VALUE ...], or --resume RUN_DIR")
+        result = tunery.train(load_train_config(config, overrides or []), quiet=quiet, json_logs=json_logs)
+    if result.status == "interrupted":
+        err_console.print(f"interrupted at step {result.steps}; resume with:\n  {result.resume_command}",
+                          highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if not quiet and not json_logs:
+        console.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+@config_app.command("validate")
+@handle_errors
+def validate_command(
+    file: Path = typer.Argument(..., help="Training config (YAML)."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides to check as well.", show_default=False),
+):
+    """Check a config strictly: unknown keys, wrong types and bad values fail with the closest valid key."""
+    from tunery.config import load_train_config
+
+    load_train_config(file, overrides or [])
+    console.print(f"{file}: valid", highlight=False)
+
+
+@config_app.command("show")
+@handle_errors
+def show_command(
+    file: Path = typer.Argument(None, help="Training config (YAML); without it, the defaults.", show_default=False),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+):
+    """Print the resolved config with every default filled in (`auto` values resolve when a run starts)."""
+    from tunery.config import dump_config, load_train_config
+
+    config = load_train_config(file, overrides or [])
+    if json_output:
+        print_json(config.model_dump(mode="json"))
+    else:
+        typer.echo(dump_config(config), nl=False)
+
+
+@app.command("demo")
+@handle_errors
+def demo_command(
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop training after this many steps (default: the demo's own)."),
+    examples: int = typer.Option(3, "--examples", help="Test tickets to answer before and after."),
+):
+    """LoRA fine-tune of the default model on examples/helpdesk, then test tickets answered before and after."""
+    from tunery.training.demo import run_demo
+
+    run_demo(max_steps=max_steps, num_examples=examples, console=console)
