@@ -198,7 +198,15 @@ HOW = [
     "- **tokens per CPU-s**: the same tokens over the process CPU time (user + system, all threads) in the "
     "same window; less sensitive than wall time to other processes taking the cores, but spin-waiting "
     "threads count too.",
-    "- **peak RSS**: `ru_maxrss` of the training process itself (`os.wait4`), each run in its own process.",
+    "- **baseline settings** (TRL's documented options, chosen for this CPU): `padding_free=True` (no padding "
+    "compute; TRL's `packing=True` would re-cut examples into fixed-length rows and change what a step holds), "
+    "`max_length=None` because the subset is already filtered to fit, `assistant_only_loss=True` with the "
+    "model's template plus `{% generation %}` markers (bench/templates, checked to render identically), "
+    "`bf16=True` autocast (TRL's default) unless `--baseline-precision fp32`, `gradient_checkpointing=False` "
+    "(TRL defaults it on; memory is not short here), TRL's default fused AdamW, no evaluation or saving "
+    "during training.",
+    "- **peak RSS**: the training process's own high-water mark (`VmHWM` from /proc/self/status at its end; "
+    "`ru_maxrss` from `os.wait4` where /proc is missing), each run in its own process, model load included.",
     "- **final val loss**: after training, a separate process loads the base model in fp32 with the saved "
     "adapter (or full model) and takes the mean cross-entropy over assistant tokens (content + end-of-turn, "
     "tunery's chat encoding) of the validation examples; the same code for both sides. A QLoRA adapter is "

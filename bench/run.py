@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_job(job: str, spec: dict, work_dir: Path, tag: str, timeout_s: float) -> dict:
-    """Run one worker process; its result JSON plus its own peak RSS (`ru_maxrss`) and wall time."""
+    """Run one worker process; its result JSON plus its own peak RSS and wall time."""
     spec_path, out_path, log_path = (work_dir / f"{tag}.{ext}" for ext in ("spec.json", "out.json", "log"))
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -76,7 +76,10 @@ def run_job(job: str, spec: dict, work_dir: Path, tag: str, timeout_s: float) ->
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"bench job {tag} ({job}) failed with status {status}; log {log_path}:\n{tail}")
     result = json.loads(out_path.read_text(encoding="utf-8"))
-    result["peak_rss_bytes"] = rusage.ru_maxrss * 1024  # Linux reports kilobytes
+    # VmHWM counts only the worker's own memory; ru_maxrss (kilobytes on Linux) can also hold the
+    # parent's size from before exec, so it is the fallback where /proc does not exist.
+    result["ru_maxrss_bytes"] = rusage.ru_maxrss * 1024
+    result["peak_rss_bytes"] = result.get("vm_hwm_bytes") or result["ru_maxrss_bytes"]
     result["job_wall_s"] = time.perf_counter() - started
     return result
 

@@ -40,8 +40,20 @@ def main(argv: list[str]) -> int:
         print(f"unknown job {job!r}", file=sys.stderr)
         return 2
     result["process_wall_s"] = time.perf_counter() - started
+    result["vm_hwm_bytes"] = read_vm_hwm_bytes()  # cross-check of the parent's ru_maxrss
     out_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
+
+
+def read_vm_hwm_bytes() -> int | None:
+    """This process's peak resident set size from /proc (Linux), or None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":
