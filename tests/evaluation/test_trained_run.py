@@ -61,6 +61,9 @@ def test_tuned_run_beats_its_base_and_passes_gates(tiny_model_dir, trained_run, 
     assert len(curves["train"]) == 120 and [p[0] for p in curves["val"]] == [0, 20, 40, 60, 80, 100, 120]
     assert curves["val"][-1][1] < curves["val"][0][1]
     assert "fits val" in (tmp_path / "cmp" / "report.html").read_text()
+    lines = summary.headline_lines()
+    assert "regex: tiny-model0 0.000 -> fits 1.000 (+1.000, 95% CI [+1.000, +1.000])" in lines
+    assert "fits vs tiny-model0: 6 wins, 0 losses, 0 ties" in lines
 
 
 def greedy_answer(model, tokenizer, generation_config=None) -> tuple[str, list[int]]:

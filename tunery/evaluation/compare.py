@@ -61,6 +61,21 @@ class Summary:
         return {m.label: {k: v["mean"] for k, v in m.metrics.items() if not k.startswith("json_field.")}
                 for m in self.models}
 
+    def headline_lines(self) -> list[str]:
+        """One line per candidate and main metric, for a terminal: means, delta, interval, outcomes."""
+        lines = []
+        for comparison in self.comparisons:
+            for name, d in comparison.deltas.items():
+                if name.startswith("json_field.") or name == "json_fields_all":
+                    continue
+                lines.append(f"{name}: {comparison.baseline} {d['baseline']:.3f} -> {comparison.candidate} "
+                             f"{d['candidate']:.3f} ({d['delta']:+.3f}, 95% CI [{d['low']:+.3f}, {d['high']:+.3f}])")
+            o = comparison.outcomes
+            lines.append(f"{comparison.candidate} vs {comparison.baseline}: {o['wins']} wins, {o['losses']} losses, "
+                         f"{o['ties']} ties")
+        lines.extend(f"gate {g.rule} ({g.model}): {'pass' if g.passed else 'FAIL'} - {g.detail}" for g in self.gates)
+        return lines
+
     def as_dict(self) -> dict:
         return {"tasks": self.tasks_path, "report": self.report_path, "passed": self.passed,
                 "models": [m.as_dict() for m in self.models],
