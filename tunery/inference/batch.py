@@ -33,13 +33,12 @@ class BatchCache:
     def num_rows(self) -> int:
         return 0 if self.mask is None else self.mask.shape[0]
 
-    def append_row(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
-        """Add one prefilled sequence (its cache tensors, batch size 1) as the last row."""
-        row_mask = torch.ones(1, length, dtype=torch.long)
+    def append_rows(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+        """Add prefilled sequences (their cache tensors and [rows, width] mask) as the last rows."""
         if self.cache is None:
-            self.cache, self.mask = DynamicCache(layers), row_mask
+            self.cache, self.mask = DynamicCache(layers), mask
             return
-        width = self.mask.shape[1]
+        width, length = self.mask.shape[1], mask.shape[1]
         old, new_pad, old_pad = cache_tensors(self.cache), max(0, width - length), max(0, length - width)
         merged = [
             (torch.cat([_pad_left(k0, old_pad), _pad_left(k1, new_pad)]),
@@ -47,7 +46,7 @@ class BatchCache:
             for (k0, v0), (k1, v1) in zip(old, layers, strict=True)
         ]
         old_mask = torch.cat([self.mask.new_zeros(self.num_rows, old_pad), self.mask], dim=1)
-        new_mask = torch.cat([row_mask.new_zeros(1, new_pad), row_mask], dim=1)
+        new_mask = torch.cat([mask.new_zeros(mask.shape[0], new_pad), mask], dim=1)
         self.cache, self.mask = DynamicCache(merged), torch.cat([old_mask, new_mask])
 
     def keep_rows(self, rows: list[int]) -> None:

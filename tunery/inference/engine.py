@@ -52,16 +52,30 @@ class _Adapter:
     last_used_s: float = field(default_factory=time.monotonic)
 
 
+def _group_by_length(seqs: list[_Sequence], max_tokens: int) -> list[list[_Sequence]]:
+    """Consecutive groups (by prompt length) whose padded size stays within `max_tokens`."""
+    groups: list[list[_Sequence]] = []
+    for seq in sorted(seqs, key=lambda s: len(s.prompt_ids)):
+        group = groups[-1] if groups else None
+        if group and len(seq.prompt_ids) * (len(group) + 1) <= max_tokens \
+                and len(seq.prompt_ids) <= 2 * len(group[0].prompt_ids):
+            group.append(seq)
+        else:
+            groups.append([seq])
+    return groups
+
+
 class Engine:
     """Continuous step-level batching over one base model with many LoRA adapters."""
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
-                 max_adapters: int = 8, max_context: int | None = None):
+                 max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
         self.max_batch_size = max_batch_size
         self.max_adapters = max_adapters
+        self.max_prefill_tokens = max_prefill_tokens
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
         self.adapters: dict[str, _Adapter] = {}
@@ -223,8 +237,10 @@ class Engine:
             for seq in admitted:
                 if seq.aborted:
                     self._finish(seq, "abort")
-                    continue
-                self._prefill(seq)
+            new = [seq for seq in admitted if not seq.aborted]
+            # Prompts of similar length share a prefill pass; very different ones would mostly pad.
+            for group in _group_by_length(new, self.max_prefill_tokens):
+                self._prefill(group)
             self._drop_finished()
             if self._active:
                 self._decode()
@@ -247,14 +263,22 @@ class Engine:
                 (slot, torch.tensor([i for i, s in enumerate(slots) if s == slot])) for slot in distinct if slot
             ]
 
-    def _prefill(self, seq: _Sequence) -> None:
-        self._route([seq.slot])
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        """One forward over the new prompts, left-padded together; their rows join the batch."""
+        width = max(len(seq.prompt_ids) for seq in seqs)
+        pads = [width - len(seq.prompt_ids) for seq in seqs]
+        input_ids = torch.tensor([[0] * pad + seq.prompt_ids for pad, seq in zip(pads, seqs, strict=True)])
+        mask = torch.tensor([[0] * pad + [1] * len(seq.prompt_ids) for pad, seq in zip(pads, seqs, strict=True)])
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        self._route([seq.slot for seq in seqs])
         cache = DynamicCache()
-        out = self.model(input_ids=torch.tensor([seq.prompt_ids]), cache=cache, use_cache=True, logits_to_keep=1)
-        self._batch.append_row(cache_tensors(cache), len(seq.prompt_ids))
-        self._active.append(seq)
-        seq.fed = len(seq.prompt_ids)
-        self._accept(seq, sample_token(out.logits[0, -1], seq.params, seq.generator))
+        out = self.model(input_ids=input_ids, attention_mask=mask if any(pads) else None, position_ids=positions,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        self._batch.append_rows(cache_tensors(cache), mask)
+        for i, seq in enumerate(seqs):
+            self._active.append(seq)
+            seq.fed = len(seq.prompt_ids)
+            self._accept(seq, sample_token(out.logits[i, -1], seq.params, seq.generator))
 
     def _decode(self) -> None:
         rows = self._active
