@@ -65,13 +65,18 @@ def test_a_run_directory_evaluates_its_adapter(tiny_model_dir, run_dir, tasks_fi
 
 def test_compare_writes_an_offline_report(tiny_model_dir, run_dir, tasks_file, tmp_path):
     out = tmp_path / "cmp"
-    summary = compare_models([str(tiny_model_dir), str(run_dir)], tasks_file, out,
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "completion": "An answer."}) + "\n" for i in range(3)))
+    summary = compare_models([str(tiny_model_dir), str(run_dir)], tasks_file, out, loss_data=data,
                              gates=["regex>=0", "json_fields>=0.9"], max_new_tokens=8, dtype="fp32")
     assert not summary.passed and [g.rule for g in summary.failed_gates] == ["json_fields>=0.9"]
     html = (out / "report.html").read_text()
     assert not re.search(r"https?://|<script|<link|\bsrc=", html)
     assert html.count("<svg") >= 3  # metric bars, delta bars, loss curves
     assert "Training and validation loss" in html and "tuned val" in html
+    assert "<td>perplexity</td>" in html and "| perplexity |" in (out / "summary.md").read_text()
+    assert summary.models[0].loss["num_examples"] == 3
+    assert summary.models[0].loss["loss"] != summary.models[1].loss["loss"]
     data = json.loads((out / "summary.json").read_text())
     assert data["passed"] is False
     assert data["loss_curves"]["tuned"]["train"][0] == [1.0, 2.7]

@@ -96,6 +96,7 @@ def compare_command(
     gate: list[str] = typer.Option(None, "--gate", "-g", help='Rule the candidates must pass (repeatable): '
                                    '"json_fields>=0.9", "exact_match.delta>=0", "no-regression[:TOL]".'),
     metric: list[str] = MetricOpt,
+    data: Path = typer.Option(None, "--data", help="Also compare loss and perplexity on this dataset file."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     batch_size: int = BatchOpt,
     max_new_tokens: int = MaxTokensOpt,
@@ -112,7 +113,7 @@ def compare_command(
                           hint="tunery compare BASE CANDIDATE --tasks FILE --out DIR")
     summary = compare_models(models, tasks, out, gates=gate or [], metrics=metric or None, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
-                             judge=judge_spec(judge, rubric))
+                             judge=judge_spec(judge, rubric), loss_data=data)
     if as_json:
         print_json(summary.as_dict())
     else:

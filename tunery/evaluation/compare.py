@@ -134,11 +134,13 @@ def check_gates(gate_texts: list[str], models: list[EvalResult], comparisons: li
 def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str | Path, *,
                    gates: list[str] | tuple[str, ...] = (), metrics: list[str] | None = None,
                    batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
-                   judge: JudgeSpec | None = None, seed: int = 0) -> Summary:
+                   judge: JudgeSpec | None = None, seed: int = 0,
+                   loss_data: str | Path | None = None) -> Summary:
     """Evaluate every model on the same tasks, compare each to the first, write the report.
 
     Writes `report.html`, `summary.json`, `summary.md` and one `<label>/predictions.jsonl` per
     model into `out_dir`. Gate failures are reported in the Summary (`passed`), not raised.
+    `loss_data`: also measure each model's loss and perplexity on this dataset file.
     """
     from tunery.evaluation.report import write_reports
 
@@ -153,7 +155,7 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
     for ref, label in zip(model_refs, unique_labels([str(r) for r in model_refs])):
         models.append(evaluate_model(str(ref), examples, metrics=metrics, out_dir=out / label, label=label,
                                      batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
-                                     judge=judge))
+                                     judge=judge, loss_data=loss_data))
     comparisons = [compare_results(models[0], candidate, seed=seed) for candidate in models[1:]]
     summary = Summary(models=models, comparisons=comparisons, gates=check_gates(list(gates), models, comparisons),
                       out_dir=str(out), report_path=str(out / "report.html"), tasks_path=str(tasks_path),

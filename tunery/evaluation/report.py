@@ -158,6 +158,10 @@ def render_markdown(summary) -> str:
     for name in names:
         cells = [f"{m.metrics[name]['mean']:.3f}" if name in m.metrics else "-" for m in summary.models]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(m.loss for m in summary.models):
+        for key in ("loss", "perplexity"):
+            cells = [f"{m.loss[key]:.4f}" if m.loss else "-" for m in summary.models]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     for comparison in summary.comparisons:
         o = comparison.outcomes
         lines += ["", f"## {comparison.candidate} vs {comparison.baseline}", "",

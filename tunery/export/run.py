@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +165,10 @@ def export_gguf(source: RunSource, tmp: Path, dtype: str | None, ollama: bool):
                           code="invalid_dtype")
     model, tokenizer, prompt_ids, reference = merged_source(source)
     check_gguf_support(model, tokenizer)
-    file_name = f"{source.name}-{chosen}.gguf"
-    write_gguf(model, tokenizer, tmp / file_name, chosen, name=source.name)
+    # The run folder's name may hold anything a file system allows; the file name gets a safe form.
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", source.name).strip("-.") or "model"
+    file_name = f"{safe_name}-{chosen}.gguf"
+    write_gguf(model, tokenizer, tmp / file_name, chosen, name=safe_name)
     del model
     exported, exported_tokenizer = reload_gguf(tmp / file_name)
     check_tokenizer(prompt_ids, exported_tokenizer, "GGUF export")
