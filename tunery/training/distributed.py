@@ -62,6 +62,17 @@ class Distributed:
         for param in params:
             torch.distributed.broadcast(param.data, src=0)
 
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's `text` on every process (as bytes in a tensor: nothing is pickled)."""
+        if not self.enabled:
+            return text
+        data = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+        size = torch.tensor([data.numel()], dtype=torch.int64)
+        torch.distributed.broadcast(size, src=0)
+        buffer = data if self.is_main else torch.zeros(int(size.item()), dtype=torch.uint8)
+        torch.distributed.broadcast(buffer, src=0)
+        return bytes(buffer.tolist()).decode("utf-8")
+
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()

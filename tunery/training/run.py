@@ -54,9 +54,12 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     """Train from a config (object or YAML path), or continue the run directory `resume`."""
     dist = setup_distributed()
     reporter = reporter or (make_reporter(quiet=quiet, json_logs=json_logs) if dist.is_main else Reporter())
-    run, config = open_run(config, resume)
+    run, config = open_run(config, resume, is_main=dist.is_main)
+    if dist.enabled:  # every process must write into rank 0's run directory (its name has a timestamp)
+        run = RunDir(Path(dist.broadcast_text(str(run.path))))
+        config = config.model_copy(update={"name": run.path.name, "output_dir": str(run.path)})
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    threads = set_threads(config.train.threads) if device == "cpu" else None
+    threads = set_threads(config.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
     precision = choose_precision(config.train.precision, config.method, device)
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
@@ -130,7 +133,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     return result
 
 
-def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
+def open_run(config, resume, *, is_main: bool = True) -> tuple[RunDir, TrainConfig]:
     """The run directory and its config: a new one from `config`, or an existing one to resume."""
     if resume is not None:
         run = RunDir(Path(resume).expanduser().resolve())
@@ -150,7 +153,7 @@ def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
     check_name(name, "run name")
     path = Path(config.output_dir).expanduser().resolve() if config.output_dir else runs_dir() / name
     run = RunDir(path)
-    if run.run_json_path.exists() or run.checkpoints_dir.exists():
+    if is_main and (run.run_json_path.exists() or run.checkpoints_dir.exists()):
         raise ConfigError(f"run directory {path} already holds a run", code="run_exists",
                           hint=f"continue it with `tunery train --resume {path}`, or choose another name/output_dir")
     return run, config.model_copy(update={"name": name, "output_dir": str(path)})

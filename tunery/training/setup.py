@@ -75,7 +75,7 @@ def measure_bf16_speedup(size: int = 512, repeats: int = 8) -> float:
     return timings[torch.float32] / timings[torch.bfloat16]
 
 
-def set_threads(threads: int | None) -> int:
+def set_threads(threads: int | None, processes: int = 1) -> int:
     """One torch thread per idle physical core by default.
 
     Hyperthreads slow matmuls down, and so do cores other processes already keep busy: a thread
@@ -84,7 +84,7 @@ def set_threads(threads: int | None) -> int:
     if threads is None:
         cores = physical_cores()
         busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, min(cores, cores - busy))
+        threads = max(1, min(cores, cores - busy) // max(1, processes))
     torch.set_num_threads(threads)
     return threads
 
