@@ -144,6 +144,16 @@ def test_loss_and_perplexity_match_a_direct_forward(tiny_model_dir, tmp_path):
     assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_cli_fields_option_limits_json_fields(tiny_model_dir, tasks_file, tmp_path):
+    result = cli("eval", tiny_model_dir, "--tasks", tasks_file, "--json", "--max-new-tokens", 2,
+                 "--fields", "priority")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output[result.output.index("{"):])["metrics"]
+    assert "json_field.priority" in metrics and "json_field.category" not in metrics
+    wrong = cli("eval", tiny_model_dir, "--tasks", tasks_file, "--fields", "team")
+    assert wrong.exit_code == 1 and "none of the fields team" in wrong.output
+
+
 def test_cli_eval_data_only_reports_loss(tiny_model_dir, tmp_path):
     rows = [{"prompt": f"Question {i}?", "completion": "An answer."} for i in range(2)]
     data = tmp_path / "pc.jsonl"

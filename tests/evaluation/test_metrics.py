@@ -95,3 +95,12 @@ def test_bad_references_fail_before_generation():
 def test_score_prediction_combines_metrics():
     scores = score_prediction("Paris", "paris", ("exact_match", "contains"))
     assert scores == {"exact_match": 1.0, "contains": 1.0}
+
+
+def test_json_fields_limited_to_chosen_keys():
+    reference = '{"category": "network", "priority": "P1", "summary": "VPN down for accounts payable."}'
+    prediction = '{"category": "network", "priority": "P1", "summary": "The VPN is down."}'
+    assert score_json_fields(prediction, reference)["json_fields"] == pytest.approx(2 / 3)
+    chosen = score_prediction(prediction, reference, ("json_fields",), ("category", "priority"))
+    assert chosen["json_fields"] == 1.0 and chosen["json_fields_all"] == 1.0
+    assert "json_field.summary" not in chosen

@@ -23,6 +23,12 @@ MaxTokensOpt = typer.Option(256, "--max-new-tokens", min=1, help="Longest comple
 DtypeOpt = typer.Option("auto", "--dtype", help="Weights precision: auto, bf16 or fp32.")
 JudgeOpt = typer.Option(None, "--judge", help="Local judge model for the 'judge' metric (any model reference).")
 RubricOpt = typer.Option(None, "--rubric", help="Judge rubric text, or @FILE to read it from a file.")
+FieldsOpt = typer.Option(None, "--fields", help="Comma-separated reference keys json_fields compares (default: all), "
+                         "e.g. category,priority,team to leave out a free-text summary.")
+
+
+def split_fields(fields: str | None) -> list[str] | None:
+    return [f.strip() for f in fields.split(",") if f.strip()] if fields else None
 
 
 def judge_spec(judge: str | None, rubric: str | None):
@@ -53,6 +59,7 @@ def eval_command(
     dtype: str = DtypeOpt,
     judge: str = JudgeOpt,
     rubric: str = RubricOpt,
+    fields: str = FieldsOpt,
 ) -> None:
     """Score a model on a task file (greedy generation, saved predictions), and/or its loss on a dataset."""
     from tunery.errors import ConfigError
@@ -70,7 +77,7 @@ def eval_command(
         return
     result = evaluate_model(model, tasks, metrics=metric or None, out_dir=out, batch_size=batch_size,
                             max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
-                            judge=judge_spec(judge, rubric), loss_data=data)
+                            judge=judge_spec(judge, rubric), loss_data=data, json_fields=split_fields(fields))
     if as_json:
         print_json({"model": result.model_ref, "metrics": result.metric_means(), "intervals": result.metrics,
                     "loss": result.loss, "num_examples": len(result.rows), "out": result.out_dir})
@@ -103,6 +110,7 @@ def compare_command(
     dtype: str = DtypeOpt,
     judge: str = JudgeOpt,
     rubric: str = RubricOpt,
+    fields: str = FieldsOpt,
 ) -> None:
     """Compare models on one task file; write an offline HTML report. Exit 3 if a gate fails."""
     from tunery.errors import ConfigError
@@ -113,7 +121,8 @@ def compare_command(
                           hint="tunery compare BASE CANDIDATE --tasks FILE --out DIR")
     summary = compare_models(models, tasks, out, gates=gate or [], metrics=metric or None, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
-                             judge=judge_spec(judge, rubric), loss_data=data)
+                             judge=judge_spec(judge, rubric), loss_data=data,
+                             json_fields=split_fields(fields))
     if as_json:
         print_json(summary.as_dict())
     else:

@@ -135,12 +135,14 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
                    gates: list[str] | tuple[str, ...] = (), metrics: list[str] | None = None,
                    batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
                    judge: JudgeSpec | None = None, seed: int = 0,
-                   loss_data: str | Path | None = None) -> Summary:
+                   loss_data: str | Path | None = None,
+                   json_fields: list[str] | tuple[str, ...] | None = None) -> Summary:
     """Evaluate every model on the same tasks, compare each to the first, write the report.
 
     Writes `report.html`, `summary.json`, `summary.md` and one `<label>/predictions.jsonl` per
     model into `out_dir`. Gate failures are reported in the Summary (`passed`), not raised.
     `loss_data`: also measure each model's loss and perplexity on this dataset file.
+    `json_fields`: the reference keys the `json_fields` metric compares (default: all).
     """
     from tunery.evaluation.report import write_reports
 
@@ -155,7 +157,7 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
     for ref, label in zip(model_refs, unique_labels([str(r) for r in model_refs])):
         models.append(evaluate_model(str(ref), examples, metrics=metrics, out_dir=out / label, label=label,
                                      batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
-                                     judge=judge, loss_data=loss_data))
+                                     judge=judge, loss_data=loss_data, json_fields=json_fields))
     comparisons = [compare_results(models[0], candidate, seed=seed) for candidate in models[1:]]
     summary = Summary(models=models, comparisons=comparisons, gates=check_gates(list(gates), models, comparisons),
                       out_dir=str(out), report_path=str(out / "report.html"), tasks_path=str(tasks_path),

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, EvaluationError
 from tunery.evaluation.judge import JudgeSpec, judge_predictions
 from tunery.evaluation.metrics import KNOWN_METRICS, check_reference, default_metrics, score_prediction
 from tunery.evaluation.statistics import bootstrap_mean
@@ -42,7 +42,8 @@ class EvalResult:
                 "num_examples": len(self.rows)}
 
 
-def plan_metrics(examples: list[TaskExample], metrics: list[str] | None) -> list[tuple[str, ...]]:
+def plan_metrics(examples: list[TaskExample], metrics: list[str] | None,
+                 json_fields: tuple[str, ...] | None = None) -> list[tuple[str, ...]]:
     """The metrics of each row: its own `metric` field, else `--metric`, else by reference shape."""
     for name in metrics or []:
         if name not in KNOWN_METRICS:
@@ -53,6 +54,10 @@ def plan_metrics(examples: list[TaskExample], metrics: list[str] | None) -> list
         chosen = example.metrics or tuple(metrics or ()) or default_metrics(example.reference)
         for name in chosen:
             check_reference(name, example.reference, str(example.location))
+        if json_fields and "json_fields" in chosen and not set(json_fields) & set(json.loads(example.reference)):
+            raise EvaluationError(f"{example.location}: the reference has none of the fields "
+                                  f"{', '.join(json_fields)}", code="invalid_reference",
+                                  hint="check --fields against the reference's keys")
         plan.append(chosen)
     return plan
 
@@ -84,13 +89,18 @@ def label_for(model_ref: str) -> str:
 def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, metrics: list[str] | None = None,
                    out_dir: str | Path | None = None, label: str | None = None, batch_size: int = 8,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
-                   judge: JudgeSpec | None = None, loss_data: str | Path | None = None) -> EvalResult:
-    """Generate greedily for every task row, score it, and (with `out_dir`) save it all."""
+                   judge: JudgeSpec | None = None, loss_data: str | Path | None = None,
+                   json_fields: list[str] | tuple[str, ...] | None = None) -> EvalResult:
+    """Generate greedily for every task row, score it, and (with `out_dir`) save it all.
+
+    `json_fields`: the reference keys the `json_fields` metric compares (default: all of them).
+    """
     from tunery.evaluation.generation import generate_texts
     from tunery.models import load_model, resolve_model
 
     examples = tasks if isinstance(tasks, list) else load_tasks(tasks, KNOWN_METRICS)
-    plan = plan_metrics(examples, metrics)
+    json_fields = tuple(json_fields) if json_fields else None
+    plan = plan_metrics(examples, metrics, json_fields)
     needs_judge = any("judge" in chosen for chosen in plan)
     if needs_judge and judge is None:
         raise ConfigError("metric 'judge' needs a judge model", code="judge_missing",
@@ -105,7 +115,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
 
         loss = evaluate_loss(model, tokenizer, loss_data)
     del model
-    rows = build_rows(examples, plan, [g.text for g in generations])
+    rows = build_rows(examples, plan, [g.text for g in generations], json_fields)
     for row, generation in zip(rows, generations):
         row["num_tokens"], row["truncated"] = generation.num_tokens, generation.truncated
     if needs_judge:
@@ -114,7 +124,8 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                         metrics=aggregate_scores(rows), rows=rows,
                         run_dir=str(resolved.run_dir) if resolved.run_dir else None, loss=loss,
                         settings={"max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype,
-                                  "decoding": "greedy", "judge": judge.model_ref if judge else None})
+                                  "decoding": "greedy", "judge": judge.model_ref if judge else None,
+                                  "json_fields": list(json_fields) if json_fields else None})
     if out_dir is not None:
         save_result(result, Path(out_dir))
     return result
@@ -130,10 +141,11 @@ def evaluate_model_loss(model_ref: str, data_path: str | Path, *, dtype: str = "
     return evaluate_loss(model, tokenizer, data_path, batch_size=batch_size)
 
 
-def build_rows(examples: list[TaskExample], plan: list[tuple[str, ...]], predictions: list[str]) -> list[dict]:
+def build_rows(examples: list[TaskExample], plan: list[tuple[str, ...]], predictions: list[str],
+               json_fields: tuple[str, ...] | None = None) -> list[dict]:
     rows = []
     for example, chosen, prediction in zip(examples, plan, predictions):
-        scores = score_prediction(prediction, example.reference, chosen)
+        scores = score_prediction(prediction, example.reference, chosen, json_fields)
         rows.append({"id": example.id, "location": str(example.location), "messages": list(example.messages),
                      "reference": example.reference, "prediction": prediction, "metrics": list(chosen),
                      "scores": scores, "score": headline_score(scores, chosen)})

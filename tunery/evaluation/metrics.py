@@ -99,9 +99,11 @@ def values_match(predicted, expected) -> bool:
     return predicted == expected
 
 
-def score_json_fields(prediction: str, reference: str) -> dict[str, float]:
-    """Per field of the reference object: does the prediction's object hold the same value."""
+def score_json_fields(prediction: str, reference: str, fields: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Per field of the reference object (or of `fields` only): does the prediction hold the same value."""
     expected = json.loads(reference)
+    if fields:
+        expected = {key: value for key, value in expected.items() if key in fields}
     try:
         predicted = parse_json_prediction(prediction)
     except ValueError:
@@ -165,10 +167,16 @@ def check_reference(metric: str, reference: str, where: str) -> None:
                                   code="invalid_reference") from None
 
 
-def score_prediction(prediction: str, reference: str, metrics: tuple[str, ...]) -> dict[str, float]:
-    """All named scores of one prediction under the given (non-model) metrics."""
+def score_prediction(prediction: str, reference: str, metrics: tuple[str, ...],
+                     json_fields: tuple[str, ...] | None = None) -> dict[str, float]:
+    """All named scores of one prediction under the given (non-model) metrics.
+
+    `json_fields` limits `json_fields` to those keys (e.g. leave out a free-text summary).
+    """
     scores: dict[str, float] = {}
     for name in metrics:
-        if name in METRICS:
+        if name == "json_fields":
+            scores.update(score_json_fields(prediction, reference, json_fields))
+        elif name in METRICS:
             scores.update(METRICS[name](prediction, reference))
     return scores
