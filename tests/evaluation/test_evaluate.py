@@ -146,10 +146,11 @@ def test_loss_and_perplexity_match_a_direct_forward(tiny_model_dir, tmp_path):
 
 def test_cli_fields_option_limits_json_fields(tiny_model_dir, tasks_file, tmp_path):
     result = cli("eval", tiny_model_dir, "--tasks", tasks_file, "--json", "--max-new-tokens", 2,
-                 "--fields", "priority")
+                 "--fields", "priority", "--limit", 2)
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output[result.output.index("{"):])["metrics"]
     assert "json_field.priority" in metrics and "json_field.category" not in metrics
+    assert metrics["exact_match"] is not None and "regex" not in metrics  # row 3 is past --limit
     wrong = cli("eval", tiny_model_dir, "--tasks", tasks_file, "--fields", "team")
     assert wrong.exit_code == 1 and "none of the fields team" in wrong.output
 

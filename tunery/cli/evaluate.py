@@ -27,6 +27,9 @@ FieldsOpt = typer.Option(None, "--fields", help="Comma-separated reference keys 
                          "e.g. category,priority,team to leave out a free-text summary.")
 
 
+LimitOpt = typer.Option(None, "--limit", min=1, help="Use only the first N rows of the task file.")
+
+
 def split_fields(fields: str | None) -> list[str] | None:
     return [f.strip() for f in fields.split(",") if f.strip()] if fields else None
 
@@ -60,6 +63,7 @@ def eval_command(
     judge: str = JudgeOpt,
     rubric: str = RubricOpt,
     fields: str = FieldsOpt,
+    limit: int = LimitOpt,
 ) -> None:
     """Score a model on a task file (greedy generation, saved predictions), and/or its loss on a dataset."""
     from tunery.errors import ConfigError
@@ -75,8 +79,11 @@ def eval_command(
             console.print(f"loss {loss['loss']:.4f}  perplexity {loss['perplexity']:.3f}  "
                           f"({loss['num_tokens']} tokens, {loss['num_examples']} examples)")
         return
-    result = evaluate_model(model, tasks, metrics=metric or None, out_dir=out, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
+    from tunery.evaluation.metrics import KNOWN_METRICS
+    from tunery.evaluation.tasks import load_tasks
+
+    result = evaluate_model(model, load_tasks(tasks, KNOWN_METRICS)[:limit], metrics=metric or None, out_dir=out,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
                             judge=judge_spec(judge, rubric), loss_data=data, json_fields=split_fields(fields))
     if as_json:
         print_json({"model": result.model_ref, "metrics": result.metric_means(), "intervals": result.metrics,
@@ -111,6 +118,7 @@ def compare_command(
     judge: str = JudgeOpt,
     rubric: str = RubricOpt,
     fields: str = FieldsOpt,
+    limit: int = LimitOpt,
 ) -> None:
     """Compare models on one task file; write an offline HTML report. Exit 3 if a gate fails."""
     from tunery.errors import ConfigError
@@ -122,7 +130,7 @@ def compare_command(
     summary = compare_models(models, tasks, out, gates=gate or [], metrics=metric or None, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
                              judge=judge_spec(judge, rubric), loss_data=data,
-                             json_fields=split_fields(fields))
+                             json_fields=split_fields(fields), limit=limit)
     if as_json:
         print_json(summary.as_dict())
     else:

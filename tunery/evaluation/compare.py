@@ -136,13 +136,14 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
                    batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
                    judge: JudgeSpec | None = None, seed: int = 0,
                    loss_data: str | Path | None = None,
-                   json_fields: list[str] | tuple[str, ...] | None = None) -> Summary:
+                   json_fields: list[str] | tuple[str, ...] | None = None, limit: int | None = None) -> Summary:
     """Evaluate every model on the same tasks, compare each to the first, write the report.
 
     Writes `report.html`, `summary.json`, `summary.md` and one `<label>/predictions.jsonl` per
     model into `out_dir`. Gate failures are reported in the Summary (`passed`), not raised.
     `loss_data`: also measure each model's loss and perplexity on this dataset file.
     `json_fields`: the reference keys the `json_fields` metric compares (default: all).
+    `limit`: use only the first `limit` rows of the task file (a quick look on a slow machine).
     """
     from tunery.evaluation.report import write_reports
 
@@ -150,7 +151,7 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
         raise ConfigError("compare needs at least one model", code="no_models")
     for text in gates:
         parse_gate(text)  # malformed rules fail before hours of generation
-    examples = load_tasks(tasks_path, KNOWN_METRICS)
+    examples = load_tasks(tasks_path, KNOWN_METRICS)[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = []
