@@ -105,6 +105,11 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
     if needs_judge and judge is None:
         raise ConfigError("metric 'judge' needs a judge model", code="judge_missing",
                           hint="pass --judge MODEL (and optionally --rubric TEXT or --rubric @file)")
+    loss_conversations = None
+    if loss_data is not None:
+        from tunery.evaluation.loss import read_loss_data
+
+        loss_conversations = read_loss_data(loss_data)
     resolved = resolve_model(model_ref)
     model, tokenizer = load_model(resolved, dtype=dtype)
     generations = generate_texts(model, tokenizer, [list(ex.messages) for ex in examples],
@@ -113,7 +118,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
     if loss_data is not None:
         from tunery.evaluation.loss import evaluate_loss
 
-        loss = evaluate_loss(model, tokenizer, loss_data)
+        loss = evaluate_loss(model, tokenizer, loss_data, conversations=loss_conversations)
     del model
     rows = build_rows(examples, plan, [g.text for g in generations], json_fields)
     for row, generation in zip(rows, generations):

@@ -10,17 +10,24 @@ import math
 from pathlib import Path
 
 
+def read_loss_data(data_path: str | Path) -> list:
+    """The dataset's conversations; bad files fail here, before any model is loaded."""
+    from tunery.data.dataset import load_dataset
+
+    return load_dataset(data_path, min_examples=1)
+
+
 def evaluate_loss(model, tokenizer, data_path: str | Path, *, batch_size: int = 8,
-                  max_seq_len: int = 2048) -> dict:
+                  max_seq_len: int = 2048, conversations: list | None = None) -> dict:
     """Mean next-token cross-entropy over trained tokens, its perplexity, and the counts."""
     import torch
     import torch.nn.functional as F
 
-    from tunery.data.dataset import load_dataset
     from tunery.data.packing import IGNORE_INDEX, pad_examples
     from tunery.data.template import encode_conversation
 
-    conversations = load_dataset(data_path, min_examples=1)
+    if conversations is None:
+        conversations = read_loss_data(data_path)
     examples = [encode_conversation(tokenizer, conv, max_seq_len=max_seq_len) for conv in conversations]
     examples = [e for e in examples if e.num_trained > 0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
