@@ -254,6 +254,11 @@ def observations(data: dict, comp: dict) -> list[str]:
         out.append(f"- tunery LoRA with `{' '.join(data.get('extra_tunery', []))}`: "
                    f"{x['tokens_per_s']['median'] / t['tokens_per_s']['median']:.2f}x the tokens/s of the default "
                    f"row, peak RSS {x['peak_rss_gib']['median']:.2f} vs {t['peak_rss_gib']['median']:.2f} GiB.")
+    if data["workload"].get("warmup_steps", 0) > 0:
+        out.append(f"- **Schedules differ** with {data['workload']['warmup_steps']} warmup steps: transformers "
+                   "starts warmup at lr 0 (step / warmup), tunery at peak / warmup ((step + 1) / warmup), so "
+                   "tunery takes larger early steps; the val loss comparison favours tunery. Rerun with "
+                   "`--warmup-steps 0` (the default) for identical learning rates at every step.")
     if data.get("quick"):
         out.append("- This is a reduced run: with few steps, one-time costs in the first step (kernel "
                    "selection, allocator warm-up) weigh more than in a long run, on both sides alike.")

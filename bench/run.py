@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha.")
     p.add_argument("--learning-rate", type=float, default=1e-3,
                    help="Peak learning rate (about what tunery's `auto` picks for LoRA on a 135M model).")
-    p.add_argument("--warmup-steps", type=int, default=2, help="Linear warmup steps, then cosine decay.")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="Linear warmup steps, then cosine decay. 0 by default: the two sides start warmup "
+                        "differently (transformers at lr 0, tunery at peak/warmup), so only 0 gives both "
+                        "the same learning rate at every step.")
     p.add_argument("--seed", type=int, default=42, help="Seed for both sides.")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions of tunery and the baseline.")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="tunery train.precision.")

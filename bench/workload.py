@@ -28,7 +28,7 @@ class Workload:
     targets: str = "all-linear"
     learning_rate: float = 2e-4
     lr_schedule: str = "cosine"
-    warmup_steps: int = 2
+    warmup_steps: int = 0
     batch_size: int = 8
     grad_accum: int = 1
     steps: int = 20

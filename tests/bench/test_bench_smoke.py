@@ -153,3 +153,19 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     assert "2.00x the tokens/s of the default row" in text
     assert "**tunery QLoRA failed**" in text
     assert "reduced run" in text
+
+
+def test_default_schedule_gives_both_sides_the_same_learning_rate_at_every_step():
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from tunery.training.optim import lr_multiplier
+
+    work = Workload(model_path="m", train_file="t", val_file="v")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, work.warmup_steps, work.steps)
+    for step in range(work.steps):
+        ours = lr_multiplier(step, total_steps=work.steps, warmup_steps=work.warmup_steps, schedule=work.lr_schedule)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(ours, abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
