@@ -153,6 +153,7 @@ def render_markdown(data: dict) -> str:
         f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
         f"(capability {m['cpu_capability']}, {m['torch_threads']} threads), Python {m['python']}",
         f"- CPU flags: {flags}",
+        f"- code: {data.get('code', {}).get('start', '?')} at start, {data.get('code', {}).get('end', '?')} at end",
         f"- load average (1 min) at start / end: {_load(data, 'start')} / {_load(data, 'end')} "
         f"on {m['logical_cpus']} CPUs (other work shared the machine)",
         f"- measured matmul peak (best of the run): bf16 {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "

@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     session = {"started": time.time(), "load_start": os.getloadavg(), "argv": argv, "peaks": [],
+               "code_start": code_version(),
                "runs": {"tunery-lora": [], "trl-lora": []}, "failures": {}}
     session["prepared"] = prepare(args, work_dir)
     work, train_stats = session["prepared"][0], session["prepared"][1]
@@ -191,6 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render_summary(data), flush=True)
     print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
     return 0
+
+
+def code_version() -> str:
+    """The repository commit, with `+dirty` when tunery/ has uncommitted changes (others edit it live)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tunery"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
 
 
 def extra_rows(args, work) -> list[tuple[str, object]]:
@@ -227,6 +240,7 @@ def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
         "peaks": session["peaks"], "runs": session["runs"], "failures": session["failures"],
         "load_avg": {"start": session["load_start"], "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
+        "code": {"start": session["code_start"], "end": code_version()},
         "tunery_command": "tunery train empty.yaml " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
     }
     (work_dir / "results.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
