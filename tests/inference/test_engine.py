@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunery.data.template import encode_prompt
-from tunery.errors import ConfigError, ModelError, NotFoundError
+from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError
 from tunery.inference import Engine, SamplingParams
 from tunery.inference.lora import read_peft_adapter
 
@@ -188,3 +188,13 @@ def test_dora_adapters_are_refused(tiny_model_dir, tmp_path):
     run = save_lora_run(tiny_model_dir, tmp_path / "dora", seed=3, use_dora=True)
     with pytest.raises(ModelError, match="DoRA"):
         read_peft_adapter(run / "adapter")
+
+
+def test_a_full_queue_refuses_more(tiny):
+    model, tokenizer, stops = tiny
+    eng = Engine(model, tokenizer, stops, max_queued=2)
+    for _ in range(2):
+        eng.submit([1, 2, 3], GREEDY, lambda e: None)
+    with pytest.raises(ResourceError):
+        eng.submit([1, 2, 3], GREEDY, lambda e: None)
+    eng.stop()

@@ -165,6 +165,14 @@ def test_bad_chat_requests_get_openai_errors(live, body, status, code):
     assert "Traceback" not in response.text and str(live.state.base_path) not in response.text
 
 
+def test_null_fields_mean_defaults_and_developer_is_system(live):
+    body = {"model": "tiny", "messages": [{"role": "developer", "content": "Be brief."}, *MESSAGES],
+            "temperature": None, "top_p": None, "n": None, "stop": None, "seed": None, "max_tokens": 4}
+    response = post_raw(live, "/v1/chat/completions", json.dumps(body))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1
+
+
 def test_malformed_and_oversized_bodies(live):
     invalid = post_raw(live, "/v1/chat/completions", b"{not json")
     assert invalid.status_code == 400 and "JSON" in invalid.json()["error"]["message"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from tunery.errors import ConfigError, NotFoundError
+from tunery.errors import ConfigError, NotFoundError, ResourceError
 from tunery.inference.batch import BatchCache, cache_tensors
 from tunery.inference.lora import AdapterSlots, read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
@@ -69,13 +69,15 @@ class Engine:
     """Continuous step-level batching over one base model with many LoRA adapters."""
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
-                 max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096):
+                 max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
+                 max_queued: int = 256):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
         self.max_batch_size = max_batch_size
         self.max_adapters = max_adapters
         self.max_prefill_tokens = max_prefill_tokens
+        self.max_queued = max_queued
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
         self.adapters: dict[str, _Adapter] = {}
@@ -123,6 +125,9 @@ class Engine:
             raise ConfigError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_new_tokens}) "
                               f"exceeds the model's context of {self.max_context} tokens", code="context_length_exceeded")
         with self._cond:
+            if len(self._pending) >= self.max_queued:
+                raise ResourceError(f"{len(self._pending)} requests are already waiting", code="server_busy",
+                                    hint="retry shortly")
             slot = self._slot_of(adapter)
             seq = _Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=slot,
                             on_event=on_event, tracker=TextTracker(self.tokenizer, params.stop),

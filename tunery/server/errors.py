@@ -79,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TuneryError)
     async def _tunery_error(_: Request, exc: TuneryError):
         status = tunery_error_status(exc)
-        type_ = "not_found_error" if status == 404 else "invalid_request_error"
+        type_ = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
         message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         return error_response(status, message, type_, exc.code)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Request(BaseModel):
@@ -22,9 +22,14 @@ class TextPart(_Request):
 
 
 class ChatMessage(_Request):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
+
+    @property
+    def template_role(self) -> str:
+        """OpenAI's newer `developer` role is what chat templates call `system`."""
+        return "system" if self.role == "developer" else self.role
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -49,6 +54,14 @@ class _SamplingFields(_Request):
     # Accepted for client compatibility only at their neutral values.
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0)
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data):
+        # Some clients send every optional field, unset ones as null: treat those as absent.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in ("model", "messages", "prompt")}
+        return data
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -85,7 +85,7 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
 
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    messages = [{"role": m.template_role, "content": m.text()} for m in req.messages]
     try:
         prompt_ids = encode_prompt(state.tokenizer, messages)
     except DataError as exc:
