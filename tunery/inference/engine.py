@@ -186,6 +186,11 @@ class Engine:
 
         self._call_on_engine(remove)
 
+    def adapter_names(self) -> list[str]:
+        """Loaded adapters, sorted; safe to call while the engine thread loads or drops one."""
+        with self._cond:
+            return sorted(self.adapters)
+
     def _retire(self, name: str) -> None:
         # Rows already running on this adapter finish on it; its weights go once they are gone.
         self._retired_slots.add(self.adapters.pop(name).slot)

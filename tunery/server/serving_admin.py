@@ -13,7 +13,7 @@ from tunery.store.requests import record_feedback
 
 def list_models(state: ServerState) -> ModelList:
     cards = [ModelCard(id=state.base_name, created=state.started_at)]
-    for name in sorted(state.engine.adapters):
+    for name in state.engine.adapter_names():
         cards.append(ModelCard(id=name, created=state.adapter_created.get(name, state.started_at),
                                parent=state.base_name))
     return ModelList(data=cards)
@@ -34,7 +34,7 @@ async def unload_adapter(state: ServerState, name: str) -> dict:
 
 def list_adapters(state: ServerState) -> dict:
     return {"object": "list", "data": [{"object": "adapter", "id": n, "parent": state.base_name}
-                                       for n in sorted(state.engine.adapters)]}
+                                       for n in state.engine.adapter_names()]}
 
 
 def submit_feedback(state: ServerState, req: FeedbackRequest, caller: Caller) -> dict:

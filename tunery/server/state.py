@@ -33,13 +33,13 @@ class ServerState:
     adapter_created: dict[str, int] = field(default_factory=dict)
 
     def model_names(self) -> list[str]:
-        return [self.base_name, *sorted(self.engine.adapters)]
+        return [self.base_name, *self.engine.adapter_names()]
 
     def adapter_for(self, model: str) -> str | None:
         """The adapter a request's `model` names (None for the base); unknown names are NotFound."""
         if model == self.base_name:
             return None
-        if model in self.engine.adapters:
+        if model in self.engine.adapter_names():
             return model
         raise NotFoundError(f"the model {model!r} does not exist", code="model_not_found",
                             hint="GET /v1/models lists the models this server serves")
@@ -121,7 +121,7 @@ def build_state(settings: ServerSettings) -> ServerState:
         state.configured_runs.setdefault(loaded.adapter, Path(resolved.run_dir))
         state.adapter_created[loaded.adapter] = state.started_at
     for name, run_dir in state.configured_runs.items():
-        if name not in loaded.engine.adapters:
+        if name not in loaded.engine.adapter_names():
             state.load_adapter(name, run_dir)
     loaded.engine.start()
     return state
