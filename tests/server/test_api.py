@@ -217,3 +217,30 @@ def test_keys_never_reach_the_logs(live, caplog):
     assert caplog.records  # the server and its libraries did log something...
     assert live.user_key not in caplog.text and "secret-guess" not in caplog.text  # ...but never a key
     assert "authorization" not in caplog.text.lower()
+
+
+def test_streamed_choices_and_text_completions_match_their_plain_forms(live):
+    client = live.client()
+    kwargs = {"model": "tiny", "messages": MESSAGES, "n": 2, "seed": 3, "max_tokens": 8, "temperature": 1.0}
+    plain = [c.message.content for c in client.chat.completions.create(**kwargs).choices]
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == plain
+    text_kwargs = {"model": "support", "prompt": "Part number", "max_tokens": 6, "temperature": 0}
+    whole = client.completions.create(**text_kwargs).choices[0].text
+    pieces = [c.choices[0].text for c in client.completions.create(stream=True, **text_kwargs) if c.choices]
+    assert "".join(pieces) == whole and len(pieces) > 1
+
+
+def test_admin_key_routes_create_and_revoke_keys(live):
+    admin = live.client(key=live.admin_key)
+    created = admin.post("/keys", body={"name": "temp"}, cast_to=object)
+    assert created["key"].startswith("tny_") and created["admin"] is False
+    assert live.client(key=created["key"]).models.list().data
+    listed = admin.get("/keys", cast_to=object)["data"]
+    assert created["id"] in [k["id"] for k in listed] and all("key" not in k for k in listed)
+    admin.delete(f"/keys/{created['id']}", cast_to=object)
+    with pytest.raises(openai.AuthenticationError):
+        live.client(key=created["key"]).models.list()
