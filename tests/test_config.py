@@ -84,3 +84,14 @@ def test_dumped_config_round_trips(tmp_path):
     path = write(tmp_path, dump_config(config))
     assert load_train_config(path) == config
     assert TrainConfig.model_validate(config.model_dump()) == config
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+
+    from tunery.config import render_config_reference
+
+    docs = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    embedded = docs[docs.index(start) + len(start):docs.index(end)]
+    assert embedded == render_config_reference(), "regenerate docs/training.md's config reference"

@@ -264,3 +264,11 @@ def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> l
         default = field.get_default(call_default_factory=True)
         rows.append((f"{prefix}{name}", yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), field.description or ""))
     return rows
+
+
+def render_config_reference() -> str:
+    """Markdown table of every training config key (docs/training.md embeds this verbatim)."""
+    lines = ["| key | default | description |", "|---|---|---|"]
+    for key, default, description in describe_fields():
+        lines.append(f"| `{key}` | `{default}` | {description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""Short runs on the real default model: LoRA (PEFT-loadable, same logits), QLoRA, and fact recall."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tunery
+from tunery.config import TrainConfig
+
+ROOT = Path(__file__).parents[2]
+HELPDESK = ROOT / "examples" / "helpdesk"
+
+
+def load_facts_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"facts_{name}", ROOT / "examples" / "facts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def helpdesk_config(tmp_path, name: str, method: str, steps: int) -> TrainConfig:
+    subset = tmp_path / "train.jsonl"
+    subset.write_text("".join((HELPDESK / "train.jsonl").read_text().splitlines(keepends=True)[:24]))
+    return TrainConfig.model_validate({
+        "base_model": "smollm2-135m-instruct", "method": method, "output_dir": str(tmp_path / name),
+        "data": {"train": str(subset), "val_fraction": 0.25, "max_seq_len": 384},
+        "train": {"max_steps": steps, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+    })
+
+
+@pytest.mark.slow
+def test_lora_on_the_default_model_loads_in_peft_with_the_same_logits(default_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunery.models import load_model
+
+    result = tunery.train(helpdesk_config(tmp_path, "lora", "lora", steps=3), quiet=True)
+    assert result.status == "completed"
+    assert result.metrics["val_loss"] < result.metrics["initial_val_loss"]
+    base = AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(result.run_dir / "adapter")).eval()
+    ours, tokenizer = load_model(str(result.run_dir), dtype="fp32", device="cpu")
+    ids = torch.tensor([tokenizer.encode("My VPN token expired and I cannot log in.")])
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-4)
+    assert (result.run_dir / "chat_template.jinja").is_file() or "chat_template" in json.loads(
+        (result.run_dir / "tokenizer_config.json").read_text())
+
+
+@pytest.mark.slow
+def test_qlora_on_the_default_model(default_model_dir, tmp_path):
+    result = tunery.train(helpdesk_config(tmp_path, "qlora", "qlora", steps=2), quiet=True)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["method"] == "qlora"
+    assert result.metrics["val_loss"] < result.metrics["initial_val_loss"]
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_all_auto_training_recalls_invented_facts(default_model_dir, tmp_path):
+    """The facts benchmark at reduced size: 12 facts, every hyperparameter on auto."""
+    load_facts_module("generate").write_files(tmp_path / "facts", per_kind=3)
+    measure = load_facts_module("measure")
+    report = measure.train_and_measure(tmp_path / "facts", [f"output_dir={tmp_path / 'run'}"], quiet=True)
+    assert set(report["auto"]) >= {"train.epochs", "train.batch_size", "train.learning_rate"}
+    assert report["recall_trained"]["exact"] >= 0.9, report["recall_trained"]
