@@ -46,11 +46,11 @@ def hf_single(model, prompts, max_new_tokens) -> tuple[float, int, float]:
     tokens, ttfts, start = 0, [], time.perf_counter()
     for ids in prompts:
         t0 = time.perf_counter()
-        model.generate(torch.tensor([ids]), max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        model.generate(torch.tensor([ids], device=model.device), max_new_tokens=1, min_new_tokens=1, do_sample=False)
         ttfts.append(time.perf_counter() - t0)
     start = time.perf_counter()
     for ids in prompts:
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                              do_sample=False)
         tokens += out.shape[1] - len(ids)
     return time.perf_counter() - start, tokens, statistics.median(ttfts)
@@ -63,7 +63,7 @@ def hf_batched(model, tokenizer, prompts, max_new_tokens) -> tuple[float, int]:
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     start = time.perf_counter()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+    out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=pad)
     return time.perf_counter() - start, (out.shape[1] - width) * len(prompts)
 
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     engine_run(engine, prompts[:2], 4)  # warm-up both paths
     with torch.inference_mode():
-        model.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
+        model.generate(torch.tensor([prompts[0]], device=model.device), max_new_tokens=4, do_sample=False)
     rows = {k: [] for k in ("hf1", "hf_batch", "eng1", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft")}
     for rep in range(args.repetitions):
         with torch.inference_mode():

@@ -54,7 +54,7 @@ class BatchCache:
         if not rows:
             self.cache, self.mask = None, None
             return
-        index = torch.tensor(rows, dtype=torch.long)
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         shared_pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min().item())
         layers = [(k.index_select(0, index)[:, :, shared_pad:], v.index_select(0, index)[:, :, shared_pad:])

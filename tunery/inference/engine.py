@@ -72,6 +72,7 @@ class Engine:
                  max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
                  max_queued: int = 256):
         self.model = model.eval()
+        self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
         self.max_batch_size = max_batch_size
@@ -270,35 +271,39 @@ class Engine:
             self.slots.routing.groups = [(slots[0], None)]
         else:
             self.slots.routing.groups = [
-                (slot, torch.tensor([i for i, s in enumerate(slots) if s == slot])) for slot in distinct if slot
+                (slot, torch.tensor([i for i, s in enumerate(slots) if s == slot], device=self.device))
+                for slot in distinct if slot
             ]
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
         """One forward over the new prompts, left-padded together; their rows join the batch."""
         width = max(len(seq.prompt_ids) for seq in seqs)
         pads = [width - len(seq.prompt_ids) for seq in seqs]
-        input_ids = torch.tensor([[0] * pad + seq.prompt_ids for pad, seq in zip(pads, seqs, strict=True)])
-        mask = torch.tensor([[0] * pad + [1] * len(seq.prompt_ids) for pad, seq in zip(pads, seqs, strict=True)])
+        input_ids = torch.tensor([[0] * pad + seq.prompt_ids for pad, seq in zip(pads, seqs, strict=True)],
+                                 device=self.device)
+        mask = torch.tensor([[0] * pad + [1] * len(seq.prompt_ids) for pad, seq in zip(pads, seqs, strict=True)],
+                            device=self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         self._route([seq.slot for seq in seqs])
         cache = DynamicCache()
         out = self.model(input_ids=input_ids, attention_mask=mask if any(pads) else None, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
         self._batch.append_rows(cache_tensors(cache), mask)
+        logits = out.logits[:, -1].float().cpu()  # samplers use per-request CPU generators
         for i, seq in enumerate(seqs):
             self._active.append(seq)
             seq.fed = len(seq.prompt_ids)
-            self._accept(seq, sample_token(out.logits[i, -1], seq.params, seq.generator))
+            self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
 
     def _decode(self) -> None:
         rows = self._active
         self._route([seq.slot for seq in rows])
-        input_ids = torch.tensor([[seq.last_token] for seq in rows])
-        positions = torch.tensor([[seq.fed] for seq in rows])
+        input_ids = torch.tensor([[seq.last_token] for seq in rows], device=self.device)
+        positions = torch.tensor([[seq.fed] for seq in rows], device=self.device)
         mask = self._batch.extend_mask()
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=self._batch.cache, use_cache=True)
-        logits = out.logits[:, -1]
+        logits = out.logits[:, -1].float().cpu()
         for i, seq in enumerate(rows):
             seq.fed += 1
             if not seq.aborted:
