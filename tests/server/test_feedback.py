@@ -110,3 +110,20 @@ def test_no_auth_is_refused_off_loopback():
     _register()
     result = CliRunner().invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "loopback" in result.output
+
+
+def test_no_log_keeps_nothing_and_feedback_has_nothing_to_refer_to(tiny_model_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunery.server.app import create_app
+    from tunery.server.settings import ServerSettings
+
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", no_auth=True, no_log=True,
+                              database=tmp_path / "t.db", dtype="fp32")
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 3,
+                                                           "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200
+        assert client.app.state.tunery.store.query("SELECT * FROM completions") == []
+        feedback = client.post("/v1/feedback", json={"completion_id": answer.json()["id"], "rating": 1})
+        assert feedback.status_code == 404
