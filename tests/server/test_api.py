@@ -244,3 +244,26 @@ def test_admin_key_routes_create_and_revoke_keys(live):
     admin.delete(f"/keys/{created['id']}", cast_to=object)
     with pytest.raises(openai.AuthenticationError):
         live.client(key=created["key"]).models.list()
+
+
+def test_a_waiting_client_that_gives_up_aborts_its_generation(live):
+    from tunery.inference import SamplingParams
+
+    engine, store = live.state.engine, live.state.store
+    logged_before = store.query_one("SELECT COUNT(*) FROM completions")[0]
+    forwards = []
+    hook = engine.model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client hangs up after 0.4 s
+            httpx.post(live.url + "/v1/chat/completions", timeout=0.4,
+                       headers={"Authorization": f"Bearer {live.user_key}"},
+                       json={"model": "tiny", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0,
+                             "seed": 24})
+        assert engine.wait_idle(30)
+    finally:
+        hook.remove()
+    ids = encode_prompt(live.state.tokenizer, MESSAGES)
+    alone = engine.generate(ids, SamplingParams(max_new_tokens=900, temperature=1.0, seed=24))
+    assert alone.completion_tokens >= 700  # left alone, this request runs long...
+    assert len(forwards) < 700  # ...but the server noticed the client leave and stopped it
+    assert store.query_one("SELECT COUNT(*) FROM completions")[0] == logged_before
