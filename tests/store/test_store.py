@@ -106,6 +106,11 @@ def test_export_follows_the_feedback_rules(store, tmp_path):
     summary = export_feedback(store, tmp_path / "out.jsonl", pairs_out=tmp_path / "pairs.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert summary.examples == 2 and summary.pairs == 1 and summary.skipped == 1
+    log_completion(store, make_entry("good-again", answer="answer good"))
+    store.execute("UPDATE completions SET messages_json = ? WHERE id = 'good-again'",
+                  (json.dumps([{"role": "user", "content": "question good"}]),))
+    record_feedback(store, "good-again", 1)
+    assert export_feedback(store, tmp_path / "dedup.jsonl").examples == 2  # an identical example counts once
     answers = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows}
     assert answers == {"question good": "answer good", "question fixed": "the right answer"}
     pair = json.loads((tmp_path / "pairs.jsonl").read_text())

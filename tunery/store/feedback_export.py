@@ -20,7 +20,7 @@ from tunery.store.requests import Feedback, LoggedCompletion, list_rated_complet
 class ExportSummary:
     examples: int
     pairs: int
-    skipped: int
+    skipped: int  # rated answers that became no example (thumbs-down without a correction, duplicates)
 
 
 def parse_since(since: str | None) -> str | None:
@@ -68,10 +68,12 @@ def export_feedback(store: Store, out: Path, *, since: str | None = None, model:
                     pairs_out: Path | None = None) -> ExportSummary:
     """Write the examples (and optionally the pairs) as JSONL; returns how many of each."""
     rated = list_rated_completions(store, since=parse_since(since), model=model)
-    examples, pairs = [], []
+    examples, pairs, seen = [], [], set()
     for entry, feedback in rated:
         example = build_example(entry, feedback)
-        if example is not None:
+        key = json.dumps(example, sort_keys=True)
+        if example is not None and key not in seen:  # the same question answered alike teaches once
+            seen.add(key)
             examples.append(example)
         pair = build_pair(entry, feedback)
         if pair is not None:
