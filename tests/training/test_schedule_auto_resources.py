@@ -1,0 +1,84 @@
+"""Schedules, `auto` hyperparameters and the resource preflight, as numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tunery.config import TrainSettings
+from tunery.errors import ResourceError
+from tunery.training import resources
+from tunery.training.auto import resolve_auto
+from tunery.training.data import epoch_order, step_micro_batches
+from tunery.training.optim import lr_multiplier
+
+
+def test_warmup_then_cosine_linear_constant():
+    kw = {"total_steps": 110, "warmup_steps": 10}
+    assert [lr_multiplier(s, schedule="cosine", **kw) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_multiplier(60, schedule="cosine", **kw) == pytest.approx(0.5)
+    assert lr_multiplier(60, schedule="linear", **kw) == pytest.approx(0.5)
+    assert lr_multiplier(110, schedule="cosine", **kw) == pytest.approx(0.0)
+    assert lr_multiplier(60, schedule="constant", **kw) == 1.0
+    assert lr_multiplier(0, schedule="constant", total_steps=5, warmup_steps=0) == 1.0
+
+
+def test_auto_values_depend_on_dataset_size_method_and_model_size():
+    settings = TrainSettings()
+    small, choices = resolve_auto(settings, num_examples=120, method="lora", num_params=135_000_000)
+    large, _ = resolve_auto(settings, num_examples=20_000, method="lora", num_params=135_000_000)
+    assert small.epochs > large.epochs >= 2 and small.batch_size < large.batch_size <= 16
+    assert {c.key for c in choices} == {"train.epochs", "train.batch_size", "train.learning_rate", "train.warmup_steps"}
+    full, _ = resolve_auto(settings, num_examples=120, method="full", num_params=135_000_000)
+    big_model, _ = resolve_auto(settings, num_examples=120, method="lora", num_params=7_000_000_000)
+    assert full.learning_rate < small.learning_rate and big_model.learning_rate < small.learning_rate
+    fixed, choices = resolve_auto(TrainSettings(epochs=3, batch_size=4, learning_rate=1e-4, warmup_steps=0),
+                                  num_examples=120, method="lora", num_params=135_000_000)
+    assert (fixed.epochs, fixed.batch_size, fixed.learning_rate, choices) == (3, 4, 1e-4, [])
+
+
+def test_epoch_order_is_seeded_and_micro_batches_split_across_processes():
+    assert epoch_order(10, 1, 0) == epoch_order(10, 1, 0) != epoch_order(10, 1, 1)
+    assert sorted(epoch_order(10, 1, 0)) == list(range(10))
+    step = list(range(8))
+    one = step_micro_batches(step, batch_size=4, grad_accum=2, rank=0, world_size=1)
+    ranks = [step_micro_batches(step, batch_size=2, grad_accum=2, rank=r, world_size=2) for r in (0, 1)]
+    assert one == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [sorted(a + b) for a, b in zip(*ranks, strict=True)] == one
+    assert step_micro_batches([0, 1, 2], batch_size=4, grad_accum=2, rank=0, world_size=1) == [[0, 1, 2]]
+
+
+def test_memory_preflight_refuses_with_the_numbers():
+    config = {"hidden_size": 4096, "num_hidden_layers": 32}
+    estimate = resources.estimate_memory(7_000_000_000, config, method="full", weight_bytes=4, lora_rank=16,
+                                         tokens_per_micro_batch=4096, gradient_checkpointing=False)
+    assert estimate.total_bytes > 100 * resources.GIB
+    with pytest.raises(ResourceError) as info:
+        resources.check_memory(estimate, available=24 * resources.GIB)
+    assert info.value.code == "insufficient_memory"
+    assert "24.0 GiB is available" in info.value.message and "qlora" in info.value.hint
+    lora = resources.estimate_memory(135_000_000, {"hidden_size": 576, "num_hidden_layers": 30}, method="lora",
+                                     weight_bytes=4, lora_rank=16, tokens_per_micro_batch=4096,
+                                     gradient_checkpointing=False)
+    resources.check_memory(lora, available=24 * resources.GIB)
+    qlora = resources.estimate_memory(7_000_000_000, config, method="qlora", weight_bytes=2, lora_rank=16,
+                                      tokens_per_micro_batch=1024, gradient_checkpointing=True)
+    assert qlora.weights_bytes < estimate.weights_bytes / 7
+
+
+def test_disk_preflight_refuses_with_the_numbers(tmp_path):
+    resources.check_disk(tmp_path / "new" / "run", 1024)
+    with pytest.raises(ResourceError) as info:
+        resources.check_disk(tmp_path, 10**18)
+    assert info.value.code == "insufficient_disk" and "GiB free" in info.value.message
+
+
+def test_parameter_count_from_safetensors_headers(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    count, config = resources.count_model_parameters(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    assert count == sum(p.numel() for p in model.parameters()) and config["hidden_size"] == 64
+    assert math.isfinite(count)
