@@ -136,7 +136,7 @@ def render_summary(data: dict) -> str:
     return "\n".join(lines + target_lines(comp["ratios"], comp["rows"]))
 
 
-def render_markdown(data: dict) -> str:
+def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
     """docs/benchmarks.md: what ran, on what, how each number is computed, and where tunery stands."""
     comp, m, w = comparison(data), data["machine"], data["workload"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
@@ -182,6 +182,13 @@ def render_markdown(data: dict) -> str:
     if data.get("extra_tunery"):
         lines.append(f"- extra tunery row: the tunery LoRA run plus `{' '.join(data['extra_tunery'])}`")
     lines += ["", "## Observations (computed from this run)", "", *observations(data, comp)]
+    for extra in supplements or []:
+        lines += ["", f"## Supplementary run ({extra['date_utc']})", "", "```", extra["command"], "```", "",
+                  f"Same workload unless the command says otherwise; code {extra.get('code', {}).get('start', '?')}, "
+                  f"load average {_load(extra, 'start')} / {_load(extra, 'end')}.", "",
+                  *table_lines(comparison(extra)), "",
+                  f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
+                  f"- baseline: {_settings(comparison(extra)['rows'].get('trl-lora'))}"]
     lines += ["", "## How each number is computed", "", *HOW, "",
               f"Model shape used: {shape['decoder_linear_params'] / 1e6:.1f}M decoder linear weights, "
               f"{shape['lora_params'] / 1e6:.2f}M LoRA weights at rank {w['rank']}, {shape['layers']} layers, "

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the same learning rate at every step.")
     p.add_argument("--seed", type=int, default=42, help="Seed for both sides.")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions of tunery and the baseline.")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for both sides (default: each side's own choice; tunery's `auto` "
+                        "looks at the load, torch's default is one per core).")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="tunery train.precision.")
     p.add_argument("--baseline-precision", default="bf16", choices=["bf16", "fp32"],
                    help="Baseline: bf16 autocast (TRL's default) or fp32.")
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-json", default=None, help="Also write all raw results here.")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="Only re-render --output from a saved results.json (no training).")
+    p.add_argument("--supplement", metavar="RESULTS_JSON", action="append", default=[],
+                   help="With --render: also show these runs' tables as supplementary runs.")
     p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
     args = p.parse_args(argv)
     if args.quick:
@@ -117,7 +122,7 @@ def prepare(args, work_dir: Path):
                     val_file=str(work_dir / "data" / "validation.jsonl"), rank=args.rank, alpha=args.alpha,
                     learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
                     grad_accum=args.grad_accum, steps=args.steps, max_seq_len=args.max_seq_len, seed=args.seed,
-                    precision=args.precision)
+                    precision=args.precision, threads=args.threads)
     train_stats = prepare_subset(train_src, Path(work.train_file), tokenizer, count=work.train_examples,
                                  max_seq_len=args.max_seq_len)
     val_stats = prepare_subset(val_src, Path(work.val_file), tokenizer, count=args.val_examples,
@@ -155,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if args.render:
-        Path(args.output).write_text(report.render_markdown(json.loads(Path(args.render).read_text())), encoding="utf-8")
+        supplements = [json.loads(Path(p).read_text()) for p in args.supplement]
+        text = report.render_markdown(json.loads(Path(args.render).read_text()), supplements)
+        Path(args.output).write_text(text, encoding="utf-8")
         print(f"[bench] wrote {args.output}")
         return 0
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()

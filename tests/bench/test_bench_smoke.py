@@ -153,6 +153,9 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     assert "2.00x the tokens/s of the default row" in text
     assert "**tunery QLoRA failed**" in text
     assert "reduced run" in text
+    with_supplement = report.render_markdown(data, [data])
+    assert "## Supplementary run (2026-01-01 00:00 UTC)" in with_supplement
+    assert with_supplement.count("| tunery LoRA | 1 | 250 | 2.00x |") == 2
 
 
 def test_default_schedule_gives_both_sides_the_same_learning_rate_at_every_step():
