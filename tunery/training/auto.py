@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from tunery.config import TrainSettings
 
 # Examples seen in total (epochs x dataset size) that `auto` aims for; clamped to an epoch range.
-TARGET_EXAMPLES_SEEN = 4000
-MIN_EPOCHS, MAX_EPOCHS = 2, 16
-PEAK_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+TARGET_EXAMPLES_SEEN = 3000
+MIN_EPOCHS, MAX_EPOCHS = 2, 12
+PEAK_LR = {"full": 2e-5, "lora": 3e-4, "qlora": 3e-4}
 LR_CAP = {"full": 1e-4, "lora": 2e-3, "qlora": 2e-3}
 REFERENCE_PARAMS = 7e9
 

@@ -116,6 +116,8 @@ def load_for_training(config: TrainConfig, precision: Precision, device: str | N
     dtype = precision.weights if not quantize else precision.compute
     model, tokenizer = load_model(source, dtype=dtype, load_in_4bit=quantize, device=device,
                                   with_adapter=config.method != "full", is_trainable=True)
+    if quantize:
+        keep_4bit_weights_trainable(model)
     if hasattr(model, "peft_config"):
         if config.method == "full":
             raise ConfigError("method full cannot continue from a LoRA run", hint="use method: lora")
@@ -135,6 +137,18 @@ def load_for_training(config: TrainConfig, precision: Precision, device: str | N
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model, tokenizer
+
+
+def keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during validation.
+
+    On CPUs with AVX512-BF16, an eval-mode forward converts each Linear4bit to a packed layout
+    whose kernel has no backward: training after the first validation then silently loses the
+    gradient through every frozen layer (test_qlora_gradients catches it).
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quiet_libraries() -> None:
