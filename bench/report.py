@@ -16,7 +16,9 @@ TARGETS = [
     ("tokens/s vs baseline", "speed_ratio", ">=", 5.0),
     ("final val loss - baseline", "val_loss_delta", "<=", 0.02),
     ("peak RSS vs baseline", "rss_ratio", "<=", 0.5),
-    ("MFU (of measured bf16 peak)", "mfu_bf16", ">=", 0.40),
+    # The issue states the MFU target against the bf16 peak, assuming bf16 is the fast path; where fp32
+    # measures faster (no AMX), the faster peak is the honest denominator.
+    ("MFU (of the faster measured matmul peak)", "mfu_best", ">=", 0.40),
 ]
 
 
@@ -77,7 +79,7 @@ def comparison(data: dict) -> dict:
             "rss_ratio": t["peak_rss_gib"]["median"] / b["peak_rss_gib"]["median"],
             "val_loss_delta": (t["val_loss"]["median"] - b["val_loss"]["median"])
             if t["val_loss"] and b["val_loss"] else None,
-            "mfu_bf16": t["mfu_bf16"]["median"],
+            "mfu_best": t["mfu_bf16" if bf16 >= fp32 else "mfu_fp32"]["median"],
         }
     return out
 
@@ -90,7 +92,7 @@ def target_lines(ratios: dict, rows: dict) -> list[str]:
             lines.append(f"| {label} | {op} {bound:g} | not measured | - |")
             continue
         met = value >= bound if op == ">=" else value <= bound
-        shown = f"{value:.1%}" if key == "mfu_bf16" else f"{value:+.3f}" if key == "val_loss_delta" else f"{value:.2f}x"
+        shown = f"{value:.1%}" if key == "mfu_best" else f"{value:+.3f}" if key == "val_loss_delta" else f"{value:.2f}x"
         lines.append(f"| {label} | {op} {bound:g} | {shown} | {'met' if met else '**not met**'} |")
     q, lo = rows.get("tunery-qlora"), rows.get("tunery-lora")
     if q and lo:
@@ -224,8 +226,9 @@ HOW = [
     "LoRA adds 6 r (d_in + d_out) per adapted linear, causal attention 12 x attention width x layers x mean "
     "context, and the output head 4 V d only on trained (loss) tokens. Computed from the model shape and the "
     "data, the same for both sides, whatever each implementation actually computes.",
-    "- **matmul peak**: the best rate of square `torch.matmul` (1024-4096) in bf16 and fp32, measured at the "
-    "start and the end of the run; other processes share this CPU, so every number here is noisy.",
+    "- **matmul peak**: the best rate of square `torch.matmul` (1024-4096) in bf16 and fp32 with torch's "
+    "default threads (one per core), measured at the start and the end of the run; other processes share "
+    "this CPU, so every number here is noisy. The MFU target uses the faster of the two peaks.",
 ]
 
 
