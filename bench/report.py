@@ -115,7 +115,14 @@ ROW_TITLES = {"tunery-lora": "tunery LoRA", "trl-lora": "TRL SFTTrainer + PEFT L
               "tunery-full": "tunery full fine-tuning"}
 
 
-def table_lines(comp: dict, baseline: str = "trl-lora") -> list[str]:
+def row_titles(data: dict) -> dict:
+    titles = dict(ROW_TITLES)
+    if data.get("extra_tunery"):
+        titles["tunery-lora-extra"] = "tunery LoRA + " + " ".join(f"`{o}`" for o in data["extra_tunery"])
+    return titles
+
+
+def table_lines(comp: dict, baseline: str = "trl-lora", titles: dict | None = None) -> list[str]:
     base = comp["rows"].get(baseline)
     lines = ["| run | reps | real tokens/s | vs baseline | tokens per CPU-s | peak RSS GiB | vs baseline | "
              "final val loss | MFU (bf16 peak) | MFU (fp32 peak) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -124,7 +131,7 @@ def table_lines(comp: dict, baseline: str = "trl-lora") -> list[str]:
         if base and name != baseline:
             speed = f"{row['tokens_per_s']['median'] / base['tokens_per_s']['median']:.2f}x"
             rss = f"{row['peak_rss_gib']['median'] / base['peak_rss_gib']['median']:.2f}x"
-        lines.append(f"| {ROW_TITLES.get(name, name)} | {row['tokens_per_s']['n']} | {fmt(row['tokens_per_s'])} | "
+        lines.append(f"| {(titles or ROW_TITLES).get(name, name)} | {row['tokens_per_s']['n']} | {fmt(row['tokens_per_s'])} | "
                      f"{speed} | {fmt(row['tokens_per_cpu_s'])} | {fmt(row['peak_rss_gib'], '{:.2f}')} | {rss} | {fmt(row['val_loss'], '{:.4f}')} | "
                      f"{fmt(row['mfu_bf16'], '{:.1f}%', 100)} | {fmt(row['mfu_fp32'], '{:.1f}%', 100)} |")
     return lines
@@ -171,7 +178,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
         f"- validation: {data['val_stats']['examples']} examples of `{_rel(data['sources']['validation'])}`", "",
         "## Results", "",
         "Medians over repetitions, (min-max) in brackets. tunery and the baseline alternate run by run.", "",
-        *table_lines(comp), "",
+        *table_lines(comp, titles=row_titles(data)), "",
         "## Targets (issue 6)", "", "| target | bound | tunery | status |", "|---|---|---|---|",
         *target_lines(comp["ratios"], comp["rows"]), "",
         "## Settings each side used", "",
@@ -188,7 +195,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
         lines += ["", f"## Supplementary run ({extra['date_utc']})", "", "```", extra["command"], "```", "",
                   f"Same workload unless the command says otherwise; code {extra.get('code', {}).get('start', '?')}, "
                   f"load average {_load(extra, 'start')} / {_load(extra, 'end')}.", "",
-                  *table_lines(comparison(extra)), "",
+                  *table_lines(comparison(extra), titles=row_titles(extra)), "",
                   f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
                   f"- baseline: {_settings(comparison(extra)['rows'].get('trl-lora'))}"]
     lines += ["", "## How each number is computed", "", *HOW, "",

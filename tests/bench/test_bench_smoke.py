@@ -151,6 +151,7 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     assert "| tunery LoRA | 1 | 250 | 2.00x |" in text
     assert "bf16 matmuls run at 0.50x the fp32 rate here" in text
     assert "2.00x the tokens/s of the default row" in text
+    assert "| tunery LoRA + `train.precision=fp32` | 1 | 500 | 4.00x |" in text
     assert "**tunery QLoRA failed**" in text
     assert "reduced run" in text
     assert "| MFU (of the faster measured matmul peak) | >= 0.4 | 250.0% | met |" in text  # fp32 was faster
