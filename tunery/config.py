@@ -65,7 +65,7 @@ class TrainSettings(_Strict):
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many validations (null: never).")
     loss_impl: Literal["chunked", "reference"] = Field("chunked", description="`chunked`: cross-entropy from hidden states over trained tokens only, in chunks (no full-vocabulary logits); `reference`: the model's own loss over full logits.")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (null: one per physical core).")
-    fsdp: bool = Field(False, description="Under torchrun, shard full fine-tuning with FSDP2 instead of replicating it (DDP).")
+    fsdp: bool = Field(False, description="Under torchrun, shard full fine-tuning with FSDP2 instead of replicating it (DDP). Reserved: not implemented yet, true is refused.")
 
 
 class LoggingConfig(_Strict):

@@ -76,8 +76,10 @@ def is_triage_json(text: str) -> bool:
 
 def run_demo(*, max_steps: int | None = None, num_examples: int = 3, console: Console | None = None) -> dict:
     import tunery
+    from tunery.training.setup import quiet_libraries
 
     console = console or Console()
+    quiet_libraries()
     folder = find_helpdesk_dir()
     tickets = load_test_tickets(folder, num_examples)
     console.print(f"[bold]tunery demo[/]: LoRA fine-tune of smollm2-135m-instruct on {folder}")

@@ -149,6 +149,9 @@ def open_run(config, resume, *, is_main: bool = True) -> tuple[RunDir, TrainConf
         raise ConfigError("no config given", hint="tunery train CONFIG.yaml, or tunery train --resume RUN_DIR")
     if not isinstance(config, TrainConfig):
         config = load_train_config(config)
+    if config.train.fsdp:
+        raise ConfigError("train.fsdp (FSDP2 sharding) is not implemented in this version of tunery",
+                          code="not_implemented", hint="set train.fsdp: false; under torchrun, runs use DDP")
     name = config.name or f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name, "run name")
     path = Path(config.output_dir).expanduser().resolve() if config.output_dir else runs_dir() / name
