@@ -68,3 +68,18 @@ def test_config_validate_and_show(tmp_path, tiny_model_dir):
     assert shown.exit_code == 0
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["method"] == "qlora" and resolved["lora"]["rank"] == 16 and resolved["train"]["seed"] == 42
+
+
+def test_enabled_metric_sink_that_is_not_installed_is_a_config_error(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    config = write_config(tmp_path, tiny_model_dir)
+    assert importlib.util.find_spec("mlflow") is None  # the point of this test: enabled but absent
+    result = runner.invoke(app, ["train", str(config), f"output_dir={tmp_path / 'out'}", "logging.mlflow=true"])
+    assert result.exit_code == 2 and "missing_package" in result.output and "pip install mlflow" in result.output
+
+
+def test_fsdp_is_refused_until_implemented(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir)
+    result = runner.invoke(app, ["train", str(config), "train.fsdp=true"])
+    assert result.exit_code == 2 and "not_implemented" in result.output

@@ -30,6 +30,7 @@ from tunery.training.optim import build_optimizer
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.rundir import RunDir, publish_folder
 from tunery.training.setup import choose_precision, load_for_training, set_threads, trainable_parameters
+from tunery.training.sinks import open_metric_sinks
 from tunery.types import Conversation
 
 
@@ -81,12 +82,16 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
         run.create()
         run.config_path.write_text(dump_config(config), encoding="utf-8")
     events: list[dict] = []
+    sinks = open_metric_sinks(config.logging, run.path, settings.model_dump(mode="json")) if dist.is_main else []
 
     def emit(event: dict) -> None:
         events.append(event)
         if dist.is_main:
             run.append_metric(event)
             reporter.event(event)
+            for sink in sinks:
+                if "step" in event and event.get("type") in ("train", "val"):
+                    sink(event)
         if on_event is not None:
             on_event(event)
 
