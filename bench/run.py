@@ -64,10 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--supplement", metavar="RESULTS_JSON", action="append", default=[],
                    help="With --render: also show these runs' tables as supplementary runs.")
     p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.batch_size, args.repetitions, args.val_examples = 5, 4, 2, 16
-    return args
+    if "--quick" in (argv if argv is not None else sys.argv[1:]):
+        # --quick changes defaults only: explicit options still win (e.g. --quick --repetitions 1).
+        p.set_defaults(steps=5, batch_size=4, repetitions=2, val_examples=16)
+    return p.parse_args(argv)
 
 
 def run_job(job: str, spec: dict, work_dir: Path, tag: str, timeout_s: float) -> dict:

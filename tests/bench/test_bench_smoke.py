@@ -174,3 +174,13 @@ def test_default_schedule_gives_both_sides_the_same_learning_rate_at_every_step(
         assert optimizer.param_groups[0]["lr"] == pytest.approx(ours, abs=1e-12), step
         optimizer.step()
         scheduler.step()
+
+
+def test_quick_changes_defaults_but_explicit_options_win():
+    from bench.run import parse_args
+
+    quick = parse_args(["--quick"])
+    assert (quick.steps, quick.batch_size, quick.repetitions) == (5, 4, 2)
+    assert parse_args(["--quick", "--repetitions", "1", "--steps", "7"]).repetitions == 1
+    assert parse_args(["--quick", "--steps", "7"]).steps == 7
+    assert parse_args([]).steps == 20
