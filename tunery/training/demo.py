@@ -76,10 +76,11 @@ def is_triage_json(text: str) -> bool:
 
 def run_demo(*, max_steps: int | None = None, num_examples: int = 3, console: Console | None = None) -> dict:
     import tunery
-    from tunery.training.setup import quiet_libraries
+    from tunery.training.setup import quiet_libraries, set_threads
 
     console = console or Console()
     quiet_libraries()
+    set_threads(None)  # generation before training runs on the same thread budget as training
     folder = find_helpdesk_dir()
     tickets = load_test_tickets(folder, num_examples)
     console.print(f"[bold]tunery demo[/]: LoRA fine-tune of smollm2-135m-instruct on {folder}")
