@@ -209,3 +209,12 @@ def test_an_existing_run_directory_is_not_overwritten(make_config, conversations
     with pytest.raises(ConfigError) as info:
         tunery.train(make_config("once"), train_conversations=conversations, quiet=True)
     assert info.value.code == "run_exists" and "--resume" in info.value.hint
+
+
+def test_splitting_micro_batches_by_tokens_gives_the_same_update(make_config, conversations):
+    whole = tunery.train(make_config("whole", train={"batch_size": 8, "micro_batch_tokens": 0}),
+                         train_conversations=conversations, quiet=True)
+    split = tunery.train(make_config("split", train={"batch_size": 8, "micro_batch_tokens": 40}),
+                         train_conversations=conversations, quiet=True)
+    assert train_losses(whole.run_dir) == pytest.approx(train_losses(split.run_dir), abs=1e-5)
+    assert_same_weights(adapter_weights(whole.run_dir), adapter_weights(split.run_dir), atol=1e-5)

@@ -130,8 +130,9 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     s, dist = trainer.settings, trainer.dist
     micro = step_micro_batches(indices, batch_size=s.batch_size, grad_accum=s.grad_accum,
                                rank=dist.rank, world_size=dist.world_size)
-    batches = [make_batch([trainer.data.train[i] for i in mb], packing=trainer.packing,
-                          pad_token_id=trainer.pad_token_id) for mb in micro]
+    pieces = [piece for mb in micro for piece in split_by_tokens(
+        [trainer.data.train[i] for i in mb], s.micro_batch_tokens)]
+    batches = [make_batch(piece, packing=trainer.packing, pad_token_id=trainer.pad_token_id) for piece in pieces]
     # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
     # update does not depend on how the step is cut into micro-batches or processes.
     step_tokens = dist.sum_int(sum(b.num_trained_tokens for b in batches))
@@ -154,6 +155,21 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     trainer.optimizer.step()
     return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": step_tokens,
             "tokens": dist.sum_int(sum(b.num_tokens for b in batches))}
+
+
+def split_by_tokens(examples: list, max_tokens: int) -> list[list]:
+    """Consecutive groups of at most `max_tokens` tokens (an example longer than that stands alone)."""
+    if max_tokens <= 0:
+        return [examples]
+    groups, current, size = [], [], 0
+    for example in examples:
+        n = len(example.input_ids)
+        if current and size + n > max_tokens:
+            groups.append(current)
+            current, size = [], 0
+        current.append(example)
+        size += n
+    return [*groups, current] if current else groups
 
 
 def autocast(trainer: Trainer):
