@@ -195,7 +195,10 @@ def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
         lines += ["", f"## Supplementary run ({extra['date_utc']})", "", "```", extra["command"], "```", "",
                   f"Same workload unless the command says otherwise; code {extra.get('code', {}).get('start', '?')}, "
                   f"load average {_load(extra, 'start')} / {_load(extra, 'end')}.", "",
+                  *([f"Note: {extra['note']}", ""] if extra.get("note") else []),
                   *table_lines(comparison(extra), titles=row_titles(extra)), "",
+                  "| target | bound | tunery | status |", "|---|---|---|---|",
+                  *target_lines(comparison(extra)["ratios"], comparison(extra)["rows"]), "",
                   f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
                   f"- baseline: {_settings(comparison(extra)['rows'].get('trl-lora'))}"]
     lines += ["", "## How each number is computed", "", *HOW, "",
@@ -267,7 +270,14 @@ def observations(data: dict, comp: dict) -> list[str]:
                    "on this machine; MFU against the bf16 peak therefore flatters every row.")
     else:
         out.append(f"- bf16 matmuls run at {ratio:.1f}x the fp32 rate here.")
-    t, x = rows.get("tunery-lora"), rows.get("tunery-lora-extra")
+    t, b = rows.get("tunery-lora"), rows.get("trl-lora")
+    if t and b:
+        ours, theirs = t["settings"].get("threads"), b["settings"].get("torch_threads")
+        if ours != theirs:
+            out.append(f"- **Thread counts differ**: tunery ran {ours} torch thread(s), the baseline {theirs}. "
+                       "On a busy machine, more threads than free cores slow a run down a lot, so compare with "
+                       "a run where both sides use the same `--threads`.")
+    x = rows.get("tunery-lora-extra")
     if t and x:
         out.append(f"- tunery LoRA with `{' '.join(data.get('extra_tunery', []))}`: "
                    f"{x['tokens_per_s']['median'] / t['tokens_per_s']['median']:.2f}x the tokens/s of the default "
