@@ -17,7 +17,7 @@ from tunery.config import TrainConfig
 from tunery.errors import ConfigError
 from tunery.paths import runs_dir
 
-DEMO_STEPS = 30
+DEMO_STEPS = 24
 DEMO_VAL_EXAMPLES = 24  # enough for a stable loss, cheap enough to run twice on 2 cores
 DEMO_SETTINGS = {"batch_size": 8, "learning_rate": 2e-3, "warmup_steps": 3, "lr_schedule": "cosine",
                  "save_every_steps": 20}
