@@ -145,7 +145,7 @@ def render_summary(data: dict) -> str:
     return "\n".join(lines + target_lines(comp["ratios"], comp["rows"]))
 
 
-def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
+def render_markdown(data: dict, supplements: list[dict] | None = None, render_command: str | None = None) -> str:
     """docs/benchmarks.md: what ran, on what, how each number is computed, and where tunery stands."""
     comp, m, w = comparison(data), data["machine"], data["workload"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
@@ -158,6 +158,10 @@ def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
         *([] if data.get("complete", True) else
           ["**Incomplete run**: the bench was stopped before its last row; only what finished is shown.", ""]),
         "## Reproduce", "", "```", data["command"], "```", "",
+        "(`make bench BENCH_ARGS='...'` with the same options runs the same; `--work-dir` and `--output` only "
+        "say where files go.)", "",
+        *([f"This page was assembled from saved results (bench/results/) with `{render_command}`.", ""]
+          if render_command else []),
         "## Machine", "",
         f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
         f"(capability {m['cpu_capability']}, {m['torch_threads']} threads), Python {m['python']}",
@@ -181,6 +185,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None) -> str:
         *table_lines(comp, titles=row_titles(data)), "",
         "## Targets (issue 6)", "", "| target | bound | tunery | status |", "|---|---|---|---|",
         *target_lines(comp["ratios"], comp["rows"]), "",
+        *(across_runs(data, supplements) if supplements else []),
         "## Settings each side used", "",
         f"- tunery: `{data['tunery_command']}` (an empty empty.yaml; the harness calls `tunery.train` with the same overrides); "
         f"{_settings(comp['rows'].get('tunery-lora'))}",
@@ -291,3 +296,27 @@ def observations(data: dict, comp: dict) -> list[str]:
         out.append("- This is a reduced run: with few steps, one-time costs in the first step (kernel "
                    "selection, allocator warm-up) weigh more than in a long run, on both sides alike.")
     return out
+
+
+def across_runs(data: dict, supplements: list[dict]) -> list[str]:
+    """One line per run (this one and the supplementary ones): the conditions next to the ratios."""
+    lines = ["## tunery LoRA vs the baseline across the runs on this page", "",
+             "| run | baseline precision | threads tunery / baseline | tokens/s ratio | tokens per CPU-s ratio "
+             "| peak RSS ratio | val loss delta |", "|---|---|---|---|---|---|---|"]
+    for index, run in enumerate([data, *supplements]):
+        rows = comparison(run)["rows"]
+        t, b = rows.get("tunery-lora"), rows.get("trl-lora")
+        if not (t and b):
+            continue
+        cpu = (t["tokens_per_cpu_s"]["median"] / b["tokens_per_cpu_s"]["median"]
+               if t["tokens_per_cpu_s"] and b["tokens_per_cpu_s"] else None)
+        delta = t["val_loss"]["median"] - b["val_loss"]["median"] if t["val_loss"] and b["val_loss"] else None
+        lines.append(
+            f"| {'main' if index == 0 else f'supplementary {index}'} ({run['date_utc']}) | "
+            f"{'bf16 autocast' if b['settings'].get('bf16_autocast') else 'fp32'} | "
+            f"{t['settings'].get('threads')} / {b['settings'].get('torch_threads')} | "
+            f"{t['tokens_per_s']['median'] / b['tokens_per_s']['median']:.2f}x | "
+            f"{f'{cpu:.2f}x' if cpu else '-'} | "
+            f"{t['peak_rss_gib']['median'] / b['peak_rss_gib']['median']:.2f}x | "
+            f"{f'{delta:+.3f}' if delta is not None else '-'} |")
+    return lines + [""]

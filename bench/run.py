@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         supplements = [json.loads(Path(p).read_text()) for p in args.supplement]
-        text = report.render_markdown(json.loads(Path(args.render).read_text()), supplements)
+        command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        text = report.render_markdown(json.loads(Path(args.render).read_text()), supplements, command)
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"[bench] wrote {args.output}")
         return 0

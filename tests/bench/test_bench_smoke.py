@@ -158,6 +158,8 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     with_supplement = report.render_markdown(data, [data])
     assert "## Supplementary run (2026-01-01 00:00 UTC)" in with_supplement
     assert with_supplement.count("| tunery LoRA | 1 | 250 | 2.00x |") == 2
+    assert "| supplementary 1 (2026-01-01 00:00 UTC) | fp32 | None / None | 2.00x | - | 0.40x | -0.100 |" \
+        in with_supplement
 
 
 def test_default_schedule_gives_both_sides_the_same_learning_rate_at_every_step():
