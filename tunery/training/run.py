@@ -17,7 +17,7 @@ import torch
 
 import tunery
 from tunery.config import TrainConfig, dump_config, load_train_config
-from tunery.errors import ConfigError, TrainingError, TuneryError
+from tunery.errors import ConfigError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
@@ -116,7 +116,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     started = time.time()
     try:
         status = train_loop(trainer, state)
-    except TrainingError as exc:
+    except TuneryError as exc:  # nan_loss, checkpoint_write_failed, ...: run.json says failed, with the code
         finish_failed(run, dist, reporter, state, exc)
         raise
     result = RunResult(run_dir=run.path, status=status, steps=state.step,
