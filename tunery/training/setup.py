@@ -83,7 +83,7 @@ def set_threads(threads: int | None, processes: int = 1) -> int:
     """
     if threads is None:
         cores = physical_cores()
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
         threads = max(1, min(cores, cores - busy) // max(1, processes))
     torch.set_num_threads(threads)
     return threads
