@@ -14,9 +14,7 @@ import torch
 from tunery.config import LoraConfig, TrainConfig
 from tunery.errors import ConfigError, ModelError
 from tunery.models import load_model, resolve_model
-from tunery.models.load import cpu_has_fast_bf16, default_device
-
-BF16_MIN_SPEEDUP = 1.2
+from tunery.models.load import BF16_MIN_SPEEDUP, cpu_has_fast_bf16, default_device, measure_bf16_speedup
 
 
 @dataclass
@@ -54,25 +52,6 @@ def choose_precision(choice: str, method: str, device: str) -> Precision:
     # fp32 while the frozen base can sit in bf16.
     weights = torch.float32 if method == "full" else torch.bfloat16
     return Precision(torch.bfloat16, weights, reason)
-
-
-def measure_bf16_speedup(size: int = 512, repeats: int = 8) -> float:
-    """fp32 time / bf16 time of a model-shaped matmul on this CPU (about a tenth of a second)."""
-    import time
-
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(size, 576, dtype=dtype)
-        b = torch.randn(1536, 576, dtype=dtype)
-        a @ b.T  # warm-up: oneDNN picks its kernel on first use
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                a @ b.T
-            best = min(best, time.perf_counter() - start)
-        timings[dtype] = best
-    return timings[torch.float32] / timings[torch.bfloat16]
 
 
 def set_threads(threads: int | None, processes: int = 1) -> int:
