@@ -79,7 +79,7 @@ def test_enabled_metric_sink_that_is_not_installed_is_a_config_error(tmp_path, t
     assert result.exit_code == 2 and "missing_package" in result.output and "pip install mlflow" in result.output
 
 
-def test_fsdp_is_refused_until_implemented(tmp_path, tiny_model_dir):
+def test_fsdp_outside_torchrun_is_a_config_error(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, tiny_model_dir)
-    result = runner.invoke(app, ["train", str(config), "train.fsdp=true"])
-    assert result.exit_code == 2 and "not_implemented" in result.output
+    result = runner.invoke(app, ["train", str(config), "train.fsdp=true", "method=full"])
+    assert result.exit_code == 2 and "fsdp_single_process" in result.output

@@ -2,7 +2,9 @@
 
 Gradients are summed across processes after accumulation (the loss is already normalised by the
 global trained-token count), which is what DDP's all-reduce does, done once per optimizer step.
-Without torchrun every method is a no-op and nothing here touches torch.distributed.
+Without torchrun every method is a no-op and nothing here touches torch.distributed. With
+`train.fsdp` the model is sharded (`tunery.training.fsdp`): FSDP2 reduce-scatters the gradients
+itself, and every process must run the same number of forward/backward passes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    sharded: bool = False  # FSDP2: gradients are reduced by the sharded model, not by sum_gradients
 
     @property
     def is_main(self) -> bool:
@@ -36,6 +39,13 @@ class Distributed:
         torch.distributed.all_reduce(tensor)
         return int(tensor.item())
 
+    def max_int(self, value: int) -> int:
+        if not self.enabled:
+            return int(value)
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return int(tensor.item())
+
     def sum_float(self, value: float) -> float:
         if not self.enabled:
             return float(value)
@@ -44,7 +54,7 @@ class Distributed:
         return float(tensor.item())
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.sharded:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])

@@ -20,6 +20,7 @@ from tunery.config import TrainSettings
 from tunery.data.packing import make_batch
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
+from tunery.training import fsdp
 from tunery.training.data import TrainingData, epoch_order, step_micro_batches
 from tunery.training.distributed import Distributed
 from tunery.training.loss import compute_loss
@@ -136,18 +137,25 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
     # update does not depend on how the step is cut into micro-batches or processes.
     step_tokens = dist.sum_int(sum(b.num_trained_tokens for b in batches))
+    weights = [1.0] * len(batches)
+    if dist.sharded:  # FSDP2 gathers weights in every pass: all processes must run as many passes
+        filler = batches[0] if batches else make_batch([trainer.data.train[indices[0]]], packing=trainer.packing,
+                                                       pad_token_id=trainer.pad_token_id)
+        extra = dist.max_int(len(batches)) - len(batches)
+        batches, weights = batches + [filler] * extra, weights + [0.0] * extra
     trainer.optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for batch in batches:
+    for batch, weight in zip(batches, weights, strict=True):
         with autocast(trainer):
             sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
-        (sums.loss_sum / step_tokens).backward()
-        loss_sum += float(sums.loss_sum.detach())
+        (sums.loss_sum * (weight / step_tokens)).backward()
+        loss_sum += weight * float(sums.loss_sum.detach())
     params = [p for _, p in trainer.params]
     dist.sum_gradients(params)
     loss = dist.sum_float(loss_sum) / step_tokens
     max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}", code="nan_loss",
                             hint="lower train.learning_rate or set train.max_grad_norm; the last good "
@@ -186,11 +194,17 @@ def evaluate(trainer: Trainer) -> dict:
     trainer.model.eval()
     loss_sum, tokens, correct = 0.0, 0, 0
     mine = list(range(len(examples)))[dist.rank::dist.world_size]
-    for start in range(0, len(mine), EVAL_BATCH_SIZE):
-        batch = make_batch([examples[i] for i in mine[start:start + EVAL_BATCH_SIZE]], packing=trainer.packing,
+    starts = list(range(0, len(mine), EVAL_BATCH_SIZE))
+    passes = dist.max_int(len(starts)) if dist.sharded else len(starts)
+    for n in range(passes):
+        # A sharded model needs the same number of passes on every process: extra ones count nothing.
+        chunk = mine[starts[n]:starts[n] + EVAL_BATCH_SIZE] if n < len(starts) else []
+        batch = make_batch([examples[i] for i in chunk or [0]], packing=trainer.packing,
                            pad_token_id=trainer.pad_token_id)
         with autocast(trainer):
             sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+        if not chunk:
+            continue
         loss_sum += float(sums.loss_sum)
         tokens += sums.num_tokens
         correct += sums.num_correct
@@ -215,13 +229,14 @@ def record_validation(state: TrainState, patience: int | None) -> bool:
 
 def save_training_checkpoint(trainer: Trainer, state: TrainState) -> None:
     """Trainable weights, AdamW moments, RNG states and TrainState; only rank 0 writes."""
-    if trainer.dist.is_main:
+    if trainer.dist.sharded:  # every process sends its shards; rank 0 receives the full tensors
+        weights, optim = fsdp.gather_training_state(trainer.model, trainer.optimizer, trainer.params)
+    elif trainer.dist.is_main:
         names = {id(p): n for n, p in trainer.params}
-        tensors = {
-            "trainable": {n: p.detach() for n, p in trainer.params},
-            "optimizer": optimizer_state_tensors(trainer.optimizer, names),
-            "rng": rng_state_tensors(),
-        }
+        weights = {n: p.detach() for n, p in trainer.params}
+        optim = optimizer_state_tensors(trainer.optimizer, names)
+    if trainer.dist.is_main:
+        tensors = {"trainable": weights, "optimizer": optim, "rng": rng_state_tensors()}
         path = ckpt.save_checkpoint(trainer.checkpoints_dir, state.step, tensors, asdict(state))
         ckpt.prune_checkpoints(trainer.checkpoints_dir, trainer.settings.keep_checkpoints, state.best_step)
         trainer.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
@@ -230,6 +245,13 @@ def save_training_checkpoint(trainer: Trainer, state: TrainState) -> None:
 
 def restore_training_checkpoint(trainer: Trainer, checkpoint: ckpt.Checkpoint) -> TrainState:
     """Load what `save_training_checkpoint` wrote back into the model, optimizer and RNGs."""
+    if trainer.dist.sharded:  # rank 0 reads the full tensors; each process keeps its shards
+        main = trainer.dist.is_main
+        fsdp.scatter_training_state(trainer.model, trainer.optimizer, trainer.params, trainer.dist,
+                                    checkpoint.tensors("trainable") if main else {},
+                                    checkpoint.tensors("optimizer") if main else {})
+        set_rng_state(checkpoint.tensors("rng"))
+        return TrainState(**checkpoint.state())
     weights = checkpoint.tensors("trainable")
     by_name = dict(trainer.params)
     missing = set(by_name) - set(weights)

@@ -59,7 +59,7 @@ def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS) -> LossS
     """Hidden states → output head at trained positions only, chunk by chunk with recomputation."""
     causal_lm = unwrap_causal_lm(model)
     device = next(model.parameters()).device
-    hidden = causal_lm.get_decoder()(**model_inputs(batch, device)).last_hidden_state
+    hidden = decoder_hidden_states(model, causal_lm, model_inputs(batch, device))
     targets = batch.targets.to(device)
     mask = targets != IGNORE_INDEX
     hidden = hidden[mask]
@@ -74,6 +74,27 @@ def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS) -> LossS
         loss_sum = loss_sum + part
         correct += int(hits)
     return LossSums(loss_sum, int(targets.numel()), correct)
+
+
+def decoder_hidden_states(model, causal_lm, inputs: dict) -> torch.Tensor:
+    """The decoder's last hidden states (after the final norm), without computing logits.
+
+    An FSDP2-sharded model must run its root forward, which gathers the embeddings, final norm and
+    output head (and keeps them gathered for the head calls and the backward): the decoder's output
+    is captured by a hook while the root computes the logits of the last position only.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    decoder = causal_lm.get_decoder()
+    if not isinstance(model, FSDPModule):
+        return decoder(**inputs).last_hidden_state
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def _chunk_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor):

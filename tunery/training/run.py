@@ -25,6 +25,7 @@ from tunery.training import resources
 from tunery.training.auto import resolve_auto, total_steps
 from tunery.training.data import prepare_data
 from tunery.training.distributed import setup_distributed
+from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
 from tunery.training.progress import Reporter, make_reporter
@@ -56,6 +57,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     dist = setup_distributed()
     reporter = reporter or (make_reporter(quiet=quiet, json_logs=json_logs) if dist.is_main else Reporter())
     run, config = open_run(config, resume, is_main=dist.is_main)
+    check_fsdp_config(config, dist)
     if dist.enabled:  # every process must write into rank 0's run directory (its name has a timestamp)
         run = RunDir(Path(dist.broadcast_text(str(run.path))))
         config = config.model_copy(update={"name": run.path.name, "output_dir": str(run.path)})
@@ -77,6 +79,9 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     model, tokenizer = load_for_training(config, precision, device)
     params = trainable_parameters(model)
     dist.broadcast_params([p for _, p in params])
+    if settings.fsdp:
+        model = shard_model(model, dist, device)
+        params = trainable_parameters(model)
     optimizer = build_optimizer(params, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)
     if dist.is_main:
         run.create()
@@ -122,8 +127,9 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     result = RunResult(run_dir=run.path, status=status, steps=state.step,
                        metrics=final_metrics(state, events))
     if status == "completed":
+        state_dict = gather_model_state(model) if dist.sharded else None
         if dist.is_main:
-            result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method)
+            result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method, state_dict)
     else:
         result.resume_command = f"tunery train --resume {shlex.quote(str(run.path))}"
     if dist.is_main:
@@ -154,9 +160,6 @@ def open_run(config, resume, *, is_main: bool = True) -> tuple[RunDir, TrainConf
         raise ConfigError("no config given", hint="tunery train CONFIG.yaml, or tunery train --resume RUN_DIR")
     if not isinstance(config, TrainConfig):
         config = load_train_config(config)
-    if config.train.fsdp:
-        raise ConfigError("train.fsdp (FSDP2 sharding) is not implemented in this version of tunery",
-                          code="not_implemented", hint="set train.fsdp: false; under torchrun, runs use DDP")
     name = config.name or f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name, "run name")
     path = Path(config.output_dir).expanduser().resolve() if config.output_dir else runs_dir() / name
@@ -195,12 +198,16 @@ def resume_state(trainer: Trainer, run: RunDir, reporter: Reporter) -> TrainStat
     return state
 
 
-def export_outputs(run: RunDir, model, tokenizer, method: str) -> tuple[Path | None, Path | None]:
-    """adapter/ (PEFT format) or model/ (HF safetensors), plus tokenizer and chat template."""
+def export_outputs(run: RunDir, model, tokenizer, method: str,
+                   state_dict: dict | None = None) -> tuple[Path | None, Path | None]:
+    """adapter/ (PEFT format) or model/ (HF safetensors), plus tokenizer and chat template.
+
+    A sharded (FSDP2) model passes its gathered full `state_dict`: its own parameters are shards.
+    """
     tokenizer.save_pretrained(run.path)
     if method == "full":
         def write_model(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
         publish_folder(write_model, run.model_dir)
         return None, run.model_dir
