@@ -38,6 +38,34 @@ def test_auto_values_depend_on_dataset_size_method_and_model_size():
     assert (fixed.epochs, fixed.batch_size, fixed.learning_rate, choices) == (3, 4, 1e-4, [])
 
 
+
+def test_auto_tells_short_facts_from_format_teaching():
+    """Facts (short answers) get one update per example and half the learning rate; helpdesk-like data does not."""
+    settings = TrainSettings()
+    facts, choices = resolve_auto(settings, num_examples=300, method="lora", num_params=135_000_000,
+                                  mean_trained_tokens=16.8)
+    helpdesk, _ = resolve_auto(settings, num_examples=432, method="lora", num_params=135_000_000,
+                               mean_trained_tokens=36.7)
+    unknown, _ = resolve_auto(settings, num_examples=300, method="lora", num_params=135_000_000)
+    huge, _ = resolve_auto(settings, num_examples=50_000, method="lora", num_params=135_000_000,
+                           mean_trained_tokens=16.8)
+    assert (facts.batch_size, facts.epochs, facts.learning_rate) == (1, 10, 1e-3)
+    assert "fact-like" in next(c.reason for c in choices if c.key == "train.batch_size")
+    assert (helpdesk.batch_size, helpdesk.learning_rate) == (8, 2e-3)
+    assert (unknown.batch_size, unknown.learning_rate) == (4, 2e-3)
+    assert huge.batch_size == 16
+
+
+def test_mean_trained_tokens_counts_labels_not_prompt():
+    from tunery.training.auto import mean_trained_tokens
+    from tunery.types import Location, TokenizedExample
+
+    where = Location("x.jsonl", 1)
+    examples = [TokenizedExample([1, 2, 3, 4], [-100, -100, 3, 4], where, {}),
+                TokenizedExample([1, 2, 3, 4], [-100, 2, 3, 4], where, {})]
+    assert mean_trained_tokens(examples) == 2.5
+    assert mean_trained_tokens([]) is None
+
 def test_epoch_order_is_seeded_and_micro_batches_split_across_processes():
     assert epoch_order(10, 1, 0) == epoch_order(10, 1, 0) != epoch_order(10, 1, 1)
     assert sorted(epoch_order(10, 1, 0)) == list(range(10))

@@ -22,7 +22,7 @@ from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
-from tunery.training.auto import resolve_auto, total_steps
+from tunery.training.auto import mean_trained_tokens, resolve_auto, total_steps
 from tunery.training.data import prepare_data
 from tunery.training.distributed import setup_distributed
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
@@ -70,7 +70,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     data = prepare_data(config.data, tokenizer, seed=config.train.seed,
                         train_conversations=train_conversations, val_conversations=val_conversations)
     settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
-                                     num_params=num_params, world_size=dist.world_size)
+                                     num_params=num_params, world_size=dist.world_size,
+                                     mean_trained_tokens=mean_trained_tokens(data.train))
     config = config.model_copy(update={"train": settings})
     steps = total_steps(settings, len(data.train), dist.world_size)
     preflight(config, num_params, model_config, precision, run.path)
