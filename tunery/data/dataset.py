@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.data.formats import FormatState, convert_record, detect_format, report_ignored_keys
-from tunery.data.problems import Problem, ProblemLog, summarise_problems
+from tunery.data.problems import Problem, ProblemLog, summarise_problems, with_severity
 from tunery.data.readers import FileStats, list_dataset_files, read_file
 from tunery.errors import DataError
 from tunery.types import Conversation, Location
@@ -44,11 +44,11 @@ class DatasetReport:
 
     @property
     def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
+        return with_severity(self.problems, "error")
 
     @property
     def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
+        return with_severity(self.problems, "warning")
 
     @property
     def formats(self) -> list[str]:

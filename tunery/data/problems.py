@@ -102,11 +102,16 @@ class ProblemLog:
 
     @property
     def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
+        return with_severity(self.problems, "error")
 
     @property
     def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
+        return with_severity(self.problems, "warning")
+
+
+def with_severity(problems: list[Problem], severity: str) -> list[Problem]:
+    """The problems of one severity ("error" or "warning"), in the order they were found."""
+    return [p for p in problems if p.severity == severity]
 
 
 def summarise_problems(problems: list[Problem], limit: int = 20) -> str:
