@@ -63,7 +63,7 @@ class TrainSettings(_Strict):
     save_every_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N optimizer steps (and always at the end); null: at the end of each epoch.")
     keep_checkpoints: int = Field(2, ge=1, description="How many of the most recent checkpoints to keep (the best one is kept as well).")
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many validations (null: never).")
-    micro_batch_tokens: int = Field(512, ge=0, description="Process a micro-batch as consecutive pieces of at most this many tokens: the same update (the loss is normalised per step), less activation memory and shorter attention rows; 0 never splits.")
+    micro_batch_tokens: int = Field(256, ge=0, description="Process a micro-batch as consecutive pieces of at most this many tokens: the same update (the loss is normalised per step), less activation memory and shorter attention rows; 0 never splits.")
     loss_impl: Literal["chunked", "reference"] = Field("chunked", description="`chunked`: cross-entropy from hidden states over trained tokens only, in chunks (no full-vocabulary logits); `reference`: the model's own loss over full logits.")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (null: one per physical core).")
     fsdp: bool = Field(False, description="Under torchrun (2+ processes), shard full fine-tuning with FSDP2 (each decoder layer, then the root) instead of replicating it (DDP); checkpoints and model/ are gathered to rank 0 in the usual format. Refused for lora/qlora and in a single process.")
