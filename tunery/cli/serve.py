@@ -19,6 +19,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys for `tunery serve`
 feedback_app = typer.Typer(help="Turn feedback on served answers into training data.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(feedback_app, name="feedback")
+WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
+                "everywhere) or int4 (int4 group-32 decoder, int8 head: fastest decoding). int8/int4 run on CPU only.")
 
 
 def parse_adapters(pairs: list[str]) -> dict[str, str]:
@@ -45,6 +47,7 @@ def serve_command(
     log_retention_days: float | None = typer.Option(None, "--log-retention-days", help="Delete logged requests "
                                                     "older than this."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
+    weights: str = typer.Option("full", "--weights", help=WEIGHTS_HELP),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most requests decoded together."),
     max_adapters: int = typer.Option(8, "--max-adapters", help="Most adapters in memory (LRU)."),
 ):
@@ -59,7 +62,7 @@ def serve_command(
     try:
         settings = ServerSettings(model=model, adapters=parse_adapters(adapter), host=host, port=port,
                                   no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
-                                  dtype=dtype, max_batch_size=max_batch_size, max_adapters=max_adapters)
+                                  dtype=dtype, weights=weights, max_batch_size=max_batch_size, max_adapters=max_adapters)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
@@ -74,6 +77,7 @@ def serve_command(
     console.print(f"loading {model} ...")
     application = create_app(settings)
     state = application.state.tunery
+    console.print(state.weights_summary, highlight=False)
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
     uvicorn.run(application, host=host, port=port, log_level="info")
 
@@ -86,13 +90,15 @@ def chat_command(
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens per answer."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
+    weights: str = typer.Option("full", "--weights", help=WEIGHTS_HELP),
 ):
     """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
     from tunery.data.template import encode_prompt
     from tunery.inference import SamplingParams
     from tunery.inference.loading import load_engine
 
-    loaded = load_engine(model, dtype=dtype, max_batch_size=1)
+    loaded = load_engine(model, dtype=dtype, weights=weights, max_batch_size=1)
+    console.print(loaded.quantization.summary(), highlight=False)
     engine = loaded.engine.start()
     history = [{"role": "system", "content": system}] if system else []
     console.print("[dim]/reset clears the conversation, /exit (or Ctrl-D) quits[/]")

@@ -6,10 +6,13 @@ Shared by `tunery serve`, `tunery chat` and the serving benchmark so all three l
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.paths import check_name
+
+log = logging.getLogger("tunery.inference")
 
 
 @dataclass
@@ -18,17 +21,25 @@ class LoadedEngine:
     tokenizer: object  # for encoding prompts; the engine decodes with its own copy
     resolved: object  # tunery.models.ResolvedModel
     adapter: str | None  # the adapter a LoRA run was loaded as (its run folder name)
+    quantization: object  # tunery.inference.quant.QuantizationReport
 
 
-def load_engine(ref: str | Path, *, dtype: str = "auto", max_batch_size: int = 16,
+def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", max_batch_size: int = 16,
                 max_adapters: int = 8) -> LoadedEngine:
-    """Load `ref` into a (not yet started) engine; a LoRA run comes as its base plus its adapter."""
+    """Load `ref` into a (not yet started) engine; a LoRA run comes as its base plus its adapter.
+
+    `weights` is `full`, `int8` or `int4` (see `tunery.inference.quant`); adapters stay in `dtype`.
+    """
     from tunery.data.template import stop_token_ids
     from tunery.inference.engine import Engine
+    from tunery.inference.quant import check_weight_format, quantize_model
     from tunery.models import load_model, resolve_model
 
+    check_weight_format(weights)
     resolved = resolve_model(ref)
     model, tokenizer = load_model(resolved, dtype=dtype, with_adapter=False)
+    quantization = quantize_model(model, weights)
+    log.info("%s", quantization.summary())
     # The engine thread decodes while request handlers encode: each gets its own tokenizer.
     engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), max_batch_size=max_batch_size,
                     max_adapters=max_adapters)
@@ -36,4 +47,5 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", max_batch_size: int = 1
     if resolved.adapter_path is not None:
         adapter = check_name(Path(resolved.run_dir).name, "adapter name")
         engine.load_adapter(adapter, resolved.adapter_path)
-    return LoadedEngine(engine=engine, tokenizer=tokenizer, resolved=resolved, adapter=adapter)
+    return LoadedEngine(engine=engine, tokenizer=tokenizer, resolved=resolved, adapter=adapter,
+                        quantization=quantization)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunery.errors import ModelError
+from tunery.inference.quant import QuantizedLinear
 
 PEFT_PREFIX = "base_model.model."
 
@@ -28,9 +29,12 @@ class Routing:
 
 
 class MultiLoraLinear(nn.Module):
-    """A base linear layer plus any number of LoRA deltas selected per batch row."""
+    """A base linear layer (full precision or quantized) plus LoRA deltas selected per batch row.
 
-    def __init__(self, base: nn.Linear, routing: Routing):
+    The deltas stay in the model's dtype whatever the base layer stores.
+    """
+
+    def __init__(self, base: nn.Linear | QuantizedLinear, routing: Routing):
         super().__init__()
         self.base = base
         self.routing = routing
@@ -129,7 +133,7 @@ class AdapterSlots:
         for wrapper in self._wrappers.values():
             wrapper.deltas.pop(slot, None)
 
-    def _find_linear(self, name: str) -> nn.Linear:
+    def _find_linear(self, name: str) -> nn.Linear | QuantizedLinear:
         if name in self._wrappers:
             return self._wrappers[name].base
         try:
@@ -137,11 +141,11 @@ class AdapterSlots:
         except AttributeError:
             raise ModelError(f"the base model has no module {name}", code="adapter_mismatch",
                              hint="the adapter was trained on a different base model") from None
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear | QuantizedLinear):
             raise ModelError(f"{name} is not a linear layer", code="adapter_mismatch")
         return module
 
-    def _wrap(self, name: str, module: nn.Linear) -> MultiLoraLinear:
+    def _wrap(self, name: str, module: nn.Linear | QuantizedLinear) -> MultiLoraLinear:
         if name not in self._wrappers:
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model

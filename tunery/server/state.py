@@ -31,6 +31,7 @@ class ServerState:
     configured_runs: dict[str, Path]
     started_at: int = field(default_factory=lambda: int(time.time()))
     adapter_created: dict[str, int] = field(default_factory=dict)
+    weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
@@ -103,8 +104,8 @@ def build_state(settings: ServerSettings) -> ServerState:
     from tunery.inference.loading import load_engine
 
     settings.check_exposure()
-    loaded = load_engine(settings.model, dtype=settings.dtype, max_batch_size=settings.max_batch_size,
-                         max_adapters=settings.max_adapters)
+    loaded = load_engine(settings.model, dtype=settings.dtype, weights=settings.weights,
+                         max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
     resolved = loaded.resolved
     if settings.served_name:
         base_name = check_name(settings.served_name, "served model name")
@@ -116,7 +117,8 @@ def build_state(settings: ServerSettings) -> ServerState:
                   for name, run in settings.adapters.items()}
     state = ServerState(settings=settings, engine=loaded.engine, tokenizer=loaded.tokenizer,
                         store=open_store(settings.database), base_name=base_name,
-                        base_path=Path(resolved.path), configured_runs=configured)
+                        base_path=Path(resolved.path), configured_runs=configured,
+                        weights_summary=loaded.quantization.summary())
     if loaded.adapter:
         state.configured_runs.setdefault(loaded.adapter, Path(resolved.run_dir))
         state.adapter_created[loaded.adapter] = state.started_at

@@ -1,0 +1,217 @@
+"""Quantized serving weights: layers against a dequantized fp32 reference, whole models against the
+original, LoRA adapters on quantized bases, and the --weights flag."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from tunery.data.template import encode_prompt
+from tunery.errors import ConfigError, ModelError
+from tunery.inference import Engine, SamplingParams
+from tunery.inference.quant import DEQUANT_MIN_ROWS, Int4Linear, Int8Linear, QuantizedLinear, quantize_model
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+QUESTIONS = ["hi", "The printer on floor three is offline again", "Please reset my VPN token",
+             "What is the capital of France?"]
+
+
+def int4_reference(weight: torch.Tensor, group: int = 32) -> torch.Tensor:
+    """Group-wise asymmetric int4 written out in fp32, scales and zeros rounded to bf16 as the kernel keeps them."""
+    n, k = weight.shape
+    w = weight.float().view(n, k // group, group)
+    low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    q = torch.round((w - low) / scale).clamp(0, 15)
+    zero = (low + 8 * scale).bfloat16().float()
+    return ((q - 8) * scale.bfloat16().float() + zero).view(n, k)
+
+
+def int8_reference(weight: torch.Tensor) -> torch.Tensor:
+    scale = (weight.float().abs().amax(dim=1) / 127).bfloat16().float()
+    return torch.round(weight.float() / scale[:, None]).clamp(-127, 127) * scale[:, None]
+
+
+@pytest.mark.parametrize(("kind", "reference"), [(Int4Linear, int4_reference), (Int8Linear, int8_reference)])
+@pytest.mark.parametrize("rows", [1, 7, DEQUANT_MIN_ROWS + 3])  # decode, short prefill (kernel), long prefill (dense)
+def test_quantized_layer_matches_dequantized_reference(kind, reference, rows):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 48, bias=True)
+    layer = kind(linear)
+    w_ref = reference(linear.weight)
+    assert torch.allclose(layer.dequantized_weight(), w_ref, atol=1e-6)
+    # The weights themselves moved by at most half a quantization step (plus bf16 rounding of the scales).
+    assert (w_ref - linear.weight).abs().max() < 0.6 * (linear.weight.abs().max() * 2 / 15)
+    x = torch.randn(2, rows, 96)
+    with torch.no_grad():
+        ours, want = layer(x), x @ w_ref.T + linear.bias
+    assert ours.shape == (2, rows, 48) and ours.dtype == torch.float32
+    # Kernel rows see bf16 activations and return bf16: 2% of the output's scale. The dense path is fp32.
+    tolerance = 1e-5 if x.shape[0] * rows >= DEQUANT_MIN_ROWS else 2e-2
+    assert (ours - want).abs().max() <= tolerance * want.abs().max()
+
+
+def snap_to_served_grid(model) -> None:
+    """Put the tiny model's weights on the int4 (decoder) and int8 (head) grids, as the default model's
+    decoder already is (its GGUF stored Q4_1, group 32): quantization then only adds bf16 rounding."""
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for module in list(model.modules()):
+            if type(module) is nn.Linear:
+                grid = int8_reference if module is head else int4_reference
+                module.weight.copy_(grid(module.weight))
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1]
+
+
+def test_quantized_model_keeps_logits_and_greedy_tokens(tiny):
+    model, tokenizer, stops = tiny
+    snap_to_served_grid(model)
+    original = copy.deepcopy(model)
+    report = quantize_model(model, "int4")
+    assert report.quantized == 2 * 7 + 1 and not report.skipped
+    assert report.relative_error < 5e-3  # bf16 rounding of scales and zeros only
+    assert isinstance(model.get_output_embeddings(), Int8Linear)
+    assert isinstance(model.get_input_embeddings(), nn.Embedding)  # untied: the embedding is untouched
+    assert torch.equal(model.get_input_embeddings().weight, original.get_input_embeddings().weight)
+    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == report.quantized
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    for ids in prompts:
+        ours, want = logits_of(model, ids), logits_of(original, ids)
+        # Activations enter the kernels in bf16: within 3% of the logits' spread.
+        assert (ours - want).abs().max() <= 0.03 * (want.max() - want.min())
+    # Greedy decoding: every token the int4 model picks is the original model's argmax at that position,
+    # up to near ties within 1% of the logits' spread (a random tiny model has many).
+    for ids in prompts:
+        assert_greedy_follows(model, original, ids, 12)
+
+
+def assert_greedy_follows(quantized, original, ids, new_tokens: int, tie: float = 0.01) -> int:
+    """The quantized model's greedy tokens, teacher-forced through the original: each is its argmax or
+    within `tie` of the logits' spread of it. Returns how many were its exact argmax."""
+    with torch.no_grad():
+        out = quantized.generate(torch.tensor([ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=0)
+        logits = original(out).logits[0, len(ids) - 1:-1]
+    tokens = out[0, len(ids):]
+    picked = logits.gather(1, tokens[:, None])[:, 0]
+    best = logits.max(-1).values
+    assert (picked >= best - tie * (best - logits.min(-1).values)).all()
+    return int((picked == best).sum())
+
+
+def test_int8_everywhere_on_a_random_model_stays_close(tiny):
+    model, tokenizer, _ = tiny
+    original = copy.deepcopy(model)
+    report = quantize_model(model, "int8")
+    assert report.quantized == 15 and all(isinstance(m, Int8Linear) for m in model.modules()
+                                          if isinstance(m, QuantizedLinear))
+    assert report.relative_error < 0.02
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": QUESTIONS[1]}])
+    ours, want = logits_of(model, ids), logits_of(original, ids)
+    assert (ours - want).abs().max() <= 0.05 * (want.max() - want.min())
+
+
+def test_lora_adapters_still_change_rows_on_a_quantized_base(tiny, lora_runs):
+    model, tokenizer, stops = tiny
+    snap_to_served_grid(model)
+    full = copy.deepcopy(model)
+    quantize_model(model, "int4")
+    engines = {"full": Engine(full, tokenizer, stops, max_batch_size=8), "int4": Engine(model, tokenizer, stops,
+                                                                                         max_batch_size=8)}
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": QUESTIONS[0]}])
+    try:
+        texts = {}
+        for kind, eng in engines.items():
+            for name in ("alpha", "beta"):
+                eng.load_adapter(name, lora_runs[name] / "adapter")
+            alone = {a: eng.generate(ids, GREEDY, adapter=a).text for a in (None, "alpha", "beta")}
+            assert len(set(alone.values())) == 3  # each adapter changes its rows
+            slot = eng.adapters["alpha"].slot
+            with torch.no_grad():  # one forward, three rows, three routings
+                eng.slots.routing.groups = [(slot, torch.tensor([1])), (eng.adapters["beta"].slot, torch.tensor([2]))]
+                mixed = eng.model(torch.tensor([ids] * 3)).logits[:, -1]
+                eng.slots.routing.groups = []
+            texts[kind] = (alone, mixed)
+        (_, mixed_full), (_, mixed_q) = texts["full"], texts["int4"]
+        spread = (mixed_full.max(-1).values - mixed_full.min(-1).values)[:, None]
+        assert ((mixed_q - mixed_full).abs() <= 0.03 * spread).all()
+        for adapter in next(iter(engines.values())).slots._wrappers.values():
+            assert all(a.dtype == torch.float32 for a, _, _ in adapter.deltas.values())
+        wrapped = engines["int4"].slots._wrappers.values()
+        assert wrapped and all(isinstance(w.base, QuantizedLinear) for w in wrapped)
+    finally:
+        for eng in engines.values():
+            eng.stop()
+
+
+def test_unfit_layers_are_skipped_and_counted():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(config)  # hidden 48: only down_proj (64 inputs) fits the kernels
+    report = quantize_model(model, "int4")
+    assert report.quantized == 1 and len(report.skipped) == 7 and "left in full precision" in report.summary()
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=24, intermediate_size=40, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(ModelError, match="no layer"):
+        quantize_model(tiny, "int4")
+
+
+def test_unknown_weight_format_and_full_are_handled(tiny):
+    model, _, _ = tiny
+    with pytest.raises(ConfigError) as err:
+        quantize_model(model, "int3")
+    assert err.value.hint and "int4" in err.value.hint
+    report = quantize_model(model, "full")
+    assert report.quantized == 0 and report.summary() == "weights: full precision"
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+
+
+def test_the_weights_flag_is_validated_before_loading(tiny_model_dir):
+    from tunery.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    result = runner.invoke(app, ["chat", str(tiny_model_dir), "--weights", "int3"])
+    assert result.exit_code == 2 and "int3" in result.output and "full, int8, int4" in result.output
+    result = runner.invoke(app, ["serve", "--model", str(tiny_model_dir), "--weights", "fp8", "--no-auth"])
+    assert result.exit_code == 2 and "--weights" in result.output
+    assert "int4" in runner.invoke(app, ["serve", "--help"]).output
+
+
+def test_load_engine_quantizes_and_reports(tiny_model_dir, caplog):
+    from tunery.inference.loading import load_engine
+
+    with caplog.at_level("INFO", logger="tunery.inference"):
+        loaded = load_engine(str(tiny_model_dir), dtype="fp32", weights="int4", max_batch_size=2)
+    assert loaded.quantization.quantized == 15
+    assert "int4" in caplog.text and "reconstruction error" in caplog.text
+    ids = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])
+    try:
+        assert loaded.engine.generate(ids, SamplingParams(max_new_tokens=4, temperature=0.0)).completion_tokens >= 1
+    finally:
+        loaded.engine.stop()
+
+
+@pytest.mark.slow
+def test_default_model_int4_greedy_follows_full(default_model_dir):
+    from tunery.models import load_model
+
+    model, tokenizer = load_model(str(default_model_dir), dtype="fp32", device="cpu")
+    quantized = copy.deepcopy(model)
+    report = quantize_model(quantized, "int4")
+    assert report.quantized == 211 and report.relative_error < 0.01  # the GGUF's Q4_1 grid, bf16-rounded
+    exact = 0
+    for question in ("How do I reset my VPN token?", "Explain in two sentences what DNS does."):
+        ids = encode_prompt(tokenizer, [{"role": "user", "content": question}])
+        exact += assert_greedy_follows(quantized, model, ids, 16)
+    assert exact >= 30  # of 32: the default model has few near ties
