@@ -1,8 +1,10 @@
 """Serving benchmark: the tunery engine against Hugging Face `generate`, same model, same prompts, same run.
 
 Reports single-stream decode tokens/s, total tokens/s with 8 concurrent clients, and time to
-first token, each as a ratio against `generate`; writes docs/benchmarks-serving.md.
-Run: `python -m bench.serve [--model REF] [--max-new-tokens N] [--repetitions R]`.
+first token, each as a ratio against `generate`; with `--quantized int4|int8` (default int4) also
+a second engine on quantized weights, its speed against the same `generate` and its drift from the
+full-precision model's greedy tokens. Writes docs/benchmarks-serving.md.
+Run: `python -m bench.serve [--model REF] [--dtype fp32] [--quantized int4] [--max-new-tokens N] [--repetitions R]`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
     p.add_argument("--model", default="smollm2-135m-instruct", help="Model reference to serve.")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="Weights precision (both sides).")
+    p.add_argument("--quantized", default="int4", choices=["none", "int8", "int4"],
+                   help="Also run an engine with these weights (tunery serve --weights); none skips it.")
     p.add_argument("--max-new-tokens", type=int, default=64, help="Tokens generated per request (EOS ignored).")
     p.add_argument("--clients", type=int, default=8, help="Concurrent clients in the batched measurement.")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions; medians are reported.")
@@ -41,8 +45,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def hf_single(model, prompts, max_new_tokens) -> tuple[float, int, float]:
-    """Sequential `generate` calls: (seconds, tokens, median time to first token)."""
+def hf_single(model, prompts, max_new_tokens, outputs: list | None = None) -> tuple[float, int, float]:
+    """Sequential `generate` calls: (seconds, tokens, median time to first token); token ids into `outputs`."""
     tokens, ttfts, start = 0, [], time.perf_counter()
     for ids in prompts:
         t0 = time.perf_counter()
@@ -53,6 +57,8 @@ def hf_single(model, prompts, max_new_tokens) -> tuple[float, int, float]:
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                              do_sample=False)
         tokens += out.shape[1] - len(ids)
+        if outputs is not None:
+            outputs.append(out[0].tolist())
     return time.perf_counter() - start, tokens, statistics.median(ttfts)
 
 
@@ -68,20 +74,24 @@ def hf_batched(model, tokenizer, prompts, max_new_tokens) -> tuple[float, int]:
     return time.perf_counter() - start, (out.shape[1] - width) * len(prompts)
 
 
-def engine_run(engine, prompts, max_new_tokens) -> tuple[float, int, list[float]]:
-    """All prompts submitted at once (concurrent clients): (seconds, tokens, time to first token each)."""
+def engine_run(engine, prompts, max_new_tokens, texts: list | None = None) -> tuple[float, int, list[float]]:
+    """All prompts submitted at once (concurrent clients): (seconds, tokens, time to first token each).
+
+    The completions' texts go into `texts`, in prompt order, when given."""
     from tunery.inference import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     done, lock = threading.Event(), threading.Lock()
     state = {"left": len(prompts), "tokens": 0}
     first: list[float | None] = [None] * len(prompts)
+    pieces: list[list[str]] = [[] for _ in prompts]
     start = time.perf_counter()
 
     def sink(i):
         def on_event(event):
             if first[i] is None:
                 first[i] = time.perf_counter() - start
+            pieces[i].append(event.text)
             if event.finish_reason:
                 with lock:
                     state["tokens"] += event.completion_tokens
@@ -93,13 +103,16 @@ def engine_run(engine, prompts, max_new_tokens) -> tuple[float, int, list[float]
     for i, ids in enumerate(prompts):
         engine.submit(ids, params, sink(i))
     done.wait()
-    return time.perf_counter() - start, state["tokens"], [f for f in first if f is not None]
+    seconds = time.perf_counter() - start
+    if texts is not None:
+        texts.extend("".join(p) for p in pieces)
+    return seconds, state["tokens"], [f for f in first if f is not None]
 
 
-def engine_single(engine, prompts, max_new_tokens) -> tuple[float, int, float]:
+def engine_single(engine, prompts, max_new_tokens, texts: list | None = None) -> tuple[float, int, float]:
     seconds, tokens, ttfts = 0.0, 0, []
     for ids in prompts:
-        s, t, first = engine_run(engine, [ids], max_new_tokens)
+        s, t, first = engine_run(engine, [ids], max_new_tokens, texts)
         seconds, tokens = seconds + s, tokens + t
         ttfts.extend(first)
     return seconds, tokens, statistics.median(ttfts)
@@ -118,29 +131,64 @@ def main(argv=None) -> None:
     engine_run(engine, prompts[:2], 4)  # warm-up both paths
     with torch.inference_mode():
         model.generate(torch.tensor([prompts[0]], device=model.device), max_new_tokens=4, do_sample=False)
-    rows = {k: [] for k in ("hf1", "hf_batch", "eng1", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft")}
+    quant = None
+    if args.quantized != "none":
+        quant = load_engine(args.model, dtype=args.dtype, weights=args.quantized,
+                            max_batch_size=max(args.clients, 1))
+        print(quant.quantization.summary(), flush=True)
+        quant.engine.start()
+        engine_run(quant.engine, prompts[:2], 4)
+    keys = ["hf1", "hf_batch", "eng1", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft"]
+    rows = {k: [] for k in keys + (["q1", "q8", "q_ttft"] if quant else [])}
+    references: list[list[int]] = []  # the full-precision model's greedy tokens, for the drift
+    texts = {"full": [], "quant": []}
     for rep in range(args.repetitions):
         with torch.inference_mode():
-            s, t, ttft = hf_single(model, prompts, args.max_new_tokens)
+            s, t, ttft = hf_single(model, prompts, args.max_new_tokens, references if rep == 0 else None)
             rows["hf1"].append(t / s)
             rows["hf_ttft"].append(ttft * 1000)
             s, t = hf_batched(model, tokenizer, prompts, args.max_new_tokens)
             rows["hf_batch"].append(t / s)
-        s, t, ttft = engine_single(engine, prompts, args.max_new_tokens)
+        s, t, ttft = engine_single(engine, prompts, args.max_new_tokens, texts["full"] if rep == 0 else None)
         rows["eng1"].append(t / s)
         rows["eng_ttft"].append(ttft * 1000)
+        if quant:
+            s, t, ttft = engine_single(quant.engine, prompts, args.max_new_tokens, texts["quant"] if rep == 0 else None)
+            rows["q1"].append(t / s)
+            rows["q_ttft"].append(ttft * 1000)
+            s, t, _ = engine_run(quant.engine, prompts, args.max_new_tokens)
+            rows["q8"].append(t / s)
         s, t, ttfts = engine_run(engine, prompts, args.max_new_tokens)
         rows["eng8"].append(t / s)
         rows["eng8_ttft"].append(statistics.median(ttfts) * 1000)
         print(f"repetition {rep + 1}: " + ", ".join(f"{k}={v[-1]:.3f}" for k, v in rows.items()), flush=True)
     engine.stop()
+    drift = None
+    if quant:
+        quant.engine.stop()
+        drift = measure_drift(quant.engine.model, references, prompts, texts)
+        drift["summary"] = quant.quantization.summary()
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
     args.load = (load_before, os.getloadavg()[0])
-    write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype))
+    write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype), drift)
 
 
-def write_report(path: Path, args, med, spread, dtype: str) -> None:
+def measure_drift(quantized_model, references, prompts, texts) -> dict:
+    """How often the quantized model's top token is the full-precision greedy token, teacher-forced
+    along the full-precision generations; and how many whole completions came out identical."""
+    agree = total = 0
+    with torch.inference_mode():
+        for ids, full in zip(prompts, references, strict=True):
+            seq = torch.tensor([full], device=quantized_model.device)
+            top = quantized_model(input_ids=seq).logits[0, len(ids) - 1:-1].argmax(-1)
+            agree += int((top == seq[0, len(ids):]).sum())
+            total += len(full) - len(ids)
+    identical = sum(a == b for a, b in zip(texts["full"], texts["quant"], strict=True))
+    return {"agree": agree, "total": total, "identical": identical, "completions": len(texts["full"])}
+
+
+def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None = None) -> None:
     def cell(key, fmt="{:.1f}"):
         lo, hi = spread[key]
         return f"{fmt.format(med[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
@@ -171,12 +219,47 @@ def write_report(path: Path, args, med, spread, dtype: str) -> None:
         f"{med['hf_ttft'] / med['eng_ttft']:.2f}x (generate's time / the engine's) |",
         f"| time to first token, {args.clients} clients arriving at once, ms (median) | | {cell('eng8_ttft')} | |",
         "",
-        "Why one stream is not 5x faster here: on this CPU a decode step of the 135M model spends about 86% of",
-        "its time in the weight matmuls (torch profiler, one token, batch 1), and those are the same kernels",
-        "for both sides; the engine can only save the remaining overhead (sampling, stopping checks, cache",
-        "bookkeeping, prefill of only the last position's logits). The 5x target assumes overhead-bound",
-        "decoding (as on a GPU); batching is where the CPU gains, because one pass over the weights serves",
-        "every row of the batch.",
+    ]
+    if drift:
+        q = args.quantized
+        lines += [
+            f"With quantized weights (`tunery serve --weights {q}`): a second engine loaded from the same model,",
+            "measured in the same repetitions against the same `generate` runs (full-precision weights, "
+            f"{dtype}).",
+            "",
+            "| measurement | HF generate | tunery engine, " + q + " | ratio |",
+            "|---|---|---|---|",
+            f"| single stream, decode tokens/s | {cell('hf1')} | {cell('q1')} | **{med['q1'] / med['hf1']:.2f}x** "
+            "(target ≥ 5x) |",
+            f"| {args.clients} clients, total tokens/s | {cell('hf1')} one by one; {cell('hf_batch')} as one padded "
+            f"batch | {cell('q8')} | **{med['q8'] / med['hf1']:.2f}x** vs generate one by one, "
+            f"{med['q8'] / med['hf_batch']:.2f}x vs padded batch |",
+            f"| time to first token, one client, ms | {cell('hf_ttft')} | {cell('q_ttft')} | "
+            f"{med['hf_ttft'] / med['q_ttft']:.2f}x |",
+            f"| drift: top token = full-precision greedy token (teacher-forced along its {args.clients} "
+            f"generations) | | {drift['agree']} of {drift['total']} | **{drift['agree'] / drift['total']:.1%}** |",
+            f"| drift: whole greedy completions identical to the full-precision engine's | | "
+            f"{drift['identical']} of {drift['completions']} | |",
+            "",
+            f"- {drift['summary']}",
+            "",
+        ]
+    lines += [
+        "Why full-precision weights do not get 5x on one stream: a batch-1 decode step reads every weight once",
+        "(fp32: 540 MB per token), and on this CPU the weight matmuls take most of the step on both sides",
+        "(about 86%, torch profiler, one token); the engine can only save the rest (sampling, stopping checks,",
+        "cache bookkeeping, prefill of only the last position's logits). Batching gains because one pass over",
+        "the weights serves every row.",
+        "",
+        "Quantized weights shrink what a step reads: int4 decoder layers are an eighth of fp32 and the int8",
+        "head a quarter. In a one-thread profile of the default model an int4 decode step takes ~18 ms, of",
+        "which ~8 ms are the int4 matmuls, ~4 ms the int8 head, and the rest the model code's many small",
+        "operations (norms, rotary embeddings, attention, cache updates, dtype conversions), which the",
+        "engine does not replace; that remainder is what stands between these numbers and a larger ratio.",
+        "Drift: the default model's decoder was stored as Q4_1 (group 32, scale + min) in its GGUF, so int4",
+        "reproduces it up to the bf16 rounding of scales and zeros; the head (tied to a Q8_0 embedding) is",
+        "re-quantized to int8 per channel. Greedy completions that differ part at near ties and then follow",
+        "their own, equally fluent, path.",
         "",
         "The padded-batch column is Hugging Face's best case for a fixed batch that starts and ends together;",
         "a server meets requests that arrive and finish at different times, which the engine's step-level",

@@ -215,3 +215,14 @@ def test_default_model_int4_greedy_follows_full(default_model_dir):
         ids = encode_prompt(tokenizer, [{"role": "user", "content": question}])
         exact += assert_greedy_follows(quantized, model, ids, 16)
     assert exact >= 30  # of 32: the default model has few near ties
+
+
+def test_non_cpu_models_are_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(ConfigError, match="CPU") as err:
+        quantize_model(model, "int4")
+    assert "--weights full" in err.value.hint
