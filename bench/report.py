@@ -178,7 +178,9 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
         f"- LoRA rank {w['rank']}, alpha {w['alpha']:g}, all linear layers, dropout 0; AdamW, lr "
         f"{w['learning_rate']:g}, {w['lr_schedule']} after {w['warmup_steps']} warmup steps, weight decay 0, "
         f"grad clip 1.0; {w['steps']} steps of global batch {w['batch_size'] * w['grad_accum']} "
-        f"({w['batch_size']} x accum {w['grad_accum']}); seed {w['seed']}",
+        f"({w['batch_size']} x accum {w['grad_accum']}); "
+        + (f"seeds {w['seed']}..{w['seed'] + data['repetitions'] - 1} (repetition i uses seed + i on both sides)"
+           if data.get("vary_seed") else f"seed {w['seed']}"),
         f"- validation: {data['val_stats']['examples']} examples of `{_rel(data['sources']['validation'])}`", "",
         "## Results", "",
         "Medians over repetitions, (min-max) in brackets. tunery and the baseline alternate run by run.", "",

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "differently (transformers at lr 0, tunery at peak/warmup), so only 0 gives both "
                         "the same learning rate at every step.")
     p.add_argument("--seed", type=int, default=42, help="Seed for both sides.")
+    p.add_argument("--same-seed", dest="vary_seed", action="store_false",
+                   help="Use --seed for every repetition. Otherwise repetition i uses seed + i on both sides "
+                        "(data order and LoRA initialisation) and each is evaluated, so the validation-loss "
+                        "comparison is a median over seeds, not one draw (seeds vary: %(default)s).")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions of tunery and the baseline.")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for both sides (default: each side's own choice; tunery's `auto` "
@@ -185,10 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     session["peaks"].append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-0", args.job_timeout_s))
     baseline_work = type(work)(**{**asdict(work), "precision": args.baseline_precision})
     for rep in range(args.repetitions):
+        seed = args.seed + rep if args.vary_seed else args.seed
         for side in (["tunery", "trl"] if rep % 2 == 0 else ["trl", "tunery"]):
             if not (side == "trl" and args.no_baseline):
-                train(side, f"{side}-lora", work if side == "tunery" else baseline_work, f"{side}-lora-{rep}",
-                      evaluate=args.eval_all or rep == 0)
+                row_work = replace(work if side == "tunery" else baseline_work, seed=seed)
+                train(side, f"{side}-lora", row_work, f"{side}-lora-{rep}",
+                      evaluate=args.eval_all or args.vary_seed or rep == 0)
     for name, row_work in extra_rows(args, work):
         try:
             train("tunery", name, row_work, f"{name}-0", evaluate=True)
@@ -242,6 +248,7 @@ def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
         "duration_s": round(time.time() - session["started"]), "machine": report.machine_info(),
         "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in argv),
         "quick": args.quick, "workload": asdict(work), "baseline_precision": args.baseline_precision,
+        "vary_seed": args.vary_seed, "repetitions": args.repetitions,
         "sources": sources, "train_stats": train_stats.to_dict(), "val_stats": val_stats.to_dict(),
         "model_shape": {"decoder_linear_params": shape.decoder_linear_params,
                         "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
