@@ -34,3 +34,18 @@ def test_qlora_gradients_are_the_same_before_and_after_an_eval_forward(tiny_mode
     assert lowest and all(before[n].abs().sum() > 0 for n in lowest)
     for name in before:
         assert torch.allclose(before[name], after[name], atol=1e-6), name
+
+
+def test_a_4bit_load_lets_go_of_the_weights_file(tmp_path):
+    """The file's pages are not kept resident through leftover views once the weights are quantized."""
+    from tests.conftest import build_tiny_model
+    from tunery.models import load_model
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    weights = str((folder / "model.safetensors").resolve())
+    model, _ = load_model(str(folder), dtype="fp32", load_in_4bit=True, device="cpu")
+    mapped = [line for line in open("/proc/self/maps", encoding="utf-8") if line.rstrip().endswith(weights)]
+    assert mapped == []
+    reference, _ = load_model(str(folder), dtype="fp32", device="cpu")  # unquantized: the mapping is the weights
+    assert any(line.rstrip().endswith(weights) for line in open("/proc/self/maps", encoding="utf-8"))
+    assert model is not reference

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import hashlib
 import logging
 from pathlib import Path
@@ -126,10 +128,41 @@ def load_model(
         raise ModelError(f"cannot load model {resolved.ref!r}: {exc}", code="model_load_error") from None
     if not load_in_4bit:
         model.to(device)
+    else:
+        release_file_mapping(model)
     if with_adapter and resolved.adapter_path is not None:
         model = attach_saved_adapter(model, resolved.adapter_path, is_trainable=is_trainable)
     model.eval()
     return model, load_tokenizer(resolved)
+
+
+def release_file_mapping(model) -> None:
+    """Copy the tensors a 4-bit load left as views of the memory-mapped safetensors file.
+
+    Those (embeddings, norms) keep the whole mapping alive, and with it every page the quantizer
+    read: 405 MiB of resident file pages for the default model, more than its NF4 weights and
+    the copied tensors together (51 + 108 MiB); with the freed quantization buffers returned too,
+    the loaded QLoRA model goes from 0.90 to 0.58 GiB RSS. Unquantized loads use the mapping as
+    their weights.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if tensor is None or tensor.dtype == torch.uint8 or tensor.device.type != "cpu":
+                    continue
+                tensor.data = tensor.data.clone()
+    gc.collect()
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to give freed heap pages back to the system (no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def nf4_config(compute_dtype):
