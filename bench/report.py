@@ -212,7 +212,18 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
               f"Model shape used: {shape['decoder_linear_params'] / 1e6:.1f}M decoder linear weights, "
               f"{shape['lora_params'] / 1e6:.2f}M LoRA weights at rank {w['rank']}, {shape['layers']} layers, "
               f"vocabulary {shape['vocab_size']} x hidden {shape['hidden_size']}.", ""]
-    return "\n".join(lines)
+    return scrub_paths("\n".join(lines), [data, *(supplements or [])])
+
+
+def scrub_paths(text: str, runs: list[dict]) -> str:
+    """Put placeholders for where this machine kept things: the page describes runs, not a machine."""
+    for run in runs:
+        work = run.get("workload", {})
+        if work.get("model_path"):
+            text = text.replace(work["model_path"], Path(work["model_path"]).name)
+        if work.get("train_file"):
+            text = text.replace(str(Path(work["train_file"]).parent.parent), "WORK_DIR")
+    return text.replace(str(Path.home()), "~")
 
 
 HOW = [

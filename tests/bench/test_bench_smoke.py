@@ -186,3 +186,10 @@ def test_quick_changes_defaults_but_explicit_options_win():
     assert parse_args(["--quick", "--repetitions", "1", "--steps", "7"]).repetitions == 1
     assert parse_args(["--quick", "--steps", "7"]).steps == 7
     assert parse_args([]).steps == 20
+
+
+def test_report_names_no_machine_paths():
+    run = {"workload": {"model_path": "/srv/models/smollm2-135m-instruct", "train_file": "/scratch/b1/data/train.jsonl"}}
+    text = "base_model=/srv/models/smollm2-135m-instruct data.train=/scratch/b1/data/train.jsonl --work-dir /scratch/b1"
+    assert report.scrub_paths(text, [run]) == ("base_model=smollm2-135m-instruct data.train=WORK_DIR/data/train.jsonl "
+                                               "--work-dir WORK_DIR")
