@@ -118,6 +118,7 @@ def _cache_key(version: str, tokenizer, max_seq_len: int, too_long: str) -> str:
 
 def _save_cache(folder: Path, key: str, examples: list[TokenizedExample], info: dict) -> None:
     import numpy as np
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     lengths = [len(e.input_ids) for e in examples]
@@ -135,8 +136,8 @@ def _save_cache(folder: Path, key: str, examples: list[TokenizedExample], info: 
         # meta.json is written last: its presence marks a complete entry.
         (tmp / "meta.json").write_text(json.dumps({"key": key, "info": info, "examples": rows}))
         os.replace(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race, or the disk is full
+    except (OSError, SafetensorError):  # another process won the race, or the disk is full
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_cache(folder: Path, key: str) -> tuple[list[TokenizedExample], dict] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunery.errors import CheckpointError
@@ -55,10 +56,10 @@ def save_checkpoint(checkpoints_dir: Path, step: int, tensor_groups: dict[str, d
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(checkpoints_dir)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
-            f"could not write checkpoint {final}: {exc.strerror or exc}", code="checkpoint_write_failed",
+            f"could not write checkpoint {final}: {getattr(exc, 'strerror', None) or exc}", code="checkpoint_write_failed",
             hint="free disk space; earlier checkpoints are intact and `tunery train --resume` continues from them",
         ) from None
     return final

@@ -94,11 +94,13 @@ def publish_folder(write, target: Path) -> None:
     """Call `write(tmp_folder)` then move it to `target`, so a half-written export never appears."""
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    from safetensors import SafetensorError
+
     try:
         write(tmp)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TrainingError(f"could not write {target}: {exc.strerror or exc}", code="export_write_failed",
+        raise TrainingError(f"could not write {target}: {getattr(exc, 'strerror', None) or exc}", code="export_write_failed",
                             hint="free disk space and run `tunery train --resume` to write it again") from None
     if target.exists():
         shutil.rmtree(target)
