@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tunery.inference.engine import SPEC_MAX_DRAFT
+
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
     "My laptop will not connect to the office Wi-Fi since this morning. What should I try?",
@@ -45,7 +47,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def hf_single(model, prompts, max_new_tokens, outputs: list | None = None) -> tuple[float, int, float]:
+def hf_single(model, prompts, max_new_tokens, outputs: list | None = None, **generate_kwargs) -> tuple[float, int, float]:
     """Sequential `generate` calls: (seconds, tokens, median time to first token); token ids into `outputs`."""
     tokens, ttfts, start = 0, [], time.perf_counter()
     for ids in prompts:
@@ -55,7 +57,7 @@ def hf_single(model, prompts, max_new_tokens, outputs: list | None = None) -> tu
     start = time.perf_counter()
     for ids in prompts:
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                             do_sample=False)
+                             do_sample=False, **generate_kwargs)
         tokens += out.shape[1] - len(ids)
         if outputs is not None:
             outputs.append(out[0].tolist())
@@ -109,12 +111,23 @@ def engine_run(engine, prompts, max_new_tokens, texts: list | None = None) -> tu
     return seconds, state["tokens"], [f for f in first if f is not None]
 
 
-def engine_single(engine, prompts, max_new_tokens, texts: list | None = None) -> tuple[float, int, float]:
+def engine_single(engine, prompts, max_new_tokens, texts: list | None = None, *, speculate: bool = True,
+                  passes: list | None = None) -> tuple[float, int, float]:
+    """One request at a time; `speculate=False` turns the engine's prompt-lookup speculation off.
+
+    (tokens, decode passes) go into `passes`, for the tokens each pass produced."""
     seconds, tokens, ttfts = 0.0, 0, []
-    for ids in prompts:
-        s, t, first = engine_run(engine, [ids], max_new_tokens, texts)
-        seconds, tokens = seconds + s, tokens + t
-        ttfts.extend(first)
+    engine.speculate, before = speculate, engine.stats["decode_passes"]
+    try:
+        for ids in prompts:
+            s, t, first = engine_run(engine, [ids], max_new_tokens, texts)
+            seconds, tokens = seconds + s, tokens + t
+            ttfts.extend(first)
+    finally:
+        engine.speculate = True
+    if passes is not None:
+        # The first token of each request comes from its prefill, not a decode pass.
+        passes.append((tokens - len(prompts), engine.stats["decode_passes"] - before))
     return seconds, tokens, statistics.median(ttfts)
 
 
@@ -138,8 +151,9 @@ def main(argv=None) -> None:
         print(quant.quantization.summary(), flush=True)
         quant.engine.start()
         engine_run(quant.engine, prompts[:2], 4)
-    keys = ["hf1", "hf_batch", "eng1", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft"]
-    rows = {k: [] for k in keys + (["q1", "q8", "q_ttft"] if quant else [])}
+    keys = ["hf1", "hf1_lookup", "hf_batch", "eng1", "eng1_plain", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft"]
+    rows = {k: [] for k in keys + (["q1", "q1_plain", "q8", "q_ttft"] if quant else [])}
+    passes: dict[str, list] = {"full": [], "quant": []}
     references: list[list[int]] = []  # the full-precision model's greedy tokens, for the drift
     texts = {"full": [], "quant": []}
     for rep in range(args.repetitions):
@@ -147,15 +161,23 @@ def main(argv=None) -> None:
             s, t, ttft = hf_single(model, prompts, args.max_new_tokens, references if rep == 0 else None)
             rows["hf1"].append(t / s)
             rows["hf_ttft"].append(ttft * 1000)
+            s, t, _ = hf_single(model, prompts, args.max_new_tokens, prompt_lookup_num_tokens=SPEC_MAX_DRAFT)
+            rows["hf1_lookup"].append(t / s)
             s, t = hf_batched(model, tokenizer, prompts, args.max_new_tokens)
             rows["hf_batch"].append(t / s)
-        s, t, ttft = engine_single(engine, prompts, args.max_new_tokens, texts["full"] if rep == 0 else None)
+        s, t, ttft = engine_single(engine, prompts, args.max_new_tokens, texts["full"] if rep == 0 else None,
+                                   passes=passes["full"])
         rows["eng1"].append(t / s)
         rows["eng_ttft"].append(ttft * 1000)
+        s, t, _ = engine_single(engine, prompts, args.max_new_tokens, speculate=False)
+        rows["eng1_plain"].append(t / s)
         if quant:
-            s, t, ttft = engine_single(quant.engine, prompts, args.max_new_tokens, texts["quant"] if rep == 0 else None)
+            s, t, ttft = engine_single(quant.engine, prompts, args.max_new_tokens, texts["quant"] if rep == 0 else None,
+                                       passes=passes["quant"])
             rows["q1"].append(t / s)
             rows["q_ttft"].append(ttft * 1000)
+            s, t, _ = engine_single(quant.engine, prompts, args.max_new_tokens, speculate=False)
+            rows["q1_plain"].append(t / s)
             s, t, _ = engine_run(quant.engine, prompts, args.max_new_tokens)
             rows["q8"].append(t / s)
         s, t, ttfts = engine_run(engine, prompts, args.max_new_tokens)
@@ -171,7 +193,8 @@ def main(argv=None) -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
     args.load = (load_before, os.getloadavg()[0])
-    write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype), drift)
+    per_pass = {k: sum(t for t, _ in v) / max(1, sum(p for _, p in v)) for k, v in passes.items() if v}
+    write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype), drift, per_pass)
 
 
 def measure_drift(quantized_model, references, prompts, texts) -> dict:
@@ -188,7 +211,8 @@ def measure_drift(quantized_model, references, prompts, texts) -> dict:
     return {"agree": agree, "total": total, "identical": identical, "completions": len(texts["full"])}
 
 
-def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None = None) -> None:
+def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None = None,
+                 per_pass: dict | None = None) -> None:
     def cell(key, fmt="{:.1f}"):
         lo, hi = spread[key]
         return f"{fmt.format(med[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
@@ -211,6 +235,12 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
         "| measurement | HF generate | tunery engine | ratio |",
         "|---|---|---|---|",
         f"| single stream, decode tokens/s | {cell('hf1')} | {cell('eng1')} | **{single_ratio:.2f}x** (target ≥ 5x) |",
+        f"| single stream, speculation off (one token per pass) | {cell('hf1')} | {cell('eng1_plain')} | "
+        f"{med['eng1_plain'] / med['hf1']:.2f}x |",
+        f"| single stream, generate with prompt lookup (`prompt_lookup_num_tokens={SPEC_MAX_DRAFT}`) | "
+        f"{cell('hf1_lookup')} | {cell('eng1')} | {med['eng1'] / med['hf1_lookup']:.2f}x |",
+        f"| tokens per decode pass, single stream (prompt-lookup speculation) | | "
+        f"{(per_pass or {}).get('full', 1.0):.2f} | |",
         f"| {args.clients} clients, total tokens/s | {cell('hf1')} one by one; {cell('hf_batch')} as one padded "
         f"batch | {cell('eng8')} | **{med['eng8'] / med['hf1']:.2f}x** vs generate one by one, "
         f"{med['eng8'] / med['hf_batch']:.2f}x vs padded batch |",
@@ -231,6 +261,9 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
             "|---|---|---|---|",
             f"| single stream, decode tokens/s | {cell('hf1')} | {cell('q1')} | **{med['q1'] / med['hf1']:.2f}x** "
             "(target ≥ 5x) |",
+            f"| single stream, speculation off | {cell('hf1')} | {cell('q1_plain')} | "
+            f"{med['q1_plain'] / med['hf1']:.2f}x |",
+            f"| tokens per decode pass, single stream | | {(per_pass or {}).get('quant', 1.0):.2f} | |",
             f"| {args.clients} clients, total tokens/s | {cell('hf1')} one by one; {cell('hf_batch')} as one padded "
             f"batch | {cell('q8')} | **{med['q8'] / med['hf1']:.2f}x** vs generate one by one, "
             f"{med['q8'] / med['hf_batch']:.2f}x vs padded batch |",
@@ -245,6 +278,14 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
             "",
         ]
     lines += [
+        "Speculation: a lone greedy request drafts up to "
+        f"{SPEC_MAX_DRAFT} tokens by prompt lookup (what followed the latest earlier occurrence of its last",
+        "3 or 2 tokens, in the prompt or its own output) and one forward pass scores them all; the engine",
+        "keeps the prefix greedy decoding would have produced plus the model's next token, so the text is",
+        "the same as without it. A batch-1 pass costs about the same for one token as for seven here, so",
+        "accepted draft tokens are nearly free; how many are accepted depends on how much the answer repeats",
+        "its prompt or itself (extraction, JSON with copied fields, code edits: much; free prose: little).",
+        "",
         "Why full-precision weights do not get 5x on one stream: a batch-1 decode step reads every weight once",
         "(fp32: 540 MB per token), and on this CPU the weight matmuls take most of the step on both sides",
         "(about 86%, torch profiler, one token); the engine can only save the rest (sampling, stopping checks,",

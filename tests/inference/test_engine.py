@@ -198,3 +198,32 @@ def test_a_full_queue_refuses_more(tiny):
     with pytest.raises(ResourceError):
         eng.submit([1, 2, 3], GREEDY, lambda e: None)
     eng.stop()
+
+
+def test_ngram_draft_proposes_what_followed_the_latest_earlier_occurrence():
+    from tunery.inference.engine import ngram_draft
+
+    assert ngram_draft([5, 6, 7, 8, 9, 1, 5, 6, 7], 3) == [8, 9, 1]
+    assert ngram_draft([5, 6, 7, 8, 5, 6, 7, 2, 5, 6, 7], 2) == [2, 5]  # the latest occurrence wins
+    assert ngram_draft([1, 2, 3, 4], 4) == []  # nothing repeats
+    assert ngram_draft([4, 9, 3, 9], 4) == []  # single tokens are not enough
+    assert ngram_draft([5, 6, 7, 5, 6, 7], 0) == []
+
+
+def test_speculation_keeps_greedy_output_and_accepts_drafts(tiny):
+    """A lone greedy row verifies prompt-lookup drafts: same tokens as one-at-a-time decoding."""
+    model, tokenizer, stops = tiny
+    repetitive = "reset the VPN token, reset the VPN token, reset the VPN token, reset the VPN token"
+    prompts = [prompt(tokenizer, q) for q in [repetitive, *QUESTIONS]]
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
+    outputs = {}
+    for speculate in (False, True):
+        eng = Engine(model, tokenizer, stops, speculate=speculate)
+        try:
+            outputs[speculate] = [eng.generate(ids, params).text for ids in prompts]
+            stats = dict(eng.stats)
+        finally:
+            eng.stop()
+    assert outputs[True] == outputs[False]
+    assert stats["draft_tokens"] > 0 and stats["accepted_draft_tokens"] > 0
+    assert stats["decode_passes"] < len(prompts) * (params.max_new_tokens - 1)  # some passes gave several tokens

@@ -61,7 +61,14 @@ class BatchCache:
                   for k, v in cache_tensors(self.cache)]
         self.cache, self.mask = DynamicCache(layers), mask[:, shared_pad:]
 
-    def extend_mask(self) -> torch.Tensor:
-        """The mask for a decode step: one more real column for every row."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.num_rows, 1)], dim=1)
+    def extend_mask(self, columns: int = 1) -> torch.Tensor:
+        """The mask for a decode step: `columns` more real columns for every row."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.num_rows, columns)], dim=1)
         return self.mask
+
+    def drop_last_columns(self, columns: int) -> None:
+        """Forget the newest `columns` positions of every row (rejected speculative tokens)."""
+        if columns <= 0:
+            return
+        layers = [(k[:, :, :-columns], v[:, :, :-columns]) for k, v in cache_tensors(self.cache)]
+        self.cache, self.mask = DynamicCache(layers), self.mask[:, :-columns]

@@ -3,6 +3,12 @@
 Each step first prefills newly arrived requests one by one, then decodes one token for all
 active rows in a single forward pass, rows using different adapters included. Results leave
 through a per-request callback; aborting a request frees its row at the next step.
+
+A lone greedy row speculates (prompt lookup): the tokens that followed the latest earlier
+occurrence of its last few tokens are proposed as a draft, one forward pass scores them all, and
+the longest prefix the model itself would have chosen is kept, plus the model's own next token.
+Greedy output is unchanged; a batch-1 step on a CPU costs about the same for one token as for
+seven (it is bound by reading the weights), so every accepted draft token is nearly free.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class _Sequence:
     generator: torch.Generator
     fed: int = 0  # tokens already in the KV cache
     last_token: int = -1
+    history: list[int] = field(default_factory=list)  # prompt + generated tokens (speculation drafts from it)
+    spec_wait: int = 0  # plain steps left before drafting again
+    spec_backoff: int = 1  # plain steps after the next fully rejected draft (doubles, up to SPEC_MAX_BACKOFF)
     generated: int = 0
     aborted: bool = False
     done: bool = False
@@ -50,6 +59,25 @@ class _Adapter:
     slot: int
     source: Path
     last_used_s: float = field(default_factory=time.monotonic)
+
+
+SPEC_MAX_DRAFT = 6
+SPEC_NGRAM_SIZES = (3, 2)
+SPEC_MAX_BACKOFF = 16  # a draft rejected outright costs a little: text that does not repeat stops drafting
+
+
+def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC_NGRAM_SIZES) -> list[int]:
+    """Up to `max_draft` tokens that followed the latest earlier occurrence of the last n tokens."""
+    if max_draft <= 0:
+        return []
+    for n in sizes:
+        if len(tokens) <= n:
+            continue
+        tail = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start:start + n] == tail:
+                return tokens[start + n:start + n + max_draft]
+    return []
 
 
 def _group_by_length(seqs: list[_Sequence], max_tokens: int) -> list[list[_Sequence]]:
@@ -70,7 +98,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
                  max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
-                 max_queued: int = 256):
+                 max_queued: int = 256, speculate: bool = True):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
@@ -79,6 +107,8 @@ class Engine:
         self.max_adapters = max_adapters
         self.max_prefill_tokens = max_prefill_tokens
         self.max_queued = max_queued
+        self.speculate = speculate
+        self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0}
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
         self.adapters: dict[str, _Adapter] = {}
@@ -132,7 +162,7 @@ class Engine:
             slot = self._slot_of(adapter)
             seq = _Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=slot,
                             on_event=on_event, tracker=TextTracker(self.tokenizer, params.stop),
-                            generator=make_generator(params.seed))
+                            generator=make_generator(params.seed), history=list(prompt_ids))
             self._pending.append(seq)
             self._cond.notify_all()
         return seq.id
@@ -254,7 +284,11 @@ class Engine:
                 self._prefill(group)
             self._drop_finished()
             if self._active:
-                self._decode()
+                lone = self._active[0] if len(self._active) == 1 else None
+                if self.speculate and lone is not None and lone.params.temperature <= 0.0:
+                    self._decode_speculative(lone)
+                else:
+                    self._decode()
                 self._drop_finished()
         with self._cond:
             self._cond.notify_all()  # wakes wait_idle
@@ -296,6 +330,7 @@ class Engine:
             self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
 
     def _decode(self) -> None:
+        self.stats["decode_passes"] += 1
         rows = self._active
         self._route([seq.slot for seq in rows])
         input_ids = torch.tensor([[seq.last_token] for seq in rows], device=self.device)
@@ -309,9 +344,43 @@ class Engine:
             if not seq.aborted:
                 self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
 
+    def _decode_speculative(self, seq: _Sequence) -> None:
+        """Score a prompt-lookup draft in one pass; keep what greedy decoding would have produced."""
+        room = min(SPEC_MAX_DRAFT, self.max_context - seq.fed - 2, seq.params.max_new_tokens - seq.generated - 1)
+        draft = ngram_draft(seq.history, room) if seq.spec_wait <= 0 else []
+        if not draft:
+            seq.spec_wait -= 1
+            self._decode()
+            return
+        self._route([seq.slot])
+        inputs = [seq.last_token, *draft]
+        input_ids = torch.tensor([inputs], device=self.device)
+        positions = torch.arange(seq.fed, seq.fed + len(inputs), device=self.device).unsqueeze(0)
+        mask = self._batch.extend_mask(len(inputs))
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         cache=self._batch.cache, use_cache=True)
+        picks = out.logits[0].float().argmax(dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and picks[accepted] == draft[accepted]:
+            accepted += 1
+        self._batch.drop_last_columns(len(draft) - accepted)  # the cache keeps what was accepted
+        if accepted == 0:
+            seq.spec_wait, seq.spec_backoff = seq.spec_backoff, min(SPEC_MAX_BACKOFF, seq.spec_backoff * 2)
+        else:
+            seq.spec_backoff = 1
+        self.stats["decode_passes"] += 1
+        self.stats["draft_tokens"] += len(draft)
+        self.stats["accepted_draft_tokens"] += accepted
+        for token in picks[:accepted + 1]:
+            if seq.done or seq.aborted:
+                break
+            seq.fed += 1
+            self._accept(seq, token)
+
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
         seq.last_token = token
+        seq.history.append(token)
         if token in self.stop_token_ids and not seq.params.ignore_eos:
             self._finish(seq, "stop")
             return
