@@ -145,7 +145,8 @@ def render_summary(data: dict) -> str:
     return "\n".join(lines + target_lines(comp["ratios"], comp["rows"]))
 
 
-def render_markdown(data: dict, supplements: list[dict] | None = None, render_command: str | None = None) -> str:
+def render_markdown(data: dict, supplements: list[dict] | None = None, render_command: str | None = None,
+                    facts: dict | None = None) -> str:
     """docs/benchmarks.md: what ran, on what, how each number is computed, and where tunery stands."""
     comp, m, w = comparison(data), data["machine"], data["workload"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
@@ -208,6 +209,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
                   *target_lines(comparison(extra)["ratios"], comparison(extra)["rows"]), "",
                   f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
                   f"- baseline: {_settings(comparison(extra)['rows'].get('trl-lora'))}"]
+    lines += facts_lines(facts) if facts else []
     lines += ["", "## How each number is computed", "", *HOW, "",
               f"Model shape used: {shape['decoder_linear_params'] / 1e6:.1f}M decoder linear weights, "
               f"{shape['lora_params'] / 1e6:.2f}M LoRA weights at rank {w['rank']}, {shape['layers']} layers, "
@@ -258,6 +260,26 @@ HOW = [
     "default threads (one per core), measured at the start and the end of the run; other processes share "
     "this CPU, so every number here is noisy. The MFU target uses the faster of the two peaks.",
 ]
+
+
+def facts_lines(facts: dict) -> list[str]:
+    """Issue 3's fact-recall run (examples/facts/measure.py): recall on trained and reworded questions."""
+    auto = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in facts["auto"].items())
+    trained, reworded = facts["recall_trained"], facts["recall_reworded"]
+    return ["", f"## Teaching facts ({facts['facts']} invented facts, every hyperparameter `auto`)", "",
+            f"`{facts['command']}` ({facts['date_utc']}; {facts['conditions']}); what `auto` chose: {auto}; "
+            f"{facts['steps']} steps in {facts['train_s']:.0f} s at {facts['tokens_per_s']} tokens/s. "
+            "Greedy answers to every training question, and to a reworded version never trained:", "",
+            "| questions | exact trained answer | answer contains the fact's key |", "|---|---|---|",
+            f"| as trained | **{trained['exact']:.1%}** | {trained['key']:.1%} |",
+            f"| reworded | {reworded['exact']:.1%} | {reworded['key']:.1%} |", "",
+            "| target (issue 3) | bound | this run | status |", "|---|---|---|---|",
+            f"| exact recall, trained questions | >= 90% | {trained['exact']:.1%} | "
+            f"{'met' if trained['exact'] >= 0.9 else '**not met**'} |",
+            f"| training time | <= 600 s | {facts['train_s']:.0f} s | "
+            f"{'met' if facts['train_s'] <= 600 else '**not met**'} |", "",
+            "docs/training.md (\"Teaching facts\") has the other runs, the time this recipe takes on an idle "
+            "machine, and why."]
 
 
 def _rel(path: str) -> str:

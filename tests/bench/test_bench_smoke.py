@@ -193,3 +193,12 @@ def test_report_names_no_machine_paths():
     text = "base_model=/srv/models/smollm2-135m-instruct data.train=/scratch/b1/data/train.jsonl --work-dir /scratch/b1"
     assert report.scrub_paths(text, [run]) == ("base_model=smollm2-135m-instruct data.train=WORK_DIR/data/train.jsonl "
                                                "--work-dir WORK_DIR")
+
+
+def test_fact_recall_section_judges_both_bounds():
+    facts = {"facts": 300, "command": "python examples/facts/measure.py", "date_utc": "today", "conditions": "idle",
+             "auto": {"train.epochs": 15}, "steps": 4500, "train_s": 590.0, "tokens_per_s": 450.0,
+             "recall_trained": {"exact": 0.85, "key": 0.9}, "recall_reworded": {"exact": 0.0, "key": 0.4}}
+    text = "\n".join(report.facts_lines(facts))
+    assert "| exact recall, trained questions | >= 90% | 85.0% | **not met** |" in text
+    assert "| training time | <= 600 s | 590 s | met |" in text
