@@ -24,11 +24,12 @@ class TextTracker:
         # Decoding the whole output each time is quadratic but tiny next to a forward pass,
         # and it is the only way byte-level BPE tokens split inside characters come out right.
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for stop in self.stop:
-            index = self.text.find(stop, max(0, self.emitted - len(stop)))
-            if index != -1:
-                self.text = self.text[:index]
-                self.stopped = True
+        # Every stop completed by this token counts; the output ends before the earliest-starting one
+        # (with stops "|" and " |", the text " |" ends before the space).
+        found = [i for stop in self.stop if (i := self.text.find(stop, max(0, self.emitted - len(stop)))) != -1]
+        if found:
+            self.text = self.text[:min(found)]
+            self.stopped = True
         if self.stopped:
             return self._emit(len(self.text))
         safe = len(self.text)
