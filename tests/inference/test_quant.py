@@ -226,3 +226,23 @@ def test_non_cpu_models_are_refused():
     with pytest.raises(ConfigError, match="CPU") as err:
         quantize_model(model, "int4")
     assert "--weights full" in err.value.hint
+
+
+def test_small_quantized_decode_steps_use_fewer_threads_and_give_them_back(tiny):
+    """Decode steps of a few rows run on `small_decode_threads`; an idle engine restores torch's setting."""
+    import torch
+
+    from tunery.inference import Engine, SamplingParams
+
+    model, tokenizer, stops = tiny
+    seen = []
+    hook = model.register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    eng = Engine(model, tokenizer, stops, small_decode_threads=1, speculate=False)
+    try:
+        eng.generate([1, 2, 3], SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True))
+    finally:
+        eng.stop()
+        hook.remove()
+    assert seen[0] == before and set(seen[1:]) == {1}  # the prefill on all threads, the decode steps on one
+    assert torch.get_num_threads() == before

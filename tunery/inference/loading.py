@@ -42,7 +42,7 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     log.info("%s", quantization.summary())
     # The engine thread decodes while request handlers encode: each gets its own tokenizer.
     engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), max_batch_size=max_batch_size,
-                    max_adapters=max_adapters)
+                    max_adapters=max_adapters, small_decode_threads=1 if weights != "full" else None)
     adapter = None
     if resolved.adapter_path is not None:
         adapter = check_name(Path(resolved.run_dir).name, "adapter name")
