@@ -63,6 +63,7 @@ class _Adapter:
 
 SPEC_MAX_DRAFT = 6
 SPEC_NGRAM_SIZES = (3, 2)
+SPEC_SEARCH_WINDOW = 1024  # tokens searched back for a match (keeps the lookup cheap on long contexts)
 # A decode step of a few rows on int4/int8 weights is a string of tiny kernels; waking a second
 # thread for each costs more than it gives. Default model, int4, 48 tokens per request, tokens/s
 # with 1 / 2 threads: 1 row 35 / 25, 2 rows 53 / 40, 4 rows 81 / 61, 8 rows 99 / 99 (full-precision
@@ -79,7 +80,7 @@ def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC
         if len(tokens) <= n:
             continue
         tail = tokens[-n:]
-        for start in range(len(tokens) - n - 1, -1, -1):
+        for start in range(len(tokens) - n - 1, max(-1, len(tokens) - SPEC_SEARCH_WINDOW - 1), -1):
             if tokens[start:start + n] == tail:
                 return tokens[start + n:start + n + max_draft]
     return []
