@@ -117,14 +117,15 @@ def engine_single(engine, prompts, max_new_tokens, texts: list | None = None, *,
 
     (tokens, decode passes) go into `passes`, for the tokens each pass produced."""
     seconds, tokens, ttfts = 0.0, 0, []
-    engine.speculate, before = speculate, engine.stats["decode_passes"]
+    previous, before = engine.speculate, engine.stats["decode_passes"]
+    engine.speculate = speculate
     try:
         for ids in prompts:
             s, t, first = engine_run(engine, [ids], max_new_tokens, texts)
             seconds, tokens = seconds + s, tokens + t
             ttfts.extend(first)
     finally:
-        engine.speculate = True
+        engine.speculate = previous
     if passes is not None:
         # The first token of each request comes from its prefill, not a decode pass.
         passes.append((tokens - len(prompts), engine.stats["decode_passes"] - before))

@@ -116,7 +116,7 @@ class Engine:
         self.speculate = speculate
         # Decode steps of at most SMALL_DECODE_ROWS rows run on this many threads (None: torch's setting).
         self.small_decode_threads = small_decode_threads
-        self._threads = {"default": torch.get_num_threads(), "current": torch.get_num_threads()}
+        self._default_threads = torch.get_num_threads()
         self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0}
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
@@ -290,13 +290,13 @@ class Engine:
             new = [seq for seq in admitted if not seq.aborted]
             # Prompts of similar length share a prefill pass; very different ones would mostly pad.
             if new:
-                self._use_threads(self._threads["default"])
+                self._use_threads(self._default_threads)
             for group in _group_by_length(new, self.max_prefill_tokens):
                 self._prefill(group)
             self._drop_finished()
             if self._active:
                 small = self.small_decode_threads and len(self._active) <= SMALL_DECODE_ROWS
-                self._use_threads(self.small_decode_threads if small else self._threads["default"])
+                self._use_threads(self.small_decode_threads if small else self._default_threads)
                 lone = self._active[0] if len(self._active) == 1 else None
                 if self.speculate and lone is not None and lone.params.temperature <= 0.0:
                     self._decode_speculative(lone)
@@ -304,7 +304,7 @@ class Engine:
                     self._decode()
                 self._drop_finished()
             if not self._active:  # the thread count is process-wide: give it back while idle
-                self._use_threads(self._threads["default"])
+                self._use_threads(self._default_threads)
         with self._cond:
             self._cond.notify_all()  # wakes wait_idle
             live = {seq.slot for seq in self._active + self._pending}
@@ -313,9 +313,8 @@ class Engine:
                 self._retired_slots.discard(slot)
 
     def _use_threads(self, threads: int) -> None:
-        if threads != self._threads["current"]:
+        if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-            self._threads["current"] = threads
 
     def _route(self, slots: list[int]) -> None:
         distinct = set(slots)

@@ -150,7 +150,7 @@ def release_file_mapping(model) -> None:
     with torch.no_grad():
         for module in model.modules():
             for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-                if tensor is None or tensor.dtype == torch.uint8 or tensor.device.type != "cpu":
+                if tensor.dtype == torch.uint8 or tensor.device.type != "cpu":
                     continue
                 tensor.data = tensor.data.clone()
     gc.collect()
