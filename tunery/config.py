@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tunery.errors import ConfigError
 
@@ -40,6 +40,7 @@ class LoraConfig(_Strict):
     alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     targets: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer except the output head.")
+    layers: PositiveInt | Literal["all", "auto"] = Field("auto", description="Which decoder layers get adapters: `all`, N (the top N layers only), or `auto` (all, except the top third for short fact-like data). Frozen layers below the lowest adapted one need no backward pass, and when training lasts more than one epoch their output is computed once per example and reused.")
     use_dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
     train_embeddings: bool = Field(False, description="Also train the token embeddings and output head (needed only when adding tokens).")
 
@@ -165,10 +166,14 @@ def validate_train_config(raw: dict[str, Any], *, source: str = "<config>", yaml
 
 
 def _one_per_key(errors: list[dict]) -> list[dict]:
-    # A union field (int | "auto") fails once per member; one message per key reads better.
+    # A union field (int | "auto") fails once per member: one message per key, naming every option.
     seen: dict[tuple, dict] = {}
     for err in errors:
-        seen.setdefault(tuple(p for p in err["loc"] if not _is_union_tag(p)), err)
+        key = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        if key in seen and err["type"] != "extra_forbidden":
+            seen[key] = {**seen[key], "msg": f"{seen[key]['msg']}, or {err['msg'][0].lower()}{err['msg'][1:]}"}
+        else:
+            seen.setdefault(key, err)
     return list(seen.values())
 
 
@@ -186,13 +191,14 @@ def describe_error(err: dict, source: str, yaml_path: Path | None) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds the union member's type to the location ("int", "literal['auto']"); not a key.
-    return isinstance(part, str) and (part in {"int", "float", "str", "list[str]", "bool"} or part.startswith(("literal[", "function-")))
+    return isinstance(part, str) and (part in {"int", "float", "str", "list[str]", "bool"} or part.startswith(("literal[", "function-", "constrained-")))
 
 
 # Names other tools use for the same setting; difflib alone cannot see that `lr` means learning_rate.
 KEY_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "num_epochs": "epochs", "num_train_epochs": "epochs",
                "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size": "batch_size",
                "r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+               "layers_to_transform": "layers",
                "model": "base_model", "dtype": "precision", "warmup": "warmup_steps", "scheduler": "lr_schedule"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tunery.config import TrainConfig
 from tunery.types import Conversation, Turn
@@ -40,3 +41,20 @@ def make_config(tiny_model_dir, tmp_path):
         return TrainConfig.model_validate(raw)
 
     return build
+
+
+def assert_peft_loads_like_tunery(base_dir, run_dir, text: str, atol: float) -> torch.Tensor:
+    """The run's adapter/ loaded by PEFT on a fresh base gives tunery's own logits; returns them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunery.models import load_model
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    ours, tokenizer = load_model(str(run_dir), dtype="fp32", device="cpu")
+    ids = torch.tensor([tokenizer.encode(text)])
+    with torch.no_grad():
+        got = ours(input_ids=ids).logits
+        assert torch.allclose(peft_model(input_ids=ids).logits, got, atol=atol)
+    return got

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import tunery
+from tests.training.conftest import assert_peft_loads_like_tunery
 from tunery.errors import ConfigError, TrainingError
+from tunery.models import load_tokenizer
 from tunery.training.checkpoints import list_checkpoints
 
 
@@ -150,25 +152,18 @@ def test_nan_loss_stops_with_failed_status_and_keeps_last_good_checkpoint(make_c
 
 
 def test_lora_adapter_loads_in_peft_with_the_same_logits(make_config, conversations, tiny_model_dir):
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from tunery.models import load_model
 
     result = tunery.train(make_config("adapter"), train_conversations=conversations, quiet=True)
     run_dir = result.run_dir
     assert {"config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "tokenizer_config.json"} <= {
         p.name for p in run_dir.iterdir()}
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
-    ours, tokenizer = load_model(str(run_dir), dtype="fp32", device="cpu")
-    ids = torch.tensor([tokenizer.encode("What is part 3? Part 3 is TX-21.")])
+    text = "What is part 3? Part 3 is TX-21."
+    got = assert_peft_loads_like_tunery(tiny_model_dir, run_dir, text, atol=1e-5)
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    ids = torch.tensor([load_tokenizer(str(tiny_model_dir)).encode(text)])
     with torch.no_grad():
-        expected = peft_model(input_ids=ids).logits
-        got = ours(input_ids=ids).logits
-        fresh = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)(input_ids=ids).logits
-    assert torch.allclose(expected, got, atol=1e-5)
-    assert not torch.allclose(fresh, got, atol=1e-3)  # training changed something
+        assert not torch.allclose(fresh(input_ids=ids).logits, got, atol=1e-3)  # training changed something
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed"
     assert run["lineage"]["dataset_version"] and run["lineage"]["base_weights_sha256"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tunery.training.loss as loss_module
 from tests.training.conftest import make_conversations
 from tunery.data.packing import IGNORE_INDEX, pack_examples, pad_examples
 from tunery.data.template import encode_conversation
@@ -72,8 +73,10 @@ def test_padded_and_packed_batches_give_the_same_loss(tiny):
     assert abs(packed.loss_sum.item() - padded.loss_sum.item()) < 1e-3
 
 
+@pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("packing", [True, False])
-def test_chunked_loss_matches_reference_loss_and_gradients(tiny, packing):
+def test_chunked_loss_matches_reference_loss_and_gradients(tiny, packing, recompute, monkeypatch):
+    monkeypatch.setattr(loss_module, "RECOMPUTE_MIN_BYTES", 0 if recompute else 1 << 40)
     model, tokenizer = tiny
     examples = encode(tokenizer, 6)
     batch = pack_examples(examples) if packing else pad_examples(examples, tokenizer.pad_token_id)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import tunery
+from tests.training.conftest import assert_peft_loads_like_tunery
 from tunery.config import TrainConfig
 
 ROOT = Path(__file__).parents[2]
@@ -35,20 +35,11 @@ def helpdesk_config(tmp_path, name: str, method: str, steps: int) -> TrainConfig
 
 @pytest.mark.slow
 def test_lora_on_the_default_model_loads_in_peft_with_the_same_logits(default_model_dir, tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from tunery.models import load_model
-
     result = tunery.train(helpdesk_config(tmp_path, "lora", "lora", steps=3), quiet=True)
     assert result.status == "completed"
     assert result.metrics["val_loss"] < result.metrics["initial_val_loss"]
-    base = AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.float32)
-    peft_model = PeftModel.from_pretrained(base, str(result.run_dir / "adapter")).eval()
-    ours, tokenizer = load_model(str(result.run_dir), dtype="fp32", device="cpu")
-    ids = torch.tensor([tokenizer.encode("My VPN token expired and I cannot log in.")])
-    with torch.no_grad():
-        assert torch.allclose(peft_model(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-4)
+    assert_peft_loads_like_tunery(default_model_dir, result.run_dir, "My VPN token expired and I cannot log in.",
+                                  atol=1e-4)
     assert (result.run_dir / "chat_template.jinja").is_file() or "chat_template" in json.loads(
         (result.run_dir / "tokenizer_config.json").read_text())
 

@@ -30,6 +30,7 @@ from tunery.training.optim import (
     optimizer_state_tensors,
     set_learning_rate,
 )
+from tunery.training.prefix import FrozenPrefix
 
 EVAL_BATCH_SIZE = 8
 
@@ -72,6 +73,7 @@ class Trainer:
     dist: Distributed
     emit: Callable[[dict], None]
     loss_impl: str = "chunked"
+    prefix: FrozenPrefix | None = None
 
     @property
     def global_batch(self) -> int:
@@ -131,9 +133,10 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     s, dist = trainer.settings, trainer.dist
     micro = step_micro_batches(indices, batch_size=s.batch_size, grad_accum=s.grad_accum,
                                rank=dist.rank, world_size=dist.world_size)
-    pieces = [piece for mb in micro for piece in split_by_tokens(
-        [trainer.data.train[i] for i in mb], s.micro_batch_tokens)]
-    batches = [make_batch(piece, packing=trainer.packing, pad_token_id=trainer.pad_token_id) for piece in pieces]
+    pieces = [piece for mb in micro for piece in split_by_tokens(mb, s.micro_batch_tokens,
+                                                                 lambda i: len(trainer.data.train[i].input_ids))]
+    batches = [make_batch([trainer.data.train[i] for i in piece], packing=trainer.packing,
+                          pad_token_id=trainer.pad_token_id) for piece in pieces]
     # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
     # update does not depend on how the step is cut into micro-batches or processes.
     step_tokens = dist.sum_int(sum(b.num_trained_tokens for b in batches))
@@ -145,9 +148,9 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
         batches, weights = batches + [filler] * extra, weights + [0.0] * extra
     trainer.optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for batch, weight in zip(batches, weights, strict=True):
+    for n, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
         with autocast(trainer):
-            sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+            sums = piece_loss(trainer, batch, pieces[n] if n < len(pieces) else None)
         (sums.loss_sum * (weight / step_tokens)).backward()
         loss_sum += weight * float(sums.loss_sum.detach())
     params = [p for _, p in trainer.params]
@@ -165,17 +168,27 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
             "tokens": dist.sum_int(sum(b.num_tokens for b in batches))}
 
 
-def split_by_tokens(examples: list, max_tokens: int) -> list[list]:
-    """Consecutive groups of at most `max_tokens` tokens (an example longer than that stands alone)."""
+def piece_loss(trainer: Trainer, batch, indices: list[int] | None):
+    """The loss of one micro-batch piece, starting above the frozen layers when their outputs are kept."""
+    prefix = trainer.prefix
+    if prefix is None or indices is None:
+        return compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+    embeds = prefix.inputs_embeds(trainer.model, [trainer.data.train[i] for i in indices], indices, batch)
+    with prefix.skipping():
+        return compute_loss(trainer.model, batch, impl=trainer.loss_impl, inputs_embeds=embeds)
+
+
+def split_by_tokens(items: list, max_tokens: int, length: Callable) -> list[list]:
+    """Consecutive groups of at most `max_tokens` tokens (an item longer than that stands alone)."""
     if max_tokens <= 0:
-        return [examples]
+        return [items]
     groups, current, size = [], [], 0
-    for example in examples:
-        n = len(example.input_ids)
+    for item in items:
+        n = length(item)
         if current and size + n > max_tokens:
             groups.append(current)
             current, size = [], 0
-        current.append(example)
+        current.append(item)
         size += n
     return [*groups, current] if current else groups
 

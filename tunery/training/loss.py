@@ -2,7 +2,7 @@
 
 Reference: the model's full logits ([tokens, vocab], fp32) then cross-entropy. Chunked: hidden
 states from the decoder, projected through the output head only at trained positions, in chunks
-recomputed in the backward pass, so full-vocabulary logits never exist at once. Both return sums
+recomputed in the backward pass (unless small), so full-vocabulary logits never exist at once. Both return sums
 (not means): the loop normalises by trained tokens over a whole accumulation window.
 """
 
@@ -17,6 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from tunery.data.packing import IGNORE_INDEX, Batch
 
 CHUNK_TOKENS = 1024
+# Below this many bytes of fp32 logits a chunk keeps them for the backward pass instead of
+# recomputing the head: short answers (facts) would otherwise pay for the head twice.
+RECOMPUTE_MIN_BYTES = 32 << 20
 
 
 @dataclass
@@ -28,25 +31,32 @@ class LossSums:
     num_correct: int
 
 
-def compute_loss(model, batch: Batch, *, impl: str = "chunked") -> LossSums:
-    """Summed next-token loss over the batch's trained targets."""
+def compute_loss(model, batch: Batch, *, impl: str = "chunked", inputs_embeds: torch.Tensor | None = None) -> LossSums:
+    """Summed next-token loss over the batch's trained targets.
+
+    `inputs_embeds` replaces the token embeddings (the training loop passes kept outputs of frozen
+    layers this way, with those layers passing their input through: tunery.training.prefix).
+    """
     if impl == "chunked" and supports_chunked_loss(model):
-        return chunked_loss(model, batch)
-    return reference_loss(model, batch)
+        return chunked_loss(model, batch, inputs_embeds=inputs_embeds)
+    return reference_loss(model, batch, inputs_embeds=inputs_embeds)
 
 
-def model_inputs(batch: Batch, device) -> dict:
-    inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device),
-              "use_cache": False}
+def model_inputs(batch: Batch, device, inputs_embeds: torch.Tensor | None = None) -> dict:
+    inputs = {"position_ids": batch.position_ids.to(device), "use_cache": False}
+    if inputs_embeds is None:
+        inputs["input_ids"] = batch.input_ids.to(device)
+    else:
+        inputs["inputs_embeds"] = inputs_embeds.to(device)
     if batch.attention_mask is not None:
         inputs["attention_mask"] = batch.attention_mask.to(device)
     return inputs
 
 
-def reference_loss(model, batch: Batch) -> LossSums:
+def reference_loss(model, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> LossSums:
     """Full logits from the model's own forward, then fp32 cross-entropy at every trained position."""
     device = next(model.parameters()).device
-    logits = model(**model_inputs(batch, device)).logits.float()
+    logits = model(**model_inputs(batch, device, inputs_embeds)).logits.float()
     targets = batch.targets.to(device)
     loss_sum = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
@@ -55,11 +65,12 @@ def reference_loss(model, batch: Batch) -> LossSums:
     return LossSums(loss_sum, int(mask.sum()), correct)
 
 
-def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS) -> LossSums:
+def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
+                 inputs_embeds: torch.Tensor | None = None) -> LossSums:
     """Hidden states → output head at trained positions only, chunk by chunk with recomputation."""
     causal_lm = unwrap_causal_lm(model)
     device = next(model.parameters()).device
-    hidden = decoder_hidden_states(model, causal_lm, model_inputs(batch, device))
+    hidden = decoder_hidden_states(model, causal_lm, model_inputs(batch, device, inputs_embeds))
     targets = batch.targets.to(device)
     mask = targets != IGNORE_INDEX
     hidden = hidden[mask]
@@ -70,7 +81,10 @@ def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS) -> LossS
     for start in range(0, hidden.shape[0], chunk_tokens):
         h = hidden[start:start + chunk_tokens]
         t = targets[start:start + chunk_tokens]
-        part, hits = checkpoint(_chunk_cross_entropy, h, head, t, use_reentrant=False)
+        if h.shape[0] * head.out_features * 4 < RECOMPUTE_MIN_BYTES:
+            part, hits = _chunk_cross_entropy(h, head, t)
+        else:
+            part, hits = checkpoint(_chunk_cross_entropy, h, head, t, use_reentrant=False)
         loss_sum = loss_sum + part
         correct += int(hits)
     return LossSums(loss_sum, int(targets.numel()), correct)

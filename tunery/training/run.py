@@ -22,12 +22,19 @@ from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
-from tunery.training.auto import mean_trained_tokens, resolve_auto, total_steps
+from tunery.training.auto import (
+    is_fact_like,
+    mean_trained_tokens,
+    resolve_auto,
+    resolve_lora_layers,
+    total_steps,
+)
 from tunery.training.data import prepare_data
 from tunery.training.distributed import setup_distributed
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
+from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.rundir import RunDir, publish_folder
 from tunery.training.setup import choose_precision, load_for_training, set_threads, trainable_parameters
@@ -69,10 +76,18 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     tokenizer = load_tokenizer(source)
     data = prepare_data(config.data, tokenizer, seed=config.train.seed,
                         train_conversations=train_conversations, val_conversations=val_conversations)
+    trained_per_example = mean_trained_tokens(data.train)
     settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
                                      num_params=num_params, world_size=dist.world_size,
-                                     mean_trained_tokens=mean_trained_tokens(data.train))
-    config = config.model_copy(update={"train": settings})
+                                     mean_trained_tokens=trained_per_example)
+    if config.init_from is None:  # a continued adapter keeps the layers it was trained on
+        lora, layer_choices = resolve_lora_layers(config.lora, method=config.method,
+                                                  num_layers=model_config.get("num_hidden_layers"),
+                                                  facts=is_fact_like(len(data.train), trained_per_example))
+        choices += layer_choices
+    else:
+        lora = config.lora
+    config = config.model_copy(update={"train": settings, "lora": lora})
     steps = total_steps(settings, len(data.train), dist.world_size)
     preflight(config, num_params, model_config, precision, run.path)
 
@@ -101,11 +116,14 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
         if on_event is not None:
             on_event(event)
 
+    passes = steps * settings.batch_size * settings.grad_accum * dist.world_size / max(1, len(data.train))
+    prefix = frozen_prefix(model, passes=passes, total_tokens=sum(len(e.input_ids) for e in data.train),
+                           sharded=dist.sharded)
     trainer = Trainer(model=model, optimizer=optimizer, params=params, settings=settings, data=data,
                       packing=config.data.packing, pad_token_id=tokenizer.pad_token_id,
                       autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
                       device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
-                      emit=emit, loss_impl=settings.loss_impl)
+                      emit=emit, loss_impl=settings.loss_impl, prefix=prefix)
     state = resume_state(trainer, run, reporter) if resume else TrainState()
     if dist.is_main:
         run.update_run_json(
@@ -116,9 +134,10 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
             hyperparameters=settings.model_dump(mode="json"), auto_choices=[asdict(c) for c in choices],
             precision={"compute": precision.name, "reason": precision.reason}, threads=threads,
             world_size=dist.world_size, data=data.info, total_steps=steps, pid=os.getpid(),
+            reused_frozen_layers=prefix.start if prefix else 0,
         )
     reporter.start({"name": run.path.name, "total_steps": steps, "start_step": state.step,
-                    "settings": start_table(config, precision, choices, data.info, steps, threads, num_params)})
+                    "settings": start_table(config, precision, choices, data.info, steps, threads, num_params, prefix)})
     started = time.time()
     try:
         status = train_loop(trainer, state)
@@ -240,7 +259,7 @@ def final_metrics(state: TrainState, events: list[dict]) -> dict:
     return metrics
 
 
-def start_table(config, precision, choices, data_info, steps, threads, num_params) -> dict:
+def start_table(config, precision, choices, data_info, steps, threads, num_params, prefix=None) -> dict:
     s = config.train
     table = {"base model": f"{config.base_model} ({num_params / 1e6:.0f}M params)", "method": config.method,
              "examples": f"{data_info['train_examples']} train / {data_info['val_examples']} validation",
@@ -249,6 +268,8 @@ def start_table(config, precision, choices, data_info, steps, threads, num_param
              "learning rate": f"{s.learning_rate:g} ({s.lr_schedule}, warmup {s.warmup_steps})"}
     for choice in choices:
         table[f"auto {choice.key}"] = f"{choice.value} ({choice.reason})"
+    if prefix is not None:
+        table["frozen layers"] = f"0-{prefix.start - 1}: run once per example, their output reused"
     return table
 
 

@@ -144,20 +144,52 @@ def quiet_libraries() -> None:
 
 
 def attach_lora(model, lora: LoraConfig):
-    """Wrap in PEFT LoRA (DoRA with use_dora); adapters are fp32 even on a bf16 base."""
+    """Wrap in PEFT LoRA (DoRA with use_dora); adapters are fp32 even on a bf16 base.
+
+    `lora.layers` N puts adapters in the top N decoder layers only (`auto` here means all: run.py
+    resolves it before the model is loaded).
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     modules_to_save = ["embed_tokens", "lm_head"] if lora.train_embeddings else None
+    targets, layers = lora.targets, None
+    num_layers = decoder_layer_count(model)
+    if isinstance(lora.layers, int) and num_layers and lora.layers < num_layers:
+        layers = list(range(num_layers - lora.layers, num_layers))
+        if targets == "all-linear":  # PEFT takes a layer subset only with explicit module names
+            targets = decoder_linear_names(model)
     peft_config = PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets,
-        use_dora=lora.use_dora, task_type="CAUSAL_LM", modules_to_save=modules_to_save, bias="none",
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+        layers_to_transform=layers, use_dora=lora.use_dora, task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save, bias="none",
     )
     try:
         return get_peft_model(model, peft_config, autocast_adapter_dtype=True)
     except ValueError as exc:
         raise ModelError(f"cannot attach LoRA: {exc}", code="lora_targets",
                          hint="lora.targets must name linear modules of this model, or use all-linear") from None
+
+
+def decoder_layers(model) -> torch.nn.ModuleList | None:
+    """The decoder's list of transformer blocks (`model.layers` in Llama, Mistral, Qwen, Gemma...)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) else None
+
+
+def decoder_layer_count(model) -> int | None:
+    layers = decoder_layers(model)
+    return len(layers) if layers is not None else None
+
+
+def decoder_linear_names(model) -> list[str]:
+    """Short names of the linear layers inside the decoder blocks (what `all-linear` adapts)."""
+    names = set()
+    for name, module in decoder_layers(model).named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
 
 
 def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

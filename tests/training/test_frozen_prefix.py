@@ -1,0 +1,94 @@
+"""Adapters in the top layers only, and the kept outputs of the frozen layers below them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+import tunery
+import tunery.training.prefix as prefix_module
+from tests.training.conftest import assert_peft_loads_like_tunery
+from tests.training.test_loop import adapter_weights, assert_same_weights, train_losses
+from tunery.config import LoraConfig
+from tunery.training.auto import resolve_lora_layers
+
+
+def test_auto_adapts_the_top_third_for_facts_and_every_layer_otherwise():
+    lora, choices = resolve_lora_layers(LoraConfig(), method="lora", num_layers=30, facts=True)
+    assert lora.layers == 10 and choices[0].key == "lora.layers" and "top 10 of 30" in choices[0].reason
+    lora, choices = resolve_lora_layers(LoraConfig(), method="qlora", num_layers=30, facts=False)
+    assert lora.layers == "all" and choices[0].value == "all"
+    assert resolve_lora_layers(LoraConfig(layers=4), method="lora", num_layers=30, facts=True) == (LoraConfig(layers=4), [])
+    assert resolve_lora_layers(LoraConfig(), method="full", num_layers=30, facts=True)[1] == []
+    assert resolve_lora_layers(LoraConfig(), method="lora", num_layers=2, facts=True)[0].layers == "all"
+
+
+def test_kept_frozen_outputs_give_the_same_training_as_running_every_layer(make_config, conversations, monkeypatch):
+    computed = []
+    real_compute = prefix_module.FrozenPrefix._compute
+
+    def counting(self, model, example):
+        computed.append(example)
+        return real_compute(self, model, example)
+
+    monkeypatch.setattr(prefix_module.FrozenPrefix, "_compute", counting)
+    sections = {"lora": {"layers": 1}, "train": {"epochs": 3}}
+    kept = tunery.train(make_config("kept", **sections), train_conversations=conversations, quiet=True)
+    assert len(computed) == len(conversations)  # once per example, not once per epoch
+    monkeypatch.setattr(prefix_module, "MAX_BYTES", 0)  # too big to keep: every step runs every layer
+    plain = tunery.train(make_config("plain", **sections), train_conversations=conversations, quiet=True)
+    assert json.loads((kept.run_dir / "run.json").read_text())["reused_frozen_layers"] == 1
+    assert json.loads((plain.run_dir / "run.json").read_text())["reused_frozen_layers"] == 0
+    assert train_losses(kept.run_dir) == pytest.approx(train_losses(plain.run_dir), abs=1e-5)
+    weights = adapter_weights(kept.run_dir)
+    assert_same_weights(weights, adapter_weights(plain.run_dir), atol=1e-5)
+    assert weights and all(".layers.1." in name for name in weights)  # nothing in the frozen layer 0
+    assert train_losses(kept.run_dir)[-1] < train_losses(kept.run_dir)[0]
+
+
+def test_kept_outputs_fill_padded_batches_too(make_config, conversations, monkeypatch):
+    sections = {"lora": {"layers": 1}, "data": {"packing": False}}
+    kept = tunery.train(make_config("kept", **sections), train_conversations=conversations, quiet=True)
+    monkeypatch.setattr(prefix_module, "MAX_BYTES", 0)
+    plain = tunery.train(make_config("plain", **sections), train_conversations=conversations, quiet=True)
+    assert json.loads((kept.run_dir / "run.json").read_text())["reused_frozen_layers"] == 1
+    assert train_losses(kept.run_dir) == pytest.approx(train_losses(plain.run_dir), abs=1e-5)
+
+
+def test_nothing_is_kept_for_one_pass_or_when_a_frozen_layer_has_dropout(make_config, conversations, tiny_model_dir):
+    one_pass = tunery.train(make_config("once", lora={"layers": 1}, train={"epochs": 1}),
+                            train_conversations=conversations, quiet=True)
+    assert json.loads((one_pass.run_dir / "run.json").read_text())["reused_frozen_layers"] == 0
+    from transformers import AutoModelForCausalLM
+
+    from tunery.training.prefix import draws_random_numbers
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attention_dropout=0.1)
+    assert draws_random_numbers(model.model.layers[0])
+    assert not draws_random_numbers(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).model.layers[0])
+
+
+def test_resume_with_kept_outputs_equals_a_straight_run(make_config, conversations):
+    sections = {"lora": {"layers": 1, "dropout": 0.1}, "train": {"epochs": 3, "save_every_steps": 4}}
+    straight = tunery.train(make_config("straight", **sections), train_conversations=conversations, quiet=True)
+
+    def interrupt_at_step_9(event):
+        if event["type"] == "train" and event["step"] == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = tunery.train(make_config("resumed", **sections), train_conversations=conversations, quiet=True,
+                         on_event=interrupt_at_step_9)
+    assert first.status == "interrupted"
+    resumed = tunery.train(resume=first.run_dir, train_conversations=conversations, quiet=True)
+    assert train_losses(resumed.run_dir) == pytest.approx(train_losses(straight.run_dir), abs=1e-6)
+    assert_same_weights(adapter_weights(resumed.run_dir), adapter_weights(straight.run_dir), atol=1e-6)
+
+
+def test_a_top_layer_adapter_loads_in_peft_with_the_same_logits(make_config, conversations, tiny_model_dir):
+    result = tunery.train(make_config("top", lora={"layers": 1}), train_conversations=conversations, quiet=True)
+    config = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [1]
+    assert_peft_loads_like_tunery(tiny_model_dir, result.run_dir, "What is part 3? Part 3 is TX-21.", atol=1e-5)
