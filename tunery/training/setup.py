@@ -6,6 +6,7 @@ Decides precision (and says why), threads, and which parameters train. Knows not
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,37 @@ def set_threads(threads: int | None, processes: int = 1) -> int:
     """
     if threads is None:
         cores = physical_cores()
-        busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, min(cores, cores - busy) // max(1, processes))
+        threads = max(1, min(cores, cores - busy_cores(processes)) // max(1, processes))
     torch.set_num_threads(threads)
     return threads
+
+
+def busy_cores(processes: int = 1, samples: int = 5, interval_s: float = 0.02) -> int:
+    """Cores other processes keep busy now: the median count of runnable tasks, less our own.
+
+    The count comes from /proc/stat (`procs_running`, which includes this process and, under
+    torchrun, its `processes - 1` siblings). The 1-minute load average is the fallback: it still
+    counts a job that ended a minute ago, so a run started right after another got fewer threads.
+    """
+    counts = []
+    for i in range(samples):
+        running = runnable_tasks()
+        if running is None:
+            return int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        counts.append(running)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, sorted(counts)[len(counts) // 2] - max(1, processes))
+
+
+def runnable_tasks() -> int | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("procs_running"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def physical_cores() -> int:
