@@ -67,7 +67,7 @@ def reference_loss(model, batch: Batch, inputs_embeds: torch.Tensor | None = Non
 
 def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
                  inputs_embeds: torch.Tensor | None = None) -> LossSums:
-    """Hidden states → output head at trained positions only, chunk by chunk with recomputation."""
+    """Hidden states → output head at trained positions only, chunk by chunk (large chunks recomputed)."""
     causal_lm = unwrap_causal_lm(model)
     device = next(model.parameters()).device
     hidden = decoder_hidden_states(model, causal_lm, model_inputs(batch, device, inputs_embeds))

@@ -7,7 +7,7 @@ first adapted layer: the lower layers cost nothing after the first epoch. The st
 computation as before; only the order of a few floating-point sums can differ.
 
 Not used when anything below that layer trains or draws random numbers (dropout), for FSDP
-shards, for a single epoch, or when the kept outputs would need more than MAX_BYTES.
+shards, for a single pass over the data, or when the kept outputs would need more than MAX_BYTES.
 """
 
 from __future__ import annotations
