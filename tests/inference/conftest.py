@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 
-def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, use_dora: bool = False) -> Path:
-    """A run directory as training writes it: adapter/ (PEFT, safetensors) and run.json."""
+def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, use_dora: bool = False,
+                  layers: list[int] | None = None) -> Path:
+    """A run directory as training writes it: adapter/ (PEFT, safetensors) and run.json; `layers`: only those."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -17,7 +18,7 @@ def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, us
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=False, use_dora=use_dora)
+                        init_lora_weights=False, use_dora=use_dora, layers_to_transform=layers)
     model = get_peft_model(base, config)
     with torch.no_grad():  # random B too, so the adapter visibly changes the output
         for name, param in model.named_parameters():
@@ -31,7 +32,9 @@ def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, us
 @pytest.fixture(scope="session")
 def lora_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lora-runs")
-    return {name: save_lora_run(tiny_model_dir, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
+    runs = {name: save_lora_run(tiny_model_dir, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
+    runs["top"] = save_lora_run(tiny_model_dir, root / "top", seed=3, layers=[1])  # like `lora.layers: 1`
+    return runs
 
 
 @pytest.fixture

@@ -137,17 +137,18 @@ def _peft_reference(tiny_model_dir, run_dir, ids):
         return peft_model(torch.tensor([ids])).logits[0]
 
 
-def test_lora_logits_match_peft(tiny, tiny_model_dir, lora_runs, engine):
+@pytest.mark.parametrize("name", ["alpha", "top"])  # every layer, and the top layer only
+def test_lora_logits_match_peft(tiny, tiny_model_dir, lora_runs, engine, name):
     model, tokenizer, _ = tiny
     ids = prompt(tokenizer, QUESTIONS[2])
-    engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
-    slot = engine.adapters["alpha"].slot
+    engine.load_adapter(name, lora_runs[name] / "adapter")
+    slot = engine.adapters[name].slot
     with torch.no_grad():
         engine.slots.routing.groups = [(slot, None)]
         ours = model(torch.tensor([ids])).logits[0]
         engine.slots.routing.groups = []
         bare = model(torch.tensor([ids])).logits[0]
-    reference = _peft_reference(tiny_model_dir, lora_runs["alpha"], ids)
+    reference = _peft_reference(tiny_model_dir, lora_runs[name], ids)
     assert torch.allclose(ours, reference, atol=1e-4)
     assert not torch.allclose(bare, reference, atol=1e-2)
 

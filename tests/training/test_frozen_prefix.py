@@ -92,3 +92,12 @@ def test_a_top_layer_adapter_loads_in_peft_with_the_same_logits(make_config, con
     config = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == [1]
     assert_peft_loads_like_tunery(tiny_model_dir, result.run_dir, "What is part 3? Part 3 is TX-21.", atol=1e-5)
+
+
+def test_qlora_keeps_the_outputs_of_its_frozen_4bit_layers(make_config, conversations):
+    result = tunery.train(make_config("qlora-top", method="qlora", lora={"layers": 1}, train={"epochs": 3}),
+                          train_conversations=conversations, quiet=True)
+    assert json.loads((result.run_dir / "run.json").read_text())["reused_frozen_layers"] == 1
+    losses = train_losses(result.run_dir)
+    assert result.status == "completed" and losses[-1] < losses[0]
+    assert all(".layers.1." in name for name in adapter_weights(result.run_dir))
