@@ -64,11 +64,17 @@ def test_nothing_is_kept_for_one_pass_or_when_a_frozen_layer_has_dropout(make_co
     assert json.loads((one_pass.run_dir / "run.json").read_text())["reused_frozen_layers"] == 0
     from transformers import AutoModelForCausalLM
 
-    from tunery.training.prefix import draws_random_numbers
+    from tunery.training.prefix import frozen_prefix
+    from tunery.training.setup import attach_lora
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attention_dropout=0.1)
-    assert draws_random_numbers(model.model.layers[0])
-    assert not draws_random_numbers(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).model.layers[0])
+    def prefix_for(**overrides):
+        model = attach_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), **overrides), LoraConfig(layers=1))
+        return frozen_prefix(model, passes=3, total_tokens=100, sharded=False)
+
+    assert prefix_for().start == 1
+    assert prefix_for(attention_dropout=0.1) is None  # layer 0 would give a different output each epoch
+    assert frozen_prefix(attach_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(layers="all")),
+                         passes=3, total_tokens=100, sharded=False) is None  # nothing below the adapters
 
 
 def test_resume_with_kept_outputs_equals_a_straight_run(make_config, conversations):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunery.errors import ModelError
-from tunery.inference.quant import QuantizedLinear
+from tunery.inference.quant import QuantizedLinear, replace_module
 
 PEFT_PREFIX = "base_model.model."
 
@@ -147,9 +147,6 @@ class AdapterSlots:
 
     def _wrap(self, name: str, module: nn.Linear | QuantizedLinear) -> MultiLoraLinear:
         if name not in self._wrappers:
-            parent_name, _, child = name.rpartition(".")
-            parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            wrapper = MultiLoraLinear(module, self.routing)
-            setattr(parent, child, wrapper)
-            self._wrappers[name] = wrapper
+            self._wrappers[name] = MultiLoraLinear(module, self.routing)
+            replace_module(self.model, name, self._wrappers[name])
         return self._wrappers[name]

@@ -166,7 +166,7 @@ def quantize_model(model: nn.Module, weights: str) -> QuantizationReport:
             report.skipped.append(name)
             continue
         report.add(linear.weight, layer)
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
     if head is not None and type(head) is nn.Linear:
         layer = _quantize_linear(head, "int8")
         if layer is None:
@@ -188,6 +188,7 @@ def _quantize_linear(linear: nn.Linear, kind: str) -> QuantizedLinear | None:
     return Int4Linear(linear) if kind == "int4" else Int8Linear(linear)
 
 
-def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put `layer` where the submodule called `name` (dotted path) is."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)

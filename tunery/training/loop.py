@@ -173,7 +173,7 @@ def piece_loss(trainer: Trainer, batch, indices: list[int] | None):
     prefix = trainer.prefix
     if prefix is None or indices is None:
         return compute_loss(trainer.model, batch, impl=trainer.loss_impl)
-    embeds = prefix.inputs_embeds(trainer.model, [trainer.data.train[i] for i in indices], indices, batch)
+    embeds = prefix.inputs_embeds(trainer.model, trainer.data.train, indices, batch)
     with prefix.skipping():
         return compute_loss(trainer.model, batch, impl=trainer.loss_impl, inputs_embeds=embeds)
 

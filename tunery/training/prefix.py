@@ -42,10 +42,11 @@ class FrozenPrefix:
     states: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def inputs_embeds(self, model, examples: list, indices: list[int], batch: Batch) -> torch.Tensor:
-        """Layer `start`'s input for `batch` (packed or padded like it), computing what is missing."""
-        for index, example in zip(indices, examples, strict=True):
+        """Layer `start`'s input for `batch` (the `examples[i]` for i in `indices`, packed or padded
+        like it), computing what is missing."""
+        for index in indices:
             if index not in self.states:
-                self.states[index] = self._compute(model, example)
+                self.states[index] = self._compute(model, examples[index])
         rows = [self.states[i] for i in indices]
         if batch.attention_mask is None:  # packed: one row, examples back to back
             return torch.cat(rows).unsqueeze(0)

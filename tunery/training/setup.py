@@ -182,8 +182,8 @@ def attach_lora(model, lora: LoraConfig):
 
     modules_to_save = ["embed_tokens", "lm_head"] if lora.train_embeddings else None
     targets, layers = lora.targets, None
-    num_layers = decoder_layer_count(model)
-    if isinstance(lora.layers, int) and num_layers and lora.layers < num_layers:
+    num_layers = len(decoder_layers(model) or ())
+    if isinstance(lora.layers, int) and lora.layers < num_layers:
         layers = list(range(num_layers - lora.layers, num_layers))
         if targets == "all-linear":  # PEFT takes a layer subset only with explicit module names
             targets = decoder_linear_names(model)
@@ -204,11 +204,6 @@ def decoder_layers(model) -> torch.nn.ModuleList | None:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     return layers if isinstance(layers, torch.nn.ModuleList) else None
-
-
-def decoder_layer_count(model) -> int | None:
-    layers = decoder_layers(model)
-    return len(layers) if layers is not None else None
 
 
 def decoder_linear_names(model) -> list[str]:
