@@ -74,6 +74,11 @@ def tunery_home(tmp_path, session_models_dir, monkeypatch) -> Path:
     home = tmp_path / "tunery-home"
     home.mkdir()
     (home / "models").symlink_to(session_models_dir, target_is_directory=True)
+    # The fast lane's compiled kernel is built once per machine, as for a user: once per session here.
+    kernels = session_models_dir.parent / f"{session_models_dir.name}-kernels"
+    kernels.mkdir(exist_ok=True)
+    (home / "cache").mkdir()
+    (home / "cache" / "kernels").symlink_to(kernels, target_is_directory=True)
     monkeypatch.setenv("TUNERY_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

@@ -4,6 +4,10 @@ Each step first prefills newly arrived requests one by one, then decodes one tok
 active rows in a single forward pass, rows using different adapters included. Results leave
 through a per-request callback; aborting a request frees its row at the next step.
 
+A lone request on an int4 model decodes in the fast lane (`fastlane.py`): each step is one call
+into compiled code that holds the row's KV cache; the row returns to the batch cache as soon as
+another request arrives.
+
 A lone greedy row speculates (prompt lookup): the tokens that followed the latest earlier
 occurrence of its last few tokens are proposed as a draft, one forward pass scores them all, and
 the longest prefix the model itself would have chosen is kept, plus the model's own next token.
@@ -27,6 +31,7 @@ from transformers import DynamicCache
 
 from tunery.errors import ConfigError, NotFoundError, ResourceError
 from tunery.inference.batch import BatchCache, cache_tensors
+from tunery.inference.fastlane import FastLane, FastLaneUnavailable
 from tunery.inference.lora import AdapterSlots, read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.inference.sampling import make_generator, sample_token
@@ -70,6 +75,9 @@ SPEC_SEARCH_WINDOW = 1024  # tokens searched back for a match (keeps the lookup 
 # weights gain nothing from 1 thread and lose at 4+ rows: 4 rows 43 / 50, 8 rows 62 / 83).
 SMALL_DECODE_ROWS = 4
 SPEC_MAX_BACKOFF = 16  # a draft rejected outright costs a little: text that does not repeat stops drafting
+# In the fast lane a pass costs more per extra token (default model, 2 threads: 7.6 ms for one
+# token, +2.5 ms for each further one), so drafts are shorter there.
+FAST_MAX_DRAFT = 3
 
 
 def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC_NGRAM_SIZES) -> list[int]:
@@ -104,7 +112,8 @@ class Engine:
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
                  max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
-                 max_queued: int = 256, speculate: bool = True, small_decode_threads: int | None = None):
+                 max_queued: int = 256, speculate: bool = True, small_decode_threads: int | None = None,
+                 fast_lane: bool = True):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
@@ -117,7 +126,7 @@ class Engine:
         # Decode steps of at most SMALL_DECODE_ROWS rows run on this many threads (None: torch's setting).
         self.small_decode_threads = small_decode_threads
         self._default_threads = torch.get_num_threads()
-        self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0}
+        self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0, "fast_lane_passes": 0}
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
         self.adapters: dict[str, _Adapter] = {}
@@ -130,6 +139,18 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # The fast lane, when this model and machine allow it; `fast_lane_status` says which and why.
+        self._fast: FastLane | None = None
+        self._fast_seq: _Sequence | None = None  # the row whose cache the fast lane holds
+        self.fast_lane_status = "off (disabled)"
+        if fast_lane:
+            try:
+                self._fast = FastLane(model, self.max_context)
+                threads = self._default_threads
+                self.fast_lane_status = f"on ({threads} thread{'s' if threads > 1 else ''})"
+            except FastLaneUnavailable as exc:
+                self.fast_lane_status = f"off ({exc})"
+            log.info("fast lane for lone requests: %s", self.fast_lane_status)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -279,7 +300,7 @@ class Engine:
                 log.exception("generation step failed; ending the requests in the batch")
                 for seq in self._active + admitted:
                     self._finish(seq, "error")
-                self._active, self._batch = [], BatchCache()
+                self._active, self._batch, self._fast_seq = [], BatchCache(), None
 
     def _step(self, admitted: list[_Sequence]) -> None:
         self._drop_finished()
@@ -290,6 +311,7 @@ class Engine:
             new = [seq for seq in admitted if not seq.aborted]
             # Prompts of similar length share a prefill pass; very different ones would mostly pad.
             if new:
+                self._leave_fast_lane()  # the lone row rejoins the batch the new ones join
                 self._use_threads(self._default_threads)
             for group in _group_by_length(new, self.max_prefill_tokens):
                 self._prefill(group)
@@ -298,7 +320,9 @@ class Engine:
                 small = self.small_decode_threads and len(self._active) <= SMALL_DECODE_ROWS
                 self._use_threads(self.small_decode_threads if small else self._default_threads)
                 lone = self._active[0] if len(self._active) == 1 else None
-                if self.speculate and lone is not None and lone.params.temperature <= 0.0:
+                if lone is not None and self._fast is not None and self._fast.supports(lone.slot):
+                    self._decode_fast(lone)
+                elif self.speculate and lone is not None and lone.params.temperature <= 0.0:
                     self._decode_speculative(lone)
                 else:
                     self._decode()
@@ -310,6 +334,8 @@ class Engine:
             live = {seq.slot for seq in self._active + self._pending}
             for slot in list(self._retired_slots - live):
                 self.slots.remove(slot)
+                if self._fast is not None:
+                    self._fast.forget(slot)
                 self._retired_slots.discard(slot)
 
     def _use_threads(self, threads: int) -> None:
@@ -378,11 +404,15 @@ class Engine:
         mask = self._batch.extend_mask(len(inputs))
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=self._batch.cache, use_cache=True)
-        picks = out.logits[0].float().argmax(dim=-1).tolist()
+        accepted = self._take_draft(seq, draft, out.logits[0].float().argmax(dim=-1).tolist())
+        self._batch.drop_last_columns(len(draft) - accepted)  # the cache keeps what was accepted
+
+    def _take_draft(self, seq: _Sequence, draft: list[int], picks: list[int]) -> int:
+        """Keep the draft's prefix that matches the model's own picks, plus its next token; returns
+        how many draft tokens were accepted."""
         accepted = 0
         while accepted < len(draft) and picks[accepted] == draft[accepted]:
             accepted += 1
-        self._batch.drop_last_columns(len(draft) - accepted)  # the cache keeps what was accepted
         if accepted == 0:
             seq.spec_wait, seq.spec_backoff = seq.spec_backoff, min(SPEC_MAX_BACKOFF, seq.spec_backoff * 2)
         else:
@@ -395,6 +425,47 @@ class Engine:
                 break
             seq.fed += 1
             self._accept(seq, token)
+        return accepted
+
+    # ---- the fast lane ---------------------------------------------------------------------
+    def _decode_fast(self, seq: _Sequence) -> None:
+        """One compiled pass for the lone row: its last token, plus a short draft when greedy."""
+        if self._fast_seq is not seq:
+            self._enter_fast_lane(seq)
+        draft: list[int] = []
+        if self.speculate and seq.params.temperature <= 0.0:
+            room = min(FAST_MAX_DRAFT, self.max_context - seq.fed - 2, seq.params.max_new_tokens - seq.generated - 1)
+            draft = ngram_draft(seq.history, room) if seq.spec_wait <= 0 else []
+            if not draft:
+                seq.spec_wait -= 1
+        logits = self._fast.forward([seq.last_token, *draft], seq.fed, seq.slot, threads=self._default_threads)
+        self.stats["fast_lane_passes"] += 1
+        if draft:
+            self._take_draft(seq, draft, logits.argmax(dim=-1).tolist())  # rejected positions are overwritten later
+            return
+        self.stats["decode_passes"] += 1
+        seq.fed += 1
+        if not seq.aborted:
+            self._accept(seq, sample_token(logits[0], seq.params, seq.generator))
+
+    def _enter_fast_lane(self, seq: _Sequence) -> None:
+        """Move the lone row's cache from the batch into the fast lane."""
+        self._leave_fast_lane()
+        length = self._batch.mask.shape[1]
+        if length != seq.fed or not bool(self._batch.mask.all()):
+            raise RuntimeError(f"the lone row's cache holds {length} columns for {seq.fed} tokens")
+        capacity = seq.fed + (seq.params.max_new_tokens - seq.generated) + FAST_MAX_DRAFT + 2
+        self._fast.load(cache_tensors(self._batch.cache), seq.fed, capacity)
+        self._batch, self._fast_seq = BatchCache(), seq
+
+    def _leave_fast_lane(self) -> None:
+        """Hand the fast lane's row back to the batch cache (if it still runs)."""
+        seq, self._fast_seq = self._fast_seq, None
+        if seq is None or seq.done:
+            return
+        dtype = next(self.model.parameters()).dtype
+        self._batch.append_rows(self._fast.export(seq.fed, dtype),
+                                torch.ones(1, seq.fed, dtype=torch.long, device=self.device))
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
@@ -415,6 +486,8 @@ class Engine:
         for seq in self._active:
             if seq.aborted and not seq.done:
                 self._finish(seq, "abort")
+        if self._fast_seq is not None and self._fast_seq.done:
+            self._fast_seq = None
         keep = [i for i, seq in enumerate(self._active) if not seq.done]
         if len(keep) != len(self._active):
             self._batch.keep_rows(keep)

@@ -72,8 +72,8 @@ class Int4Linear(QuantizedLinear):
         # The kernel reads w = (q - 8) * scale + zero, so zero = min + 8 * scale; it wants them in bf16.
         self.register_buffer("scales_and_zeros", torch.stack(
             [scale.squeeze(-1).T, (low + 8 * scale).squeeze(-1).T], -1).contiguous().bfloat16())
-        q8 = q.to(torch.uint8)  # two codes per byte for the dense (prefill) path
-        self.register_buffer("codes", q8[:, 0::2] | (q8[:, 1::2] << 4))
+        # Two codes per byte, read by the dense (prefill) path and the fast lane's C kernel.
+        self.register_buffer("codes", pack_codes(q.to(torch.uint8)))
 
     def _kernel(self, x_bf16):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x_bf16, self.packed, self.group_size,
@@ -81,10 +81,35 @@ class Int4Linear(QuantizedLinear):
 
     def dequantized_weight(self):
         n, k, g = self.out_features, self.in_features, self.group_size
-        q = torch.stack([self.codes & 15, self.codes >> 4], -1).view(n, k // g, g).float()
+        q = unpack_codes(self.codes, k).view(n, k // g, g).float()
         scale = self.scales_and_zeros[..., 0].T.float().unsqueeze(-1)
         zero = self.scales_and_zeros[..., 1].T.float().unsqueeze(-1)
         return torch.addcmul(zero - 8 * scale, q, scale).reshape(n, k)
+
+
+def pack_codes(q: torch.Tensor) -> torch.Tensor:
+    """[n, k] codes 0..15 (k a multiple of 32) → [n, ceil(k/64) * 32] bytes in the fast lane's order.
+
+    Groups of 32 inputs go in pairs (64 inputs, 32 bytes). Input i of a group is in the low nibble
+    for i < 16, the high one for i ≥ 16, of byte ((t // 4) * 2 + which) * 4 + t % 4, t = i % 16,
+    which = 0 for the pair's first group and 1 for its second: a 4-byte lane of the pair holds one
+    group, alternating, so per-group scales meet a dot product's lanes with one broadcast
+    (tunery/inference/fastdecode.c). An odd last group is paired with zeros.
+    """
+    n, k = q.shape
+    if k % 64:
+        q = torch.cat([q, q.new_zeros(n, 64 - k % 64)], dim=1)
+    pairs = q.shape[1] // 64
+    q = q.view(n, pairs, 2, 2, 4, 4).permute(0, 1, 3, 4, 2, 5).reshape(n, pairs, 2, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, pairs * 32).contiguous()
+
+
+def unpack_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of `pack_codes`: bytes → [n, k] codes (uint8)."""
+    n, half = codes.shape
+    pairs = codes.view(n, half // 32, 1, 32)
+    q = torch.cat([pairs & 15, pairs >> 4], dim=2).view(n, half // 32, 2, 4, 2, 4)
+    return q.permute(0, 1, 4, 2, 3, 5).reshape(n, 2 * half)[:, :k]
 
 
 class Int8Linear(QuantizedLinear):

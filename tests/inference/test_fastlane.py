@@ -1,0 +1,285 @@
+"""The fast lane (compiled single-sequence decode): its logits against the dequantized model, rows
+and threads that must not change a result, LoRA, the portable build, the engine's hand-over of a
+row between the lane and the batch, and what makes it step aside."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import threading
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from tunery.data.template import encode_prompt
+from tunery.inference import Engine, SamplingParams
+from tunery.inference.batch import cache_tensors
+from tunery.inference.fastlane import FLAGS, MAX_ROWS, FastLane, FastLaneUnavailable, compile_library
+from tunery.inference.quant import QuantizedLinear, quantize_model, replace_module
+
+PROMPT = "The printer on floor three is offline again, the printer on floor three"
+
+
+@pytest.fixture
+def int4_tiny(tiny):
+    model, tokenizer, stops = tiny
+    quantize_model(model, "int4")
+    return model, tokenizer, stops
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """The quantized model with every quantized layer written out as an fp32 nn.Linear: what the
+    fast lane computes, up to its int8 activations."""
+    reference = copy.deepcopy(model)
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, QuantizedLinear):
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            linear.weight.data = module.dequantized_weight()
+            if module.bias is not None:
+                linear.bias.data = module.bias.clone()
+            replace_module(reference, name, linear)
+    return reference
+
+
+def prefill(model, ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+    cache = DynamicCache()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+    return cache, out.logits[0, -1]
+
+
+def spread(logits: torch.Tensor) -> torch.Tensor:
+    return logits.max(-1).values - logits.min(-1).values
+
+
+def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
+    model, tokenizer, _ = int4_tiny
+    reference = dequantized_copy(model)
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    cache, logits = prefill(reference, ids)
+    fast = FastLane(model, max_context=256)
+    fast.load(cache_tensors(cache), len(ids), capacity=len(ids) + 4)  # small: the cache must grow on the way
+    token, position = int(logits.argmax()), len(ids)
+    for _ in range(12):
+        ours = fast.forward([token], position).clone()[0]
+        with torch.no_grad():
+            want = reference(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]), cache=cache,
+                             use_cache=True).logits[0, -1]
+        # Activations enter the int4 products as int8 per group of 32: within 2% of the logits' spread.
+        assert (ours - want).abs().max() <= 0.02 * spread(want)
+        token, position = int(want.argmax()), position + 1
+    assert fast.capacity >= position
+    # The cache it hands back is the reference's, up to the same rounding.
+    for (keys, values), (ref_keys, ref_values) in zip(fast.export(position, torch.float32), cache_tensors(cache),
+                                                      strict=True):
+        assert keys.shape == ref_keys.shape and values.shape == ref_values.shape
+        assert (keys - ref_keys).abs().max() <= 0.02 * ref_keys.abs().max()
+        assert (values - ref_values).abs().max() <= 0.02 * ref_values.abs().max()
+
+
+def test_one_pass_of_several_tokens_equals_passes_of_one_and_threads_change_nothing(int4_tiny):
+    model, tokenizer, _ = int4_tiny
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    cache, _ = prefill(model, ids)
+    tokens = [5, 77, 300, 12, 9, 41, 200]
+    fast = FastLane(model, max_context=256)
+    results = {}
+    for threads in (1, 2, 3):
+        fast.load(cache_tensors(cache), len(ids), capacity=64)
+        together = fast.forward(tokens, len(ids), threads=threads).clone()
+        fast.load(cache_tensors(cache), len(ids), capacity=64)
+        one_by_one = torch.stack([fast.forward([t], len(ids) + i, threads=threads)[0].clone()
+                                  for i, t in enumerate(tokens)])
+        assert torch.allclose(together, one_by_one, rtol=0, atol=1e-5 * float(spread(one_by_one).max()))
+        results[threads] = together
+    # Threads split the output rows; every number is computed the same way whatever the split.
+    assert torch.equal(results[1], results[2]) and torch.equal(results[1], results[3])
+
+
+def test_the_portable_build_computes_the_same(int4_tiny):
+    """Machines without AVX2 run the plain-C loops; they must give the vectorized path's numbers."""
+    model, tokenizer, _ = int4_tiny
+    portable_flags = tuple(f for f in FLAGS if not f.startswith("-march"))
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        portable_flags += ("-march=x86-64",)  # SSE2 only: no AVX2, F16C or VNNI
+    portable = compile_library(portable_flags)
+    assert portable != compile_library()
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    cache, _ = prefill(model, ids)
+    out = {}
+    for name, library in (("native", None), ("portable", portable)):
+        fast = FastLane(model, max_context=256, library=library)
+        fast.load(cache_tensors(cache), len(ids), capacity=64)
+        out[name] = torch.cat([fast.forward([7], len(ids)).clone(), fast.forward([8, 9, 10], len(ids) + 1).clone()])
+    assert torch.allclose(out["native"], out["portable"], rtol=0, atol=1e-4 * float(spread(out["native"]).max()))
+
+
+def test_lora_deltas_are_applied_like_the_torch_path(int4_tiny, lora_runs):
+    model, tokenizer, stops = int4_tiny
+    engine = Engine(model, tokenizer, stops)
+    engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
+    engine.load_adapter("top", lora_runs["top"] / "adapter")  # adapted in layer 1 only
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    fast = engine._fast
+    assert fast is not None
+    base = None
+    for name in ("alpha", "top"):
+        slot = engine.adapters[name].slot
+        engine.slots.routing.groups = [(slot, None)]
+        cache, _ = prefill(model, ids)
+        fast.load(cache_tensors(cache), len(ids), capacity=64)
+        ours = fast.forward([11, 12], len(ids), slot=slot).clone()
+        with torch.no_grad():
+            want = model(input_ids=torch.tensor([[11, 12]]), position_ids=torch.tensor([[len(ids), len(ids) + 1]]),
+                         cache=cache, use_cache=True).logits[0]
+        engine.slots.routing.groups = []
+        # Both paths quantize activations (bf16 there, int8 groups here): within 3% of the spread.
+        assert ((ours - want).abs().max(-1).values <= 0.03 * spread(want)).all()
+        fast.load(cache_tensors(prefill(model, ids)[0]), len(ids), capacity=64)
+        base = fast.forward([11, 12], len(ids), slot=0).clone()
+        assert (ours - base).abs().max() > 0.1 * float(spread(base).max())  # the adapter changed the logits
+    engine.unload_adapter("alpha")
+    engine._step([])  # retires the slot
+    assert engine.adapters.keys() == {"top"} and base is not None
+
+
+def generated_tokens(engine: Engine) -> dict[int, list[int]]:
+    """Instrument the engine: every token each request accepts, by request id."""
+    tokens: dict[int, list[int]] = {}
+    accept = engine._accept
+
+    def record(seq, token):
+        tokens.setdefault(seq.id, []).append(token)
+        accept(seq, token)
+
+    engine._accept = record
+    return tokens
+
+
+def assert_follows(reference, ids: list[int], tokens: list[int], tie: float = 0.02) -> None:
+    """Each token is the reference's argmax given the tokens before it, or within `tie` of the spread of it."""
+    with torch.no_grad():
+        logits = reference(torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1]
+    picked = logits.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    best = logits.max(-1).values
+    assert (picked >= best - tie * spread(logits)).all()
+
+
+def test_a_lone_request_decodes_in_the_fast_lane_with_and_without_drafts(int4_tiny):
+    model, tokenizer, stops = int4_tiny
+    reference = dequantized_copy(model)
+    repetitive = "reset the VPN token, reset the VPN token, reset the VPN token, reset the VPN token"
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in (repetitive, PROMPT)]
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
+    texts, stats = {}, {}
+    for speculate in (False, True):
+        engine = Engine(model, tokenizer, stops, speculate=speculate)
+        assert engine.fast_lane_status.startswith("on")
+        tokens = generated_tokens(engine)
+        try:
+            outs = [engine.generate(ids, params) for ids in prompts]
+        finally:
+            engine.stop()
+        assert all(out.completion_tokens == 40 and out.finish_reason == "length" for out in outs)
+        for ids, produced in zip(prompts, tokens.values(), strict=True):
+            assert len(produced) == 40
+            assert_follows(reference, ids, produced)
+        texts[speculate], stats[speculate] = [out.text for out in outs], dict(engine.stats)
+    # Every decode pass ran in the lane (each request's first token came from its prefill).
+    assert stats[False]["fast_lane_passes"] == stats[False]["decode_passes"] == 2 * 39
+    # Drafts are scored with the same arithmetic as single tokens: the text is the one without them.
+    assert texts[True] == texts[False]
+    assert stats[True]["accepted_draft_tokens"] > 0 and stats[True]["fast_lane_passes"] < 2 * 39
+
+
+def test_a_second_request_takes_the_row_back_into_the_batch(int4_tiny):
+    model, tokenizer, stops = int4_tiny
+    reference = dequantized_copy(model)
+    engine = Engine(model, tokenizer, stops, speculate=False).start()
+    tokens = generated_tokens(engine)
+    first = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    second = encode_prompt(tokenizer, [{"role": "user", "content": "Please reset my VPN token"}])
+    params = SamplingParams(max_new_tokens=30, temperature=0.0, ignore_eos=True)
+    events, started, go, done = {1: [], 2: []}, threading.Event(), threading.Event(), threading.Event()
+
+    def sink(key):
+        def on_event(event):  # runs on the engine thread: holding it here pauses the first request
+            events[key].append(event)
+            if key == 1 and len(events[1]) == 8:
+                started.set()
+                go.wait(30)
+            if event.finish_reason and all(e and e[-1].finish_reason for e in events.values()):
+                done.set()
+        return on_event
+
+    try:
+        first_id = engine.submit(first, params, sink(1))
+        assert started.wait(30)
+        lane_passes = engine.stats["fast_lane_passes"]
+        second_id = engine.submit(second, params, sink(2))
+        go.set()
+        assert done.wait(60)
+    finally:
+        engine.stop()
+    assert 7 <= lane_passes < 29 and engine.stats["decode_passes"] > engine.stats["fast_lane_passes"]
+    assert [e[-1].finish_reason for e in events.values()] == ["length", "length"]
+    # The first request's later tokens were decoded from the cache the lane handed back.
+    assert_follows(reference, first, tokens[first_id])
+    assert_follows(reference, second, tokens[second_id])
+    assert engine._fast_seq is None
+
+
+def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):
+    model, tokenizer, stops = int4_tiny
+    engine = Engine(model, tokenizer, stops)
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+    params = SamplingParams(max_new_tokens=20, temperature=0.9, top_p=0.95, seed=123, ignore_eos=True)
+    try:
+        runs = [engine.generate(ids, params).text for _ in range(2)]
+        other = engine.generate(ids, SamplingParams(max_new_tokens=20, temperature=0.9, top_p=0.95, seed=7,
+                                                    ignore_eos=True)).text
+    finally:
+        engine.stop()
+    assert runs[0] == runs[1] and runs[0] != other and engine.stats["draft_tokens"] == 0
+
+
+def test_what_the_fast_lane_does_not_take(tiny):
+    model, tokenizer, stops = tiny
+    full = Engine(copy.deepcopy(model), tokenizer, stops)
+    assert full.fast_lane_status.startswith("off") and "int4" in full.fast_lane_status
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    odd = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2))
+    quantize_model(odd, "int4")
+    with pytest.raises(FastLaneUnavailable, match="multiple of 64"):
+        FastLane(odd, max_context=64)
+    # Bad arguments are refused before the C code runs.
+    quantize_model(model, "int4")
+    fast = FastLane(model, max_context=32)
+    with pytest.raises(ValueError, match="1 to 8"):
+        fast.forward(list(range(MAX_ROWS + 1)), 0)
+    with pytest.raises(ValueError, match="refused"):
+        fast.forward([10**6], 0)  # not a token of this vocabulary
+    with pytest.raises(ValueError, match="refused"):
+        fast.forward([1, 2], 31)  # past the context
+    assert fast.capacity <= 32
+
+
+def test_without_a_compiler_the_engine_keeps_its_torch_path(int4_tiny, monkeypatch):
+    model, tokenizer, stops = int4_tiny
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(FastLaneUnavailable, match="no C compiler"):
+        compile_library()
+    monkeypatch.undo()
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # part of the build's key: no earlier build is reused
+    engine = Engine(model, tokenizer, stops)
+    assert engine.fast_lane_status.startswith("off (the C compiler did not run")
+    try:
+        out = engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True))
+    finally:
+        engine.stop()
+    assert out.completion_tokens == 5 and engine.stats["fast_lane_passes"] == 0

@@ -1,0 +1,598 @@
+/* One decode pass of a Llama-family decoder with int4 weights, for one sequence, in one call.
+ *
+ * tunery/inference/fastlane.py compiles this file on first use and calls `fd_forward` for every
+ * decode step of a lone request: embeddings, every layer (RMSNorm, q/k/v, rotary embedding, cache
+ * append, attention, o, RMSNorm, gate/up, SiLU, down), the final norm and the int8 output head,
+ * with LoRA deltas where an adapter has them. The weights are the tensors of the quantized torch
+ * model itself (tunery/inference/quant.py), read in place; only the per-group scales are copied
+ * into a row-major float layout. Up to FD_MAX_ROWS consecutive tokens go through in one pass, so
+ * a speculative draft is scored while the weights are read once.
+ *
+ * Activations are fp32 throughout. With AVX-512 the weight loops are vectorized by hand; without
+ * it, the same arithmetic runs as plain C.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define FD_MAX_ROWS 8
+#define FD_GROUP 32
+#define FD_MAX_RANK 256
+#define FD_MAX_THREADS 64
+
+enum { Q_PROJ, K_PROJ, V_PROJ, O_PROJ, GATE_PROJ, UP_PROJ, DOWN_PROJ, N_PROJ };
+
+typedef struct {
+    const uint8_t *codes;   /* [n][k/2]: byte j of a row holds inputs 2j (low nibble) and 2j+1 (high) */
+    const uint16_t *scales; /* fp16 [n][k/32]: w = q * scale + min, q in 0..15 */
+    const uint16_t *mins;   /* fp16 [n][k/32] */
+    const float *bias;      /* [n] or NULL */
+    int32_t n, k;
+} fd_q4;
+
+typedef struct {
+    const float *a; /* [r][k] */
+    const float *b; /* [n][r] */
+    float scale;
+    int32_t r;
+} fd_lora;
+
+typedef struct {
+    const float *input_norm, *post_norm; /* [hidden] */
+    fd_q4 proj[N_PROJ];
+} fd_layer;
+
+typedef struct {
+    int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, max_pos;
+    float eps;
+    const float *embed;        /* [vocab][hidden] */
+    const float *final_norm;   /* [hidden] */
+    const int8_t *head;        /* [vocab][hidden], w = q * head_scale[row] */
+    const float *head_scale;   /* [vocab] */
+    const float *rope_cos;     /* [max_pos][head_dim] */
+    const float *rope_sin;
+    const fd_layer *layers;    /* [n_layers] */
+} fd_model;
+
+static int imax(int a, int b) { return a > b ? a : b; }
+
+/* Floats of workspace `fd_forward` needs for `rows` tokens with a cache of `cap` positions. */
+size_t fd_workspace_floats(const fd_model *m, int rows, int cap) {
+    size_t qd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
+    size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd);
+    /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; int8 inputs with
+     * their group scales and sums; attention scores */
+    return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + FD_MAX_RANK
+                           + widest / 4 + 2 * (widest / FD_GROUP))
+           + (size_t)cap + 64;
+}
+
+static void rms_norm(const float *x, const float *w, float eps, int d, float *out) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int i = 0; i < d; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = 0; i < d; i++) out[i] = w[i] * (x[i] * r);
+}
+
+/* Int4 codes (quant.Int4Linear.codes) go in pairs of groups, 32 bytes per 64 inputs. Input i of a
+ * group sits in the low nibble for i < 16, the high nibble for i >= 16, of byte
+ * ((t / 4) * 2 + first_or_second) * 4 + t % 4 with t = i % 16: so int32 lane j of a dot product over
+ * the pair belongs to the pair's first group for even j and its second for odd j, and one 64-bit
+ * broadcast of the two groups' scales lines up with the lanes. */
+static inline int pair_byte(int g, int i) { int t = i % 16; return ((t / 4) * 2 + (g % 2)) * 4 + t % 4; }
+
+/* Activations quantized per group of 32 inputs (int8, symmetric) in the codes' order: per pair,
+ * 32 bytes meeting the low nibbles, then 32 meeting the high ones. */
+typedef struct {
+    int8_t *q;    /* [rows][k] */
+    float *scale; /* [rows][k/32] */
+    float *sum;   /* [rows][k/32]: scale * sum of the group's codes (meets the weights' min) */
+    int rows, k;
+} fd_qx;
+
+static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
+    const int groups = k / FD_GROUP;
+    out->rows = rows;
+    out->k = k;
+    for (int m = 0; m < rows; m++)
+        for (int g = 0; g < groups; g++) {
+            const float *xg = x + (size_t)m * k + g * FD_GROUP;
+            float top = 0.0f;
+#pragma omp simd reduction(max : top)
+            for (int i = 0; i < FD_GROUP; i++) top = fmaxf(top, fabsf(xg[i]));
+            const float scale = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
+            int8_t *q = out->q + (size_t)m * k + (size_t)(g / 2) * 64;
+            int total = 0;
+            for (int i = 0; i < FD_GROUP; i++) {
+                const int v = (int)lrintf(xg[i] * inv);
+                q[(i / 16) * 32 + pair_byte(g, i)] = (int8_t)v;
+                total += v;
+            }
+            out->scale[(size_t)m * groups + g] = scale;
+            out->sum[(size_t)m * groups + g] = scale * (float)total;
+        }
+}
+
+#if defined(__AVX2__)
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 31, mantissa = h & 1023;
+    float value;
+    if (exponent == 0) {
+        value = ldexpf((float)mantissa, -24);
+    } else if (exponent == 31) {
+        value = mantissa ? NAN : INFINITY;
+    } else {
+        const uint32_t bits = ((exponent + 112) << 23) | (mantissa << 13);
+        memcpy(&value, &bits, 4);
+    }
+    return sign ? -value : value;
+}
+
+/* The weights' min term of one output: sum over groups of min[g] * (sum of the group's inputs). */
+static inline float min_term(const uint16_t *mins, const float *sums, int groups) {
+    float acc = 0.0f;
+    int g = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+    __m256 vacc = _mm256_setzero_ps();
+    for (; g + 8 <= groups; g += 8)
+        vacc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mins + g))), _mm256_loadu_ps(sums + g),
+                               vacc);
+    acc = hsum256(vacc);
+#endif
+    for (; g < groups; g++) acc += half_to_float(mins[g]) * sums[g];
+    return acc;
+}
+
+#if defined(__AVX2__)
+/* Sum of u8 * s8 products into 8 int32 lanes. */
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+
+/* A pair's 32 code bytes as two u8 operands: low nibbles, high nibbles. */
+static inline void unpack_pair(const uint8_t *codes, __m256i *low, __m256i *high) {
+    const __m256i c = _mm256_loadu_si256((const __m256i *)codes), low4 = _mm256_set1_epi8(15);
+    *low = _mm256_and_si256(c, low4);
+    *high = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
+}
+
+/* One pair of groups against one row of quantized inputs, scaled by the inputs' pair of scales:
+ * lanes still to be scaled by the weights' pair of scales. */
+static inline __m256 pair_dot(__m256i low, __m256i high, const int8_t *xq, const float *x_scales) {
+    __m256i d = dot_u8s8(_mm256_setzero_si256(), low, _mm256_loadu_si256((const __m256i *)xq));
+    d = dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xq + 32)));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_castpd_ps(_mm256_broadcast_sd((const double *)x_scales)));
+}
+
+/* A pair's two fp16 scales spread over the lanes: first, second, first, second, ... */
+static inline __m256 pair_scales(const uint16_t *scales) {
+#if defined(__F16C__)
+    int32_t both;
+    memcpy(&both, scales, 4);
+    return _mm256_cvtph_ps(_mm_set1_epi32(both));
+#else
+    const float a = half_to_float(scales[0]), b = half_to_float(scales[1]);
+    return _mm256_setr_ps(a, b, a, b, a, b, a, b);
+#endif
+}
+#endif
+
+#if defined(__AVX2__)
+/* Several input rows against output rows [n0, n1): each pair of groups is unpacked once for all. */
+static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
+                                                          int n1, const int rows) {
+    const int k = w->k, groups = k / FD_GROUP, half = k / 2;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *codes = w->codes + (size_t)n * half;
+        const uint16_t *scales = w->scales + (size_t)n * groups;
+        __m256 acc[FD_MAX_ROWS];
+        for (int m = 0; m < rows; m++) acc[m] = _mm256_setzero_ps();
+        for (int p = 0; p < groups / 2; p++) {
+            __m256i low, high;
+            unpack_pair(codes + p * 32, &low, &high);
+            const __m256 s = pair_scales(scales + 2 * p);
+            for (int m = 0; m < rows; m++)
+                acc[m] = _mm256_fmadd_ps(pair_dot(low, high, x->q + (size_t)m * k + p * 64,
+                                                  x->scale + (size_t)m * groups + 2 * p), s, acc[m]);
+        }
+        for (int m = 0; m < rows; m++)
+            y[(size_t)m * ldy + n] = hsum256(acc[m]) + min_term(w->mins + (size_t)n * groups,
+                                                                x->sum + (size_t)m * groups, groups);
+    }
+}
+#endif
+
+/* y[m][n] = x[m] . W[n] (+ bias) for output rows [n0, n1) of the int4 matrix; y rows of stride ldy.
+ * In features are a multiple of 64 (pairs of groups). */
+static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0, int n1) {
+    const int k = w->k, groups = k / FD_GROUP, half = k / 2, rows = x->rows;
+    int n = n0;
+#if defined(__AVX2__)
+    if (rows == 1) {
+        for (; n + 2 <= n1; n += 2) { /* two outputs at a time share the input loads */
+            const uint8_t *c0 = w->codes + (size_t)n * half, *c1 = c0 + half;
+            const uint16_t *s0 = w->scales + (size_t)n * groups, *s1 = s0 + groups;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int p = 0; p < groups / 2; p++) {
+                const int8_t *xq = x->q + p * 64;
+                __m256i low, high;
+                unpack_pair(c0 + p * 32, &low, &high);
+                a0 = _mm256_fmadd_ps(pair_dot(low, high, xq, x->scale + 2 * p), pair_scales(s0 + 2 * p), a0);
+                unpack_pair(c1 + p * 32, &low, &high);
+                a1 = _mm256_fmadd_ps(pair_dot(low, high, xq, x->scale + 2 * p), pair_scales(s1 + 2 * p), a1);
+            }
+            y[n] = hsum256(a0) + min_term(w->mins + (size_t)n * groups, x->sum, groups);
+            y[n + 1] = hsum256(a1) + min_term(w->mins + (size_t)(n + 1) * groups, x->sum, groups);
+        }
+    } else {
+        switch (rows) { /* a constant row count keeps the accumulators in registers */
+        case 2: q4_rows(w, x, y, ldy, n, n1, 2); break;
+        case 3: q4_rows(w, x, y, ldy, n, n1, 3); break;
+        case 4: q4_rows(w, x, y, ldy, n, n1, 4); break;
+        case 5: q4_rows(w, x, y, ldy, n, n1, 5); break;
+        case 6: q4_rows(w, x, y, ldy, n, n1, 6); break;
+        case 7: q4_rows(w, x, y, ldy, n, n1, 7); break;
+        default: q4_rows(w, x, y, ldy, n, n1, 8); break;
+        }
+        n = n1;
+    }
+#endif
+    for (; n < n1; n++) {
+        const uint8_t *codes = w->codes + (size_t)n * half;
+        for (int m = 0; m < rows; m++) {
+            const int8_t *q = x->q + (size_t)m * k;
+            float acc = 0.0f;
+            for (int g = 0; g < groups; g++) {
+                int dot = 0;
+                for (int i = 0; i < FD_GROUP; i++) {
+                    const int at = (g / 2) * 32 + pair_byte(g, i), code = i < 16 ? codes[at] & 15 : codes[at] >> 4;
+                    dot += code * q[(g / 2) * 64 + (i / 16) * 32 + pair_byte(g, i)];
+                }
+                acc += half_to_float(w->scales[(size_t)n * groups + g]) * x->scale[(size_t)m * groups + g] * (float)dot;
+            }
+            y[(size_t)m * ldy + n] = acc + min_term(w->mins + (size_t)n * groups, x->sum + (size_t)m * groups, groups);
+        }
+    }
+    if (w->bias)
+        for (int m = 0; m < rows; m++)
+            for (n = n0; n < n1; n++) y[(size_t)m * ldy + n] += w->bias[n];
+}
+
+/* y[m] += scale * B (A x[m]) */
+static void lora_add(const fd_lora *l, const float *x, int rows, int k, int n, float *y, int ldy, float *t) {
+    if (!l || !l->a) return;
+    for (int m = 0; m < rows; m++) {
+        for (int j = 0; j < l->r; j++) {
+            const float *a = l->a + (size_t)j * k;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < k; i++) acc += a[i] * x[(size_t)m * k + i];
+            t[j] = acc * l->scale;
+        }
+        for (int o = 0; o < n; o++) {
+            const float *b = l->b + (size_t)o * l->r;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int j = 0; j < l->r; j++) acc += b[j] * t[j];
+            y[(size_t)m * ldy + o] += acc;
+        }
+    }
+}
+
+#ifdef __AVX512F__
+static inline __attribute__((always_inline)) void head_rows(const fd_model *mw, const float *x, float *logits, int n0,
+                                                            int n1, const int rows) {
+    const int d = mw->hidden, vocab = mw->vocab;
+    for (int n = n0; n < n1; n++) {
+        __m512 acc[FD_MAX_ROWS];
+        for (int m = 0; m < rows; m++) acc[m] = _mm512_setzero_ps();
+        const int8_t *row = mw->head + (size_t)n * d;
+        for (int i = 0; i < d; i += 16) {
+            __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + i))));
+            for (int m = 0; m < rows; m++) acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (size_t)m * d + i), acc[m]);
+        }
+        for (int m = 0; m < rows; m++) logits[(size_t)m * vocab + n] = mw->head_scale[n] * _mm512_reduce_add_ps(acc[m]);
+    }
+}
+#endif
+
+/* logits[m][v] = head_scale[v] * (head[v] . x[m]) for vocabulary rows [n0, n1) */
+static void head_matmul(const fd_model *mw, const float *x, int rows, float *logits, int n0, int n1) {
+    const int d = mw->hidden, vocab = mw->vocab;
+    int n = n0;
+#ifdef __AVX512F__
+    if (d % 16 == 0) {
+        if (rows == 1) {
+            for (; n + 4 <= n1; n += 4) {
+                __m512 acc[4];
+                for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+                for (int i = 0; i < d; i += 16) {
+                    const __m512 xv = _mm512_loadu_ps(x + i);
+                    for (int r = 0; r < 4; r++) {
+                        const int8_t *row = mw->head + (size_t)(n + r) * d + i;
+                        __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)row)));
+                        acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+                    }
+                }
+                for (int r = 0; r < 4; r++) logits[n + r] = mw->head_scale[n + r] * _mm512_reduce_add_ps(acc[r]);
+            }
+        } else {
+            switch (rows) {
+            case 2: head_rows(mw, x, logits, n, n1, 2); break;
+            case 3: head_rows(mw, x, logits, n, n1, 3); break;
+            case 4: head_rows(mw, x, logits, n, n1, 4); break;
+            case 5: head_rows(mw, x, logits, n, n1, 5); break;
+            case 6: head_rows(mw, x, logits, n, n1, 6); break;
+            case 7: head_rows(mw, x, logits, n, n1, 7); break;
+            default: head_rows(mw, x, logits, n, n1, 8); break;
+            }
+            n = n1;
+        }
+    }
+#endif
+    for (; n < n1; n++) {
+        const int8_t *row = mw->head + (size_t)n * d;
+        for (int m = 0; m < rows; m++) {
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < d; i++) acc += (float)row[i] * x[(size_t)m * d + i];
+            logits[(size_t)m * vocab + n] = mw->head_scale[n] * acc;
+        }
+    }
+}
+
+/* ---- threads: the main thread and its workers split a matrix's output rows ------------------ */
+
+typedef void (*fd_part_fn)(void *job, int part, int parts);
+
+static struct {
+    pthread_t threads[FD_MAX_THREADS];
+    int started;               /* workers running */
+    int created_at;            /* the generation when the latest worker was created */
+    atomic_int generation;     /* bumped for every job */
+    atomic_int finished;       /* workers done with the current job */
+    atomic_int sleeping;
+    int parts;
+    fd_part_fn fn;
+    void *job;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+#define FD_SPINS 200000 /* a worker spins this long for the next job (decode passes come back to back), then sleeps */
+
+static void *worker_main(void *arg) {
+    const int index = (int)(intptr_t)arg;
+    int seen = pool.created_at; /* a job posted before this thread ran still counts */
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen) {
+            if (++spins < FD_SPINS) {
+#if defined(__AVX2__)
+                _mm_pause();
+#endif
+                continue;
+            }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleeping, 1);
+            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleeping, 1);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = atomic_load(&pool.generation);
+        if (index < pool.parts) pool.fn(pool.job, index, pool.parts);
+        atomic_fetch_add_explicit(&pool.finished, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* Run fn(job, part, parts) for parts 0..parts-1: part 0 here, the others on workers. */
+static void run_parts(fd_part_fn fn, void *job, int parts) {
+    if (parts > 1) {
+        while (pool.started < parts - 1 && pool.started < FD_MAX_THREADS) {
+            pool.created_at = atomic_load(&pool.generation);
+            if (pthread_create(&pool.threads[pool.started], NULL, worker_main, (void *)(intptr_t)(pool.started + 1)))
+                break;
+            pthread_detach(pool.threads[pool.started]);
+            pool.started++;
+        }
+        if (parts > pool.started + 1) parts = pool.started + 1;
+    }
+    if (parts <= 1) {
+        fn(job, 0, 1);
+        return;
+    }
+    pool.fn = fn;
+    pool.job = job;
+    pool.parts = parts;
+    atomic_store(&pool.finished, 0);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    fn(job, 0, parts);
+    while (atomic_load_explicit(&pool.finished, memory_order_acquire) < pool.started) {
+#if defined(__AVX2__)
+        _mm_pause();
+#endif
+    }
+}
+
+/* Rows [start, end) of `total` for one part, in multiples of 16 (outputs go in pairs). */
+static void part_range(int total, int part, int parts, int *start, int *end) {
+    const int chunk = ((total + parts - 1) / parts + 15) / 16 * 16;
+    *start = part * chunk < total ? part * chunk : total;
+    *end = *start + chunk < total ? *start + chunk : total;
+}
+
+typedef struct {
+    const fd_q4 *w[3];
+    float *y[3];
+    int count;
+    const fd_qx *x;
+} fd_matmul_job;
+
+/* Part of up to three matrices that share an input, their output rows taken as one range. */
+static void matmul_part(void *arg, int part, int parts) {
+    const fd_matmul_job *job = arg;
+    int total = 0, start, end;
+    for (int i = 0; i < job->count; i++) total += job->w[i]->n;
+    part_range(total, part, parts, &start, &end);
+    for (int i = 0, base = 0; i < job->count; base += job->w[i]->n, i++) {
+        const int a = start > base ? start - base : 0, b = end - base < job->w[i]->n ? end - base : job->w[i]->n;
+        if (a < b) q4_matmul(job->w[i], job->x, job->y[i], job->w[i]->n, a, b);
+    }
+}
+
+typedef struct {
+    const fd_model *mw;
+    const float *x;
+    int rows;
+    float *logits;
+} fd_head_job;
+
+static void head_part(void *arg, int part, int parts) {
+    const fd_head_job *job = arg;
+    int start, end;
+    part_range(job->mw->vocab, part, parts, &start, &end);
+    head_matmul(job->mw, job->x, job->rows, job->logits, start, end);
+}
+
+/* Matrices `which[0..count)` of a layer on one input (x float, xq quantized), LoRA deltas added. */
+static void project(const fd_layer *layer, const fd_lora *lora, const int *which, float *const *y, int count,
+                    const float *x, const fd_qx *xq, float *t, int threads) {
+    fd_matmul_job job = {.count = count, .x = xq};
+    for (int i = 0; i < count; i++) {
+        job.w[i] = &layer->proj[which[i]];
+        job.y[i] = y[i];
+    }
+    run_parts(matmul_part, &job, threads);
+    if (lora)
+        for (int i = 0; i < count; i++)
+            lora_add(&lora[which[i]], x, xq->rows, job.w[i]->k, job.w[i]->n, y[i], job.w[i]->n, t);
+}
+
+static void rope(float *v, int heads, int hd, const float *cos, const float *sin) {
+    const int h2 = hd / 2;
+    for (int h = 0; h < heads; h++) {
+        float *x = v + (size_t)h * hd;
+        for (int i = 0; i < h2; i++) {
+            float a = x[i], b = x[i + h2];
+            x[i] = a * cos[i] - b * sin[i];
+            x[i + h2] = b * cos[i + h2] + a * sin[i + h2];
+        }
+    }
+}
+
+static float dot(const float *a, const float *b, int d) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int i = 0; i < d; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+/* Run `rows` tokens at positions pos.. through the model; the cache holds positions 0..pos-1 and
+ * receives the new ones. Cache layout per layer: [kv_heads][cap][head_dim] for keys and values.
+ * Returns 0, or -1 when the arguments do not fit (nothing is written then). */
+int fd_forward(const fd_model *mw, const fd_lora *lora, const int64_t *tokens, int rows, int pos, float *k_cache,
+               float *v_cache, int cap, float *logits, float *ws, int threads) {
+    const int d = mw->hidden, hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, inter = mw->intermediate;
+    const int qd = nh * hd, kvd = nkv * hd;
+    if (threads < 1) threads = 1;
+    if (threads > FD_MAX_THREADS) threads = FD_MAX_THREADS;
+    if (rows < 1 || rows > FD_MAX_ROWS || pos < 0 || pos + rows > cap || pos + rows > mw->max_pos) return -1;
+    for (int m = 0; m < rows; m++)
+        if (tokens[m] < 0 || tokens[m] >= mw->vocab) return -1;
+    const int widest = imax(imax(d, inter), qd);
+    float *h = ws, *xn = h + (size_t)rows * d, *tmp = xn + (size_t)rows * d, *q = tmp + (size_t)rows * d;
+    float *kb = q + (size_t)rows * qd, *vb = kb + (size_t)rows * kvd, *att = vb + (size_t)rows * kvd;
+    float *gate = att + (size_t)rows * qd, *up = gate + (size_t)rows * inter, *t = up + (size_t)rows * inter;
+    float *xs = t + (size_t)rows * FD_MAX_RANK, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
+    float *scores = xsum + (size_t)rows * (widest / FD_GROUP);
+    fd_qx xq = {(int8_t *)(scores + cap), xs, xsum, rows, 0};
+    const float scaling = 1.0f / sqrtf((float)hd);
+    const int group = nh / nkv;
+
+    for (int m = 0; m < rows; m++) memcpy(h + (size_t)m * d, mw->embed + (size_t)tokens[m] * d, sizeof(float) * d);
+    for (int l = 0; l < mw->n_layers; l++) {
+        const fd_layer *layer = &mw->layers[l];
+        const fd_lora *ll = lora ? lora + (size_t)l * N_PROJ : NULL;
+        float *kc = k_cache + (size_t)l * nkv * cap * hd, *vc = v_cache + (size_t)l * nkv * cap * hd;
+        for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, layer->input_norm, mw->eps, d, xn + (size_t)m * d);
+        quantize_rows(xn, rows, d, &xq);
+        project(layer, ll, (const int[]){Q_PROJ, K_PROJ, V_PROJ}, (float *const[]){q, kb, vb}, 3, xn, &xq, t, threads);
+        for (int m = 0; m < rows; m++) {
+            const float *cos = mw->rope_cos + (size_t)(pos + m) * hd, *sin = mw->rope_sin + (size_t)(pos + m) * hd;
+            rope(q + (size_t)m * qd, nh, hd, cos, sin);
+            rope(kb + (size_t)m * kvd, nkv, hd, cos, sin);
+            for (int j = 0; j < nkv; j++) {
+                memcpy(kc + ((size_t)j * cap + pos + m) * hd, kb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
+                memcpy(vc + ((size_t)j * cap + pos + m) * hd, vb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
+            }
+        }
+        for (int m = 0; m < rows; m++) {
+            const int len = pos + m + 1; /* causal: this token sees the cache and itself */
+            for (int head = 0; head < nh; head++) {
+                const float *qh = q + (size_t)m * qd + (size_t)head * hd;
+                const float *kh = kc + (size_t)(head / group) * cap * hd, *vh = vc + (size_t)(head / group) * cap * hd;
+                float top = -INFINITY;
+                for (int j = 0; j < len; j++) {
+                    scores[j] = dot(qh, kh + (size_t)j * hd, hd) * scaling;
+                    if (scores[j] > top) top = scores[j];
+                }
+                float total = 0.0f;
+                for (int j = 0; j < len; j++) {
+                    scores[j] = expf(scores[j] - top);
+                    total += scores[j];
+                }
+                float *out = att + (size_t)m * qd + (size_t)head * hd;
+                for (int i = 0; i < hd; i++) out[i] = 0.0f;
+                for (int j = 0; j < len; j++) {
+                    const float p = scores[j] / total, *vj = vh + (size_t)j * hd;
+                    for (int i = 0; i < hd; i++) out[i] += p * vj[i];
+                }
+            }
+        }
+        quantize_rows(att, rows, qd, &xq);
+        project(layer, ll, (const int[]){O_PROJ}, (float *const[]){tmp}, 1, att, &xq, t, threads);
+        for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
+        for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, layer->post_norm, mw->eps, d, xn + (size_t)m * d);
+        quantize_rows(xn, rows, d, &xq);
+        project(layer, ll, (const int[]){GATE_PROJ, UP_PROJ}, (float *const[]){gate, up}, 2, xn, &xq, t, threads);
+        for (size_t i = 0; i < (size_t)rows * inter; i++) {
+            const float g = gate[i];
+            gate[i] = g / (1.0f + expf(-g)) * up[i];
+        }
+        quantize_rows(gate, rows, inter, &xq);
+        project(layer, ll, (const int[]){DOWN_PROJ}, (float *const[]){tmp}, 1, gate, &xq, t, threads);
+        for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
+    }
+    for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, mw->final_norm, mw->eps, d, xn + (size_t)m * d);
+    fd_head_job head = {mw, xn, rows, logits};
+    run_parts(head_part, &head, threads);
+    return 0;
+}

@@ -1,0 +1,301 @@
+"""The fast lane: a lone request's decode steps as one compiled call each (`fastdecode.c`).
+
+A batch-1 decode step of an int4 model spends most of its time outside the weight kernels: a few
+hundred small torch operations per token (norms, rotary embeddings, cache updates, dtype
+conversions) and the Python that issues them. The fast lane runs the whole step in C over the
+quantized model's own tensors: the same weights, the same arithmetic in fp32, its own KV cache.
+
+It takes Llama-family decoders (llama, mistral without a sliding window, qwen2) whose decoder
+layers are all `Int4Linear` and whose head is `Int8Linear`, i.e. `--weights int4`, with LoRA
+adapters of rank up to 256. The C file is compiled once per machine with the system's C compiler
+into `TUNERY_HOME/cache/kernels/`; without a compiler the engine keeps its torch path and says so.
+Knows the quantized layers and the C structures; nothing about requests or batching.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunery.inference.quant import Int4Linear, Int8Linear
+from tunery.paths import cache_dir
+
+log = logging.getLogger("tunery.inference")
+
+SOURCE = Path(__file__).with_name("fastdecode.c")
+MAX_ROWS = 8  # FD_MAX_ROWS: tokens per pass (a speculative draft plus the last token)
+MAX_RANK = 256  # FD_MAX_RANK
+# -fopenmp-simd: the `omp simd` reductions vectorize (no OpenMP runtime is linked).
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+               ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
+
+
+class FastLaneUnavailable(Exception):
+    """Why this model or machine cannot use the fast lane (the engine then keeps its torch path)."""
+
+
+class _Q4(ctypes.Structure):
+    _fields_ = [("codes", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("mins", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p),
+                ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
+
+
+class _Lora(ctypes.Structure):
+    _fields_ = [("a", ctypes.c_void_p), ("b", ctypes.c_void_p), ("scale", ctypes.c_float), ("r", ctypes.c_int32)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p), ("proj", _Q4 * len(PROJECTIONS))]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "intermediate", "vocab", "max_pos")] + [
+        ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("final_norm", ctypes.c_void_p),
+        ("head", ctypes.c_void_p), ("head_scale", ctypes.c_void_p), ("rope_cos", ctypes.c_void_p),
+        ("rope_sin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
+
+
+def _cpu_signature() -> str:
+    """-march=native builds for this CPU: a home folder shared between machines needs one build each."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compile fastdecode.c (once per source, compiler, flags and CPU) and return the shared library."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise FastLaneUnavailable("no C compiler (cc or gcc) on PATH; install one (e.g. apt install gcc)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+                                      _cpu_signature().encode()])).hexdigest()[:16]
+    folder = cache_dir() / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"fastdecode-{key}.so"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # same filesystem: the rename is atomic
+        built = Path(scratch) / target.name
+        try:
+            result = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+                                    text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FastLaneUnavailable(f"the C compiler did not run ({exc})") from None
+        if result.returncode != 0:
+            raise FastLaneUnavailable(f"compiling fastdecode.c failed: {result.stderr.strip()[-500:]}")
+        os.replace(built, target)
+    return target
+
+
+def _load_library(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.fd_forward.restype = ctypes.c_int
+    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_int]
+    lib.fd_workspace_floats.restype = ctypes.c_size_t
+    lib.fd_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The quantized layer inside an adapter wrapper (MultiLoraLinear keeps it as `.base`)."""
+    return getattr(module, "base", module)
+
+
+class FastLane:
+    """One sequence's decode passes through the compiled model; holds that sequence's KV cache."""
+
+    def __init__(self, model: nn.Module, max_context: int, library: Path | None = None):
+        self.model = model
+        self._keep: list[torch.Tensor] = []  # tensors the C structures point into
+        self._modules = _check_model(model)
+        self.lib = _load_library(library or compile_library())
+        config, decoder = model.config, model.model
+        self.n_layers = len(decoder.layers)
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.vocab = model.get_output_embeddings().out_features
+        self.max_pos = max_context
+        self._struct = self._describe(max_context)
+        # slot -> (C table, the tensors it points into); None: no adapter; False: too large a rank
+        self._lora_tables: dict[int, tuple | None | bool] = {0: None}
+        self.k_cache = self.v_cache = torch.empty(0)
+        self.capacity = 0
+        self._workspace = torch.empty(0)
+        self._logits = torch.empty(MAX_ROWS, self.vocab)
+
+    def _ptr(self, tensor: torch.Tensor | None, keep: list | None = None) -> int | None:
+        """Address of `tensor` as fp32 contiguous (a copy only when it is not already), kept alive."""
+        if tensor is None:
+            return None
+        tensor = tensor.detach().float().contiguous()
+        (self._keep if keep is None else keep).append(tensor)
+        return tensor.data_ptr()
+
+    def _describe(self, max_context: int) -> _Model:
+        model, config = self.model, self.model.config
+        decoder = model.model
+        layers = (_Layer * self.n_layers)()
+        for i, block in enumerate(decoder.layers):
+            layers[i].input_norm = self._ptr(block.input_layernorm.weight)
+            layers[i].post_norm = self._ptr(block.post_attention_layernorm.weight)
+            for j, (part, name) in enumerate(PROJECTIONS):
+                layer: Int4Linear = _base(getattr(getattr(block, part), name))
+                sz = layer.scales_and_zeros.float()  # [groups, n, 2]: scale, zero with w = (q - 8) * scale + zero
+                scale, zero = sz[..., 0].T, sz[..., 1].T
+                scales, mins = scale.half().contiguous(), (zero - 8 * scale).half().contiguous()
+                self._keep += [layer.codes, scales, mins]
+                layers[i].proj[j] = _Q4(layer.codes.data_ptr(), scales.data_ptr(), mins.data_ptr(),
+                                        self._ptr(layer.bias),
+                                        layer.out_features, layer.in_features)
+        cos, sin = _rope_tables(decoder.rotary_emb, max_context)
+        head: Int8Linear = model.get_output_embeddings()
+        self._keep.append(head.weight_int8)
+        self._layers = layers
+        return _Model(self.n_layers, config.hidden_size, config.num_attention_heads, self.n_kv_heads, self.head_dim,
+                      _base(decoder.layers[0].mlp.gate_proj).out_features, self.vocab, max_context,
+                      float(decoder.norm.variance_epsilon), self._ptr(decoder.embed_tokens.weight),
+                      self._ptr(decoder.norm.weight), head.weight_int8.data_ptr(), self._ptr(head.scales),
+                      self._ptr(cos), self._ptr(sin), layers)
+
+    # ---- adapters --------------------------------------------------------------------------
+    def supports(self, slot: int) -> bool:
+        """Whether the adapter in `slot` (0: none) fits the compiled path (rank ≤ 256)."""
+        return self._lora_table(slot) is not False
+
+    def forget(self, slot: int) -> None:
+        self._lora_tables.pop(slot, None)
+
+    def _lora_table(self, slot: int):
+        if slot in self._lora_tables:
+            return self._lora_tables[slot]
+        table, tensors = (_Lora * (self.n_layers * len(PROJECTIONS)))(), []
+        for i, block in enumerate(self.model.model.layers):
+            for j, (part, name) in enumerate(PROJECTIONS):
+                delta = getattr(getattr(getattr(block, part), name), "deltas", {}).get(slot)
+                if delta is None:
+                    continue
+                lora_a, lora_b, scale = delta
+                if lora_a.shape[0] > MAX_RANK:
+                    self._lora_tables[slot] = False
+                    return False
+                table[i * len(PROJECTIONS) + j] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale,
+                                                        lora_a.shape[0])
+        self._lora_tables[slot] = (table, tensors)
+        return self._lora_tables[slot]
+
+    # ---- the cache -------------------------------------------------------------------------
+    def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, capacity: int) -> None:
+        """Take one row's cache ([1, kv_heads, length, head_dim] per layer) with room for `capacity` positions."""
+        self._reserve(max(capacity, length), keep=0)
+        for i, (keys, values) in enumerate(layers):
+            self.k_cache[i, :, :length] = keys[0, :, -length:]
+            self.v_cache[i, :, :length] = values[0, :, -length:]
+
+    def export(self, length: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `length` positions as the engine's cache tensors ([1, kv_heads, length, head_dim])."""
+        return [(self.k_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True),
+                 self.v_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True)) for i in range(self.n_layers)]
+
+    def _reserve(self, capacity: int, keep: int) -> None:
+        capacity = min(capacity, self.max_pos)
+        if capacity <= self.capacity:
+            return
+        shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
+        k_cache, v_cache = torch.zeros(shape), torch.zeros(shape)
+        if keep:
+            k_cache[:, :, :keep] = self.k_cache[:, :, :keep]
+            v_cache[:, :, :keep] = self.v_cache[:, :, :keep]
+        self.k_cache, self.v_cache, self.capacity = k_cache, v_cache, capacity
+        self._workspace = torch.empty(self.lib.fd_workspace_floats(ctypes.byref(self._struct), MAX_ROWS, capacity))
+
+    def release(self) -> None:
+        self.k_cache = self.v_cache = self._workspace = torch.empty(0)
+        self.capacity = 0
+
+    # ---- a pass ----------------------------------------------------------------------------
+    def forward(self, tokens: list[int], position: int, slot: int = 0, threads: int = 1) -> torch.Tensor:
+        """Logits [len(tokens), vocab] for `tokens` at `position`..; the cache keeps their keys and values."""
+        rows = len(tokens)
+        if not 1 <= rows <= MAX_ROWS:
+            raise ValueError(f"the fast lane takes 1 to {MAX_ROWS} tokens per pass, not {rows}")
+        if position + rows > self.capacity:
+            self._reserve(max(position + rows, 2 * self.capacity), keep=position)
+        table = self._lora_table(slot)
+        if table is False:
+            raise ValueError(f"adapter slot {slot} does not fit the fast lane")
+        ids = torch.tensor(tokens, dtype=torch.int64)
+        status = self.lib.fd_forward(ctypes.byref(self._struct), None if table is None else ctypes.byref(table[0]),
+                                     ids.data_ptr(), rows, position, self.k_cache.data_ptr(), self.v_cache.data_ptr(),
+                                     self.capacity, self._logits.data_ptr(), self._workspace.data_ptr(), threads)
+        if status != 0:
+            raise ValueError(f"the fast lane refused {rows} tokens at position {position} "
+                             f"(cache of {self.capacity}, context {self.max_pos}, vocabulary {self.vocab})")
+        return self._logits[:rows]
+
+
+def _rope_tables(rotary: nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in STATIC_ROPE:
+        raise FastLaneUnavailable(f"rotary embedding type {rope_type!r} changes with the sequence length")
+    probe = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary(probe, torch.arange(positions).unsqueeze(0))
+    return cos[0].float(), sin[0].float()
+
+
+def _check_model(model: nn.Module) -> None:
+    """Raise FastLaneUnavailable unless the model is a decoder the C pass computes exactly."""
+    config = model.config
+    if config.model_type not in MODEL_TYPES:
+        raise FastLaneUnavailable(f"model type {config.model_type!r} (the fast lane knows {', '.join(MODEL_TYPES)})")
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        raise FastLaneUnavailable("the MLP is not a plain SiLU-gated one")
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < config.max_position_embeddings:
+        raise FastLaneUnavailable("sliding-window attention")
+    decoder = getattr(model, "model", None)
+    if decoder is None or not hasattr(decoder, "layers") or not hasattr(decoder, "rotary_emb"):
+        raise FastLaneUnavailable("the decoder is not laid out as model.model.layers")
+    head = model.get_output_embeddings()
+    if not isinstance(head, Int8Linear) or head.bias is not None:
+        raise FastLaneUnavailable("the output head is not int8 (serve with --weights int4)")
+    if not isinstance(decoder.embed_tokens, nn.Embedding):
+        raise FastLaneUnavailable("the input embedding is not a plain table")
+    n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    for block in decoder.layers:
+        attention = block.self_attn
+        if abs(getattr(attention, "scaling", head_dim ** -0.5) - head_dim ** -0.5) > 1e-9 or n_heads % n_kv:
+            raise FastLaneUnavailable("attention is not plain scaled dot-product with grouped heads")
+        if any(hasattr(attention, name) for name in ("q_norm", "k_norm")):
+            raise FastLaneUnavailable("attention normalizes queries and keys")
+        for part, name in PROJECTIONS:
+            layer = _base(getattr(getattr(block, part), name, None))
+            if not isinstance(layer, Int4Linear) or layer.group_size != 32:
+                raise FastLaneUnavailable(f"{part}.{name} is not an int4 layer (serve with --weights int4)")
+            if layer.in_features % 64:
+                raise FastLaneUnavailable(f"{part}.{name} has {layer.in_features} in features (a multiple of 64 "
+                                          "is needed)")
+        if _base(attention.q_proj).out_features != n_heads * head_dim or head_dim % 2:
+            raise FastLaneUnavailable("the attention projections do not match the head layout")
