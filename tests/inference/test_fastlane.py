@@ -1,6 +1,6 @@
-"""The fast lane (compiled single-sequence decode): its logits against the dequantized model, rows
-and threads that must not change a result, LoRA, the portable build, the engine's hand-over of a
-row between the lane and the batch, and what makes it step aside."""
+"""The fast lane (compiled decode passes): its logits against the dequantized model, rows, sequences
+and threads that must not change a result, LoRA per row, the portable build, the engine decoding
+lone and concurrent requests in it, and what makes it step aside."""
 
 from __future__ import annotations
 
@@ -60,42 +60,58 @@ def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
     ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
     cache, logits = prefill(reference, ids)
     fast = FastLane(model, max_context=256)
-    fast.load(cache_tensors(cache), len(ids), capacity=len(ids) + 4)  # small: the cache must grow on the way
+    fast.load(1, cache_tensors(cache), len(ids), capacity=len(ids) + 4)  # small: the cache must grow on the way
     token, position = int(logits.argmax()), len(ids)
     for _ in range(12):
-        ours = fast.forward([token], position).clone()[0]
+        ours = fast.forward([1], [token], [position], [0]).clone()[0]
         with torch.no_grad():
             want = reference(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]), cache=cache,
                              use_cache=True).logits[0, -1]
         # Activations enter the int4 products as int8 per group of 32: within 2% of the logits' spread.
         assert (ours - want).abs().max() <= 0.02 * spread(want)
         token, position = int(want.argmax()), position + 1
-    assert fast.capacity >= position
+    assert fast.capacity(1) >= position
     # The cache it hands back is the reference's, up to the same rounding.
-    for (keys, values), (ref_keys, ref_values) in zip(fast.export(position, torch.float32), cache_tensors(cache),
+    for (keys, values), (ref_keys, ref_values) in zip(fast.export(1, position, torch.float32), cache_tensors(cache),
                                                       strict=True):
         assert keys.shape == ref_keys.shape and values.shape == ref_values.shape
         assert (keys - ref_keys).abs().max() <= 0.02 * ref_keys.abs().max()
         assert (values - ref_values).abs().max() <= 0.02 * ref_values.abs().max()
 
 
-def test_one_pass_of_several_tokens_equals_passes_of_one_and_threads_change_nothing(int4_tiny):
+def test_one_pass_of_several_rows_equals_passes_of_one_and_threads_change_nothing(int4_tiny):
     model, tokenizer, _ = int4_tiny
-    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
-    cache, _ = prefill(model, ids)
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in (PROMPT, "hi", "VPN token?")]
+    caches = [prefill(model, ids)[0] for ids in prompts]
     tokens = [5, 77, 300, 12, 9, 41, 200]
     fast = FastLane(model, max_context=256)
+
+    def fresh():
+        for key, (ids, cache) in enumerate(zip(prompts, caches, strict=True)):
+            fast.load(key, cache_tensors(cache), len(ids), capacity=len(ids) + 8)
+
     results = {}
     for threads in (1, 2, 3):
-        fast.load(cache_tensors(cache), len(ids), capacity=64)
-        together = fast.forward(tokens, len(ids), threads=threads).clone()
-        fast.load(cache_tensors(cache), len(ids), capacity=64)
-        one_by_one = torch.stack([fast.forward([t], len(ids) + i, threads=threads)[0].clone()
+        # A draft: seven tokens of one sequence in one pass, against seven passes of one token.
+        fresh()
+        n = len(prompts[0])
+        together = fast.forward([0] * 7, tokens, list(range(n, n + 7)), [0] * 7, threads=threads).clone()
+        fresh()
+        one_by_one = torch.stack([fast.forward([0], [t], [n + i], [0], threads=threads)[0].clone()
                                   for i, t in enumerate(tokens)])
         assert torch.allclose(together, one_by_one, rtol=0, atol=1e-5 * float(spread(one_by_one).max()))
-        results[threads] = together
+        # A batch: one token of each of three sequences in one pass, against a pass each.
+        fresh()
+        positions = [len(ids) for ids in prompts]
+        batch = fast.forward([0, 1, 2], tokens[:3], positions, [0, 0, 0], threads=threads).clone()
+        fresh()
+        alone = torch.stack([fast.forward([key], [tokens[key]], [positions[key]], [0], threads=threads)[0].clone()
+                             for key in range(3)])
+        assert torch.allclose(batch, alone, rtol=0, atol=1e-5 * float(spread(alone).max()))
+        results[threads] = (together, batch)
     # Threads split the output rows; every number is computed the same way whatever the split.
-    assert torch.equal(results[1], results[2]) and torch.equal(results[1], results[3])
+    for threads in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(results[1], results[threads], strict=True))
 
 
 def test_the_portable_build_computes_the_same(int4_tiny):
@@ -111,38 +127,41 @@ def test_the_portable_build_computes_the_same(int4_tiny):
     out = {}
     for name, library in (("native", None), ("portable", portable)):
         fast = FastLane(model, max_context=256, library=library)
-        fast.load(cache_tensors(cache), len(ids), capacity=64)
-        out[name] = torch.cat([fast.forward([7], len(ids)).clone(), fast.forward([8, 9, 10], len(ids) + 1).clone()])
+        fast.load(0, cache_tensors(cache), len(ids), capacity=64)
+        n = len(ids)
+        out[name] = torch.cat([fast.forward([0], [7], [n], [0]).clone(),
+                               fast.forward([0] * 3, [8, 9, 10], [n + 1, n + 2, n + 3], [0] * 3).clone()])
     assert torch.allclose(out["native"], out["portable"], rtol=0, atol=1e-4 * float(spread(out["native"]).max()))
 
 
-def test_lora_deltas_are_applied_like_the_torch_path(int4_tiny, lora_runs):
+def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_runs):
     model, tokenizer, stops = int4_tiny
     engine = Engine(model, tokenizer, stops)
     engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
     engine.load_adapter("top", lora_runs["top"] / "adapter")  # adapted in layer 1 only
     ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
-    fast = engine._fast
+    fast, n = engine._fast, len(ids)
     assert fast is not None
-    base = None
-    for name in ("alpha", "top"):
-        slot = engine.adapters[name].slot
-        engine.slots.routing.groups = [(slot, None)]
+    slots = {"base": 0, "alpha": engine.adapters["alpha"].slot, "top": engine.adapters["top"].slot}
+    want = {}
+    for name, slot in slots.items():  # the torch path, one adapter at a time
+        engine.slots.routing.groups = [(slot, None)] if slot else []
         cache, _ = prefill(model, ids)
-        fast.load(cache_tensors(cache), len(ids), capacity=64)
-        ours = fast.forward([11, 12], len(ids), slot=slot).clone()
+        fast.load(slot, cache_tensors(cache), n, capacity=16)
         with torch.no_grad():
-            want = model(input_ids=torch.tensor([[11, 12]]), position_ids=torch.tensor([[len(ids), len(ids) + 1]]),
-                         cache=cache, use_cache=True).logits[0]
-        engine.slots.routing.groups = []
+            want[name] = model(input_ids=torch.tensor([[11]]), position_ids=torch.tensor([[n]]), cache=cache,
+                               use_cache=True).logits[0, -1]
+    engine.slots.routing.groups = []
+    # One pass, three sequences, three adapters (the base, every layer, layer 1 only).
+    ours = fast.forward(list(slots.values()), [11, 11, 11], [n, n, n], list(slots.values())).clone()
+    for row, name in enumerate(slots):
         # Both paths quantize activations (bf16 there, int8 groups here): within 3% of the spread.
-        assert ((ours - want).abs().max(-1).values <= 0.03 * spread(want)).all()
-        fast.load(cache_tensors(prefill(model, ids)[0]), len(ids), capacity=64)
-        base = fast.forward([11, 12], len(ids), slot=0).clone()
-        assert (ours - base).abs().max() > 0.1 * float(spread(base).max())  # the adapter changed the logits
+        assert (ours[row] - want[name]).abs().max() <= 0.03 * spread(want[name])
+    assert (ours[1] - ours[0]).abs().max() > 0.1 * spread(ours[0])  # the adapters changed their rows
+    assert (ours[2] - ours[0]).abs().max() > 0.1 * spread(ours[0])
     engine.unload_adapter("alpha")
-    engine._step([])  # retires the slot
-    assert engine.adapters.keys() == {"top"} and base is not None
+    engine._step([])  # retires the slot, and the lane forgets its table
+    assert slots["alpha"] not in fast._lora_tables
 
 
 def generated_tokens(engine: Engine) -> dict[int, list[int]]:
@@ -194,15 +213,17 @@ def test_a_lone_request_decodes_in_the_fast_lane_with_and_without_drafts(int4_ti
     assert stats[True]["accepted_draft_tokens"] > 0 and stats[True]["fast_lane_passes"] < 2 * 39
 
 
-def test_a_second_request_takes_the_row_back_into_the_batch(int4_tiny):
+def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs):
     model, tokenizer, stops = int4_tiny
     reference = dequantized_copy(model)
-    engine = Engine(model, tokenizer, stops, speculate=False).start()
+    engine = Engine(model, tokenizer, stops, speculate=False)
+    engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
+    engine.start()
     tokens = generated_tokens(engine)
     first = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
     second = encode_prompt(tokenizer, [{"role": "user", "content": "Please reset my VPN token"}])
     params = SamplingParams(max_new_tokens=30, temperature=0.0, ignore_eos=True)
-    events, started, go, done = {1: [], 2: []}, threading.Event(), threading.Event(), threading.Event()
+    events, started, go, done = {1: [], 2: [], 3: []}, threading.Event(), threading.Event(), threading.Event()
 
     def sink(key):
         def on_event(event):  # runs on the engine thread: holding it here pauses the first request
@@ -217,18 +238,20 @@ def test_a_second_request_takes_the_row_back_into_the_batch(int4_tiny):
     try:
         first_id = engine.submit(first, params, sink(1))
         assert started.wait(30)
-        lane_passes = engine.stats["fast_lane_passes"]
+        passes_alone = engine.stats["fast_lane_passes"]
         second_id = engine.submit(second, params, sink(2))
+        engine.submit(second, params, sink(3), adapter="alpha")
         go.set()
         assert done.wait(60)
     finally:
         engine.stop()
-    assert 7 <= lane_passes < 29 and engine.stats["decode_passes"] > engine.stats["fast_lane_passes"]
-    assert [e[-1].finish_reason for e in events.values()] == ["length", "length"]
-    # The first request's later tokens were decoded from the cache the lane handed back.
+    assert [e[-1].finish_reason for e in events.values()] == ["length"] * 3
+    # Every decode pass ran in the lane; after the others arrived, their rows shared passes.
+    assert engine.stats["fast_lane_passes"] == engine.stats["decode_passes"] < 3 * 29
+    assert 7 <= passes_alone < 29
     assert_follows(reference, first, tokens[first_id])
     assert_follows(reference, second, tokens[second_id])
-    assert engine._fast_seq is None
+    assert not engine._fast._caches  # finished sequences leave the lane
 
 
 def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):
@@ -259,13 +282,16 @@ def test_what_the_fast_lane_does_not_take(tiny):
     # Bad arguments are refused before the C code runs.
     quantize_model(model, "int4")
     fast = FastLane(model, max_context=32)
-    with pytest.raises(ValueError, match="1 to 8"):
-        fast.forward(list(range(MAX_ROWS + 1)), 0)
+    fast.load(0, [(torch.zeros(1, 2, 3, 16), torch.zeros(1, 2, 3, 16))] * 2, 3, capacity=8)
+    with pytest.raises(ValueError, match="1 to 16 rows"):
+        fast.forward([0] * (MAX_ROWS + 1), [1] * (MAX_ROWS + 1), list(range(3, 20)), [0] * (MAX_ROWS + 1))
+    with pytest.raises(ValueError, match="no sequence 5"):
+        fast.forward([5], [1], [3], [0])
     with pytest.raises(ValueError, match="refused"):
-        fast.forward([10**6], 0)  # not a token of this vocabulary
+        fast.forward([0], [10**6], [3], [0])  # not a token of this vocabulary
     with pytest.raises(ValueError, match="refused"):
-        fast.forward([1, 2], 31)  # past the context
-    assert fast.capacity <= 32
+        fast.forward([0, 0], [1, 2], [31, 32], [0, 0])  # past the context
+    assert fast.capacity(0) == 32  # grown up to the context, no further
 
 
 def test_without_a_compiler_the_engine_keeps_its_torch_path(int4_tiny, monkeypatch):

@@ -4,9 +4,9 @@ Each step first prefills newly arrived requests one by one, then decodes one tok
 active rows in a single forward pass, rows using different adapters included. Results leave
 through a per-request callback; aborting a request frees its row at the next step.
 
-A lone request on an int4 model decodes in the fast lane (`fastlane.py`): each step is one call
-into compiled code that holds the row's KV cache; the row returns to the batch cache as soon as
-another request arrives.
+On an int4 model every decode step runs in the fast lane (`fastlane.py`): one call into compiled
+code for all active rows, each row's KV cache held there from its prefill on; other models step
+through the torch model with one left-padded cache for the batch.
 
 A lone greedy row speculates (prompt lookup): the tokens that followed the latest earlier
 occurrence of its last few tokens are proposed as a draft, one forward pass scores them all, and
@@ -31,6 +31,7 @@ from transformers import DynamicCache
 
 from tunery.errors import ConfigError, NotFoundError, ResourceError
 from tunery.inference.batch import BatchCache, cache_tensors
+from tunery.inference.fastlane import MAX_ROWS as FAST_MAX_ROWS
 from tunery.inference.fastlane import FastLane, FastLaneUnavailable
 from tunery.inference.lora import AdapterSlots, read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
@@ -78,6 +79,7 @@ SPEC_MAX_BACKOFF = 16  # a draft rejected outright costs a little: text that doe
 # In the fast lane a pass costs more per extra token (default model, 2 threads: 7.6 ms for one
 # token, +2.5 ms for each further one), so drafts are shorter there.
 FAST_MAX_DRAFT = 3
+FAST_INITIAL_ROOM = 256  # positions reserved past the prompt; a lane cache doubles when it fills
 
 
 def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC_NGRAM_SIZES) -> list[int]:
@@ -141,7 +143,6 @@ class Engine:
         self._stopping = False
         # The fast lane, when this model and machine allow it; `fast_lane_status` says which and why.
         self._fast: FastLane | None = None
-        self._fast_seq: _Sequence | None = None  # the row whose cache the fast lane holds
         self.fast_lane_status = "off (disabled)"
         if fast_lane:
             try:
@@ -150,7 +151,7 @@ class Engine:
                 self.fast_lane_status = f"on ({threads} thread{'s' if threads > 1 else ''})"
             except FastLaneUnavailable as exc:
                 self.fast_lane_status = f"off ({exc})"
-            log.info("fast lane for lone requests: %s", self.fast_lane_status)
+            log.info("fast lane (compiled decode steps): %s", self.fast_lane_status)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -300,7 +301,9 @@ class Engine:
                 log.exception("generation step failed; ending the requests in the batch")
                 for seq in self._active + admitted:
                     self._finish(seq, "error")
-                self._active, self._batch, self._fast_seq = [], BatchCache(), None
+                self._active, self._batch = [], BatchCache()
+                if self._fast is not None:
+                    self._fast.clear()
 
     def _step(self, admitted: list[_Sequence]) -> None:
         self._drop_finished()
@@ -311,7 +314,6 @@ class Engine:
             new = [seq for seq in admitted if not seq.aborted]
             # Prompts of similar length share a prefill pass; very different ones would mostly pad.
             if new:
-                self._leave_fast_lane()  # the lone row rejoins the batch the new ones join
                 self._use_threads(self._default_threads)
             for group in _group_by_length(new, self.max_prefill_tokens):
                 self._prefill(group)
@@ -320,8 +322,8 @@ class Engine:
                 small = self.small_decode_threads and len(self._active) <= SMALL_DECODE_ROWS
                 self._use_threads(self.small_decode_threads if small else self._default_threads)
                 lone = self._active[0] if len(self._active) == 1 else None
-                if lone is not None and self._fast is not None and self._fast.supports(lone.slot):
-                    self._decode_fast(lone)
+                if self._fast is not None:
+                    self._decode_fast()
                 elif self.speculate and lone is not None and lone.params.temperature <= 0.0:
                     self._decode_speculative(lone)
                 else:
@@ -367,7 +369,14 @@ class Engine:
         cache = DynamicCache()
         out = self.model(input_ids=input_ids, attention_mask=mask if any(pads) else None, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
-        self._batch.append_rows(cache_tensors(cache), mask)
+        if self._fast is not None:  # each row's cache moves into the fast lane, padding left behind
+            layers = cache_tensors(cache)
+            for i, seq in enumerate(seqs):
+                room = min(seq.params.max_new_tokens, FAST_INITIAL_ROOM) + FAST_MAX_DRAFT + 2
+                self._fast.load(seq.id, [(k[i:i + 1], v[i:i + 1]) for k, v in layers], len(seq.prompt_ids),
+                                len(seq.prompt_ids) + room)
+        else:
+            self._batch.append_rows(cache_tensors(cache), mask)
         logits = out.logits[:, -1].float().cpu()  # samplers use per-request CPU generators
         for i, seq in enumerate(seqs):
             self._active.append(seq)
@@ -428,44 +437,31 @@ class Engine:
         return accepted
 
     # ---- the fast lane ---------------------------------------------------------------------
-    def _decode_fast(self, seq: _Sequence) -> None:
-        """One compiled pass for the lone row: its last token, plus a short draft when greedy."""
-        if self._fast_seq is not seq:
-            self._enter_fast_lane(seq)
-        draft: list[int] = []
-        if self.speculate and seq.params.temperature <= 0.0:
-            room = min(FAST_MAX_DRAFT, self.max_context - seq.fed - 2, seq.params.max_new_tokens - seq.generated - 1)
-            draft = ngram_draft(seq.history, room) if seq.spec_wait <= 0 else []
-            if not draft:
-                seq.spec_wait -= 1
-        logits = self._fast.forward([seq.last_token, *draft], seq.fed, seq.slot, threads=self._default_threads)
-        self.stats["fast_lane_passes"] += 1
-        if draft:
-            self._take_draft(seq, draft, logits.argmax(dim=-1).tolist())  # rejected positions are overwritten later
-            return
-        self.stats["decode_passes"] += 1
-        seq.fed += 1
-        if not seq.aborted:
-            self._accept(seq, sample_token(logits[0], seq.params, seq.generator))
-
-    def _enter_fast_lane(self, seq: _Sequence) -> None:
-        """Move the lone row's cache from the batch into the fast lane."""
-        self._leave_fast_lane()
-        length = self._batch.mask.shape[1]
-        if length != seq.fed or not bool(self._batch.mask.all()):
-            raise RuntimeError(f"the lone row's cache holds {length} columns for {seq.fed} tokens")
-        capacity = seq.fed + (seq.params.max_new_tokens - seq.generated) + FAST_MAX_DRAFT + 2
-        self._fast.load(cache_tensors(self._batch.cache), seq.fed, capacity)
-        self._batch, self._fast_seq = BatchCache(), seq
-
-    def _leave_fast_lane(self) -> None:
-        """Hand the fast lane's row back to the batch cache (if it still runs)."""
-        seq, self._fast_seq = self._fast_seq, None
-        if seq is None or seq.done:
-            return
-        dtype = next(self.model.parameters()).dtype
-        self._batch.append_rows(self._fast.export(seq.fed, dtype),
-                                torch.ones(1, seq.fed, dtype=torch.long, device=self.device))
+    def _decode_fast(self) -> None:
+        """Compiled passes: a lone greedy row with its draft, or every active row one token each."""
+        rows, threads = self._active, self._default_threads
+        lone = rows[0] if len(rows) == 1 else None
+        if lone is not None and self.speculate and lone.params.temperature <= 0.0:
+            room = min(FAST_MAX_DRAFT, self.max_context - lone.fed - 2, lone.params.max_new_tokens - lone.generated - 1)
+            draft = ngram_draft(lone.history, room) if lone.spec_wait <= 0 else []
+            if draft:
+                count = len(draft) + 1
+                logits = self._fast.forward([lone.id] * count, [lone.last_token, *draft],
+                                            list(range(lone.fed, lone.fed + count)), [lone.slot] * count, threads)
+                self.stats["fast_lane_passes"] += 1
+                self._take_draft(lone, draft, logits.argmax(dim=-1).tolist())  # rejected positions get overwritten
+                return
+            lone.spec_wait -= 1
+        for start in range(0, len(rows), FAST_MAX_ROWS):
+            chunk = rows[start:start + FAST_MAX_ROWS]
+            logits = self._fast.forward([seq.id for seq in chunk], [seq.last_token for seq in chunk],
+                                        [seq.fed for seq in chunk], [seq.slot for seq in chunk], threads)
+            self.stats["decode_passes"] += 1
+            self.stats["fast_lane_passes"] += 1
+            for i, seq in enumerate(chunk):
+                seq.fed += 1
+                if not seq.aborted:
+                    self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
@@ -486,11 +482,14 @@ class Engine:
         for seq in self._active:
             if seq.aborted and not seq.done:
                 self._finish(seq, "abort")
-        if self._fast_seq is not None and self._fast_seq.done:
-            self._fast_seq = None
         keep = [i for i, seq in enumerate(self._active) if not seq.done]
         if len(keep) != len(self._active):
-            self._batch.keep_rows(keep)
+            if self._fast is not None:
+                for seq in self._active:
+                    if seq.done:
+                        self._fast.drop(seq.id)
+            else:
+                self._batch.keep_rows(keep)
             self._active = [self._active[i] for i in keep]
 
     def _finish(self, seq: _Sequence, reason: str, text: str = "") -> None:

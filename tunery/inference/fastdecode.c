@@ -1,15 +1,17 @@
-/* One decode pass of a Llama-family decoder with int4 weights, for one sequence, in one call.
+/* Decode passes of a Llama-family decoder with int4 weights, one call per pass.
  *
  * tunery/inference/fastlane.py compiles this file on first use and calls `fd_forward` for every
- * decode step of a lone request: embeddings, every layer (RMSNorm, q/k/v, rotary embedding, cache
+ * decode step of the engine: embeddings, every layer (RMSNorm, q/k/v, rotary embedding, cache
  * append, attention, o, RMSNorm, gate/up, SiLU, down), the final norm and the int8 output head,
- * with LoRA deltas where an adapter has them. The weights are the tensors of the quantized torch
- * model itself (tunery/inference/quant.py), read in place; only the per-group scales are copied
- * into a row-major float layout. Up to FD_MAX_ROWS consecutive tokens go through in one pass, so
- * a speculative draft is scored while the weights are read once.
+ * with LoRA deltas where a row's adapter has them. The weights are the tensors of the quantized
+ * torch model itself (tunery/inference/quant.py), read in place; only the per-group scales are
+ * copied (as fp16, row-major). Up to FD_MAX_ROWS rows go through in one pass while the weights are
+ * read once: one token each of several sequences, or a speculative draft of one sequence.
  *
- * Activations are fp32 throughout. With AVX-512 the weight loops are vectorized by hand; without
- * it, the same arithmetic runs as plain C.
+ * Activations are fp32, quantized to int8 per group of 32 where they meet the int4 weights (the
+ * products are integer dot products, VNNI where the CPU has it). With AVX2 the weight loops are
+ * vectorized by hand; without it, the same arithmetic runs as plain C. The output rows of each
+ * matrix are split between the calling thread and `threads - 1` workers.
  */
 #include <math.h>
 #include <pthread.h>
@@ -21,9 +23,8 @@
 #include <immintrin.h>
 #endif
 
-#define FD_MAX_ROWS 8
+#define FD_MAX_ROWS 16
 #define FD_GROUP 32
-#define FD_MAX_RANK 256
 #define FD_MAX_THREADS 64
 
 enum { Q_PROJ, K_PROJ, V_PROJ, O_PROJ, GATE_PROJ, UP_PROJ, DOWN_PROJ, N_PROJ };
@@ -62,13 +63,14 @@ typedef struct {
 
 static int imax(int a, int b) { return a > b ? a : b; }
 
-/* Floats of workspace `fd_forward` needs for `rows` tokens with a cache of `cap` positions. */
-size_t fd_workspace_floats(const fd_model *m, int rows, int cap) {
+/* Floats of workspace `fd_forward` needs for `rows` tokens, caches of up to `cap` positions and
+ * LoRA ranks up to `rank`. */
+size_t fd_workspace_floats(const fd_model *m, int rows, int cap, int rank) {
     size_t qd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
     size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd);
     /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; int8 inputs with
      * their group scales and sums; attention scores */
-    return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + FD_MAX_RANK
+    return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + (size_t)rank
                            + widest / 4 + 2 * (widest / FD_GROUP))
            + (size_t)cap + 64;
 }
@@ -254,7 +256,15 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
         case 5: q4_rows(w, x, y, ldy, n, n1, 5); break;
         case 6: q4_rows(w, x, y, ldy, n, n1, 6); break;
         case 7: q4_rows(w, x, y, ldy, n, n1, 7); break;
-        default: q4_rows(w, x, y, ldy, n, n1, 8); break;
+        case 8: q4_rows(w, x, y, ldy, n, n1, 8); break;
+        case 9: q4_rows(w, x, y, ldy, n, n1, 9); break;
+        case 10: q4_rows(w, x, y, ldy, n, n1, 10); break;
+        case 11: q4_rows(w, x, y, ldy, n, n1, 11); break;
+        case 12: q4_rows(w, x, y, ldy, n, n1, 12); break;
+        case 13: q4_rows(w, x, y, ldy, n, n1, 13); break;
+        case 14: q4_rows(w, x, y, ldy, n, n1, 14); break;
+        case 15: q4_rows(w, x, y, ldy, n, n1, 15); break;
+        default: q4_rows(w, x, y, ldy, n, n1, 16); break;
         }
         n = n1;
     }
@@ -280,24 +290,22 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
             for (n = n0; n < n1; n++) y[(size_t)m * ldy + n] += w->bias[n];
 }
 
-/* y[m] += scale * B (A x[m]) */
-static void lora_add(const fd_lora *l, const float *x, int rows, int k, int n, float *y, int ldy, float *t) {
+/* y += scale * B (A x) for one row */
+static void lora_add(const fd_lora *l, const float *x, int k, int n, float *y, float *t) {
     if (!l || !l->a) return;
-    for (int m = 0; m < rows; m++) {
-        for (int j = 0; j < l->r; j++) {
-            const float *a = l->a + (size_t)j * k;
-            float acc = 0.0f;
+    for (int j = 0; j < l->r; j++) {
+        const float *a = l->a + (size_t)j * k;
+        float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-            for (int i = 0; i < k; i++) acc += a[i] * x[(size_t)m * k + i];
-            t[j] = acc * l->scale;
-        }
-        for (int o = 0; o < n; o++) {
-            const float *b = l->b + (size_t)o * l->r;
-            float acc = 0.0f;
+        for (int i = 0; i < k; i++) acc += a[i] * x[i];
+        t[j] = acc * l->scale;
+    }
+    for (int o = 0; o < n; o++) {
+        const float *b = l->b + (size_t)o * l->r;
+        float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-            for (int j = 0; j < l->r; j++) acc += b[j] * t[j];
-            y[(size_t)m * ldy + o] += acc;
-        }
+        for (int j = 0; j < l->r; j++) acc += b[j] * t[j];
+        y[o] += acc;
     }
 }
 
@@ -346,7 +354,15 @@ static void head_matmul(const fd_model *mw, const float *x, int rows, float *log
             case 5: head_rows(mw, x, logits, n, n1, 5); break;
             case 6: head_rows(mw, x, logits, n, n1, 6); break;
             case 7: head_rows(mw, x, logits, n, n1, 7); break;
-            default: head_rows(mw, x, logits, n, n1, 8); break;
+            case 8: head_rows(mw, x, logits, n, n1, 8); break;
+            case 9: head_rows(mw, x, logits, n, n1, 9); break;
+            case 10: head_rows(mw, x, logits, n, n1, 10); break;
+            case 11: head_rows(mw, x, logits, n, n1, 11); break;
+            case 12: head_rows(mw, x, logits, n, n1, 12); break;
+            case 13: head_rows(mw, x, logits, n, n1, 13); break;
+            case 14: head_rows(mw, x, logits, n, n1, 14); break;
+            case 15: head_rows(mw, x, logits, n, n1, 15); break;
+            default: head_rows(mw, x, logits, n, n1, 16); break;
             }
             n = n1;
         }
@@ -482,18 +498,23 @@ static void head_part(void *arg, int part, int parts) {
     head_matmul(job->mw, job->x, job->rows, job->logits, start, end);
 }
 
-/* Matrices `which[0..count)` of a layer on one input (x float, xq quantized), LoRA deltas added. */
-static void project(const fd_layer *layer, const fd_lora *lora, const int *which, float *const *y, int count,
-                    const float *x, const fd_qx *xq, float *t, int threads) {
+/* Matrices `which[0..count)` of a layer on one input (x float, xq quantized), plus each row's LoRA
+ * deltas (loras[m]: that row's table for every layer and matrix, or NULL). */
+static void project(int layer_index, const fd_layer *layer, const fd_lora *const *loras, const int *which,
+                    float *const *y, int count, const float *x, const fd_qx *xq, float *t, int threads) {
     fd_matmul_job job = {.count = count, .x = xq};
     for (int i = 0; i < count; i++) {
         job.w[i] = &layer->proj[which[i]];
         job.y[i] = y[i];
     }
     run_parts(matmul_part, &job, threads);
-    if (lora)
+    for (int m = 0; m < xq->rows; m++) {
+        if (!loras || !loras[m]) continue;
+        const fd_lora *table = loras[m] + (size_t)layer_index * N_PROJ;
         for (int i = 0; i < count; i++)
-            lora_add(&lora[which[i]], x, xq->rows, job.w[i]->k, job.w[i]->n, y[i], job.w[i]->n, t);
+            lora_add(&table[which[i]], x + (size_t)m * job.w[i]->k, job.w[i]->k, job.w[i]->n,
+                     y[i] + (size_t)m * job.w[i]->n, t);
+    }
 }
 
 static void rope(float *v, int heads, int hd, const float *cos, const float *sin) {
@@ -515,23 +536,35 @@ static float dot(const float *a, const float *b, int d) {
     return acc;
 }
 
-/* Run `rows` tokens at positions pos.. through the model; the cache holds positions 0..pos-1 and
- * receives the new ones. Cache layout per layer: [kv_heads][cap][head_dim] for keys and values.
- * Returns 0, or -1 when the arguments do not fit (nothing is written then). */
-int fd_forward(const fd_model *mw, const fd_lora *lora, const int64_t *tokens, int rows, int pos, float *k_cache,
-               float *v_cache, int cap, float *logits, float *ws, int threads) {
+/* Run `rows` tokens through the model. Row m is token tokens[m] at position positions[m] of the
+ * sequence whose cache is k_caches[m] / v_caches[m] (layout per layer: [kv_heads][caps[m]][head_dim]),
+ * holding that sequence's positions 0..positions[m]-1; its keys and values go in at positions[m].
+ * Rows may share a sequence (a speculative draft: consecutive positions, one cache) or not (a
+ * batch of sequences). loras[m] is row m's LoRA table ([n_layers][N_PROJ]) or NULL; `loras` may be
+ * NULL. Returns 0, or -1 when the arguments do not fit (nothing is written then). */
+int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_t *positions, float *const *k_caches,
+               float *const *v_caches, const int32_t *caps, const fd_lora *const *loras, float *logits, float *ws,
+               int max_rank, int threads) {
     const int d = mw->hidden, hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, inter = mw->intermediate;
     const int qd = nh * hd, kvd = nkv * hd;
     if (threads < 1) threads = 1;
     if (threads > FD_MAX_THREADS) threads = FD_MAX_THREADS;
-    if (rows < 1 || rows > FD_MAX_ROWS || pos < 0 || pos + rows > cap || pos + rows > mw->max_pos) return -1;
-    for (int m = 0; m < rows; m++)
-        if (tokens[m] < 0 || tokens[m] >= mw->vocab) return -1;
+    if (rows < 1 || rows > FD_MAX_ROWS) return -1;
+    int cap = 0;
+    for (int m = 0; m < rows; m++) {
+        if (tokens[m] < 0 || tokens[m] >= mw->vocab || positions[m] < 0 || positions[m] >= caps[m]
+            || positions[m] >= mw->max_pos)
+            return -1;
+        if (loras && loras[m])
+            for (int i = 0; i < mw->n_layers * N_PROJ; i++)
+                if (loras[m][i].a && loras[m][i].r > max_rank) return -1;
+        cap = imax(cap, caps[m]);
+    }
     const int widest = imax(imax(d, inter), qd);
     float *h = ws, *xn = h + (size_t)rows * d, *tmp = xn + (size_t)rows * d, *q = tmp + (size_t)rows * d;
     float *kb = q + (size_t)rows * qd, *vb = kb + (size_t)rows * kvd, *att = vb + (size_t)rows * kvd;
     float *gate = att + (size_t)rows * qd, *up = gate + (size_t)rows * inter, *t = up + (size_t)rows * inter;
-    float *xs = t + (size_t)rows * FD_MAX_RANK, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
+    float *xs = t + (size_t)rows * max_rank, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
     float *scores = xsum + (size_t)rows * (widest / FD_GROUP);
     fd_qx xq = {(int8_t *)(scores + cap), xs, xsum, rows, 0};
     const float scaling = 1.0f / sqrtf((float)hd);
@@ -540,25 +573,26 @@ int fd_forward(const fd_model *mw, const fd_lora *lora, const int64_t *tokens, i
     for (int m = 0; m < rows; m++) memcpy(h + (size_t)m * d, mw->embed + (size_t)tokens[m] * d, sizeof(float) * d);
     for (int l = 0; l < mw->n_layers; l++) {
         const fd_layer *layer = &mw->layers[l];
-        const fd_lora *ll = lora ? lora + (size_t)l * N_PROJ : NULL;
-        float *kc = k_cache + (size_t)l * nkv * cap * hd, *vc = v_cache + (size_t)l * nkv * cap * hd;
         for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, layer->input_norm, mw->eps, d, xn + (size_t)m * d);
         quantize_rows(xn, rows, d, &xq);
-        project(layer, ll, (const int[]){Q_PROJ, K_PROJ, V_PROJ}, (float *const[]){q, kb, vb}, 3, xn, &xq, t, threads);
-        for (int m = 0; m < rows; m++) {
-            const float *cos = mw->rope_cos + (size_t)(pos + m) * hd, *sin = mw->rope_sin + (size_t)(pos + m) * hd;
+        project(l, layer, loras, (const int[]){Q_PROJ, K_PROJ, V_PROJ}, (float *const[]){q, kb, vb}, 3, xn, &xq, t, threads);
+        for (int m = 0; m < rows; m++) { /* every row's keys and values go in before any row attends */
+            const int pos = positions[m], mc = caps[m];
+            float *kc = k_caches[m] + (size_t)l * nkv * mc * hd, *vc = v_caches[m] + (size_t)l * nkv * mc * hd;
+            const float *cos = mw->rope_cos + (size_t)pos * hd, *sin = mw->rope_sin + (size_t)pos * hd;
             rope(q + (size_t)m * qd, nh, hd, cos, sin);
             rope(kb + (size_t)m * kvd, nkv, hd, cos, sin);
             for (int j = 0; j < nkv; j++) {
-                memcpy(kc + ((size_t)j * cap + pos + m) * hd, kb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
-                memcpy(vc + ((size_t)j * cap + pos + m) * hd, vb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
+                memcpy(kc + ((size_t)j * mc + pos) * hd, kb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
+                memcpy(vc + ((size_t)j * mc + pos) * hd, vb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
             }
         }
         for (int m = 0; m < rows; m++) {
-            const int len = pos + m + 1; /* causal: this token sees the cache and itself */
+            const int len = positions[m] + 1, mc = caps[m]; /* causal: the sequence so far and this token */
+            const float *kc = k_caches[m] + (size_t)l * nkv * mc * hd, *vc = v_caches[m] + (size_t)l * nkv * mc * hd;
             for (int head = 0; head < nh; head++) {
                 const float *qh = q + (size_t)m * qd + (size_t)head * hd;
-                const float *kh = kc + (size_t)(head / group) * cap * hd, *vh = vc + (size_t)(head / group) * cap * hd;
+                const float *kh = kc + (size_t)(head / group) * mc * hd, *vh = vc + (size_t)(head / group) * mc * hd;
                 float top = -INFINITY;
                 for (int j = 0; j < len; j++) {
                     scores[j] = dot(qh, kh + (size_t)j * hd, hd) * scaling;
@@ -578,17 +612,17 @@ int fd_forward(const fd_model *mw, const fd_lora *lora, const int64_t *tokens, i
             }
         }
         quantize_rows(att, rows, qd, &xq);
-        project(layer, ll, (const int[]){O_PROJ}, (float *const[]){tmp}, 1, att, &xq, t, threads);
+        project(l, layer, loras, (const int[]){O_PROJ}, (float *const[]){tmp}, 1, att, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
         for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, layer->post_norm, mw->eps, d, xn + (size_t)m * d);
         quantize_rows(xn, rows, d, &xq);
-        project(layer, ll, (const int[]){GATE_PROJ, UP_PROJ}, (float *const[]){gate, up}, 2, xn, &xq, t, threads);
+        project(l, layer, loras, (const int[]){GATE_PROJ, UP_PROJ}, (float *const[]){gate, up}, 2, xn, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * inter; i++) {
             const float g = gate[i];
             gate[i] = g / (1.0f + expf(-g)) * up[i];
         }
         quantize_rows(gate, rows, inter, &xq);
-        project(layer, ll, (const int[]){DOWN_PROJ}, (float *const[]){tmp}, 1, gate, &xq, t, threads);
+        project(l, layer, loras, (const int[]){DOWN_PROJ}, (float *const[]){tmp}, 1, gate, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
     }
     for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, mw->final_norm, mw->eps, d, xn + (size_t)m * d);

@@ -6,8 +6,8 @@ conversions) and the Python that issues them. The fast lane runs the whole step 
 quantized model's own tensors: the same weights, the same arithmetic in fp32, its own KV cache.
 
 It takes Llama-family decoders (llama, mistral without a sliding window, qwen2) whose decoder
-layers are all `Int4Linear` and whose head is `Int8Linear`, i.e. `--weights int4`, with LoRA
-adapters of rank up to 256. The C file is compiled once per machine with the system's C compiler
+layers are all `Int4Linear` and whose head is `Int8Linear`, i.e. `--weights int4`, with any LoRA
+adapters the engine serves; each row of a pass may use its own. The C file is compiled once per machine with the system's C compiler
 into `TUNERY_HOME/cache/kernels/`; without a compiler the engine keeps its torch path and says so.
 Knows the quantized layers and the C structures; nothing about requests or batching.
 """
@@ -33,8 +33,7 @@ from tunery.paths import cache_dir
 log = logging.getLogger("tunery.inference")
 
 SOURCE = Path(__file__).with_name("fastdecode.c")
-MAX_ROWS = 8  # FD_MAX_ROWS: tokens per pass (a speculative draft plus the last token)
-MAX_RANK = 256  # FD_MAX_RANK
+MAX_ROWS = 16  # FD_MAX_ROWS: rows per pass (sequences' tokens, or a draft plus the last token)
 # -fopenmp-simd: the `omp simd` reductions vectorize (no OpenMP runtime is linked).
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -109,11 +108,9 @@ def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
 def _load_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.fd_forward.restype = ctypes.c_int
-    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                               ctypes.c_int]
+    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 2
     lib.fd_workspace_floats.restype = ctypes.c_size_t
-    lib.fd_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
+    lib.fd_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -137,11 +134,9 @@ class FastLane:
         self.vocab = model.get_output_embeddings().out_features
         self.max_pos = max_context
         self._struct = self._describe(max_context)
-        # slot -> (C table, the tensors it points into); None: no adapter; False: too large a rank
-        self._lora_tables: dict[int, tuple | None | bool] = {0: None}
-        self.k_cache = self.v_cache = torch.empty(0)
-        self.capacity = 0
-        self._workspace = torch.empty(0)
+        self._lora_tables: dict[int, tuple | None] = {0: None}  # slot -> see _lora_table
+        self._caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sequence -> keys, values
+        self._workspace, self._workspace_size = torch.empty(0), (0, -1)  # sized for (cache length, LoRA rank)
         self._logits = torch.empty(MAX_ROWS, self.vocab)
 
     def _ptr(self, tensor: torch.Tensor | None, keep: list | None = None) -> int | None:
@@ -179,78 +174,101 @@ class FastLane:
                       self._ptr(cos), self._ptr(sin), layers)
 
     # ---- adapters --------------------------------------------------------------------------
-    def supports(self, slot: int) -> bool:
-        """Whether the adapter in `slot` (0: none) fits the compiled path (rank ≤ 256)."""
-        return self._lora_table(slot) is not False
-
     def forget(self, slot: int) -> None:
+        """Drop what the lane keeps for an adapter slot that was removed."""
         self._lora_tables.pop(slot, None)
 
-    def _lora_table(self, slot: int):
+    def _lora_table(self, slot: int) -> tuple | None:
+        """(C table, the tensors it points into, largest rank) of the adapter in `slot`; None for none."""
         if slot in self._lora_tables:
             return self._lora_tables[slot]
-        table, tensors = (_Lora * (self.n_layers * len(PROJECTIONS)))(), []
+        table, tensors, rank = (_Lora * (self.n_layers * len(PROJECTIONS)))(), [], 0
         for i, block in enumerate(self.model.model.layers):
             for j, (part, name) in enumerate(PROJECTIONS):
                 delta = getattr(getattr(getattr(block, part), name), "deltas", {}).get(slot)
                 if delta is None:
                     continue
                 lora_a, lora_b, scale = delta
-                if lora_a.shape[0] > MAX_RANK:
-                    self._lora_tables[slot] = False
-                    return False
+                rank = max(rank, lora_a.shape[0])
                 table[i * len(PROJECTIONS) + j] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale,
                                                         lora_a.shape[0])
-        self._lora_tables[slot] = (table, tensors)
+        self._lora_tables[slot] = (table, tensors, rank) if tensors else None
         return self._lora_tables[slot]
 
-    # ---- the cache -------------------------------------------------------------------------
-    def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, capacity: int) -> None:
-        """Take one row's cache ([1, kv_heads, length, head_dim] per layer) with room for `capacity` positions."""
-        self._reserve(max(capacity, length), keep=0)
-        for i, (keys, values) in enumerate(layers):
-            self.k_cache[i, :, :length] = keys[0, :, -length:]
-            self.v_cache[i, :, :length] = values[0, :, -length:]
-
-    def export(self, length: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first `length` positions as the engine's cache tensors ([1, kv_heads, length, head_dim])."""
-        return [(self.k_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True),
-                 self.v_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True)) for i in range(self.n_layers)]
-
-    def _reserve(self, capacity: int, keep: int) -> None:
-        capacity = min(capacity, self.max_pos)
-        if capacity <= self.capacity:
-            return
+    # ---- caches ----------------------------------------------------------------------------
+    def load(self, key: int, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, capacity: int) -> None:
+        """Take a sequence's cache (its last `length` positions of [1, kv_heads, T, head_dim] per
+        layer) under `key`, with room for `capacity` positions."""
+        capacity = min(max(capacity, length), self.max_pos)
         shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
-        k_cache, v_cache = torch.zeros(shape), torch.zeros(shape)
-        if keep:
-            k_cache[:, :, :keep] = self.k_cache[:, :, :keep]
-            v_cache[:, :, :keep] = self.v_cache[:, :, :keep]
-        self.k_cache, self.v_cache, self.capacity = k_cache, v_cache, capacity
-        self._workspace = torch.empty(self.lib.fd_workspace_floats(ctypes.byref(self._struct), MAX_ROWS, capacity))
+        k_cache, v_cache = torch.empty(shape), torch.empty(shape)
+        for i, (keys, values) in enumerate(layers):
+            k_cache[i, :, :length] = keys[0, :, keys.shape[2] - length:]
+            v_cache[i, :, :length] = values[0, :, values.shape[2] - length:]
+        self._caches[key] = (k_cache, v_cache)
 
-    def release(self) -> None:
-        self.k_cache = self.v_cache = self._workspace = torch.empty(0)
-        self.capacity = 0
+    def export(self, key: int, length: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A sequence's first `length` positions as cache tensors ([1, kv_heads, length, head_dim] per layer)."""
+        k_cache, v_cache = self._caches[key]
+        return [(k_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True),
+                 v_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True)) for i in range(self.n_layers)]
+
+    def drop(self, key: int) -> None:
+        self._caches.pop(key, None)
+
+    def clear(self) -> None:
+        self._caches.clear()
+
+    def capacity(self, key: int) -> int:
+        return self._caches[key][0].shape[2]
+
+    def _grow(self, key: int, needed: int) -> None:
+        k_cache, v_cache = self._caches[key]
+        old = k_cache.shape[2]
+        if needed <= old or needed > self.max_pos:
+            return  # too far is refused by the pass itself
+        capacity = min(self.max_pos, max(needed, 2 * old))
+        shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
+        grown_k, grown_v = torch.empty(shape), torch.empty(shape)
+        grown_k[:, :, :old], grown_v[:, :, :old] = k_cache, v_cache
+        self._caches[key] = (grown_k, grown_v)
 
     # ---- a pass ----------------------------------------------------------------------------
-    def forward(self, tokens: list[int], position: int, slot: int = 0, threads: int = 1) -> torch.Tensor:
-        """Logits [len(tokens), vocab] for `tokens` at `position`..; the cache keeps their keys and values."""
+    def forward(self, keys: list[int], tokens: list[int], positions: list[int], slots: list[int],
+                threads: int = 1) -> torch.Tensor:
+        """Logits [rows, vocab]: row i is `tokens[i]` at `positions[i]` of sequence `keys[i]`, with the
+        adapter in `slots[i]` (0: none). A sequence may have several rows (a draft: consecutive
+        positions). The sequences' caches keep the rows' keys and values."""
         rows = len(tokens)
-        if not 1 <= rows <= MAX_ROWS:
-            raise ValueError(f"the fast lane takes 1 to {MAX_ROWS} tokens per pass, not {rows}")
-        if position + rows > self.capacity:
-            self._reserve(max(position + rows, 2 * self.capacity), keep=position)
-        table = self._lora_table(slot)
-        if table is False:
-            raise ValueError(f"adapter slot {slot} does not fit the fast lane")
+        if not 1 <= rows <= MAX_ROWS or not len(keys) == len(positions) == len(slots) == rows:
+            raise ValueError(f"the fast lane takes 1 to {MAX_ROWS} rows per pass (tokens, positions, "
+                             f"sequences and slots alike), not {rows}")
+        for key, position in zip(keys, positions, strict=True):
+            if key not in self._caches:
+                raise ValueError(f"the fast lane holds no sequence {key}")
+            self._grow(key, position + 1)
+        tables = [self._lora_table(slot) for slot in slots]
+        max_rank = max([t[2] for t in tables if t is not None], default=0)
+        caches = [self._caches[key] for key in keys]
+        longest = max(k.shape[2] for k, _ in caches)
+        if longest > self._workspace_size[0] or max_rank > self._workspace_size[1]:
+            size = (max(longest, self._workspace_size[0]), max(max_rank, self._workspace_size[1]))
+            self._workspace = torch.empty(self.lib.fd_workspace_floats(ctypes.byref(self._struct), MAX_ROWS, *size))
+            self._workspace_size = size
         ids = torch.tensor(tokens, dtype=torch.int64)
-        status = self.lib.fd_forward(ctypes.byref(self._struct), None if table is None else ctypes.byref(table[0]),
-                                     ids.data_ptr(), rows, position, self.k_cache.data_ptr(), self.v_cache.data_ptr(),
-                                     self.capacity, self._logits.data_ptr(), self._workspace.data_ptr(), threads)
+        c_positions = (ctypes.c_int32 * rows)(*positions)
+        k_ptrs = (ctypes.c_void_p * rows)(*[k.data_ptr() for k, _ in caches])
+        v_ptrs = (ctypes.c_void_p * rows)(*[v.data_ptr() for _, v in caches])
+        caps = (ctypes.c_int32 * rows)(*[k.shape[2] for k, _ in caches])
+        loras = None
+        if max_rank:
+            loras = (ctypes.c_void_p * rows)(*[None if t is None else ctypes.addressof(t[0]) for t in tables])
+        status = self.lib.fd_forward(ctypes.byref(self._struct), rows, ids.data_ptr(), c_positions, k_ptrs, v_ptrs,
+                                     caps, loras, self._logits.data_ptr(), self._workspace.data_ptr(), max_rank,
+                                     threads)
         if status != 0:
-            raise ValueError(f"the fast lane refused {rows} tokens at position {position} "
-                             f"(cache of {self.capacity}, context {self.max_pos}, vocabulary {self.vocab})")
+            raise ValueError(f"the fast lane refused rows at positions {positions} (caches of "
+                             f"{[k.shape[2] for k, _ in caches]}, context {self.max_pos}, vocabulary {self.vocab})")
         return self._logits[:rows]
 
 
