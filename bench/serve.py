@@ -189,7 +189,7 @@ def main(argv=None) -> None:
     drift = None
     if quant:
         quant.engine.stop()
-        drift = measure_drift(quant.engine.model, references, prompts, texts)
+        drift = measure_drift(quant.engine, references, prompts, texts)
         drift["summary"] = quant.quantization.summary()
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
@@ -198,18 +198,48 @@ def main(argv=None) -> None:
     write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype), drift, per_pass)
 
 
-def measure_drift(quantized_model, references, prompts, texts) -> dict:
-    """How often the quantized model's top token is the full-precision greedy token, teacher-forced
-    along the full-precision generations; and how many whole completions came out identical."""
+def measure_drift(engine, references, prompts, texts) -> dict:
+    """How often the quantized engine's top token is the full-precision greedy token, teacher-forced
+    along the full-precision generations (through the fast lane when the engine decodes there, as it
+    served them); and how many whole completions came out identical."""
     agree = total = 0
     with torch.inference_mode():
         for ids, full in zip(prompts, references, strict=True):
-            seq = torch.tensor([full], device=quantized_model.device)
-            top = quantized_model(input_ids=seq).logits[0, len(ids) - 1:-1].argmax(-1)
-            agree += int((top == seq[0, len(ids):]).sum())
+            top = top_tokens(engine, ids, full[len(ids):])
+            agree += int((top == torch.tensor(full[len(ids):])).sum())
             total += len(full) - len(ids)
     identical = sum(a == b for a, b in zip(texts["full"], texts["quant"], strict=True))
     return {"agree": agree, "total": total, "identical": identical, "completions": len(texts["full"])}
+
+
+def top_tokens(engine, ids: list[int], continuation: list[int]) -> torch.Tensor:
+    """The engine's argmax after the prompt and after each continuation token but the last: its
+    prefill on the torch model, then its decode passes."""
+    from transformers import DynamicCache
+
+    from tunery.inference.batch import cache_tensors
+    from tunery.inference.fastlane import MAX_ROWS
+
+    model, lane = engine.model, engine.fast_lane
+    cache = DynamicCache()
+    prefill = model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True)
+    picks = [int(prefill.logits[0, -1].argmax())]
+    feed = continuation[:-1]
+    if lane is None:
+        if feed:
+            out = model(input_ids=torch.tensor([feed], device=model.device), cache=cache, use_cache=True)
+            picks += out.logits[0].argmax(-1).tolist()
+        return torch.tensor(picks)
+    key = -1  # not an engine request id
+    lane.load(key, cache_tensors(cache), len(ids), capacity=len(ids) + len(continuation) + 1)
+    try:
+        for start in range(0, len(feed), MAX_ROWS):
+            chunk = feed[start:start + MAX_ROWS]
+            positions = list(range(len(ids) + start, len(ids) + start + len(chunk)))
+            picks += lane.forward([key] * len(chunk), chunk, positions, [0] * len(chunk)).argmax(-1).tolist()
+    finally:
+        lane.drop(key)
+    return torch.tensor(picks)
 
 
 def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None = None,

@@ -140,7 +140,7 @@ def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_
     engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
     engine.load_adapter("top", lora_runs["top"] / "adapter")  # adapted in layer 1 only
     ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
-    fast, n = engine._fast, len(ids)
+    fast, n = engine.fast_lane, len(ids)
     assert fast is not None
     slots = {"base": 0, "alpha": engine.adapters["alpha"].slot, "top": engine.adapters["top"].slot}
     want = {}
@@ -251,7 +251,7 @@ def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs
     assert 7 <= passes_alone < 29
     assert_follows(reference, first, tokens[first_id])
     assert_follows(reference, second, tokens[second_id])
-    assert not engine._fast._caches  # finished sequences leave the lane
+    assert not engine.fast_lane._caches  # finished sequences leave the lane
 
 
 def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):

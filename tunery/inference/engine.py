@@ -174,6 +174,11 @@ class Engine:
             return self._cond.wait_for(lambda: not (self._pending or self._active), timeout_s)
 
     @property
+    def fast_lane(self) -> FastLane | None:
+        """The compiled decode path, when this engine has one (see `fast_lane_status`)."""
+        return self._fast
+
+    @property
     def num_running(self) -> int:
         return len(self._active)
 

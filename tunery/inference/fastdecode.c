@@ -72,7 +72,7 @@ size_t fd_workspace_floats(const fd_model *m, int rows, int cap, int rank) {
      * their group scales and sums; attention scores */
     return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + (size_t)rank
                            + widest / 4 + 2 * (widest / FD_GROUP))
-           + (size_t)cap + 64;
+           + (size_t)FD_MAX_THREADS * cap + 64;
 }
 
 static void rms_norm(const float *x, const float *w, float eps, int d, float *out) {
@@ -130,6 +130,59 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 #endif
+
+#if defined(__AVX2__)
+/* e^x for 8 floats (Cephes' polynomial, ~1e-7 relative): what expf gives, at a vector's cost. */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+}
+#endif
+
+/* x[i] = e^(x[i] - shift); returns their sum. */
+static float exp_shifted(float *x, int count, float shift) {
+    float total = 0.0f;
+    int i = 0;
+#if defined(__AVX2__)
+    __m256 sum = _mm256_setzero_ps();
+    for (; i + 8 <= count; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(shift)));
+        _mm256_storeu_ps(x + i, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    total = hsum256(sum);
+#endif
+    for (; i < count; i++) {
+        x[i] = expf(x[i] - shift);
+        total += x[i];
+    }
+    return total;
+}
+
+/* gate[i] = silu(gate[i]) * up[i] */
+static void silu_mul(float *gate, const float *up, size_t count) {
+    size_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= count; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
+                                                 _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < count; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
 
 static inline float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 31, mantissa = h & 1023;
@@ -498,6 +551,64 @@ static void head_part(void *arg, int part, int parts) {
     head_matmul(job->mw, job->x, job->rows, job->logits, start, end);
 }
 
+static float dot(const float *a, const float *b, int d) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int i = 0; i < d; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+typedef struct {
+    const fd_model *mw;
+    int layer, rows;
+    const int32_t *positions, *caps;
+    float *const *k_caches, *const *v_caches;
+    const float *q;
+    float *att, *scores; /* scores: one row of `cap` floats per part */
+    int cap;
+} fd_attention_job;
+
+/* Attention for part of the (row, head) pairs; each row sees its own sequence up to its position. */
+static void attention_part(void *arg, int part, int parts) {
+    const fd_attention_job *job = arg;
+    const fd_model *mw = job->mw;
+    const int hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, qd = nh * hd, group = nh / nkv;
+    const float scaling = 1.0f / sqrtf((float)hd);
+    float *scores = job->scores + (size_t)part * job->cap;
+    for (int pair = part; pair < job->rows * nh; pair += parts) {
+        const int m = pair / nh, head = pair % nh, len = job->positions[m] + 1, mc = job->caps[m];
+        const float *kh = job->k_caches[m] + ((size_t)job->layer * nkv + head / group) * mc * hd;
+        const float *vh = job->v_caches[m] + ((size_t)job->layer * nkv + head / group) * mc * hd;
+        const float *qh = job->q + (size_t)m * qd + (size_t)head * hd;
+        float top = -INFINITY;
+        for (int j = 0; j < len; j++) {
+            scores[j] = dot(qh, kh + (size_t)j * hd, hd) * scaling;
+            if (scores[j] > top) top = scores[j];
+        }
+        const float inv = 1.0f / exp_shifted(scores, len, top);
+        float *out = job->att + (size_t)m * qd + (size_t)head * hd;
+        for (int i = 0; i < hd; i++) out[i] = 0.0f;
+        for (int j = 0; j < len; j++) {
+            const float p = scores[j] * inv, *vj = vh + (size_t)j * hd;
+            for (int i = 0; i < hd; i++) out[i] += p * vj[i];
+        }
+    }
+}
+
+typedef struct {
+    float *gate;
+    const float *up;
+    size_t count;
+} fd_silu_job;
+
+static void silu_part(void *arg, int part, int parts) {
+    const fd_silu_job *job = arg;
+    const size_t chunk = (job->count + parts - 1) / parts / 8 * 8 + 8;
+    const size_t start = (size_t)part * chunk < job->count ? (size_t)part * chunk : job->count;
+    const size_t end = start + chunk < job->count ? start + chunk : job->count;
+    silu_mul(job->gate + start, job->up + start, end - start);
+}
+
 /* Matrices `which[0..count)` of a layer on one input (x float, xq quantized), plus each row's LoRA
  * deltas (loras[m]: that row's table for every layer and matrix, or NULL). */
 static void project(int layer_index, const fd_layer *layer, const fd_lora *const *loras, const int *which,
@@ -527,13 +638,6 @@ static void rope(float *v, int heads, int hd, const float *cos, const float *sin
             x[i + h2] = b * cos[i + h2] + a * sin[i + h2];
         }
     }
-}
-
-static float dot(const float *a, const float *b, int d) {
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int i = 0; i < d; i++) acc += a[i] * b[i];
-    return acc;
 }
 
 /* Run `rows` tokens through the model. Row m is token tokens[m] at position positions[m] of the
@@ -566,9 +670,7 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     float *gate = att + (size_t)rows * qd, *up = gate + (size_t)rows * inter, *t = up + (size_t)rows * inter;
     float *xs = t + (size_t)rows * max_rank, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
     float *scores = xsum + (size_t)rows * (widest / FD_GROUP);
-    fd_qx xq = {(int8_t *)(scores + cap), xs, xsum, rows, 0};
-    const float scaling = 1.0f / sqrtf((float)hd);
-    const int group = nh / nkv;
+    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * cap), xs, xsum, rows, 0};
 
     for (int m = 0; m < rows; m++) memcpy(h + (size_t)m * d, mw->embed + (size_t)tokens[m] * d, sizeof(float) * d);
     for (int l = 0; l < mw->n_layers; l++) {
@@ -587,40 +689,16 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
                 memcpy(vc + ((size_t)j * mc + pos) * hd, vb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
             }
         }
-        for (int m = 0; m < rows; m++) {
-            const int len = positions[m] + 1, mc = caps[m]; /* causal: the sequence so far and this token */
-            const float *kc = k_caches[m] + (size_t)l * nkv * mc * hd, *vc = v_caches[m] + (size_t)l * nkv * mc * hd;
-            for (int head = 0; head < nh; head++) {
-                const float *qh = q + (size_t)m * qd + (size_t)head * hd;
-                const float *kh = kc + (size_t)(head / group) * mc * hd, *vh = vc + (size_t)(head / group) * mc * hd;
-                float top = -INFINITY;
-                for (int j = 0; j < len; j++) {
-                    scores[j] = dot(qh, kh + (size_t)j * hd, hd) * scaling;
-                    if (scores[j] > top) top = scores[j];
-                }
-                float total = 0.0f;
-                for (int j = 0; j < len; j++) {
-                    scores[j] = expf(scores[j] - top);
-                    total += scores[j];
-                }
-                float *out = att + (size_t)m * qd + (size_t)head * hd;
-                for (int i = 0; i < hd; i++) out[i] = 0.0f;
-                for (int j = 0; j < len; j++) {
-                    const float p = scores[j] / total, *vj = vh + (size_t)j * hd;
-                    for (int i = 0; i < hd; i++) out[i] += p * vj[i];
-                }
-            }
-        }
+        fd_attention_job attention = {mw, l, rows, positions, caps, k_caches, v_caches, q, att, scores, cap};
+        run_parts(attention_part, &attention, threads);
         quantize_rows(att, rows, qd, &xq);
         project(l, layer, loras, (const int[]){O_PROJ}, (float *const[]){tmp}, 1, att, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
         for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, layer->post_norm, mw->eps, d, xn + (size_t)m * d);
         quantize_rows(xn, rows, d, &xq);
         project(l, layer, loras, (const int[]){GATE_PROJ, UP_PROJ}, (float *const[]){gate, up}, 2, xn, &xq, t, threads);
-        for (size_t i = 0; i < (size_t)rows * inter; i++) {
-            const float g = gate[i];
-            gate[i] = g / (1.0f + expf(-g)) * up[i];
-        }
+        fd_silu_job silu = {gate, up, (size_t)rows * inter};
+        run_parts(silu_part, &silu, threads);
         quantize_rows(gate, rows, inter, &xq);
         project(l, layer, loras, (const int[]){DOWN_PROJ}, (float *const[]){tmp}, 1, gate, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
