@@ -67,11 +67,11 @@ static int imax(int a, int b) { return a > b ? a : b; }
  * LoRA ranks up to `rank`. */
 size_t fd_workspace_floats(const fd_model *m, int rows, int cap, int rank) {
     size_t qd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
-    size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd);
-    /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; int8 inputs with
-     * their group scales and sums; attention scores */
+    size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd), quads = (widest / 32 + 3) / 4;
+    /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; the quantized
+     * inputs' scales, sums, lane scales and int8 codes; attention scores, one row per thread */
     return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + (size_t)rank
-                           + widest / 4 + 2 * (widest / FD_GROUP))
+                           + 2 * (widest / 32) + quads * 16 + quads * 32)
            + (size_t)FD_MAX_THREADS * cap + 64;
 }
 
@@ -90,36 +90,47 @@ static void rms_norm(const float *x, const float *w, float eps, int d, float *ou
  * broadcast of the two groups' scales lines up with the lanes. */
 static inline int pair_byte(int g, int i) { int t = i % 16; return ((t / 4) * 2 + (g % 2)) * 4 + t % 4; }
 
-/* Activations quantized per group of 32 inputs (int8, symmetric) in the codes' order: per pair,
- * 32 bytes meeting the low nibbles, then 32 meeting the high ones. */
+/* Activations quantized per group of 32 inputs (int8, symmetric) in the codes' order, four groups
+ * (two pairs, 128 bytes) at a time: the low-nibble inputs of both pairs, then their high-nibble
+ * inputs, so that one 512-bit load meets two pairs' low (or high) nibbles and one 256-bit load one
+ * pair's. Rows are padded to a multiple of 128 inputs. */
 typedef struct {
-    int8_t *q;    /* [rows][k] */
-    float *scale; /* [rows][k/32] */
-    float *sum;   /* [rows][k/32]: scale * sum of the group's codes (meets the weights' min) */
-    int rows, k;
+    int8_t *q;      /* [rows][stride] */
+    float *scale;   /* [rows][k/32] */
+    float *sum;     /* [rows][k/32]: scale * sum of the group's codes (meets the weights' min) */
+    float *lanes;   /* [rows][quads][16]: the scales as a 512-bit dot product's lanes meet them */
+    int rows, k, stride;
 } fd_qx;
 
+static inline int x_slot(int g, int i) { return (g / 4) * 128 + (i / 16) * 64 + ((g / 2) % 2) * 32 + pair_byte(g, i); }
+
 static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
-    const int groups = k / FD_GROUP;
+    const int groups = k / FD_GROUP, quads = (groups + 3) / 4;
     out->rows = rows;
     out->k = k;
-    for (int m = 0; m < rows; m++)
+    out->stride = quads * 128;
+    for (int m = 0; m < rows; m++) {
+        int8_t *q = out->q + (size_t)m * out->stride;
+        float *lanes = out->lanes + (size_t)m * quads * 16;
+        memset(q + (size_t)groups * FD_GROUP, 0, (size_t)(out->stride - groups * FD_GROUP));
+        memset(lanes, 0, sizeof(float) * 16 * quads);
         for (int g = 0; g < groups; g++) {
             const float *xg = x + (size_t)m * k + g * FD_GROUP;
             float top = 0.0f;
 #pragma omp simd reduction(max : top)
             for (int i = 0; i < FD_GROUP; i++) top = fmaxf(top, fabsf(xg[i]));
             const float scale = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
-            int8_t *q = out->q + (size_t)m * k + (size_t)(g / 2) * 64;
             int total = 0;
             for (int i = 0; i < FD_GROUP; i++) {
                 const int v = (int)lrintf(xg[i] * inv);
-                q[(i / 16) * 32 + pair_byte(g, i)] = (int8_t)v;
+                q[x_slot(g, i)] = (int8_t)v;
                 total += v;
             }
             out->scale[(size_t)m * groups + g] = scale;
             out->sum[(size_t)m * groups + g] = scale * (float)total;
+            for (int j = 0; j < 4; j++) lanes[(g / 4) * 16 + ((g / 2) % 2) * 8 + 2 * j + g % 2] = scale;
         }
+    }
 }
 
 #if defined(__AVX2__)
@@ -233,11 +244,14 @@ static inline void unpack_pair(const uint8_t *codes, __m256i *low, __m256i *high
     *high = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
 }
 
+/* The quantized inputs meeting pair p's low nibbles (its high ones are 64 bytes further). */
+static inline const int8_t *pair_inputs(const int8_t *xq, int p) { return xq + (p / 2) * 128 + (p % 2) * 32; }
+
 /* One pair of groups against one row of quantized inputs, scaled by the inputs' pair of scales:
  * lanes still to be scaled by the weights' pair of scales. */
 static inline __m256 pair_dot(__m256i low, __m256i high, const int8_t *xq, const float *x_scales) {
     __m256i d = dot_u8s8(_mm256_setzero_si256(), low, _mm256_loadu_si256((const __m256i *)xq));
-    d = dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xq + 32)));
+    d = dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xq + 64)));
     return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_castpd_ps(_mm256_broadcast_sd((const double *)x_scales)));
 }
 
@@ -255,21 +269,45 @@ static inline __m256 pair_scales(const uint16_t *scales) {
 #endif
 
 #if defined(__AVX2__)
-/* Several input rows against output rows [n0, n1): each pair of groups is unpacked once for all. */
+/* Several input rows against output rows [n0, n1): each pair of groups is unpacked once for all.
+ * With AVX-512 (BW, VNNI) two pairs go through each instruction; an odd last pair takes 256 bits. */
 static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
                                                           int n1, const int rows) {
-    const int k = w->k, groups = k / FD_GROUP, half = k / 2;
+    const int k = w->k, groups = k / FD_GROUP, half = k / 2, pairs = groups / 2;
     for (int n = n0; n < n1; n++) {
         const uint8_t *codes = w->codes + (size_t)n * half;
         const uint16_t *scales = w->scales + (size_t)n * groups;
         __m256 acc[FD_MAX_ROWS];
         for (int m = 0; m < rows; m++) acc[m] = _mm256_setzero_ps();
-        for (int p = 0; p < groups / 2; p++) {
+        int p = 0;
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+        __m512 wide[FD_MAX_ROWS];
+        for (int m = 0; m < rows; m++) wide[m] = _mm512_setzero_ps();
+        const __m512i low4 = _mm512_set1_epi8(15);
+        const __m256i spread_pairs = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        for (; p + 2 <= pairs; p += 2) {
+            const __m512i c = _mm512_loadu_si512((const void *)(codes + p * 32));
+            const __m512i low = _mm512_and_si512(c, low4), high = _mm512_and_si512(_mm512_srli_epi16(c, 4), low4);
+            const __m512 s = _mm512_cvtph_ps(_mm256_permutevar8x32_epi32(
+                _mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(scales + 2 * p))), spread_pairs));
+            for (int m = 0; m < rows; m++) {
+                const int8_t *xq = x->q + (size_t)m * x->stride + (p / 2) * 128;
+                __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512((const void *)xq));
+                d = _mm512_dpbusd_epi32(d, high, _mm512_loadu_si512((const void *)(xq + 64)));
+                const __m512 xs = _mm512_loadu_ps(x->lanes + ((size_t)m * ((groups + 3) / 4) + p / 2) * 16);
+                wide[m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), xs), s, wide[m]);
+            }
+        }
+        for (int m = 0; m < rows; m++)
+            acc[m] = _mm256_add_ps(_mm512_castps512_ps256(wide[m]), _mm256_castpd_ps(
+                _mm512_extractf64x4_pd(_mm512_castps_pd(wide[m]), 1)));
+#endif
+        for (; p < pairs; p++) {
             __m256i low, high;
             unpack_pair(codes + p * 32, &low, &high);
             const __m256 s = pair_scales(scales + 2 * p);
             for (int m = 0; m < rows; m++)
-                acc[m] = _mm256_fmadd_ps(pair_dot(low, high, x->q + (size_t)m * k + p * 64,
+                acc[m] = _mm256_fmadd_ps(pair_dot(low, high, pair_inputs(x->q + (size_t)m * x->stride, p),
                                                   x->scale + (size_t)m * groups + 2 * p), s, acc[m]);
         }
         for (int m = 0; m < rows; m++)
@@ -291,7 +329,7 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
             const uint16_t *s0 = w->scales + (size_t)n * groups, *s1 = s0 + groups;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             for (int p = 0; p < groups / 2; p++) {
-                const int8_t *xq = x->q + p * 64;
+                const int8_t *xq = pair_inputs(x->q, p);
                 __m256i low, high;
                 unpack_pair(c0 + p * 32, &low, &high);
                 a0 = _mm256_fmadd_ps(pair_dot(low, high, xq, x->scale + 2 * p), pair_scales(s0 + 2 * p), a0);
@@ -325,13 +363,13 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
     for (; n < n1; n++) {
         const uint8_t *codes = w->codes + (size_t)n * half;
         for (int m = 0; m < rows; m++) {
-            const int8_t *q = x->q + (size_t)m * k;
+            const int8_t *q = x->q + (size_t)m * x->stride;
             float acc = 0.0f;
             for (int g = 0; g < groups; g++) {
                 int dot = 0;
                 for (int i = 0; i < FD_GROUP; i++) {
                     const int at = (g / 2) * 32 + pair_byte(g, i), code = i < 16 ? codes[at] & 15 : codes[at] >> 4;
-                    dot += code * q[(g / 2) * 64 + (i / 16) * 32 + pair_byte(g, i)];
+                    dot += code * q[x_slot(g, i)];
                 }
                 acc += half_to_float(w->scales[(size_t)n * groups + g]) * x->scale[(size_t)m * groups + g] * (float)dot;
             }
@@ -668,9 +706,10 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     float *h = ws, *xn = h + (size_t)rows * d, *tmp = xn + (size_t)rows * d, *q = tmp + (size_t)rows * d;
     float *kb = q + (size_t)rows * qd, *vb = kb + (size_t)rows * kvd, *att = vb + (size_t)rows * kvd;
     float *gate = att + (size_t)rows * qd, *up = gate + (size_t)rows * inter, *t = up + (size_t)rows * inter;
+    const int quads = (widest / FD_GROUP + 3) / 4;
     float *xs = t + (size_t)rows * max_rank, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
-    float *scores = xsum + (size_t)rows * (widest / FD_GROUP);
-    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * cap), xs, xsum, rows, 0};
+    float *lanes = xsum + (size_t)rows * (widest / FD_GROUP), *scores = lanes + (size_t)rows * quads * 16;
+    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * cap), xs, xsum, lanes, rows, 0, 0};
 
     for (int m = 0; m < rows; m++) memcpy(h + (size_t)m * d, mw->embed + (size_t)tokens[m] * d, sizeof(float) * d);
     for (int l = 0; l < mw->n_layers; l++) {
