@@ -114,24 +114,65 @@ def test_one_pass_of_several_rows_equals_passes_of_one_and_threads_change_nothin
         assert all(torch.equal(a, b) for a, b in zip(results[1], results[threads], strict=True))
 
 
-def test_the_portable_build_computes_the_same(int4_tiny):
-    """Machines without AVX2 run the plain-C loops; they must give the vectorized path's numbers."""
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.parametrize("march", ["x86-64", "haswell"] if X86 else [None])
+def test_other_builds_compute_the_same(int4_tiny, march):
+    """Other CPUs take other paths through the C file: plain C (x86-64: SSE2 only), 256-bit AVX2 without
+    VNNI or AVX-512 (haswell). They must give this machine's numbers."""
     model, tokenizer, _ = int4_tiny
-    portable_flags = tuple(f for f in FLAGS if not f.startswith("-march"))
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        portable_flags += ("-march=x86-64",)  # SSE2 only: no AVX2, F16C or VNNI
-    portable = compile_library(portable_flags)
-    assert portable != compile_library()
+    flags = tuple(f for f in FLAGS if not f.startswith("-march")) + ((f"-march={march}",) if march else ())
+    other = compile_library(flags)
+    assert other != compile_library()
     ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
     cache, _ = prefill(model, ids)
     out = {}
-    for name, library in (("native", None), ("portable", portable)):
+    for name, library in (("native", None), ("other", other)):
         fast = FastLane(model, max_context=256, library=library)
-        fast.load(0, cache_tensors(cache), len(ids), capacity=64)
+        for key in (0, 1):
+            fast.load(key, cache_tensors(cache), len(ids), capacity=64)
         n = len(ids)
-        out[name] = torch.cat([fast.forward([0], [7], [n], [0]).clone(),
-                               fast.forward([0] * 3, [8, 9, 10], [n + 1, n + 2, n + 3], [0] * 3).clone()])
-    assert torch.allclose(out["native"], out["portable"], rtol=0, atol=1e-4 * float(spread(out["native"]).max()))
+        out[name] = torch.cat([fast.forward([0], [7], [n], [0]).clone(),  # one row
+                               fast.forward([0] * 3, [8, 9, 10], [n + 1, n + 2, n + 3], [0] * 3).clone(),  # a draft
+                               fast.forward([0, 1], [11, 12], [n + 4, n], [0, 0]).clone()])  # two sequences
+    assert torch.allclose(out["native"], out["other"], rtol=0, atol=1e-4 * float(spread(out["native"]).max()))
+
+
+def test_wider_layers_with_an_odd_pair_of_groups(tmp_path):
+    """hidden 192 (three pairs of groups: one 512-bit step and a 256-bit tail), intermediate 320 (five
+    pairs), head_dim 64, a bias on q/k/v (qwen2), three query heads per key/value head."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(3)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=192, intermediate_size=320, num_hidden_layers=2,
+                                         num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=128,
+                                         tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)  # the random init leaves them at 0
+    quantize_model(model, "int4")
+    reference = dequantized_copy(model)
+    ids = list(range(5, 25))
+    cache, _ = prefill(reference, ids)
+    tokens = [30, 31, 32, 33]
+    with torch.no_grad():
+        want = reference(input_ids=torch.tensor([tokens]), position_ids=torch.tensor([list(range(20, 24))]),
+                         cache=cache, use_cache=True).logits[0]
+    cache, _ = prefill(reference, ids)
+    builds = {"native": None}
+    if X86:
+        for march in ("x86-64", "haswell"):
+            builds[march] = compile_library(tuple(f for f in FLAGS if not f.startswith("-march")) + (f"-march={march}",))
+    for library in builds.values():
+        fast = FastLane(model, max_context=128, library=library)
+        fast.load(0, cache_tensors(cache), 20, capacity=32)
+        draft = fast.forward([0] * 4, tokens, [20, 21, 22, 23], [0] * 4).clone()
+        fast.load(0, cache_tensors(cache), 20, capacity=32)
+        single = torch.stack([fast.forward([0], [t], [20 + i], [0])[0].clone() for i, t in enumerate(tokens)])
+        for ours in (draft, single):
+            assert ((ours - want).abs().max(-1).values <= 0.02 * spread(want)).all()
 
 
 def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_runs):
@@ -309,3 +350,33 @@ def test_without_a_compiler_the_engine_keeps_its_torch_path(int4_tiny, monkeypat
     finally:
         engine.stop()
     assert out.completion_tokens == 5 and engine.stats["fast_lane_passes"] == 0
+
+
+@pytest.mark.slow
+def test_default_model_in_the_fast_lane_follows_full_precision(default_model_dir):
+    from tunery.data.template import stop_token_ids
+    from tunery.models import load_model
+
+    model, tokenizer = load_model(str(default_model_dir), dtype="fp32", device="cpu")
+    quantized = copy.deepcopy(model)
+    quantize_model(quantized, "int4")
+    engine = Engine(quantized, tokenizer, stop_token_ids(tokenizer))
+    assert engine.fast_lane_status.startswith("on")
+    tokens = generated_tokens(engine)
+    exact = 0
+    try:
+        for question in ("How do I reset my VPN token?", "Explain in two sentences what DNS does."):
+            ids = encode_prompt(tokenizer, [{"role": "user", "content": question}])
+            tokens.clear()
+            engine.generate(ids, SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True))
+            (produced,) = tokens.values()
+            with torch.no_grad():
+                logits = model(torch.tensor([ids + produced])).logits[0, len(ids) - 1:-1]
+            picked = logits.gather(1, torch.tensor(produced)[:, None])[:, 0]
+            best = logits.max(-1).values
+            assert (picked >= best - 0.02 * spread(logits)).all()  # near ties at most
+            exact += int((picked == best).sum())
+    finally:
+        engine.stop()
+    assert exact >= 30  # of 32
+    assert engine.stats["fast_lane_passes"] > 0
