@@ -114,6 +114,29 @@ def test_one_pass_of_several_rows_equals_passes_of_one_and_threads_change_nothin
         assert all(torch.equal(a, b) for a, b in zip(results[1], results[threads], strict=True))
 
 
+def test_two_lanes_used_at_once_give_their_own_results(int4_tiny):
+    """Two engines in one process may run passes at the same time; one of them then runs on its own
+    thread, and neither result changes."""
+    model, tokenizer, _ = int4_tiny
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    cache, _ = prefill(model, ids)
+    lanes = [FastLane(model, max_context=256) for _ in range(2)]
+
+    def run(lane, out):
+        lane.load(0, cache_tensors(cache), len(ids), capacity=64)
+        out.extend(lane.forward([0], [5 + i], [len(ids) + i], [0], threads=2)[0].clone() for i in range(30))
+
+    alone: list = []
+    run(lanes[0], alone)
+    results: list[list] = [[], []]
+    workers = [threading.Thread(target=run, args=(lane, out)) for lane, out in zip(lanes, results, strict=True)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert all(torch.equal(torch.stack(out), torch.stack(alone)) for out in results)
+
+
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 

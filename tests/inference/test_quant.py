@@ -195,6 +195,9 @@ def test_load_engine_quantizes_and_reports(tiny_model_dir, caplog):
         loaded = load_engine(str(tiny_model_dir), dtype="fp32", weights="int4", max_batch_size=2)
     assert loaded.quantization.quantized == 15
     assert "int4" in caplog.text and "reconstruction error" in caplog.text
+    assert loaded.decode_summary.startswith("decode: fast lane (compiled passes, ")
+    full = load_engine(str(tiny_model_dir), dtype="fp32", max_batch_size=2)
+    assert "--weights int4 decodes in the compiled fast lane" in full.decode_summary
     ids = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])
     try:
         assert loaded.engine.generate(ids, SamplingParams(max_new_tokens=4, temperature=0.0)).completion_tokens >= 1

@@ -78,6 +78,7 @@ def serve_command(
     application = create_app(settings)
     state = application.state.tunery
     console.print(state.weights_summary, highlight=False)
+    console.print(state.decode_summary, highlight=False)
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
     uvicorn.run(application, host=host, port=port, log_level="info")
 
@@ -99,6 +100,7 @@ def chat_command(
 
     loaded = load_engine(model, dtype=dtype, weights=weights, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)
+    console.print(loaded.decode_summary, highlight=False)
     engine = loaded.engine.start()
     history = [{"role": "system", "content": system}] if system else []
     console.print("[dim]/reset clears the conversation, /exit (or Ctrl-D) quits[/]")

@@ -515,9 +515,24 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* One caller at a time uses the workers; a concurrent caller (a second engine) runs on its own thread. */
+static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER;
+
+/* A forked child has none of the parent's workers. */
+static void forget_workers(void) {
+    pool.started = 0;
+    pthread_mutex_init(&pool_owner, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+}
+
 /* Run fn(job, part, parts) for parts 0..parts-1: part 0 here, the others on workers. */
 static void run_parts(fd_part_fn fn, void *job, int parts) {
     if (parts > 1) {
+        if (pool.started == 0) {
+            static int registered;
+            if (!registered) registered = !pthread_atfork(NULL, NULL, forget_workers);
+        }
         while (pool.started < parts - 1 && pool.started < FD_MAX_THREADS) {
             pool.created_at = atomic_load(&pool.generation);
             if (pthread_create(&pool.threads[pool.started], NULL, worker_main, (void *)(intptr_t)(pool.started + 1)))
@@ -702,6 +717,8 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
                 if (loras[m][i].a && loras[m][i].r > max_rank) return -1;
         cap = imax(cap, caps[m]);
     }
+    const int owner = threads > 1 && pthread_mutex_trylock(&pool_owner) == 0;
+    if (!owner) threads = 1;
     const int widest = imax(imax(d, inter), qd);
     float *h = ws, *xn = h + (size_t)rows * d, *tmp = xn + (size_t)rows * d, *q = tmp + (size_t)rows * d;
     float *kb = q + (size_t)rows * qd, *vb = kb + (size_t)rows * kvd, *att = vb + (size_t)rows * kvd;
@@ -745,5 +762,6 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, mw->final_norm, mw->eps, d, xn + (size_t)m * d);
     fd_head_job head = {mw, xn, rows, logits};
     run_parts(head_part, &head, threads);
+    if (owner) pthread_mutex_unlock(&pool_owner);
     return 0;
 }

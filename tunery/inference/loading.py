@@ -23,6 +23,16 @@ class LoadedEngine:
     adapter: str | None  # the adapter a LoRA run was loaded as (its run folder name)
     quantization: object  # tunery.inference.quant.QuantizationReport
 
+    @property
+    def decode_summary(self) -> str:
+        """One line for the start banner: which path decode steps take, and why."""
+        status = self.engine.fast_lane_status
+        if status.startswith("on"):
+            return f"decode: fast lane (compiled passes, {status[4:-1]})"
+        if self.quantization.weights != "int4":
+            return "decode: torch model (--weights int4 decodes in the compiled fast lane, several times faster)"
+        return f"decode: torch model (fast lane unavailable: {status[5:-1]})"
+
 
 def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", max_batch_size: int = 16,
                 max_adapters: int = 8) -> LoadedEngine:

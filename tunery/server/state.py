@@ -32,6 +32,7 @@ class ServerState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     adapter_created: dict[str, int] = field(default_factory=dict)
     weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
+    decode_summary: str = ""  # which path decode steps take (the fast lane or the torch model)
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
@@ -118,7 +119,7 @@ def build_state(settings: ServerSettings) -> ServerState:
     state = ServerState(settings=settings, engine=loaded.engine, tokenizer=loaded.tokenizer,
                         store=open_store(settings.database), base_name=base_name,
                         base_path=Path(resolved.path), configured_runs=configured,
-                        weights_summary=loaded.quantization.summary())
+                        weights_summary=loaded.quantization.summary(), decode_summary=loaded.decode_summary)
     if loaded.adapter:
         state.configured_runs.setdefault(loaded.adapter, Path(resolved.run_dir))
         state.adapter_created[loaded.adapter] = state.started_at
