@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tunery.inference.engine import SPEC_MAX_DRAFT
+from tunery.inference.engine import FAST_MAX_DRAFT, SPEC_MAX_DRAFT
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
@@ -191,6 +191,8 @@ def main(argv=None) -> None:
         quant.engine.stop()
         drift = measure_drift(quant.engine, references, prompts, texts)
         drift["summary"] = quant.quantization.summary()
+        drift["decode"] = quant.decode_summary
+        drift["passes"] = lane_pass_times(quant.engine, prompts[0]) if quant.engine.fast_lane else {}
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
     args.load = (load_before, os.getloadavg()[0])
@@ -210,6 +212,32 @@ def measure_drift(engine, references, prompts, texts) -> dict:
             total += len(full) - len(ids)
     identical = sum(a == b for a, b in zip(texts["full"], texts["quant"], strict=True))
     return {"agree": agree, "total": total, "identical": identical, "completions": len(texts["full"])}
+
+
+def lane_pass_times(engine, ids: list[int], repeats: int = 20) -> dict[int, float]:
+    """Median ms of one fast-lane pass with 1, 2, 4, 8 and 16 rows (sequences at the prompt's length)."""
+    from transformers import DynamicCache
+
+    from tunery.inference.batch import cache_tensors
+
+    model, lane = engine.model, engine.fast_lane
+    cache = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True)
+    times = {}
+    for rows in (1, 2, 4, 8, 16):
+        keys = [-1 - i for i in range(rows)]
+        for key in keys:
+            lane.load(key, cache_tensors(cache), len(ids), capacity=len(ids) + repeats + 1)
+        samples = []
+        for step in range(repeats):
+            start = time.perf_counter()
+            lane.forward(keys, [100] * rows, [len(ids) + step] * rows, [0] * rows, threads=torch.get_num_threads())
+            samples.append((time.perf_counter() - start) * 1000)
+        for key in keys:
+            lane.drop(key)
+        times[rows] = statistics.median(samples)
+    return times
 
 
 def top_tokens(engine, ids: list[int], continuation: list[int]) -> torch.Tensor:
@@ -298,6 +326,7 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
             f"| {args.clients} clients, total tokens/s | {cell('hf1')} one by one; {cell('hf_batch')} as one padded "
             f"batch | {cell('q8')} | **{med['q8'] / med['hf1']:.2f}x** vs generate one by one, "
             f"{med['q8'] / med['hf_batch']:.2f}x vs padded batch |",
+            f"| {args.clients} clients vs single stream (tunery, {q}) | | | {med['q8'] / med['q1']:.2f}x |",
             f"| time to first token, one client, ms | {cell('hf_ttft')} | {cell('q_ttft')} | "
             f"{med['hf_ttft'] / med['q_ttft']:.2f}x |",
             f"| drift: top token = full-precision greedy token (teacher-forced along its {args.clients} "
@@ -306,16 +335,30 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
             f"{drift['identical']} of {drift['completions']} | |",
             "",
             f"- {drift['summary']}",
+            f"- {drift['decode']}",
             "",
         ]
+        if drift.get("passes"):
+            one = drift["passes"][1]
+            lines += [
+                "One fast-lane pass, measured in this run (ms, median of 20; rows are requests decoded together):",
+                "",
+                "| rows | " + " | ".join(str(rows) for rows in drift["passes"]) + " |",
+                "|---|" + "---|" * len(drift["passes"]),
+                "| ms per pass | " + " | ".join(f"{ms:.1f}" for ms in drift["passes"].values()) + " |",
+                "| tokens/s | " + " | ".join(f"{rows * 1000 / ms:.0f}" for rows, ms in drift["passes"].items()) + " |",
+                "| vs one row | " + " | ".join(f"{rows * one / ms:.2f}x" for rows, ms in drift["passes"].items()) + " |",
+                "",
+            ]
     lines += [
-        "Speculation: a lone greedy request drafts up to "
-        f"{SPEC_MAX_DRAFT} tokens by prompt lookup (what followed the latest earlier occurrence of its last",
-        "3 or 2 tokens, in the prompt or its own output) and one forward pass scores them all; the engine",
-        "keeps the prefix greedy decoding would have produced plus the model's next token, so the text is",
-        "the same as without it. A batch-1 pass costs about the same for one token as for seven here, so",
-        "accepted draft tokens are nearly free; how many are accepted depends on how much the answer repeats",
-        "its prompt or itself (extraction, JSON with copied fields, code edits: much; free prose: little).",
+        "Speculation: a lone greedy request drafts tokens by prompt lookup (what followed the latest earlier",
+        "occurrence of its last 3 or 2 tokens, in the prompt or its own output) and one pass scores them all;",
+        "the engine keeps the prefix greedy decoding would have produced plus the model's next token, so the",
+        f"text is the same as without it. Through the torch model (up to {SPEC_MAX_DRAFT} draft tokens) a batch-1",
+        "pass costs about the same for one token as for seven here, so accepted draft tokens are nearly free;",
+        f"in the fast lane (up to {FAST_MAX_DRAFT}) each extra token costs a share of a pass (table above), so it",
+        "pays only when much of the answer repeats its prompt or itself (extraction, JSON with copied fields,",
+        "code edits). These prompts are free prose: few drafts match.",
         "",
         "Why full-precision weights do not get 5x on one stream: a batch-1 decode step reads every weight once",
         "(fp32: 540 MB per token), and on this CPU the weight matmuls take most of the step on both sides",
@@ -323,19 +366,16 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
         "cache bookkeeping, prefill of only the last position's logits). Batching gains because one pass over",
         "the weights serves every row.",
         "",
-        "Quantized weights shrink what a step reads: int4 decoder layers are an eighth of fp32 and the int8",
-        "head a quarter. In a one-thread profile of the default model an int4 decode step takes ~18 ms, of",
-        "which ~8 ms are the int4 matmuls, ~4 ms the int8 head, and the rest the model code's many small",
-        "operations (norms, rotary embeddings, attention, cache updates, dtype conversions), which the",
-        "engine does not replace; that remainder is what stands between these numbers and a larger ratio.",
-        "With quantized weights, decode steps of up to 4 rows run on one thread: such a step is a chain of",
-        "tiny kernels, and a second thread mostly adds synchronisation (int4, measured earlier: 35 against 25",
-        "tokens/s for one row with 1 and 2 threads, 99 against 99 for eight rows); prefills and larger batches",
-        "use every thread.",
+        "Int4 weights shrink what a step reads to about a seventh (int4 decoder, int8 head), but through the",
+        "torch model a step stays a few hundred small operations per token (an int4 decode step took ~18 ms on",
+        "one thread, ~8 ms of it the int4 products). The fast lane runs the step as one compiled call over the",
+        "same tensors (docs/serving.md#the-fast-lane): integer dot products of int4 weights with int8",
+        "activations, the output rows of each matrix split over the threads, every running request in the",
+        "same pass. What is left is mostly reading the weights (~70 MB per pass) and multiplying them.",
         "Drift: the default model's decoder was stored as Q4_1 (group 32, scale + min) in its GGUF, so int4",
-        "reproduces it up to the bf16 rounding of scales and zeros; the head (tied to a Q8_0 embedding) is",
-        "re-quantized to int8 per channel. Greedy completions that differ part at near ties and then follow",
-        "their own, equally fluent, path.",
+        "reproduces it up to the rounding of scales and zeros; the head (tied to a Q8_0 embedding) is",
+        "re-quantized to int8 per channel, and the lane quantizes activations to int8 per group of 32.",
+        "Greedy completions that differ part at near ties and then follow their own, equally fluent, path.",
         "",
         "The padded-batch column is Hugging Face's best case for a fixed batch that starts and ends together;",
         "a server meets requests that arrive and finish at different times, which the engine's step-level",
