@@ -55,6 +55,7 @@ class _Sequence:
     history: list[int] = field(default_factory=list)  # prompt + generated tokens (speculation drafts from it)
     spec_wait: int = 0  # plain steps left before drafting again
     spec_backoff: int = 1  # plain steps after the next fully rejected draft (doubles, up to SPEC_MAX_BACKOFF)
+    spec_len: int = 1  # fast-lane draft length: grows while drafts are accepted whole, back to 1 on a miss
     generated: int = 0
     aborted: bool = False
     done: bool = False
@@ -76,8 +77,9 @@ SPEC_SEARCH_WINDOW = 1024  # tokens searched back for a match (keeps the lookup 
 # weights gain nothing from 1 thread and lose at 4+ rows: 4 rows 43 / 50, 8 rows 62 / 83).
 SMALL_DECODE_ROWS = 4
 SPEC_MAX_BACKOFF = 16  # a draft rejected outright costs a little: text that does not repeat stops drafting
-# In the fast lane a pass costs more per extra token (default model, 2 threads: 7.6 ms for one
-# token, +2.5 ms for each further one), so drafts are shorter there.
+# In the fast lane a pass costs more per extra token (default model, 2 threads, ms per pass for
+# 1 / 2 / 4 rows: 6.8 / 7.7 / 11.2), so drafts there start at one token and grow by one while they
+# are accepted whole, up to FAST_MAX_DRAFT.
 FAST_MAX_DRAFT = 3
 FAST_INITIAL_ROOM = 256  # positions reserved past the prompt; a lane cache doubles when it fills
 
@@ -447,14 +449,16 @@ class Engine:
         rows, threads = self._active, self._default_threads
         lone = rows[0] if len(rows) == 1 else None
         if lone is not None and self.speculate and lone.params.temperature <= 0.0:
-            room = min(FAST_MAX_DRAFT, self.max_context - lone.fed - 2, lone.params.max_new_tokens - lone.generated - 1)
+            room = min(lone.spec_len, self.max_context - lone.fed - 2, lone.params.max_new_tokens - lone.generated - 1)
             draft = ngram_draft(lone.history, room) if lone.spec_wait <= 0 else []
             if draft:
                 count = len(draft) + 1
                 logits = self._fast.forward([lone.id] * count, [lone.last_token, *draft],
                                             list(range(lone.fed, lone.fed + count)), [lone.slot] * count, threads)
                 self.stats["fast_lane_passes"] += 1
-                self._take_draft(lone, draft, logits.argmax(dim=-1).tolist())  # rejected positions get overwritten
+                # Rejected positions stay in the lane's cache until the next pass overwrites them.
+                accepted = self._take_draft(lone, draft, logits.argmax(dim=-1).tolist())
+                lone.spec_len = min(FAST_MAX_DRAFT, lone.spec_len + 1) if accepted == len(draft) else max(1, accepted)
                 return
             lone.spec_wait -= 1
         for start in range(0, len(rows), FAST_MAX_ROWS):
