@@ -207,20 +207,11 @@ class FastLane:
             v_cache[i, :, :length] = values[0, :, values.shape[2] - length:]
         self._caches[key] = (k_cache, v_cache)
 
-    def export(self, key: int, length: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A sequence's first `length` positions as cache tensors ([1, kv_heads, length, head_dim] per layer)."""
-        k_cache, v_cache = self._caches[key]
-        return [(k_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True),
-                 v_cache[i, :, :length].unsqueeze(0).to(dtype, copy=True)) for i in range(self.n_layers)]
-
     def drop(self, key: int) -> None:
         self._caches.pop(key, None)
 
     def clear(self) -> None:
         self._caches.clear()
-
-    def capacity(self, key: int) -> int:
-        return self._caches[key][0].shape[2]
 
     def _grow(self, key: int, needed: int) -> None:
         k_cache, v_cache = self._caches[key]
