@@ -74,7 +74,7 @@ def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
     assert lane_keys.shape[2] >= position
     # The cache it kept is the reference's, up to the same rounding.
     for i, (ref_keys, ref_values) in enumerate(cache_tensors(cache)):
-        keys, values = lane_keys[i, :, :position].unsqueeze(0), lane_values[i, :, :position].unsqueeze(0)
+        keys, values = lane_keys[i, :, :position].unsqueeze(0).float(), lane_values[i, :, :position].unsqueeze(0).float()
         assert keys.shape == ref_keys.shape and values.shape == ref_values.shape
         assert (keys - ref_keys).abs().max() <= 0.02 * ref_keys.abs().max()
         assert (values - ref_values).abs().max() <= 0.02 * ref_values.abs().max()

@@ -26,6 +26,7 @@
 #define FD_MAX_ROWS 16
 #define FD_GROUP 32
 #define FD_MAX_THREADS 64
+#define FD_ATTENTION_CHUNK 256 /* positions per unit of attention work */
 
 enum { Q_PROJ, K_PROJ, V_PROJ, O_PROJ, GATE_PROJ, UP_PROJ, DOWN_PROJ, N_PROJ };
 
@@ -62,6 +63,16 @@ typedef struct {
 } fd_model;
 
 static int imax(int a, int b) { return a > b ? a : b; }
+/* max without fmaxf's NaN rules, which keep it a library call; inputs here are never NaN */
+static inline float fmax_plain(float a, float b) { return a > b ? a : b; }
+
+static float max_of(const float *x, int count) {
+    float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int i = 0; i < count; i++) top = x[i] > top ? x[i] : top;
+    return top;
+}
+static int imin(int a, int b) { return a < b ? a : b; }
 
 /* Floats of workspace `fd_forward` needs for `rows` tokens, caches of up to `cap` positions and
  * LoRA ranks up to `rank`. */
@@ -69,10 +80,13 @@ size_t fd_workspace_floats(const fd_model *m, int rows, int cap, int rank) {
     size_t qd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
     size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd), quads = (widest / 32 + 3) / 4;
     /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; the quantized
-     * inputs' scales, sums, lane scales and int8 codes; attention scores, one row per thread */
+     * inputs' scales, sums, lane scales and int8 codes; attention: partial softmaxes, and scores
+     * per thread */
+    const size_t chunks = ((size_t)cap + FD_ATTENTION_CHUNK - 1) / FD_ATTENTION_CHUNK;
     return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + (size_t)rank
-                           + 2 * (widest / 32) + quads * 16 + quads * 32)
-           + (size_t)FD_MAX_THREADS * cap + 64;
+                           + 2 * (widest / 32) + quads * 16 + quads * 32
+                           + (size_t)m->n_heads * chunks * (m->head_dim + 2))
+           + (size_t)FD_MAX_THREADS * (m->n_heads * FD_ATTENTION_CHUNK + m->head_dim) + 64;
 }
 
 static void rms_norm(const float *x, const float *w, float eps, int d, float *out) {
@@ -118,7 +132,7 @@ static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
             const float *xg = x + (size_t)m * k + g * FD_GROUP;
             float top = 0.0f;
 #pragma omp simd reduction(max : top)
-            for (int i = 0; i < FD_GROUP; i++) top = fmaxf(top, fabsf(xg[i]));
+            for (int i = 0; i < FD_GROUP; i++) top = fmax_plain(top, fabsf(xg[i]));
             const float scale = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
             int total = 0;
             for (int i = 0; i < FD_GROUP; i++) {
@@ -207,6 +221,46 @@ static inline float half_to_float(uint16_t h) {
         memcpy(&value, &bits, 4);
     }
     return sign ? -value : value;
+}
+
+/* fp32 -> fp16, rounding to nearest even (as F16C and torch do). */
+static inline uint16_t float_to_half(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    const uint32_t sign = (bits >> 16) & 0x8000, magnitude = bits & 0x7fffffff;
+    if (magnitude >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (magnitude > 0x7f800000 ? 0x200 : 0));
+    if (magnitude >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds past the largest half */
+    if (magnitude < 0x38800000) { /* below the smallest normal half: a subnormal or zero */
+        if (magnitude < 0x33000000) return (uint16_t)sign;
+        /* value / 2^-24 = mantissa * 2^(exponent - 126): shift right by 126 - exponent (14 to 24) */
+        const uint32_t mantissa = (magnitude & 0x7fffff) | 0x800000, shift = 126 - (magnitude >> 23);
+        uint32_t half = mantissa >> shift;
+        const uint32_t rest = mantissa & ((1u << shift) - 1), midpoint = 1u << (shift - 1);
+        if (rest > midpoint || (rest == midpoint && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = ((magnitude >> 13) - (112u << 10)), rest = magnitude & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+}
+
+/* out[i] = fp16(x[i]) */
+static void to_half(const float *x, uint16_t *out, int count) {
+    int i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= count; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < count; i++) out[i] = float_to_half(x[i]);
+}
+
+/* out[i] = float(h[i]) */
+static void from_half(const uint16_t *h, float *out, int count) {
+    int i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < count; i++) out[i] = half_to_float(h[i]);
 }
 
 /* The weights' min term of one output: sum over groups of min[g] * (sum of the group's inputs). */
@@ -613,37 +667,134 @@ static float dot(const float *a, const float *b, int d) {
 
 typedef struct {
     const fd_model *mw;
-    int layer, rows;
+    int layer, rows, chunks; /* chunks: of the longest row */
     const int32_t *positions, *caps;
-    float *const *k_caches, *const *v_caches;
+    uint16_t *const *k_caches, *const *v_caches; /* fp16 */
     const float *q;
-    float *att, *scores; /* scores: one row of `cap` floats per part */
-    int cap;
+    float *scores;  /* per part: [heads per kv head][FD_ATTENTION_CHUNK], then one key and one value row */
+    float *partial; /* [rows][heads][chunks][head_dim + 2]: a chunk's max, sum and unnormalized output */
 } fd_attention_job;
 
-/* Attention for part of the (row, head) pairs; each row sees its own sequence up to its position. */
+#if defined(__AVX512F__) && defined(__F16C__)
+static inline __m512 load_half16(const uint16_t *h) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h)); }
+
+/* One chunk of positions for the `group` query heads of a kv head with head_dim 64: queries and
+ * outputs stay in registers, each key and value row is loaded once for all of them. */
+static inline __attribute__((always_inline)) void attend_chunk_512(const float *qh, const uint16_t *kh,
+                                                                   const uint16_t *vh,
+                                                                   int j0, int j1, float scaling, float *scores,
+                                                                   float *partial, size_t stride, const int group) {
+    __m512 q[4][4], out[4][4];
+    for (int g = 0; g < group; g++)
+        for (int v = 0; v < 4; v++) {
+            q[g][v] = _mm512_mul_ps(_mm512_loadu_ps(qh + g * 64 + v * 16), _mm512_set1_ps(scaling));
+            out[g][v] = _mm512_setzero_ps();
+        }
+    for (int j = j0; j < j1; j++) {
+        const uint16_t *kj = kh + (size_t)j * 64;
+        const __m512 k0 = load_half16(kj), k1 = load_half16(kj + 16), k2 = load_half16(kj + 32),
+                     k3 = load_half16(kj + 48);
+        for (int g = 0; g < group; g++) {
+            __m512 acc = _mm512_fmadd_ps(q[g][1], k1, _mm512_mul_ps(q[g][0], k0));
+            acc = _mm512_fmadd_ps(q[g][3], k3, _mm512_fmadd_ps(q[g][2], k2, acc));
+            scores[g * FD_ATTENTION_CHUNK + j - j0] = _mm512_reduce_add_ps(acc);
+        }
+    }
+    float top[4], total[4];
+    for (int g = 0; g < group; g++) {
+        float *sc = scores + g * FD_ATTENTION_CHUNK;
+        top[g] = max_of(sc, j1 - j0);
+        total[g] = exp_shifted(sc, j1 - j0, top[g]);
+    }
+    for (int j = j0; j < j1; j++) {
+        const uint16_t *vj = vh + (size_t)j * 64;
+        const __m512 v0 = load_half16(vj), v1 = load_half16(vj + 16), v2 = load_half16(vj + 32),
+                     v3 = load_half16(vj + 48);
+        for (int g = 0; g < group; g++) {
+            const __m512 p = _mm512_set1_ps(scores[g * FD_ATTENTION_CHUNK + j - j0]);
+            out[g][0] = _mm512_fmadd_ps(p, v0, out[g][0]);
+            out[g][1] = _mm512_fmadd_ps(p, v1, out[g][1]);
+            out[g][2] = _mm512_fmadd_ps(p, v2, out[g][2]);
+            out[g][3] = _mm512_fmadd_ps(p, v3, out[g][3]);
+        }
+    }
+    for (int g = 0; g < group; g++) {
+        float *dst = partial + g * stride;
+        dst[0] = top[g];
+        dst[1] = total[g];
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(dst + 2 + v * 16, out[g][v]);
+    }
+}
+#endif
+
+/* Attention, split into (row, kv head, chunk of positions) units: the query heads sharing a kv
+ * head read its keys and values once; each unit leaves a partial softmax for the merge. */
 static void attention_part(void *arg, int part, int parts) {
     const fd_attention_job *job = arg;
     const fd_model *mw = job->mw;
     const int hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, qd = nh * hd, group = nh / nkv;
     const float scaling = 1.0f / sqrtf((float)hd);
-    float *scores = job->scores + (size_t)part * job->cap;
-    for (int pair = part; pair < job->rows * nh; pair += parts) {
-        const int m = pair / nh, head = pair % nh, len = job->positions[m] + 1, mc = job->caps[m];
-        const float *kh = job->k_caches[m] + ((size_t)job->layer * nkv + head / group) * mc * hd;
-        const float *vh = job->v_caches[m] + ((size_t)job->layer * nkv + head / group) * mc * hd;
-        const float *qh = job->q + (size_t)m * qd + (size_t)head * hd;
-        float top = -INFINITY;
-        for (int j = 0; j < len; j++) {
-            scores[j] = dot(qh, kh + (size_t)j * hd, hd) * scaling;
-            if (scores[j] > top) top = scores[j];
+    float *scores = job->scores + (size_t)part * (nh * FD_ATTENTION_CHUNK + hd);
+    const int units = job->rows * nkv * job->chunks;
+    for (int unit = part; unit < units; unit += parts) {
+        const int m = unit / (nkv * job->chunks), kvh = unit / job->chunks % nkv, chunk = unit % job->chunks;
+        const int len = job->positions[m] + 1, mc = job->caps[m]; /* causal: the sequence so far and this token */
+        const int j0 = chunk * FD_ATTENTION_CHUNK, j1 = imin(len, j0 + FD_ATTENTION_CHUNK);
+        if (j0 >= len) continue;
+        const uint16_t *kh = job->k_caches[m] + ((size_t)job->layer * nkv + kvh) * mc * hd;
+        const uint16_t *vh = job->v_caches[m] + ((size_t)job->layer * nkv + kvh) * mc * hd;
+        const float *qh = job->q + (size_t)m * qd + (size_t)kvh * group * hd;
+        float *partial = job->partial + ((size_t)m * nh + kvh * group) * job->chunks * (hd + 2) + (size_t)chunk * (hd + 2);
+        const size_t stride = (size_t)job->chunks * (hd + 2); /* from one query head's partials to the next's */
+#if defined(__AVX512F__) && defined(__F16C__)
+        if (hd == 64 && group <= 4) {
+            switch (group) {
+            case 1: attend_chunk_512(qh, kh, vh, j0, j1, scaling, scores, partial, stride, 1); break;
+            case 2: attend_chunk_512(qh, kh, vh, j0, j1, scaling, scores, partial, stride, 2); break;
+            case 3: attend_chunk_512(qh, kh, vh, j0, j1, scaling, scores, partial, stride, 3); break;
+            default: attend_chunk_512(qh, kh, vh, j0, j1, scaling, scores, partial, stride, 4); break;
+            }
+            continue;
         }
-        const float inv = 1.0f / exp_shifted(scores, len, top);
-        float *out = job->att + (size_t)m * qd + (size_t)head * hd;
-        for (int i = 0; i < hd; i++) out[i] = 0.0f;
-        for (int j = 0; j < len; j++) {
-            const float p = scores[j] * inv, *vj = vh + (size_t)j * hd;
-            for (int i = 0; i < hd; i++) out[i] += p * vj[i];
+#endif
+        float *row = scores + (size_t)group * FD_ATTENTION_CHUNK;
+        for (int j = j0; j < j1; j++) {
+            from_half(kh + (size_t)j * hd, row, hd);
+            for (int g = 0; g < group; g++)
+                scores[g * FD_ATTENTION_CHUNK + j - j0] = dot(qh + (size_t)g * hd, row, hd) * scaling;
+        }
+        for (int g = 0; g < group; g++) {
+            float *sc = scores + g * FD_ATTENTION_CHUNK, *out = partial + g * stride, top = max_of(sc, j1 - j0);
+            out[0] = top;
+            out[1] = exp_shifted(sc, j1 - j0, top);
+            for (int i = 0; i < hd; i++) out[2 + i] = 0.0f;
+            for (int j = j0; j < j1; j++) {
+                const float p = sc[j - j0];
+                from_half(vh + (size_t)j * hd, row, hd);
+#pragma omp simd
+                for (int i = 0; i < hd; i++) out[2 + i] += p * row[i];
+            }
+        }
+    }
+}
+
+/* att[m][head] from the chunks' partial softmaxes. */
+static void attention_merge(const fd_attention_job *job, float *att) {
+    const fd_model *mw = job->mw;
+    const int hd = mw->head_dim, nh = mw->n_heads;
+    for (int m = 0; m < job->rows; m++) {
+        const int used = (job->positions[m] + FD_ATTENTION_CHUNK) / FD_ATTENTION_CHUNK;
+        for (int head = 0; head < nh; head++) {
+            const float *parts = job->partial + ((size_t)m * nh + head) * job->chunks * (hd + 2);
+            float top = -INFINITY, total = 0.0f, *out = att + ((size_t)m * nh + head) * hd;
+            for (int c = 0; c < used; c++) top = fmax_plain(top, parts[(size_t)c * (hd + 2)]);
+            for (int i = 0; i < hd; i++) out[i] = 0.0f;
+            for (int c = 0; c < used; c++) {
+                const float *p = parts + (size_t)c * (hd + 2), w = expf(p[0] - top);
+                total += w * p[1];
+                for (int i = 0; i < hd; i++) out[i] += w * p[2 + i];
+            }
+            for (int i = 0; i < hd; i++) out[i] /= total;
         }
     }
 }
@@ -694,13 +845,13 @@ static void rope(float *v, int heads, int hd, const float *cos, const float *sin
 }
 
 /* Run `rows` tokens through the model. Row m is token tokens[m] at position positions[m] of the
- * sequence whose cache is k_caches[m] / v_caches[m] (layout per layer: [kv_heads][caps[m]][head_dim]),
+ * sequence whose cache is k_caches[m] / v_caches[m] (fp16, per layer [kv_heads][caps[m]][head_dim]),
  * holding that sequence's positions 0..positions[m]-1; its keys and values go in at positions[m].
  * Rows may share a sequence (a speculative draft: consecutive positions, one cache) or not (a
  * batch of sequences). loras[m] is row m's LoRA table ([n_layers][N_PROJ]) or NULL; `loras` may be
  * NULL. Returns 0, or -1 when the arguments do not fit (nothing is written then). */
-int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_t *positions, float *const *k_caches,
-               float *const *v_caches, const int32_t *caps, const fd_lora *const *loras, float *logits, float *ws,
+int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_t *positions,
+               uint16_t *const *k_caches, uint16_t *const *v_caches, const int32_t *caps, const fd_lora *const *loras, float *logits, float *ws,
                int max_rank, int threads) {
     const int d = mw->hidden, hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, inter = mw->intermediate;
     const int qd = nh * hd, kvd = nkv * hd;
@@ -725,8 +876,12 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     float *gate = att + (size_t)rows * qd, *up = gate + (size_t)rows * inter, *t = up + (size_t)rows * inter;
     const int quads = (widest / FD_GROUP + 3) / 4;
     float *xs = t + (size_t)rows * max_rank, *xsum = xs + (size_t)rows * (widest / FD_GROUP);
-    float *lanes = xsum + (size_t)rows * (widest / FD_GROUP), *scores = lanes + (size_t)rows * quads * 16;
-    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * cap), xs, xsum, lanes, rows, 0, 0};
+    const int chunks = (cap + FD_ATTENTION_CHUNK - 1) / FD_ATTENTION_CHUNK;
+    float *lanes = xsum + (size_t)rows * (widest / FD_GROUP), *partial = lanes + (size_t)rows * quads * 16;
+    float *scores = partial + (size_t)rows * nh * chunks * (hd + 2);
+    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * (nh * FD_ATTENTION_CHUNK + hd)), xs, xsum, lanes, rows, 0, 0};
+    int longest = 0;
+    for (int m = 0; m < rows; m++) longest = imax(longest, positions[m] + 1);
 
     for (int m = 0; m < rows; m++) memcpy(h + (size_t)m * d, mw->embed + (size_t)tokens[m] * d, sizeof(float) * d);
     for (int l = 0; l < mw->n_layers; l++) {
@@ -736,17 +891,19 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
         project(l, layer, loras, (const int[]){Q_PROJ, K_PROJ, V_PROJ}, (float *const[]){q, kb, vb}, 3, xn, &xq, t, threads);
         for (int m = 0; m < rows; m++) { /* every row's keys and values go in before any row attends */
             const int pos = positions[m], mc = caps[m];
-            float *kc = k_caches[m] + (size_t)l * nkv * mc * hd, *vc = v_caches[m] + (size_t)l * nkv * mc * hd;
+            uint16_t *kc = k_caches[m] + (size_t)l * nkv * mc * hd, *vc = v_caches[m] + (size_t)l * nkv * mc * hd;
             const float *cos = mw->rope_cos + (size_t)pos * hd, *sin = mw->rope_sin + (size_t)pos * hd;
             rope(q + (size_t)m * qd, nh, hd, cos, sin);
             rope(kb + (size_t)m * kvd, nkv, hd, cos, sin);
             for (int j = 0; j < nkv; j++) {
-                memcpy(kc + ((size_t)j * mc + pos) * hd, kb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
-                memcpy(vc + ((size_t)j * mc + pos) * hd, vb + (size_t)m * kvd + (size_t)j * hd, sizeof(float) * hd);
+                to_half(kb + (size_t)m * kvd + (size_t)j * hd, kc + ((size_t)j * mc + pos) * hd, hd);
+                to_half(vb + (size_t)m * kvd + (size_t)j * hd, vc + ((size_t)j * mc + pos) * hd, hd);
             }
         }
-        fd_attention_job attention = {mw, l, rows, positions, caps, k_caches, v_caches, q, att, scores, cap};
+        fd_attention_job attention = {mw, l, rows, (longest + FD_ATTENTION_CHUNK - 1) / FD_ATTENTION_CHUNK,
+                                      positions, caps, k_caches, v_caches, q, scores, partial};
         run_parts(attention_part, &attention, threads);
+        attention_merge(&attention, att);
         quantize_rows(att, rows, qd, &xq);
         project(l, layer, loras, (const int[]){O_PROJ}, (float *const[]){tmp}, 1, att, &xq, t, threads);
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];

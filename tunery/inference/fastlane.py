@@ -40,6 +40,9 @@ MODEL_TYPES = ("llama", "mistral", "qwen2")
 PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
+# Keys and values are kept in fp16: half the bytes a long context's attention reads (it is bound
+# by reading them), for a rounding error far below the int8 activations'.
+CACHE_DTYPE = torch.float16
 
 
 class FastLaneUnavailable(Exception):
@@ -198,10 +201,10 @@ class FastLane:
     # ---- caches ----------------------------------------------------------------------------
     def load(self, key: int, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, capacity: int) -> None:
         """Take a sequence's cache (its last `length` positions of [1, kv_heads, T, head_dim] per
-        layer) under `key`, with room for `capacity` positions."""
+        layer, stored as fp16) under `key`, with room for `capacity` positions."""
         capacity = min(max(capacity, length), self.max_pos)
         shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
-        k_cache, v_cache = torch.empty(shape), torch.empty(shape)
+        k_cache, v_cache = torch.empty(shape, dtype=CACHE_DTYPE), torch.empty(shape, dtype=CACHE_DTYPE)
         for i, (keys, values) in enumerate(layers):
             k_cache[i, :, :length] = keys[0, :, keys.shape[2] - length:]
             v_cache[i, :, :length] = values[0, :, values.shape[2] - length:]
@@ -220,7 +223,7 @@ class FastLane:
             return  # too far is refused by the pass itself
         capacity = min(self.max_pos, max(needed, 2 * old))
         shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
-        grown_k, grown_v = torch.empty(shape), torch.empty(shape)
+        grown_k, grown_v = torch.empty(shape, dtype=CACHE_DTYPE), torch.empty(shape, dtype=CACHE_DTYPE)
         grown_k[:, :, :old], grown_v[:, :, :old] = k_cache, v_cache
         self._caches[key] = (grown_k, grown_v)
 
