@@ -10,8 +10,9 @@
  *
  * Activations are fp32, quantized to int8 per group of 32 where they meet the int4 weights (the
  * products are integer dot products, VNNI where the CPU has it). With AVX2 the weight loops are
- * vectorized by hand; without it, the same arithmetic runs as plain C. The output rows of each
- * matrix are split between the calling thread and `threads - 1` workers.
+ * vectorized by hand; without it, the same arithmetic runs as plain C. Keys and values are cached
+ * as fp16. The output rows of each matrix, the attention's (row, kv head, chunk) units and the
+ * SiLU are split between the calling thread and `threads - 1` workers.
  */
 #include <math.h>
 #include <pthread.h>
