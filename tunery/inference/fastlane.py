@@ -1,24 +1,26 @@
-"""The fast lane: a lone request's decode steps as one compiled call each (`fastdecode.c`).
+"""The fast lane: the engine's decode passes as one compiled call each (`fastdecode.c`).
 
-A batch-1 decode step of an int4 model spends most of its time outside the weight kernels: a few
-hundred small torch operations per token (norms, rotary embeddings, cache updates, dtype
-conversions) and the Python that issues them. The fast lane runs the whole step in C over the
-quantized model's own tensors: the same weights, the same arithmetic in fp32, its own KV cache.
+A decode step of an int4 model through torch spends most of its time outside the weight kernels:
+a few hundred small operations per token (norms, rotary embeddings, cache updates, dtype
+conversions) and the Python that issues them. The fast lane runs the whole pass in C over the
+quantized model's own tensors, for up to MAX_ROWS rows (tokens of several sequences, or a draft),
+and holds each sequence's KV cache.
 
 It takes Llama-family decoders (llama, mistral without a sliding window, qwen2) whose decoder
 layers are all `Int4Linear` and whose head is `Int8Linear`, i.e. `--weights int4`, with any LoRA
-adapters the engine serves; each row of a pass may use its own. The C file is compiled once per machine with the system's C compiler
-into `TUNERY_HOME/cache/kernels/`; without a compiler the engine keeps its torch path and says so.
-Knows the quantized layers and the C structures; nothing about requests or batching.
+adapters the engine serves; each row of a pass may use its own. The C file is compiled once per
+machine with the system's C compiler into `TUNERY_HOME/cache/kernels/`; without one the engine
+keeps its torch path and says why. Knows the quantized layers and the C structures; nothing about
+requests or batching.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -29,8 +31,6 @@ from torch import nn
 
 from tunery.inference.quant import Int4Linear, Int8Linear
 from tunery.paths import cache_dir
-
-log = logging.getLogger("tunery.inference")
 
 SOURCE = Path(__file__).with_name("fastdecode.c")
 MAX_ROWS = 16  # FD_MAX_ROWS: rows per pass (sequences' tokens, or a draft plus the last token)
@@ -51,8 +51,7 @@ class FastLaneUnavailable(Exception):
 
 class _Q4(ctypes.Structure):
     _fields_ = [("codes", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("mins", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p),
-                ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
+                ("bias", ctypes.c_void_p), ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
 
 
 class _Lora(ctypes.Structure):
@@ -84,11 +83,12 @@ def _cpu_signature() -> str:
 
 def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
     """Compile fastdecode.c (once per source, compiler, flags and CPU) and return the shared library."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or [found for found in (shutil.which("cc"), shutil.which("gcc"))
+                                                           if found][:1]
     if not compiler:
         raise FastLaneUnavailable("no C compiler (cc or gcc) on PATH; install one (e.g. apt install gcc)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags).encode(),
                                       _cpu_signature().encode()])).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # same filesystem: the rename is atomic
         built = Path(scratch) / target.name
         try:
-            result = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+            result = subprocess.run([*compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
                                     text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FastLaneUnavailable(f"the C compiler did not run ({exc})") from None
@@ -123,12 +123,12 @@ def _base(module: nn.Module) -> nn.Module:
 
 
 class FastLane:
-    """One sequence's decode passes through the compiled model; holds that sequence's KV cache."""
+    """Decode passes through the compiled model; holds the KV cache of every sequence loaded into it."""
 
     def __init__(self, model: nn.Module, max_context: int, library: Path | None = None):
         self.model = model
         self._keep: list[torch.Tensor] = []  # tensors the C structures point into
-        self._modules = _check_model(model)
+        _check_model(model)
         self.lib = _load_library(library or compile_library())
         config, decoder = model.config, model.model
         self.n_layers = len(decoder.layers)
@@ -164,8 +164,7 @@ class FastLane:
                 scales, mins = scale.half().contiguous(), (zero - 8 * scale).half().contiguous()
                 self._keep += [layer.codes, scales, mins]
                 layers[i].proj[j] = _Q4(layer.codes.data_ptr(), scales.data_ptr(), mins.data_ptr(),
-                                        self._ptr(layer.bias),
-                                        layer.out_features, layer.in_features)
+                                        self._ptr(layer.bias), layer.out_features, layer.in_features)
         cos, sin = _rope_tables(decoder.rotary_emb, max_context)
         head: Int8Linear = model.get_output_embeddings()
         self._keep.append(head.weight_int8)
@@ -297,13 +296,15 @@ def _check_model(model: nn.Module) -> None:
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     for block in decoder.layers:
-        attention = block.self_attn
+        attention = getattr(block, "self_attn", None)
+        if not all(hasattr(block, name) for name in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")):
+            raise FastLaneUnavailable("a decoder layer is not laid out as attention, MLP and two RMSNorms")
         if abs(getattr(attention, "scaling", head_dim ** -0.5) - head_dim ** -0.5) > 1e-9 or n_heads % n_kv:
             raise FastLaneUnavailable("attention is not plain scaled dot-product with grouped heads")
         if any(hasattr(attention, name) for name in ("q_norm", "k_norm")):
             raise FastLaneUnavailable("attention normalizes queries and keys")
         for part, name in PROJECTIONS:
-            layer = _base(getattr(getattr(block, part), name, None))
+            layer = _base(getattr(getattr(block, part, None), name, None))
             if not isinstance(layer, Int4Linear) or layer.group_size != 32:
                 raise FastLaneUnavailable(f"{part}.{name} is not an int4 layer (serve with --weights int4)")
             if layer.in_features % 64:
