@@ -80,6 +80,28 @@ def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
         assert (values - ref_values).abs().max() <= 0.02 * ref_values.abs().max()
 
 
+def test_a_prompt_prefilled_in_the_lane_matches_the_reference(int4_tiny):
+    model, tokenizer, _ = int4_tiny
+    reference = dequantized_copy(model)
+    ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
+    assert len(ids) > 2 * MAX_ROWS  # three passes, the last one partial
+    _, want = prefill(reference, ids)
+    fast = FastLane(model, max_context=256)
+    fast.open(0, capacity=len(ids) + 1)
+    for start in range(0, len(ids), MAX_ROWS):
+        chunk = ids[start:start + MAX_ROWS]
+        logits = fast.forward([0] * len(chunk), chunk, list(range(start, start + len(chunk))), [0] * len(chunk),
+                              logits_from=len(chunk) - 1).clone()  # the lane reuses its logits buffer
+        assert logits.shape == (1, fast.vocab)  # the head ran for the last row only
+    assert (logits[0] - want).abs().max() <= 0.02 * spread(want)
+    # The same rows with every row's logits: the last row is the same.
+    fast.open(0, capacity=len(ids) + 1)
+    for start in range(0, len(ids), MAX_ROWS):
+        chunk = ids[start:start + MAX_ROWS]
+        every = fast.forward([0] * len(chunk), chunk, list(range(start, start + len(chunk))), [0] * len(chunk))
+    assert every.shape == (len(chunk), fast.vocab) and torch.equal(every[-1], logits[0])
+
+
 def test_one_pass_of_several_rows_equals_passes_of_one_and_threads_change_nothing(int4_tiny):
     model, tokenizer, _ = int4_tiny
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in (PROMPT, "hi", "VPN token?")]

@@ -850,15 +850,16 @@ static void rope(float *v, int heads, int hd, const float *cos, const float *sin
  * holding that sequence's positions 0..positions[m]-1; its keys and values go in at positions[m].
  * Rows may share a sequence (a speculative draft: consecutive positions, one cache) or not (a
  * batch of sequences). loras[m] is row m's LoRA table ([n_layers][N_PROJ]) or NULL; `loras` may be
- * NULL. Returns 0, or -1 when the arguments do not fit (nothing is written then). */
+ * NULL. logits get rows logits_from..rows-1 (0: all). Returns 0, or -1 when the arguments do not
+ * fit (nothing is written then). */
 int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_t *positions,
-               uint16_t *const *k_caches, uint16_t *const *v_caches, const int32_t *caps, const fd_lora *const *loras, float *logits, float *ws,
-               int max_rank, int threads) {
+               uint16_t *const *k_caches, uint16_t *const *v_caches, const int32_t *caps, const fd_lora *const *loras,
+               float *logits, float *ws, int max_rank, int logits_from, int threads) {
     const int d = mw->hidden, hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, inter = mw->intermediate;
     const int qd = nh * hd, kvd = nkv * hd;
     if (threads < 1) threads = 1;
     if (threads > FD_MAX_THREADS) threads = FD_MAX_THREADS;
-    if (rows < 1 || rows > FD_MAX_ROWS) return -1;
+    if (rows < 1 || rows > FD_MAX_ROWS || logits_from < 0 || logits_from >= rows) return -1;
     int cap = 0;
     for (int m = 0; m < rows; m++) {
         if (tokens[m] < 0 || tokens[m] >= mw->vocab || positions[m] < 0 || positions[m] >= caps[m]
@@ -918,7 +919,8 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
         for (size_t i = 0; i < (size_t)rows * d; i++) h[i] += tmp[i];
     }
     for (int m = 0; m < rows; m++) rms_norm(h + (size_t)m * d, mw->final_norm, mw->eps, d, xn + (size_t)m * d);
-    fd_head_job head = {mw, xn, rows, logits};
+    /* Logits only for rows logits_from.. (a prefill needs its last row's): logits[0] is that row's. */
+    fd_head_job head = {mw, xn + (size_t)logits_from * d, rows - logits_from, logits};
     run_parts(head_part, &head, threads);
     if (owner) pthread_mutex_unlock(&pool_owner);
     return 0;

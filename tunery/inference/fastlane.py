@@ -111,7 +111,7 @@ def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
 def _load_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.fd_forward.restype = ctypes.c_int
-    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 2
+    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3
     lib.fd_workspace_floats.restype = ctypes.c_size_t
     lib.fd_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return lib
@@ -198,16 +198,21 @@ class FastLane:
         return self._lora_tables[slot]
 
     # ---- caches ----------------------------------------------------------------------------
+    def open(self, key: int, capacity: int) -> None:
+        """An empty cache for sequence `key` with room for `capacity` positions (its prompt will run
+        through the lane)."""
+        capacity = min(capacity, self.max_pos)
+        shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
+        self._caches[key] = (torch.empty(shape, dtype=CACHE_DTYPE), torch.empty(shape, dtype=CACHE_DTYPE))
+
     def load(self, key: int, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, capacity: int) -> None:
         """Take a sequence's cache (its last `length` positions of [1, kv_heads, T, head_dim] per
         layer, stored as fp16) under `key`, with room for `capacity` positions."""
-        capacity = min(max(capacity, length), self.max_pos)
-        shape = (self.n_layers, self.n_kv_heads, capacity, self.head_dim)
-        k_cache, v_cache = torch.empty(shape, dtype=CACHE_DTYPE), torch.empty(shape, dtype=CACHE_DTYPE)
+        self.open(key, max(capacity, length))
+        k_cache, v_cache = self._caches[key]
         for i, (keys, values) in enumerate(layers):
             k_cache[i, :, :length] = keys[0, :, keys.shape[2] - length:]
             v_cache[i, :, :length] = values[0, :, values.shape[2] - length:]
-        self._caches[key] = (k_cache, v_cache)
 
     def drop(self, key: int) -> None:
         self._caches.pop(key, None)
@@ -228,10 +233,11 @@ class FastLane:
 
     # ---- a pass ----------------------------------------------------------------------------
     def forward(self, keys: list[int], tokens: list[int], positions: list[int], slots: list[int],
-                threads: int = 1) -> torch.Tensor:
-        """Logits [rows, vocab]: row i is `tokens[i]` at `positions[i]` of sequence `keys[i]`, with the
-        adapter in `slots[i]` (0: none). A sequence may have several rows (a draft: consecutive
-        positions). The sequences' caches keep the rows' keys and values."""
+                threads: int = 1, logits_from: int = 0) -> torch.Tensor:
+        """Logits [rows - logits_from, vocab]: row i is `tokens[i]` at `positions[i]` of sequence
+        `keys[i]`, with the adapter in `slots[i]` (0: none). A sequence may have several rows (a
+        draft or a prompt: consecutive positions). The sequences' caches keep the rows' keys and
+        values; only rows from `logits_from` on get logits (a prompt needs its last one)."""
         rows = len(tokens)
         if not 1 <= rows <= MAX_ROWS or not len(keys) == len(positions) == len(slots) == rows:
             raise ValueError(f"the fast lane takes 1 to {MAX_ROWS} rows per pass (tokens, positions, "
@@ -258,11 +264,11 @@ class FastLane:
             loras = (ctypes.c_void_p * rows)(*[None if t is None else ctypes.addressof(t[0]) for t in tables])
         status = self.lib.fd_forward(ctypes.byref(self._struct), rows, ids.data_ptr(), c_positions, k_ptrs, v_ptrs,
                                      caps, loras, self._logits.data_ptr(), self._workspace.data_ptr(), max_rank,
-                                     threads)
+                                     logits_from, threads)
         if status != 0:
             raise ValueError(f"the fast lane refused rows at positions {positions} (caches of "
                              f"{[k.shape[2] for k, _ in caches]}, context {self.max_pos}, vocabulary {self.vocab})")
-        return self._logits[:rows]
+        return self._logits[:rows - logits_from]
 
 
 def _rope_tables(rotary: nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
