@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -32,7 +32,7 @@
 enum { Q_PROJ, K_PROJ, V_PROJ, O_PROJ, GATE_PROJ, UP_PROJ, DOWN_PROJ, N_PROJ };
 
 typedef struct {
-    const uint8_t *codes;   /* [n][k/2]: byte j of a row holds inputs 2j (low nibble) and 2j+1 (high) */
+    const uint8_t *codes;   /* [n][k/2]: two codes a byte, groups in pairs (see pair_byte) */
     const uint16_t *scales; /* fp16 [n][k/32]: w = q * scale + min, q in 0..15 */
     const uint16_t *mins;   /* fp16 [n][k/32] */
     const float *bias;      /* [n] or NULL */
@@ -64,6 +64,8 @@ typedef struct {
 } fd_model;
 
 static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) { return a < b ? a : b; }
+
 /* max without fmaxf's NaN rules, which keep it a library call; inputs here are never NaN */
 static inline float fmax_plain(float a, float b) { return a > b ? a : b; }
 
@@ -73,7 +75,6 @@ static float max_of(const float *x, int count) {
     for (int i = 0; i < count; i++) top = x[i] > top ? x[i] : top;
     return top;
 }
-static int imin(int a, int b) { return a < b ? a : b; }
 
 /* Floats of workspace `fd_forward` needs for `rows` tokens, caches of up to `cap` positions and
  * LoRA ranks up to `rank`. */
@@ -155,9 +156,7 @@ static inline float hsum256(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-#endif
 
-#if defined(__AVX2__)
 /* e^x for 8 floats (Cephes' polynomial, ~1e-7 relative): what expf gives, at a vector's cost. */
 static inline __m256 exp256(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
