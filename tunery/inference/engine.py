@@ -99,6 +99,11 @@ def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC
     return []
 
 
+def _lane_capacity(seq: _Sequence) -> int:
+    """Positions a new sequence's lane cache starts with: its prompt, some room to generate, a draft."""
+    return len(seq.prompt_ids) + min(seq.params.max_new_tokens, FAST_INITIAL_ROOM) + FAST_MAX_DRAFT + 2
+
+
 def _group_by_length(seqs: list[_Sequence], max_tokens: int) -> list[list[_Sequence]]:
     """Consecutive groups (by prompt length) whose padded size stays within `max_tokens`."""
     groups: list[list[_Sequence]] = []
@@ -384,9 +389,8 @@ class Engine:
         if self._fast is not None:  # each row's cache moves into the fast lane, padding left behind
             layers = cache_tensors(cache)
             for i, seq in enumerate(seqs):
-                room = min(seq.params.max_new_tokens, FAST_INITIAL_ROOM) + FAST_MAX_DRAFT + 2
                 self._fast.load(seq.id, [(k[i:i + 1], v[i:i + 1]) for k, v in layers], len(seq.prompt_ids),
-                                len(seq.prompt_ids) + room)
+                                _lane_capacity(seq))
         else:
             self._batch.append_rows(cache_tensors(cache), mask)
         logits = out.logits[:, -1].float().cpu()  # samplers use per-request CPU generators
@@ -454,7 +458,7 @@ class Engine:
         model's int4 prefill at every length measured, 20 to 200 tokens; several prompts at once
         go through the torch model, whose dense path serves them better)."""
         prompt, threads = seq.prompt_ids, self._default_threads
-        self._fast.open(seq.id, len(prompt) + min(seq.params.max_new_tokens, FAST_INITIAL_ROOM) + FAST_MAX_DRAFT + 2)
+        self._fast.open(seq.id, _lane_capacity(seq))
         for start in range(0, len(prompt), FAST_MAX_ROWS):
             chunk = prompt[start:start + FAST_MAX_ROWS]
             logits = self._fast.forward([seq.id] * len(chunk), chunk, list(range(start, start + len(chunk))),
