@@ -20,7 +20,8 @@ feedback_app = typer.Typer(help="Turn feedback on served answers into training d
 app.add_typer(keys_app, name="keys")
 app.add_typer(feedback_app, name="feedback")
 WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
-                "everywhere) or int4 (int4 group-32 decoder, int8 head: fastest decoding). int8/int4 run on CPU only.")
+                "everywhere) or int4 (int4 group-32 decoder, int8 head, decoded in a compiled fast lane: fastest by "
+                "far). int8/int4 run on CPU only.")
 
 
 def parse_adapters(pairs: list[str]) -> dict[str, str]:
