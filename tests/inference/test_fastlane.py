@@ -341,6 +341,55 @@ def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs
     assert not engine.fast_lane._caches  # finished sequences leave the lane
 
 
+def test_a_long_prompt_is_prefilled_in_chunks_beside_the_running_rows(int4_tiny):
+    """A prompt that arrives while another request decodes takes the free rows of the next passes; the
+    running request keeps getting a token every pass; both follow the reference; an abort mid-prefill
+    frees the lane."""
+    model, tokenizer, stops = int4_tiny
+    reference = dequantized_copy(model)
+    engine = Engine(model, tokenizer, stops, speculate=False).start()
+    tokens = generated_tokens(engine)
+    first = encode_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+    long = encode_prompt(tokenizer, [{"role": "user", "content": " ".join([PROMPT] * 4)}])
+    assert len(long) > 4 * MAX_ROWS
+    order, started, go, done = [], threading.Event(), threading.Event(), threading.Event()
+
+    def sink(key):
+        def on_event(event):
+            order.append((key, event))
+            if key == 1 and len(order) == 3:
+                started.set()
+                go.wait(30)
+            if key == 2 and event.finish_reason:
+                done.set()
+        return on_event
+
+    try:
+        first_id = engine.submit(first, SamplingParams(max_new_tokens=60, temperature=0.0, ignore_eos=True), sink(1))
+        assert started.wait(30)
+        long_id = engine.submit(long, SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True), sink(2))
+        go.set()
+        assert done.wait(60)
+        # An abort while the prompt is still being prefilled.
+        aborted = threading.Event()
+        abort_id = engine.submit(long, SamplingParams(max_new_tokens=10, temperature=0.0),
+                                 lambda event: event.finish_reason and aborted.set())
+        engine.abort(abort_id)
+        assert aborted.wait(30)
+        assert engine.wait_idle(60)
+    finally:
+        engine.stop()
+    keys = [key for key, _ in order]
+    # The first request's tokens kept coming while the long prompt was prefilled: several of them
+    # arrived after the second request was submitted and before its first token.
+    assert keys[3:keys.index(2)].count(1) >= 3
+    assert engine.stats["prefill_passes"] >= 4
+    assert_follows(reference, first, tokens[first_id])
+    assert_follows(reference, long, tokens[long_id])
+    assert len(tokens[long_id]) == 10 and abort_id not in tokens
+    assert not engine.fast_lane._caches
+
+
 def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):
     model, tokenizer, stops = int4_tiny
     engine = Engine(model, tokenizer, stops)

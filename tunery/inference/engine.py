@@ -83,6 +83,9 @@ SPEC_MAX_BACKOFF = 16  # a draft rejected outright costs a little: text that doe
 # are accepted whole, up to FAST_MAX_DRAFT.
 FAST_MAX_DRAFT = 3
 FAST_INITIAL_ROOM = 256  # positions reserved past the prompt; a lane cache doubles when it fills
+# A prompt prefilled in the lane gets at least this many rows of each pass it shares with decode
+# rows (all 16 when it is alone), so a long prompt neither stalls the running requests nor starves.
+FAST_PREFILL_MIN_ROWS = 8
 
 
 def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC_NGRAM_SIZES) -> list[int]:
@@ -136,7 +139,8 @@ class Engine:
         # Decode steps of at most SMALL_DECODE_ROWS rows run on this many threads (None: torch's setting).
         self.small_decode_threads = small_decode_threads
         self._default_threads = torch.get_num_threads()
-        self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0, "fast_lane_passes": 0}
+        self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0, "fast_lane_passes": 0,
+                      "prefill_passes": 0}
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.slots = AdapterSlots(model)
         self.adapters: dict[str, _Adapter] = {}
@@ -371,9 +375,15 @@ class Engine:
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
         """One forward over the new prompts, left-padded together; their rows join the batch (or
-        the fast lane). A lone prompt goes through the fast lane when there is one."""
-        if self._fast is not None and len(seqs) == 1:
-            self._prefill_in_lane(seqs[0])
+        the fast lane). With a fast lane, a prompt that arrives alone or while others decode is
+        instead prefilled there in chunks, pass by pass, next to the other rows' tokens; several
+        prompts arriving at an idle engine still take this one batched forward, which the torch
+        model's dense path serves faster than 16-row passes."""
+        if self._fast is not None and (len(seqs) == 1 or self._active):
+            for seq in seqs:  # prefilled in chunks by the next passes (see _decode_fast)
+                self._fast.open(seq.id, _lane_capacity(seq))
+                seq.fed = 0
+                self._active.append(seq)
             return
         width = max(len(seq.prompt_ids) for seq in seqs)
         pads = [width - len(seq.prompt_ids) for seq in seqs]
@@ -453,24 +463,13 @@ class Engine:
         return accepted
 
     # ---- the fast lane ---------------------------------------------------------------------
-    def _prefill_in_lane(self, seq: _Sequence) -> None:
-        """A lone prompt through the lane, FAST_MAX_ROWS positions a pass (faster than the torch
-        model's int4 prefill at every length measured, 20 to 200 tokens; several prompts at once
-        go through the torch model, whose dense path serves them better)."""
-        prompt, threads = seq.prompt_ids, self._default_threads
-        self._fast.open(seq.id, _lane_capacity(seq))
-        for start in range(0, len(prompt), FAST_MAX_ROWS):
-            chunk = prompt[start:start + FAST_MAX_ROWS]
-            logits = self._fast.forward([seq.id] * len(chunk), chunk, list(range(start, start + len(chunk))),
-                                        [seq.slot] * len(chunk), threads, logits_from=len(chunk) - 1)
-        self._active.append(seq)
-        seq.fed = len(prompt)
-        self._accept(seq, sample_token(logits[0], seq.params, seq.generator))
-
     def _decode_fast(self) -> None:
-        """Compiled passes: a lone greedy row with its draft, or every active row one token each."""
-        rows, threads = self._active, self._default_threads
-        lone = rows[0] if len(rows) == 1 else None
+        """Compiled passes: a lone greedy row with its draft; or every active row one token each,
+        the first pass also taking the next chunk of a prompt still being prefilled."""
+        threads = self._default_threads
+        prompts = [seq for seq in self._active if seq.fed < len(seq.prompt_ids)]
+        rows = [seq for seq in self._active if seq.fed >= len(seq.prompt_ids)]
+        lone = rows[0] if len(rows) == 1 and not prompts else None
         if lone is not None and self.speculate and lone.params.temperature <= 0.0:
             room = min(lone.spec_len, self.max_context - lone.fed - 2, lone.params.max_new_tokens - lone.generated - 1)
             draft = ngram_draft(lone.history, room) if lone.spec_wait <= 0 else []
@@ -484,16 +483,44 @@ class Engine:
                 lone.spec_len = min(FAST_MAX_DRAFT, lone.spec_len + 1) if accepted == len(draft) else max(1, accepted)
                 return
             lone.spec_wait -= 1
+        if prompts:
+            shared = FAST_MAX_ROWS - FAST_PREFILL_MIN_ROWS  # decode rows that share the prompt's pass
+            self._pass_with_prompt(prompts[0], rows[:shared], threads)
+            rows = rows[shared:]
         for start in range(0, len(rows), FAST_MAX_ROWS):
             chunk = rows[start:start + FAST_MAX_ROWS]
             logits = self._fast.forward([seq.id for seq in chunk], [seq.last_token for seq in chunk],
                                         [seq.fed for seq in chunk], [seq.slot for seq in chunk], threads)
             self.stats["decode_passes"] += 1
             self.stats["fast_lane_passes"] += 1
-            for i, seq in enumerate(chunk):
-                seq.fed += 1
-                if not seq.aborted:
-                    self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
+            self._accept_rows(chunk, logits)
+
+    def _pass_with_prompt(self, seq: _Sequence, rows: list[_Sequence], threads: int) -> None:
+        """One pass: the next chunk of `seq`'s prompt (the pass's free rows), then one token of each
+        of `rows`. Logits are computed for the decode rows and, when the chunk ends the prompt, for
+        its last position, whose pick is the request's first token."""
+        chunk = seq.prompt_ids[seq.fed:seq.fed + FAST_MAX_ROWS - len(rows)]
+        ends = seq.fed + len(chunk) == len(seq.prompt_ids)
+        first = len(chunk) - 1 if ends or not rows else len(chunk)  # the first row that gets logits
+        logits = self._fast.forward([seq.id] * len(chunk) + [row.id for row in rows],
+                                    chunk + [row.last_token for row in rows],
+                                    list(range(seq.fed, seq.fed + len(chunk))) + [row.fed for row in rows],
+                                    [seq.slot] * len(chunk) + [row.slot for row in rows], threads, logits_from=first)
+        self.stats["prefill_passes"] += 1
+        seq.fed += len(chunk)
+        if rows:
+            self.stats["decode_passes"] += 1
+            self.stats["fast_lane_passes"] += 1
+            self._accept_rows(rows, logits[len(chunk) - first:])
+        if ends and not seq.aborted:
+            self._accept(seq, sample_token(logits[0], seq.params, seq.generator))
+
+    def _accept_rows(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """Each row fed its last token; it gets the token sampled from its row of `logits`."""
+        for i, seq in enumerate(rows):
+            seq.fed += 1
+            if not seq.aborted:
+                self._accept(seq, sample_token(logits[i], seq.params, seq.generator))
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
