@@ -5,15 +5,16 @@ active rows in a single forward pass, rows using different adapters included. Re
 through a per-request callback; aborting a request frees its row at the next step.
 
 On an int4 model every decode step runs in the fast lane (`fastlane.py`): one call into compiled
-code for all active rows, each row's KV cache held there from its prefill on (a prompt that arrives
-alone is prefilled there too); other models step through the torch model with one left-padded
-cache for the batch.
+code for all active rows, each row's KV cache held there from its prefill on. A prompt that arrives
+alone or while others decode is prefilled there too, in chunks that share the passes with the
+running rows. Other models step through the torch model with one left-padded cache for the batch.
 
 A lone greedy row speculates (prompt lookup): the tokens that followed the latest earlier
 occurrence of its last few tokens are proposed as a draft, one forward pass scores them all, and
 the longest prefix the model itself would have chosen is kept, plus the model's own next token.
-Greedy output is unchanged; a batch-1 step on a CPU costs about the same for one token as for
-seven (it is bound by reading the weights), so every accepted draft token is nearly free.
+Greedy output is unchanged; a batch-1 step through the torch model on a CPU costs about the same
+for one token as for seven, so every accepted draft token is nearly free there (in the fast lane
+drafts are shorter, see FAST_MAX_DRAFT).
 """
 
 from __future__ import annotations
