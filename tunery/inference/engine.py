@@ -89,6 +89,10 @@ FAST_INITIAL_ROOM = 256  # positions reserved past the prompt; a lane cache doub
 FAST_PREFILL_MIN_ROWS = 8
 
 
+def threads_text(threads: int) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
 def ngram_draft(tokens: list[int], max_draft: int, sizes: tuple[int, ...] = SPEC_NGRAM_SIZES) -> list[int]:
     """Up to `max_draft` tokens that followed the latest earlier occurrence of the last n tokens."""
     if max_draft <= 0:
@@ -126,8 +130,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int], *, max_batch_size: int = 16,
                  max_adapters: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
-                 max_queued: int = 256, speculate: bool = True, small_decode_threads: int | None = None,
-                 fast_lane: bool = True):
+                 max_queued: int = 256, speculate: bool = True, small_decode_threads: int | None = None):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
@@ -154,17 +157,14 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        # The fast lane, when this model and machine allow it; `fast_lane_status` says which and why.
+        # The fast lane, when this model and machine allow it; otherwise why not.
         self._fast: FastLane | None = None
-        self.fast_lane_status = "off (disabled)"
-        if fast_lane:
-            try:
-                self._fast = FastLane(model, self.max_context)
-                threads = self._default_threads
-                self.fast_lane_status = f"on ({threads} thread{'s' if threads > 1 else ''})"
-            except FastLaneUnavailable as exc:
-                self.fast_lane_status = f"off ({exc})"
-            log.info("fast lane (compiled decode steps): %s", self.fast_lane_status)
+        self.fast_lane_off: str | None = None
+        try:
+            self._fast = FastLane(model, self.max_context)
+        except FastLaneUnavailable as exc:
+            self.fast_lane_off = str(exc)
+        log.info("fast lane (compiled decode steps): %s", self.fast_lane_status)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -188,8 +188,18 @@ class Engine:
 
     @property
     def fast_lane(self) -> FastLane | None:
-        """The compiled decode path, when this engine has one (see `fast_lane_status`)."""
+        """The compiled decode path, when this engine has one (else `fast_lane_off` says why)."""
         return self._fast
+
+    @property
+    def fast_lane_status(self) -> str:
+        """`on (N threads)` or `off (reason)`."""
+        return f"off ({self.fast_lane_off})" if self._fast is None else f"on ({threads_text(self.fast_lane_threads)})"
+
+    @property
+    def fast_lane_threads(self) -> int:
+        """Threads a fast-lane pass runs on: torch's count when the engine was made."""
+        return self._default_threads
 
     @property
     def num_running(self) -> int:
@@ -467,7 +477,7 @@ class Engine:
     def _decode_fast(self) -> None:
         """Compiled passes: a lone greedy row with its draft; or every active row one token each,
         the first pass also taking the next chunk of a prompt still being prefilled."""
-        threads = self._default_threads
+        threads = self.fast_lane_threads
         prompts = [seq for seq in self._active if seq.fed < len(seq.prompt_ids)]
         rows = [seq for seq in self._active if seq.fed >= len(seq.prompt_ids)]
         lone = rows[0] if len(rows) == 1 and not prompts else None

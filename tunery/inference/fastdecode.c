@@ -72,7 +72,7 @@ static inline float fmax_plain(float a, float b) { return a > b ? a : b; }
 static float max_of(const float *x, int count) {
     float top = -INFINITY;
 #pragma omp simd reduction(max : top)
-    for (int i = 0; i < count; i++) top = x[i] > top ? x[i] : top;
+    for (int i = 0; i < count; i++) top = fmax_plain(top, x[i]);
     return top;
 }
 

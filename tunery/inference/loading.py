@@ -26,12 +26,14 @@ class LoadedEngine:
     @property
     def decode_summary(self) -> str:
         """One line for the start banner: which path decode steps take, and why."""
-        status = self.engine.fast_lane_status
-        if status.startswith("on"):
-            return f"decode: fast lane (compiled passes, {status[4:-1]})"
+        from tunery.inference.engine import threads_text
+
+        engine = self.engine
+        if engine.fast_lane is not None:
+            return f"decode: fast lane (compiled passes, {threads_text(engine.fast_lane_threads)})"
         if self.quantization.weights != "int4":
             return "decode: torch model (--weights int4 decodes in the compiled fast lane, several times faster)"
-        return f"decode: torch model (fast lane unavailable: {status[5:-1]})"
+        return f"decode: torch model (fast lane unavailable: {engine.fast_lane_off})"
 
 
 def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", max_batch_size: int = 16,
