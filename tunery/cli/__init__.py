@@ -18,12 +18,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Imported for their side effect of adding commands to `app`.
-    from tunery.cli import data as _data  # noqa: F401
+    # Imported for their side effect of adding commands to `app`, in the order `--help` lists them.
+    from tunery.cli import data as _data  # noqa: F401, I001  (order: the --help listing)
     from tunery.cli import evaluate as _evaluate  # noqa: F401
+    from tunery.cli import export as _export  # noqa: F401
     from tunery.cli import models as _models  # noqa: F401
     from tunery.cli import serve as _serve  # noqa: F401
+    from tunery.cli import keys as _keys  # noqa: F401
+    from tunery.cli import feedback as _feedback  # noqa: F401
     from tunery.cli import train as _train  # noqa: F401
+    from tunery.cli import demo as _demo  # noqa: F401
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`tunery eval`, `tunery compare` and `tunery export`: parse options, call one library function, render.
+"""`tunery eval` and `tunery compare`: parse options, call one library function, render.
 
 A failed gate exits with code 3 (errors exit 1 or 2), so scripts and the lifecycle can tell
 "the candidate is worse" from "the comparison could not run".
@@ -159,26 +159,3 @@ def print_summary(summary) -> None:
     for g in summary.gates:
         console.print(f"gate {g.rule} ({g.model}): {'pass' if g.passed else 'FAIL'} — {g.detail}", highlight=False)
     console.print(f"report: {summary.report_path}")
-
-
-@app.command("export")
-@handle_errors
-def export_command(
-    run_dir: Path = typer.Argument(..., help="A completed run directory."),
-    fmt: str = typer.Option(..., "--format", "-f", help="adapter, merged or gguf."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist or be empty)."),
-    dtype: str = typer.Option(None, "--dtype", help="merged: fp32, bf16 or fp16 (default: the base's); "
-                              "gguf: f32, f16, bf16 or q8_0 (default f16)."),
-    ollama: bool = typer.Option(False, "--ollama", help="gguf: also write an Ollama Modelfile."),
-    as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
-) -> None:
-    """Export a run as a PEFT adapter, a merged safetensors folder or a GGUF file, verified by logits."""
-    from tunery.export import export_run
-
-    result = export_run(run_dir, fmt, out, dtype=dtype, ollama=ollama)
-    if as_json:
-        print_json(result.as_dict())
-        return
-    console.print(f"exported {result.format} to {result.path}")
-    console.print(f"verified: max |Δlogit| {result.max_abs_diff:.3g} ≤ tolerance {result.tolerance:.3g} "
-                  f"on {result.num_prompts} prompts")

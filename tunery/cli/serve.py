@@ -1,4 +1,4 @@
-"""`tunery serve`, `tunery chat`, `tunery keys ...` and `tunery feedback export`.
+"""`tunery serve` and `tunery chat`.
 
 Each command parses its flags, calls one library function and renders the result.
 """
@@ -6,19 +6,13 @@ Each command parses its flags, calls one library function and renders the result
 from __future__ import annotations
 
 import queue
-from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from tunery.cli import app
-from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.cli.output import console, err_console, handle_errors
 from tunery.errors import ConfigError
 
-keys_app = typer.Typer(help="Create, list and revoke API keys for `tunery serve`.", no_args_is_help=True)
-feedback_app = typer.Typer(help="Turn feedback on served answers into training data.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(feedback_app, name="feedback")
 WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
                 "everywhere) or int4 (int4 group-32 decoder, int8 head, decoded in a compiled fast lane: fastest by "
                 "far). int8/int4 run on CPU only.")
@@ -149,69 +143,3 @@ def _stream_answer(engine, prompt: list[int], params, adapter: str | None) -> st
         console.print(" [dim](stopped)[/]", end="")
     console.print()
     return "".join(pieces)
-
-
-@keys_app.command("create")
-@handle_errors
-def keys_create(
-    name: str = typer.Option("", "--name", help="A label to recognise the key by."),
-    admin: bool = typer.Option(False, "--admin", help="Allow adapter and key management."),
-):
-    """Create a key and print it once; only its hash is stored."""
-    from tunery.store import create_key, open_store
-
-    record, secret = create_key(open_store(), name, admin=admin)
-    err_console.print(f"created {'admin ' if admin else ''}key {record.id}; it is shown only now:")
-    print(secret)
-
-
-@keys_app.command("list")
-@handle_errors
-def keys_list(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List keys (ids, names, admin flag, revocation); secrets are never shown."""
-    from tunery.store import list_keys, open_store
-
-    keys = list_keys(open_store())
-    if json_output:
-        print_json([k.__dict__ for k in keys])
-        return
-    table = Table("id", "name", "admin", "created", "revoked")
-    for key in keys:
-        table.add_row(key.id, key.name, "yes" if key.admin else "", key.created_at, key.revoked_at or "")
-    console.print(table)
-
-
-@keys_app.command("revoke")
-@handle_errors
-def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `tunery keys list`.")):
-    """Revoke a key; requests with it are refused from now on."""
-    from tunery.store import open_store, revoke_key
-
-    revoke_key(open_store(), key_id)
-    console.print(f"revoked {key_id}")
-
-
-@feedback_app.command("export")
-@handle_errors
-def feedback_export(
-    out: Path = typer.Option(..., "--out", help="Chat-format JSONL to write."),
-    since: str | None = typer.Option(None, "--since", help="Only completions from this date (YYYY-MM-DD) on."),
-    model: str | None = typer.Option(None, "--model", help="Only completions of this served model or adapter."),
-    pairs: Path | None = typer.Option(None, "--pairs", help="Also write (chosen, rejected) preference pairs."),
-):
-    """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
-    from tunery.data.check import check_dataset
-    from tunery.store import open_store
-    from tunery.store.feedback_export import export_feedback
-
-    summary = export_feedback(open_store(), out, since=since, model=model, pairs_out=pairs)
-    console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
-                                                                   if pairs else "")
-                  + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))
-    if summary.examples:
-        report = check_dataset(out, min_examples=1)
-        state = "passes" if report["ok"] else "FAILS"
-        console.print(f"data check {state}: {report['summary']['warnings']} warnings, "
-                      f"{report['summary']['errors']} errors")
-        if not report["ok"]:
-            raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""`tunery train`, `tunery config validate|show` and `tunery demo`: parse, call the library, render."""
+"""`tunery train` and `tunery config validate|show`: parse, call the library, render."""
 
 from __future__ import annotations
 
@@ -78,15 +78,3 @@ def show_command(
         print_json(config.model_dump(mode="json"))
     else:
         typer.echo(dump_config(config), nl=False)
-
-
-@app.command("demo")
-@handle_errors
-def demo_command(
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop training after this many steps (default: the demo's own)."),
-    examples: int = typer.Option(3, "--examples", help="Test tickets to answer before and after."),
-):
-    """LoRA fine-tune of the default model on examples/helpdesk, then test tickets answered before and after."""
-    from tunery.training.demo import run_demo
-
-    run_demo(max_steps=max_steps, num_examples=examples, console=console)

@@ -1,6 +1,6 @@
 """`tunery demo`: LoRA-tune the default model on examples/helpdesk and show tickets before and after.
 
-Sized for a 2-core laptop CPU (about ten minutes): a fixed number of steps over the training split,
+It orchestrates two library steps (`tunery.train`, then `compare_models`) and renders both. Sized for a 2-core laptop CPU (about ten minutes): a fixed number of steps over the training split,
 validation loss before and after, then base and tuned compared on the test split (HTML report).
 """
 
@@ -10,9 +10,13 @@ import json
 import time
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunery.cli import app
+from tunery.cli.output import console as cli_console
+from tunery.cli.output import handle_errors
 from tunery.config import TrainConfig
 from tunery.errors import ConfigError
 from tunery.paths import runs_dir
@@ -96,3 +100,13 @@ def run_demo(*, max_steps: int | None = None, num_examples: int = 3, console: Co
     console.print(f"report: {summary.report_path}", highlight=False)
     return {"run_dir": str(result.run_dir), "before": before, "after": after, "metrics": m,
             "report": summary.report_path, "passed": summary.passed}
+
+
+@app.command("demo")
+@handle_errors
+def demo_command(
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop training after this many steps (default: the demo's own)."),
+    examples: int = typer.Option(3, "--examples", help="Test tickets to answer before and after."),
+):
+    """LoRA fine-tune of the default model on examples/helpdesk, then test tickets answered before and after."""
+    run_demo(max_steps=max_steps, num_examples=examples, console=cli_console)

@@ -1,0 +1,39 @@
+"""`tunery feedback export`: rated answers from the store become a training dataset, checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunery.cli import app
+from tunery.cli.output import console, handle_errors
+
+feedback_app = typer.Typer(help="Turn feedback on served answers into training data.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+@handle_errors
+def feedback_export(
+    out: Path = typer.Option(..., "--out", help="Chat-format JSONL to write."),
+    since: str | None = typer.Option(None, "--since", help="Only completions from this date (YYYY-MM-DD) on."),
+    model: str | None = typer.Option(None, "--model", help="Only completions of this served model or adapter."),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Also write (chosen, rejected) preference pairs."),
+):
+    """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
+    from tunery.data.check import check_dataset
+    from tunery.store import open_store
+    from tunery.store.feedback_export import export_feedback
+
+    summary = export_feedback(open_store(), out, since=since, model=model, pairs_out=pairs)
+    console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
+                                                                   if pairs else "")
+                  + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))
+    if summary.examples:
+        report = check_dataset(out, min_examples=1)
+        state = "passes" if report["ok"] else "FAILS"
+        console.print(f"data check {state}: {report['summary']['warnings']} warnings, "
+                      f"{report['summary']['errors']} errors")
+        if not report["ok"]:
+            raise typer.Exit(1)
