@@ -9,6 +9,8 @@ import platform
 import statistics
 from pathlib import Path
 
+from tunery import host
+
 GiB = 2**30
 
 # The targets (CPU, default model, LoRA), as (label, metric, comparison, bound).
@@ -25,15 +27,7 @@ TARGETS = [
 def machine_info() -> dict:
     import torch
 
-    cpu_model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu_model == "unknown":
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    cpu_model, flags = host.cpu_model(), host.cpu_flags()
     interesting = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
     return {"cpu": cpu_model, "logical_cpus": __import__("os").cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

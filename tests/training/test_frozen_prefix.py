@@ -65,7 +65,7 @@ def test_nothing_is_kept_for_one_pass_or_when_a_frozen_layer_has_dropout(make_co
     from transformers import AutoModelForCausalLM
 
     from tunery.training.prefix import frozen_prefix
-    from tunery.training.setup import attach_lora
+    from tunery.training.trainable_model import attach_lora
 
     def prefix_for(**overrides):
         model = attach_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), **overrides), LoraConfig(layers=1))

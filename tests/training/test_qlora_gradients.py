@@ -9,7 +9,8 @@ from tunery.config import TrainConfig
 from tunery.data.packing import pack_examples
 from tunery.data.template import encode_conversation
 from tunery.training.loss import chunked_loss
-from tunery.training.setup import choose_precision, load_for_training
+from tunery.training.precision import choose_precision
+from tunery.training.trainable_model import load_for_training
 
 
 def lora_grads(model, batch) -> dict[str, torch.Tensor]:

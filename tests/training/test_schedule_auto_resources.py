@@ -143,20 +143,21 @@ def test_fused_adamw_matches_the_foreach_reference():
 def test_default_threads_leave_out_the_cores_other_processes_keep_busy_now(monkeypatch):
     import torch
 
-    from tunery.training import setup
+    from tunery import host
+    from tunery.training.precision import set_threads
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(setup, "physical_cores", lambda: 4)
-    monkeypatch.setattr(setup.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a finished job still weighs here
+    monkeypatch.setattr(host, "physical_cores", lambda: 4)
+    monkeypatch.setattr(host.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a finished job still weighs here
     try:
         counts = iter([1, 1, 3, 1, 1])  # this process alone, but for one spike
-        monkeypatch.setattr(setup, "runnable_tasks", lambda: next(counts))
-        assert setup.set_threads(None) == 4
-        monkeypatch.setattr(setup, "runnable_tasks", lambda: 3)  # two other tasks running
-        assert setup.set_threads(None) == 2
-        assert setup.set_threads(None, processes=2) == 1  # our sibling counts as ours, then the cores are split
-        monkeypatch.setattr(setup, "runnable_tasks", lambda: None)  # no /proc/stat: the load average decides
-        assert setup.set_threads(None) == 1
-        assert setup.set_threads(3) == 3
+        monkeypatch.setattr(host, "runnable_tasks", lambda: next(counts))
+        assert set_threads(None) == 4
+        monkeypatch.setattr(host, "runnable_tasks", lambda: 3)  # two other tasks running
+        assert set_threads(None) == 2
+        assert set_threads(None, processes=2) == 1  # our sibling counts as ours, then the cores are split
+        monkeypatch.setattr(host, "runnable_tasks", lambda: None)  # no /proc/stat: the load average decides
+        assert set_threads(None) == 1
+        assert set_threads(3) == 3
     finally:
         torch.set_num_threads(before)

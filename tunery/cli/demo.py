@@ -66,7 +66,8 @@ def run_demo(*, max_steps: int | None = None, num_examples: int = 3, console: Co
     import tunery
     from tunery.data.dataset import load_dataset
     from tunery.evaluation.compare import compare_models
-    from tunery.training.setup import quiet_libraries, set_threads
+    from tunery.training.precision import set_threads
+    from tunery.training.trainable_model import quiet_libraries
 
     console = console or Console()
     quiet_libraries()

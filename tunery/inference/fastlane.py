@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunery import host
 from tunery.inference.quant import Int4Linear, Int8Linear
 from tunery.paths import cache_dir
 
@@ -70,17 +70,6 @@ class _Model(ctypes.Structure):
         ("rope_sin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
 
 
-def _cpu_signature() -> str:
-    """-march=native builds for this CPU: a home folder shared between machines needs one build each."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
     """Compile fastdecode.c (once per source, compiler, flags and CPU) and return the shared library."""
     compiler = shlex.split(os.environ.get("CC", "")) or [found for found in (shutil.which("cc"), shutil.which("gcc"))
@@ -89,7 +78,7 @@ def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
         raise FastLaneUnavailable("no C compiler (cc or gcc) on PATH; install one (e.g. apt install gcc)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags).encode(),
-                                      _cpu_signature().encode()])).hexdigest()[:16]
+                                      host.cpu_signature().encode()])).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"fastdecode-{key}.so"

@@ -13,19 +13,11 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+from tunery import host
 from tunery.errors import ModelError
 from tunery.models.resolve import ResolvedModel, resolve_model
 
 Precision = Literal["auto", "bf16", "fp32"]
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX or AVX512-BF16 units (bf16 matmuls several times faster)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def select_dtype(precision: Precision = "auto", device: str | None = None):
@@ -41,7 +33,7 @@ def select_dtype(precision: Precision = "auto", device: str | None = None):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     # The flags say bf16 units exist; whether torch's kernels make them faster here (AMX is often
     # hidden in VMs, AVX512-BF16 alone can lose to fp32) is measured, not assumed.
-    if cpu_has_fast_bf16() and measure_bf16_speedup() >= BF16_MIN_SPEEDUP:
+    if host.cpu_has_fast_bf16() and measure_bf16_speedup() >= BF16_MIN_SPEEDUP:
         return torch.bfloat16
     return torch.float32
 

@@ -20,7 +20,7 @@ import torch
 
 from tunery.data.packing import Batch, pack_examples
 from tunery.training.loss import model_inputs, unwrap_causal_lm
-from tunery.training.setup import decoder_layers
+from tunery.training.trainable_model import decoder_layers
 
 MAX_BYTES = 1 << 30
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")

@@ -63,16 +63,6 @@ def estimate_memory(num_params: int, model_config: dict, *, method: str, weight_
     return MemoryEstimate(int(weights), int(trainable), int(activations))
 
 
-def available_memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(estimate: MemoryEstimate, available: int | None) -> None:
     if available is None or estimate.total_bytes <= available:
         return

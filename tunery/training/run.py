@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import tunery
+from tunery import host
 from tunery.config import TrainConfig, dump_config, load_train_config
 from tunery.errors import ConfigError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
@@ -34,11 +35,12 @@ from tunery.training.distributed import setup_distributed
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
+from tunery.training.precision import choose_precision, set_threads
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.rundir import RunDir, publish_folder
-from tunery.training.setup import choose_precision, load_for_training, set_threads, trainable_parameters
 from tunery.training.sinks import open_metric_sinks
+from tunery.training.trainable_model import load_for_training, trainable_parameters
 from tunery.types import Conversation
 
 
@@ -196,7 +198,7 @@ def preflight(config: TrainConfig, num_params: int, model_config: dict, precisio
     estimate = resources.estimate_memory(num_params, model_config, method=config.method, weight_bytes=weight_bytes,
                                          lora_rank=config.lora.rank, tokens_per_micro_batch=tokens,
                                          gradient_checkpointing=config.train.gradient_checkpointing)
-    resources.check_memory(estimate, resources.available_memory_bytes())
+    resources.check_memory(estimate, host.available_memory_bytes())
     trainable = num_params if config.method == "full" else estimate.trainable_bytes // 16
     resources.check_disk(run_path, resources.checkpoint_bytes(config.method, num_params, trainable,
                                                               config.train.keep_checkpoints))

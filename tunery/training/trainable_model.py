@@ -1,115 +1,18 @@
 """Prepare a model for one method: full weights, LoRA/DoRA adapters, or LoRA on a 4-bit base.
 
-Decides precision (and says why), threads, and which parameters train. Knows nothing about data.
+Loads the weights in the dtype a `Precision` says, attaches adapters, and decides which parameters
+train. Knows nothing about data; precision and threads are chosen in `precision.py`.
 """
 
 from __future__ import annotations
-
-import os
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from tunery.config import LoraConfig, TrainConfig
 from tunery.errors import ConfigError, ModelError
 from tunery.models import load_model, resolve_model
-from tunery.models.load import BF16_MIN_SPEEDUP, cpu_has_fast_bf16, default_device, measure_bf16_speedup
-
-
-@dataclass
-class Precision:
-    """Compute dtype for matmuls, dtype the frozen weights are stored in, and why."""
-
-    compute: torch.dtype
-    weights: torch.dtype
-    reason: str
-
-    @property
-    def name(self) -> str:
-        return "bf16" if self.compute == torch.bfloat16 else "fp32"
-
-
-def choose_precision(choice: str, method: str, device: str) -> Precision:
-    """`auto` → bf16 on CUDA with bf16 or CPUs with AMX/AVX512-BF16, else fp32."""
-    if choice == "fp32":
-        return Precision(torch.float32, torch.float32, "fp32 requested")
-    if choice == "bf16":
-        reason = "bf16 requested"
-    elif device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        reason = "auto: CUDA device supports bf16"
-    elif device == "cpu" and cpu_has_fast_bf16():
-        # The flags say bf16 units exist; whether torch's kernels make them faster here (AMX is often
-        # hidden in VMs, AVX512-BF16 alone can lose to fp32) is measured, not assumed.
-        speedup = measure_bf16_speedup()
-        if speedup < BF16_MIN_SPEEDUP:
-            return Precision(torch.float32, torch.float32,
-                             f"auto: CPU has bf16 units but bf16 matmuls measured {speedup:.2f}x fp32 here")
-        reason = f"auto: CPU bf16 matmuls measured {speedup:.1f}x faster than fp32"
-    else:
-        return Precision(torch.float32, torch.float32, "auto: no fast bf16 on this hardware")
-    # Full fine-tuning keeps fp32 master weights (bf16 updates lose small steps); adapters train in
-    # fp32 while the frozen base can sit in bf16.
-    weights = torch.float32 if method == "full" else torch.bfloat16
-    return Precision(torch.bfloat16, weights, reason)
-
-
-def set_threads(threads: int | None, processes: int = 1) -> int:
-    """One torch thread per idle physical core by default.
-
-    Hyperthreads slow matmuls down, and so do cores other processes already keep busy: a thread
-    that is descheduled stalls every parallel region (measured 5-15x slower on a loaded 2-core box).
-    """
-    if threads is None:
-        cores = physical_cores()
-        threads = max(1, min(cores, cores - busy_cores(processes)) // max(1, processes))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def busy_cores(processes: int = 1, samples: int = 5, interval_s: float = 0.02) -> int:
-    """Cores other processes keep busy now: the median count of runnable tasks, less our own.
-
-    The count comes from /proc/stat (`procs_running`, which includes this process and, under
-    torchrun, its `processes - 1` siblings). The 1-minute load average is the fallback: it still
-    counts a job that ended a minute ago, so a run started right after another got fewer threads.
-    """
-    counts = []
-    for i in range(samples):
-        running = runnable_tasks()
-        if running is None:
-            return int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        counts.append(running)
-        if i + 1 < samples:
-            time.sleep(interval_s)
-    return max(0, sorted(counts)[len(counts) // 2] - max(1, processes))
-
-
-def runnable_tasks() -> int | None:
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("procs_running"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def physical_cores() -> int:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        ids, current = set(), None
-        for line in text.splitlines():
-            if line.startswith("physical id"):
-                current = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                ids.add((current, line.split(":")[1].strip()))
-        if ids:
-            return min(len(ids), os.cpu_count() or 1)
-    except OSError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
+from tunery.models.load import default_device
+from tunery.training.precision import Precision
 
 
 def load_for_training(config: TrainConfig, precision: Precision, device: str | None = None):

@@ -1,0 +1,63 @@
+"""How a run computes: its precision (bf16 or fp32 matmuls, the frozen weights' dtype, and why) and torch threads.
+
+Reads the machine through `tunery.host`; knows nothing about models, data or methods beyond "full or adapter".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunery import host
+from tunery.models.load import BF16_MIN_SPEEDUP, measure_bf16_speedup
+
+
+@dataclass
+class Precision:
+    """Compute dtype for matmuls, dtype the frozen weights are stored in, and why."""
+
+    compute: torch.dtype
+    weights: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.compute == torch.bfloat16 else "fp32"
+
+
+def choose_precision(choice: str, method: str, device: str) -> Precision:
+    """`auto` → bf16 on CUDA with bf16 or CPUs with AMX/AVX512-BF16, else fp32."""
+    if choice == "fp32":
+        return Precision(torch.float32, torch.float32, "fp32 requested")
+    if choice == "bf16":
+        reason = "bf16 requested"
+    elif device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        reason = "auto: CUDA device supports bf16"
+    elif device == "cpu" and host.cpu_has_fast_bf16():
+        # The flags say bf16 units exist; whether torch's kernels make them faster here (AMX is often
+        # hidden in VMs, AVX512-BF16 alone can lose to fp32) is measured, not assumed.
+        speedup = measure_bf16_speedup()
+        if speedup < BF16_MIN_SPEEDUP:
+            return Precision(torch.float32, torch.float32,
+                             f"auto: CPU has bf16 units but bf16 matmuls measured {speedup:.2f}x fp32 here")
+        reason = f"auto: CPU bf16 matmuls measured {speedup:.1f}x faster than fp32"
+    else:
+        return Precision(torch.float32, torch.float32, "auto: no fast bf16 on this hardware")
+    # Full fine-tuning keeps fp32 master weights (bf16 updates lose small steps); adapters train in
+    # fp32 while the frozen base can sit in bf16.
+    weights = torch.float32 if method == "full" else torch.bfloat16
+    return Precision(torch.bfloat16, weights, reason)
+
+
+def set_threads(threads: int | None, processes: int = 1) -> int:
+    """One torch thread per idle physical core by default.
+
+    Hyperthreads slow matmuls down, and so do cores other processes already keep busy: a thread
+    that is descheduled stalls every parallel region (measured 5-15x slower on a loaded 2-core box).
+    """
+    if threads is None:
+        cores = host.physical_cores()
+        threads = max(1, min(cores, cores - host.busy_cores(processes)) // max(1, processes))
+    torch.set_num_threads(threads)
+    return threads
