@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunery.errors import ConfigError
 
 Auto = Literal["auto"]
+# Every number has its range here, in the model, so `config validate`, `train` and every later caller
+# refuse the same values with the same message. NaN and infinities are refused everywhere.
+PositiveCount = Annotated[int, Field(ge=1)]
+NonNegativeCount = Annotated[int, Field(ge=0)]
+PositiveRate = Annotated[float, Field(gt=0.0)]
+SEED_MAX = 2**32 - 1  # what every seeded library (torch, numpy, random) accepts
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -40,7 +46,7 @@ class LoraConfig(_Strict):
     alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     targets: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer except the output head.")
-    layers: PositiveInt | Literal["all", "auto"] = Field("auto", description="Which decoder layers get adapters: `all`, N (the top N layers only), or `auto` (all, except the top third for short fact-like data). Frozen layers below the lowest adapted one need no backward pass, and when training lasts more than one epoch their output is computed once per example and reused.")
+    layers: PositiveCount | Literal["all", "auto"] = Field("auto", description="Which decoder layers get adapters: `all`, N (the top N layers only, at most the model's layer count, checked when the model is loaded), or `auto` (all, except the top third for short fact-like data). Frozen layers below the lowest adapted one need no backward pass, and when training lasts more than one epoch their output is computed once per example and reused.")
     use_dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
     train_embeddings: bool = Field(False, description="Also train the token embeddings and output head (needed only when adding tokens).")
 
@@ -48,16 +54,16 @@ class LoraConfig(_Strict):
 class TrainSettings(_Strict):
     """The optimisation loop: how long, how big, how fast to learn, when to evaluate and save."""
 
-    epochs: int | Auto = Field("auto", description="Passes over the training data; `auto` picks from dataset size (more for small sets).")
+    epochs: PositiveCount | Auto = Field("auto", description="Passes over the training data (at least 1); `auto` picks from dataset size (more for small sets).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides `epochs` when set).")
-    batch_size: int | Auto = Field("auto", description="Examples per micro-batch (per process); `auto` picks from dataset size.")
+    batch_size: PositiveCount | Auto = Field("auto", description="Examples per micro-batch (per process, at least 1); `auto` picks from dataset size.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step; the loss is normalised per trained token over all of them.")
-    learning_rate: float | Auto = Field("auto", description="Peak learning rate; `auto` picks from method and model size.")
+    learning_rate: PositiveRate | Auto = Field("auto", description="Peak learning rate (above 0); `auto` picks from method and model size.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup.")
-    warmup_steps: int | Auto = Field("auto", description="Linear warmup steps; `auto` is 5% of the total steps (at most 100).")
+    warmup_steps: NonNegativeCount | Auto = Field("auto", description="Linear warmup steps (0 or more); `auto` is 5% of the total steps (at most 100).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not applied to biases and norms).")
-    max_grad_norm: float | None = Field(1.0, description="Clip the global gradient norm to this value (null disables clipping).")
-    seed: int = Field(42, description="Seed for data order, initialisation and dropout; the same seed gives the same run.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm to this value (above 0; null disables clipping).")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed (0 to 2**32-1) for data order, initialisation and dropout; the same seed gives the same run.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="`auto`: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX/AVX512-BF16), else fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory (slower).")
     eval_every_steps: int | None = Field(None, gt=0, description="Validate every N optimizer steps (and always at the end); null: only at the end of each epoch.")

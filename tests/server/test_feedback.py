@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from tunery.cli import _register, app
 from tunery.store.feedback_export import export_feedback
+from tunery.store.owners import LOCAL_OWNER
 
 QUESTIONS = ["hi", "Please reset my VPN token", "What is the capital of France?", "Outlook keeps crashing",
              "Part number TX-4410", "The queue is stuck", "since Monday", "floor three printer",
@@ -39,7 +40,7 @@ def test_round_trip_request_feedback_export_check(live, tmp_path):
         response = post_feedback(live, {"completion_id": ids[question], "rating": rating, "correction": correction})
         assert response.status_code == 200 and response.json()["rating"] == rating
     out, pairs = tmp_path / "feedback.jsonl", tmp_path / "pairs.jsonl"
-    summary = export_feedback(live.state.store, out, pairs_out=pairs)
+    summary = export_feedback(live.state.store, LOCAL_OWNER, out, pairs_out=pairs)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     by_question = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows}
     logged = {q: live.state.store.query_one("SELECT outputs_json FROM completions WHERE id = ?", (ids[q],))
@@ -94,8 +95,8 @@ def test_cli_keys_and_feedback_export(home_store, tmp_path):
         log_completion(home_store, LoggedCompletion(
             id=f"c{i}", model="tiny", kind="chat", messages=[{"role": "user", "content": f"q{i}"}],
             outputs=[f"a{i}"], finish_reason="stop", prompt_tokens=3, completion_tokens=2, latency_ms=1))
-    record_feedback(home_store, "c0", 1)
-    record_feedback(home_store, "c1", -1, correction="better")
+    record_feedback(home_store, LOCAL_OWNER, "c0", 1)
+    record_feedback(home_store, LOCAL_OWNER, "c1", -1, correction="better")
     out = tmp_path / "fb.jsonl"
     result = runner.invoke(app, ["feedback", "export", "--out", str(out), "--model", "tiny",
                                  "--pairs", str(tmp_path / "p.jsonl")])

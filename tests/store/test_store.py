@@ -10,6 +10,7 @@ from tunery.errors import ConfigError, NotFoundError, StoreError
 from tunery.store import create_key, list_keys, open_store, revoke_key, verify_key
 from tunery.store.db import MIGRATIONS
 from tunery.store.feedback_export import export_feedback
+from tunery.store.owners import LOCAL_OWNER
 from tunery.store.requests import (
     LoggedCompletion,
     count_completions,
@@ -74,15 +75,15 @@ def test_feedback_upserts_and_unknown_ids_are_not_found(store):
     store_entry = make_entry("c1")
     from tunery.store.requests import log_completion
     log_completion(store, store_entry)
-    assert get_completion(store, "c1").outputs == ["4"]
-    record_feedback(store, "c1", 1)
-    updated = record_feedback(store, "c1", -1, correction="four")
+    assert get_completion(store, LOCAL_OWNER, "c1").outputs == ["4"]
+    record_feedback(store, LOCAL_OWNER, "c1", 1)
+    updated = record_feedback(store, LOCAL_OWNER, "c1", -1, correction="four")
     assert updated.rating == -1 and updated.correction == "four"
     assert len(store.query("SELECT * FROM feedback")) == 1
     with pytest.raises(NotFoundError):
-        record_feedback(store, "missing", 1)
+        record_feedback(store, LOCAL_OWNER, "missing", 1)
     with pytest.raises(ConfigError):
-        record_feedback(store, "c1", 2)
+        record_feedback(store, LOCAL_OWNER, "c1", 2)
 
 
 def test_retention_prunes_old_rows_with_their_feedback(store):
@@ -90,9 +91,9 @@ def test_retention_prunes_old_rows_with_their_feedback(store):
     old = (datetime.now(timezone.utc) - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     log_completion(store, make_entry("old", created_at=old))
     log_completion(store, make_entry("new"))
-    record_feedback(store, "old", 1)
+    record_feedback(store, LOCAL_OWNER, "old", 1)
     assert prune_completions(store, retention_days=7) == 1
-    assert count_completions(store) == 1
+    assert count_completions(store, LOCAL_OWNER) == 1
     assert store.query("SELECT * FROM feedback") == []
 
 
@@ -100,24 +101,24 @@ def test_export_follows_the_feedback_rules(store, tmp_path):
     from tunery.store.requests import log_completion
     for cid in ("good", "fixed", "bad", "unrated"):
         log_completion(store, make_entry(cid, answer=f"answer {cid}", model="m2" if cid == "unrated" else "m1"))
-    record_feedback(store, "good", 1)
-    record_feedback(store, "fixed", -1, correction="the right answer")
-    record_feedback(store, "bad", -1, comment="wrong")
-    summary = export_feedback(store, tmp_path / "out.jsonl", pairs_out=tmp_path / "pairs.jsonl")
+    record_feedback(store, LOCAL_OWNER, "good", 1)
+    record_feedback(store, LOCAL_OWNER, "fixed", -1, correction="the right answer")
+    record_feedback(store, LOCAL_OWNER, "bad", -1, comment="wrong")
+    summary = export_feedback(store, LOCAL_OWNER, tmp_path / "out.jsonl", pairs_out=tmp_path / "pairs.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert summary.examples == 2 and summary.pairs == 1 and summary.skipped == 1
     log_completion(store, make_entry("good-again", answer="answer good"))
     store.execute("UPDATE completions SET messages_json = ? WHERE id = 'good-again'",
                   (json.dumps([{"role": "user", "content": "question good"}]),))
-    record_feedback(store, "good-again", 1)
-    assert export_feedback(store, tmp_path / "dedup.jsonl").examples == 2  # an identical example counts once
+    record_feedback(store, LOCAL_OWNER, "good-again", 1)
+    assert export_feedback(store, LOCAL_OWNER, tmp_path / "dedup.jsonl").examples == 2  # an identical example counts once
     answers = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows}
     assert answers == {"question good": "answer good", "question fixed": "the right answer"}
     pair = json.loads((tmp_path / "pairs.jsonl").read_text())
     assert pair["chosen"][0]["content"] == "the right answer"
     assert pair["rejected"][0]["content"] == "answer fixed"
-    assert export_feedback(store, tmp_path / "m2.jsonl", model="m2").examples == 0
+    assert export_feedback(store, LOCAL_OWNER, tmp_path / "m2.jsonl", model="m2").examples == 0
     tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
-    assert export_feedback(store, tmp_path / "later.jsonl", since=tomorrow).examples == 0
+    assert export_feedback(store, LOCAL_OWNER, tmp_path / "later.jsonl", since=tomorrow).examples == 0
     with pytest.raises(ConfigError):
-        export_feedback(store, tmp_path / "x.jsonl", since="last tuesday")
+        export_feedback(store, LOCAL_OWNER, tmp_path / "x.jsonl", since="last tuesday")

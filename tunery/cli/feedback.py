@@ -25,8 +25,9 @@ def feedback_export(
     from tunery.data.check import check_dataset
     from tunery.store import open_store
     from tunery.store.feedback_export import export_feedback
+    from tunery.store.owners import LOCAL_OWNER
 
-    summary = export_feedback(open_store(), out, since=since, model=model, pairs_out=pairs)
+    summary = export_feedback(open_store(), LOCAL_OWNER, out, since=since, model=model, pairs_out=pairs)
     console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
                                                                    if pairs else "")
                   + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))

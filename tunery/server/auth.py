@@ -5,20 +5,14 @@ The Authorization header is read here and nowhere else, and never logged or echo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import Request
 
 from tunery.server.errors import ApiError
 from tunery.store import verify_key
+from tunery.store.owners import Actor
 
-
-@dataclass(frozen=True)
-class Caller:
-    key_id: str | None
-    admin: bool
-
-
+# The caller of a route is the identity its store queries run as (see tunery.store.owners).
+Caller = Actor
 ANONYMOUS_ADMIN = Caller(key_id=None, admin=True)
 
 

@@ -38,8 +38,7 @@ def list_adapters(state: ServerState) -> dict:
 
 
 def submit_feedback(state: ServerState, req: FeedbackRequest, caller: Caller) -> dict:
-    feedback = record_feedback(state.store, req.completion_id, req.rating, req.correction, req.comment,
-                               key_id=caller.key_id)
+    feedback = record_feedback(state.store, caller, req.completion_id, req.rating, req.correction, req.comment)
     return {"object": "feedback", "completion_id": feedback.completion_id, "rating": feedback.rating,
             "correction": feedback.correction, "comment": feedback.comment, "updated_at": feedback.updated_at}
 

@@ -53,6 +53,20 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 2: who did what to whose object (admin actions on other keys' objects, key management).
+    """
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor_key_id TEXT,
+        action TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        owner_key_id TEXT,
+        detail_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX completions_key_id ON completions(key_id);
+    """,
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunery.errors import ConfigError
 from tunery.store.db import Store
+from tunery.store.owners import Actor
 from tunery.store.requests import Feedback, LoggedCompletion, list_rated_completions
 
 
@@ -64,10 +65,10 @@ def build_pair(entry: LoggedCompletion, feedback: Feedback) -> dict | None:
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
-def export_feedback(store: Store, out: Path, *, since: str | None = None, model: str | None = None,
+def export_feedback(store: Store, actor: Actor, out: Path, *, since: str | None = None, model: str | None = None,
                     pairs_out: Path | None = None) -> ExportSummary:
-    """Write the examples (and optionally the pairs) as JSONL; returns how many of each."""
-    rated = list_rated_completions(store, since=parse_since(since), model=model)
+    """Write the examples (and optionally the pairs) of what `actor` may see as JSONL; returns how many of each."""
+    rated = list_rated_completions(store, actor, since=parse_since(since), model=model)
     examples, pairs, seen = [], [], set()
     for entry, feedback in rated:
         example = build_example(entry, feedback)

@@ -1,7 +1,8 @@
 """The request log and feedback: one row per completion, at most one feedback row per completion.
 
-Feedback on a completion that is not in the log is a NotFoundError; a second rating replaces
-the first. Retention pruning deletes old completions together with their feedback.
+Every read and write carries the acting key (`tunery.store.owners`): feedback on a completion that
+is not in the log, or that another key made, is the same NotFoundError; a second rating replaces
+the first. Retention pruning (a server-wide policy) deletes old completions with their feedback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from tunery.errors import ConfigError, NotFoundError
 from tunery.store.db import Store, utc_now
+from tunery.store.owners import Actor, audit_if_foreign, owned_by
 
 
 @dataclass(frozen=True)
@@ -60,43 +62,54 @@ def _row_to_completion(row) -> LoggedCompletion:
     )
 
 
-def get_completion(store: Store, completion_id: str) -> LoggedCompletion:
-    row = store.query_one("SELECT * FROM completions WHERE id = ?", (completion_id,))
+def get_completion(store: Store, actor: Actor, completion_id: str) -> LoggedCompletion:
+    """The completion `actor` may see; another key's completion is as missing as an unknown id."""
+    condition, params = owned_by(actor)
+    row = store.query_one(f"SELECT * FROM completions WHERE id = ? AND {condition}", (completion_id, *params))
     if row is None:
-        raise NotFoundError(f"no logged completion with id {completion_id!r}",
-                            hint="feedback needs the id of a completion this server logged")
+        raise NotFoundError("no logged completion with this id",
+                            hint="feedback needs the id of a completion this server logged for your key")
     return _row_to_completion(row)
 
 
-def count_completions(store: Store) -> int:
-    return int(store.query_one("SELECT COUNT(*) AS n FROM completions")["n"])
+def count_completions(store: Store, actor: Actor) -> int:
+    condition, params = owned_by(actor)
+    return int(store.query_one(f"SELECT COUNT(*) AS n FROM completions WHERE {condition}", params)["n"])
 
 
-def record_feedback(store: Store, completion_id: str, rating: int, correction: str | None = None,
-                    comment: str | None = None, key_id: str | None = None) -> Feedback:
-    """Insert or replace the feedback on a logged completion."""
+def record_feedback(store: Store, actor: Actor, completion_id: str, rating: int, correction: str | None = None,
+                    comment: str | None = None) -> Feedback:
+    """Insert or replace the feedback on a completion `actor` may see; admins' changes to others' are audited."""
     if rating not in (1, -1):
         raise ConfigError(f"rating must be 1 or -1, got {rating!r}")
-    get_completion(store, completion_id)
+    completion = get_completion(store, actor, completion_id)
     now = utc_now()
     store.execute(
         "INSERT INTO feedback (completion_id, rating, correction, comment, key_id, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(completion_id) DO UPDATE SET rating = excluded.rating,"
         " correction = excluded.correction, comment = excluded.comment, key_id = excluded.key_id,"
         " updated_at = excluded.updated_at",
-        (completion_id, rating, correction, comment, key_id, now, now),
+        (completion_id, rating, correction, comment, actor.key_id, now, now),
     )
+    audit_if_foreign(store, actor, "feedback.record", "completion", completion_id, completion.key_id)
     row = store.query_one("SELECT * FROM feedback WHERE completion_id = ?", (completion_id,))
     return Feedback(completion_id=row["completion_id"], rating=row["rating"], correction=row["correction"],
                     comment=row["comment"], created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-def list_rated_completions(store: Store, since: str | None = None,
+def list_rated_completions(store: Store, actor: Actor, since: str | None = None,
                            model: str | None = None) -> list[tuple[LoggedCompletion, Feedback]]:
-    """Completions that have feedback, oldest first, filtered by creation time and model name."""
+    """Completions `actor` may see that have feedback, oldest first, filtered by creation time and model.
+
+    Only feedback given by the completion's own key (or by an admin) counts, so no row another key
+    wrote before ownership was enforced can reach a training set.
+    """
+    condition, params = owned_by(actor, "c.key_id")
     sql = ("SELECT c.*, f.rating, f.correction, f.comment, f.created_at AS f_created, f.updated_at AS f_updated"
-           " FROM completions c JOIN feedback f ON f.completion_id = c.id WHERE 1 = 1")
-    params: list = []
+           " FROM completions c JOIN feedback f ON f.completion_id = c.id"
+           f" WHERE {condition} AND (f.key_id IS c.key_id OR f.key_id IS NULL"
+           "  OR f.key_id IN (SELECT id FROM api_keys WHERE admin = 1))")
+    params = list(params)
     if since:
         sql += " AND c.created_at >= ?"
         params.append(since)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 from tunery.config import LoraConfig, TrainSettings
+from tunery.errors import ConfigError
 
 # Examples seen in total (epochs x dataset size) that `auto` aims for; clamped to an epoch range.
 TARGET_EXAMPLES_SEEN = 3000
@@ -91,7 +92,11 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
 
 def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None, facts: bool,
                         ) -> tuple[LoraConfig, list[AutoChoice]]:
-    """`lora.layers: auto`: the top third of the decoder for fact-like data, every layer otherwise."""
+    """`lora.layers: auto`: the top third of the decoder for fact-like data, every layer otherwise.
+
+    A number of layers is checked here, where the model is known: more than it has is refused.
+    """
+    check_lora_layers(lora, method=method, num_layers=num_layers)
     if method == "full" or lora.layers != "auto":
         return lora, []
     if facts and num_layers and num_layers >= 3:
@@ -100,6 +105,12 @@ def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None
             "lora.layers", top, f"fact-like data: the top {top} of {num_layers} decoder layers (the frozen "
                                 "layers below need no backward pass and run once per example)")]
     return lora.model_copy(update={"layers": "all"}), [AutoChoice("lora.layers", "all", "every decoder layer")]
+
+
+def check_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None) -> None:
+    if method != "full" and isinstance(lora.layers, int) and num_layers and lora.layers > num_layers:
+        raise ConfigError(f"lora.layers: {lora.layers} is more than the {num_layers} decoder layers of the base model",
+                          code="invalid_config", hint=f"use a number from 1 to {num_layers}, or `all`")
 
 
 def is_fact_like(num_examples: int, mean_trained_tokens: float | None) -> bool:

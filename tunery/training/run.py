@@ -18,7 +18,7 @@ import torch
 import tunery
 from tunery import host
 from tunery.config import TrainConfig, dump_config, load_train_config
-from tunery.errors import ConfigError, TuneryError
+from tunery.errors import ConfigError, TrainingError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
@@ -145,6 +145,9 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
         status = train_loop(trainer, state)
     except TuneryError as exc:  # nan_loss, checkpoint_write_failed, ...: run.json says failed, with the code
         finish_failed(run, dist, reporter, state, exc)
+        raise
+    except Exception as exc:  # a fault of our own: run.json must not stay `running` either
+        finish_failed(run, dist, reporter, state, TrainingError(f"{type(exc).__name__}: {exc}", code="internal_error"))
         raise
     result = RunResult(run_dir=run.path, status=status, steps=state.step,
                        metrics=final_metrics(state, events))
