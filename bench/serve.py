@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     load_before = os.getloadavg()[0]
     from tunery.data.template import encode_prompt
-    from tunery.inference.loading import load_engine
+    from tunery.inference.loaded_engine import load_engine
 
     loaded = load_engine(args.model, dtype=args.dtype, max_batch_size=max(args.clients, 1))
     engine, tokenizer, model = loaded.engine.start(), loaded.tokenizer, loaded.engine.model

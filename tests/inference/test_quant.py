@@ -189,7 +189,7 @@ def test_the_weights_flag_is_validated_before_loading(tiny_model_dir):
 
 
 def test_load_engine_quantizes_and_reports(tiny_model_dir, caplog):
-    from tunery.inference.loading import load_engine
+    from tunery.inference.loaded_engine import load_engine
 
     with caplog.at_level("INFO", logger="tunery.inference"):
         loaded = load_engine(str(tiny_model_dir), dtype="fp32", weights="int4", max_batch_size=2)

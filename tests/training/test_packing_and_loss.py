@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tunery.training.loss as loss_module
+import tunery.training.batch_loss as loss_module
 from tests.training.conftest import make_conversations
 from tunery.data.packing import IGNORE_INDEX, pack_examples, pad_examples
 from tunery.data.template import encode_conversation
 from tunery.models import load_model
-from tunery.training.loss import chunked_loss, reference_loss
+from tunery.training.batch_loss import chunked_loss, reference_loss
 
 
 @pytest.fixture(scope="module")

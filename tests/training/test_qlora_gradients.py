@@ -8,7 +8,7 @@ from tests.training.conftest import make_conversations
 from tunery.config import TrainConfig
 from tunery.data.packing import pack_examples
 from tunery.data.template import encode_conversation
-from tunery.training.loss import chunked_loss
+from tunery.training.batch_loss import chunked_loss
 from tunery.training.precision import choose_precision
 from tunery.training.trainable_model import load_for_training
 

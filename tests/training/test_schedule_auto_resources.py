@@ -10,8 +10,8 @@ from tunery.config import TrainSettings
 from tunery.errors import ResourceError
 from tunery.training import resources
 from tunery.training.auto import resolve_auto
-from tunery.training.data import epoch_order, step_micro_batches
 from tunery.training.optim import lr_multiplier
+from tunery.training.run_data import epoch_order, step_micro_batches
 
 
 def test_warmup_then_cosine_linear_constant():

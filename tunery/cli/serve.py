@@ -91,7 +91,7 @@ def chat_command(
     """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
     from tunery.data.template import encode_prompt
     from tunery.inference import SamplingParams
-    from tunery.inference.loading import load_engine
+    from tunery.inference.loaded_engine import load_engine
 
     loaded = load_engine(model, dtype=dtype, weights=weights, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)

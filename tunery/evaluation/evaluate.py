@@ -107,7 +107,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                           hint="pass --judge MODEL (and optionally --rubric TEXT or --rubric @file)")
     loss_conversations = None
     if loss_data is not None:
-        from tunery.evaluation.loss import read_loss_data
+        from tunery.evaluation.perplexity import read_loss_data
 
         loss_conversations = read_loss_data(loss_data)
     resolved = resolve_model(model_ref)
@@ -116,7 +116,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     loss = None
     if loss_data is not None:
-        from tunery.evaluation.loss import evaluate_loss
+        from tunery.evaluation.perplexity import evaluate_loss
 
         loss = evaluate_loss(model, tokenizer, loss_data, conversations=loss_conversations)
     del model
@@ -139,7 +139,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
 def evaluate_model_loss(model_ref: str, data_path: str | Path, *, dtype: str = "auto",
                         batch_size: int = 8) -> dict:
     """Loss and perplexity of a model on a dataset file, without any generation."""
-    from tunery.evaluation.loss import evaluate_loss
+    from tunery.evaluation.perplexity import evaluate_loss
     from tunery.models import load_model
 
     model, tokenizer = load_model(model_ref, dtype=dtype)

@@ -102,7 +102,7 @@ def default_served_name(resolved) -> str:
 
 def build_state(settings: ServerSettings) -> ServerState:
     """Load the base model (and configured adapters), start the engine, open the store."""
-    from tunery.inference.loading import load_engine
+    from tunery.inference.loaded_engine import load_engine
 
     settings.check_exposure()
     loaded = load_engine(settings.model, dtype=settings.dtype, weights=settings.weights,

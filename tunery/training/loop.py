@@ -21,9 +21,8 @@ from tunery.data.packing import make_batch
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
 from tunery.training import fsdp
-from tunery.training.data import TrainingData, epoch_order, step_micro_batches
+from tunery.training.batch_loss import compute_loss
 from tunery.training.distributed import Distributed
-from tunery.training.loss import compute_loss
 from tunery.training.optim import (
     load_optimizer_state,
     lr_multiplier,
@@ -31,6 +30,7 @@ from tunery.training.optim import (
     set_learning_rate,
 )
 from tunery.training.prefix import FrozenPrefix
+from tunery.training.run_data import TrainingData, epoch_order, step_micro_batches
 
 EVAL_BATCH_SIZE = 8
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunery.data.packing import Batch, pack_examples
-from tunery.training.loss import model_inputs, unwrap_causal_lm
+from tunery.training.batch_loss import model_inputs, unwrap_causal_lm
 from tunery.training.trainable_model import decoder_layers
 
 MAX_BYTES = 1 << 30

@@ -30,7 +30,6 @@ from tunery.training.auto import (
     resolve_lora_layers,
     total_steps,
 )
-from tunery.training.data import prepare_data
 from tunery.training.distributed import setup_distributed
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
@@ -38,6 +37,7 @@ from tunery.training.optim import build_optimizer
 from tunery.training.precision import choose_precision, set_threads
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
+from tunery.training.run_data import prepare_data
 from tunery.training.rundir import RunDir, publish_folder
 from tunery.training.sinks import open_metric_sinks
 from tunery.training.trainable_model import load_for_training, trainable_parameters

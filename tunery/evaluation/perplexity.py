@@ -1,7 +1,8 @@
 """Loss and perplexity of a model on any dataset file tunery reads (the trained tokens only).
 
-Examples go through `tunery.data` exactly as in training (same template, same loss mask), so a
-run's validation loss and this number agree on the same data.
+Examples go through `tunery.data` exactly as in training (same template, same loss mask) and the
+loss is training's reference loss (`tunery.training.batch_loss`), so a run's validation loss and
+this number agree on the same data.
 """
 
 from __future__ import annotations
@@ -21,27 +22,22 @@ def evaluate_loss(model, tokenizer, data_path: str | Path, *, batch_size: int = 
                   max_seq_len: int = 2048, conversations: list | None = None) -> dict:
     """Mean next-token cross-entropy over trained tokens, its perplexity, and the counts."""
     import torch
-    import torch.nn.functional as F
 
-    from tunery.data.packing import IGNORE_INDEX, pad_examples
+    from tunery.data.packing import pad_examples
     from tunery.data.template import encode_conversation
+    from tunery.training.batch_loss import reference_loss
 
     if conversations is None:
         conversations = read_loss_data(data_path)
     examples = [encode_conversation(tokenizer, conv, max_seq_len=max_seq_len) for conv in conversations]
     examples = [e for e in examples if e.num_trained > 0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
     loss_sum, num_tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
-            batch = pad_examples(examples[start:start + batch_size], pad_id)
-            logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                           position_ids=batch.position_ids.to(device), use_cache=False).logits.float()
-            targets = batch.targets.to(device)
-            loss_sum += float(F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
-                                              ignore_index=IGNORE_INDEX, reduction="sum"))
-            num_tokens += int((targets != IGNORE_INDEX).sum())
+            sums = reference_loss(model, pad_examples(examples[start:start + batch_size], pad_id))
+            loss_sum += float(sums.loss_sum)
+            num_tokens += sums.num_tokens
     loss = loss_sum / num_tokens if num_tokens else float("nan")
     return {"loss": loss, "perplexity": math.exp(loss) if num_tokens else float("nan"),
             "num_tokens": num_tokens, "num_examples": len(examples), "data": str(data_path)}

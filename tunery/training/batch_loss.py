@@ -1,4 +1,6 @@
-"""Token-level cross-entropy for a batch: the reference path and the chunked path.
+"""The training objective: summed next-token cross-entropy of one batch, reference path and chunked path.
+
+`token_cross_entropy` is tunery's one cross-entropy: both paths here and evaluation's perplexity use it.
 
 Reference: the model's full logits ([tokens, vocab], fp32) then cross-entropy. Chunked: hidden
 states from the decoder, projected through the output head only at trained positions, in chunks
@@ -56,13 +58,22 @@ def model_inputs(batch: Batch, device, inputs_embeds: torch.Tensor | None = None
 def reference_loss(model, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> LossSums:
     """Full logits from the model's own forward, then fp32 cross-entropy at every trained position."""
     device = next(model.parameters()).device
-    logits = model(**model_inputs(batch, device, inputs_embeds)).logits.float()
+    logits = model(**model_inputs(batch, device, inputs_embeds)).logits
     targets = batch.targets.to(device)
-    loss_sum = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_sum, correct = token_cross_entropy(logits, targets)
+    return LossSums(loss_sum, int((targets != IGNORE_INDEX).sum()), int(correct))
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cross-entropy summed over targets that are not IGNORE_INDEX, and how many the argmax got right.
+
+    `logits` is [..., vocab] and `targets` the matching [...] token ids.
+    """
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
     mask = targets != IGNORE_INDEX
-    correct = int((logits.argmax(-1)[mask] == targets[mask]).sum())
-    return LossSums(loss_sum, int(mask.sum()), correct)
+    hits = (logits.detach().argmax(-1)[mask] == targets[mask]).sum()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"), hits
 
 
 def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
@@ -112,9 +123,7 @@ def decoder_hidden_states(model, causal_lm, inputs: dict) -> torch.Tensor:
 
 
 def _chunk_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor):
-    logits = head(hidden).float()
-    hits = (logits.detach().argmax(-1) == targets).sum()
-    return F.cross_entropy(logits, targets, reduction="sum"), hits
+    return token_cross_entropy(head(hidden), targets)
 
 
 def unwrap_causal_lm(model):
