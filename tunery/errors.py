@@ -80,6 +80,12 @@ class ExportError(TuneryError):
     code = "export_error"
 
 
+class RetrievalError(TuneryError):
+    """A document index is missing, incomplete, or built differently from what reads it."""
+
+    code = "retrieval_error"
+
+
 class StoreError(TuneryError):
     """The SQLite store cannot be opened or migrated."""
 

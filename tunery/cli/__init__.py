@@ -23,6 +23,7 @@ def _register() -> None:
     from tunery.cli import evaluate as _evaluate  # noqa: F401
     from tunery.cli import export as _export  # noqa: F401
     from tunery.cli import models as _models  # noqa: F401
+    from tunery.cli import rag as _rag  # noqa: F401
     from tunery.cli import serve as _serve  # noqa: F401
     from tunery.cli import keys as _keys  # noqa: F401
     from tunery.cli import feedback as _feedback  # noqa: F401

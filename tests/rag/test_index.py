@@ -1,0 +1,226 @@
+"""Document indexes: every reader, citations, --update, versioned manifests, and each bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from tunery.errors import ConfigError, DataError, RetrievalError
+from tunery.rag import build_index, open_index
+from tunery.rag.index import DEFAULT_MODEL  # noqa: F401  (the CLI default, documented)
+from tunery.rag.prompt import Retriever, fit_prompt
+
+
+def make_docs(root: Path, write_pdf) -> Path:
+    docs = root / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "notes.txt").write_text("Intro line.\n\nThe Osprey switch fan is part KX-1111-A.\n\n"
+                                    "Closing remark about nothing.\n", encoding="utf-8")
+    (docs / "sub" / "guide.md").write_text("# Guide\n\nRoom B2.40 hosts the optics lab in Lyon.\n", encoding="utf-8")
+    (docs / "page.html").write_text("<html><head><style>p{color:red}</style><script>var secret=1;</script></head>"
+                                    "<body><h1>Owners</h1><p>The badge registry in Porto is owned by Elif Varga.</p>"
+                                    "</body></html>", encoding="utf-8")
+    (docs / "rows.jsonl").write_text(json.dumps({"text": "QRV stands for Quarterly Routing Vendor."}) + "\n"
+                                     + json.dumps({"title": "no text field"}) + "\n", encoding="utf-8")
+    write_pdf(docs / "manual.pdf", [["Nothing relevant on page one."], ["The Merlin NAS rail kit is part VB-2222-C."]])
+    (docs / "image.bin").write_bytes(bytes(range(256)))
+    (docs / "binary.txt").write_bytes(b"GIF89a\x00\x01\x02")
+    (docs / "latin1.md").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (docs / ".hidden.txt").write_text("never indexed", encoding="utf-8")
+    return docs
+
+
+def test_index_reads_every_type_cites_sources_and_skips_bad_files(tmp_path, tiny_model_dir, make_pdf):
+    docs = make_docs(tmp_path, make_pdf)
+    warnings: list[str] = []
+    report = build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), chunk_tokens=48, overlap_tokens=8,
+                         warn=warnings.append)
+    assert report.sources == 5 and report.retrievers == ["bm25"]
+    text = "\n".join(warnings)
+    for name in ("image.bin", "binary.txt", "latin1.md"):
+        assert name in text, text
+    assert "rows.jsonl:2" in text and "hidden" not in text
+    index = open_index(tmp_path / "idx")
+    by_source = {hit.source: hit for hit in index.search("Osprey switch fan part", k=3)}
+    hit = by_source["docs/notes.txt"]
+    assert hit.rank == 1 and hit.chunk["line"] <= 3 <= hit.chunk["end_line"]
+    raw = (docs / "notes.txt").read_text(encoding="utf-8")
+    assert raw[hit.chunk["start"]:hit.chunk["end"]] == hit.text
+    pdf_hit = index.search("Merlin NAS rail kit", k=1)[0]
+    assert pdf_hit.source == "docs/manual.pdf" and pdf_hit.chunk["page"] == 2 and "VB-2222-C" in pdf_hit.text
+    html_hit = index.search("badge registry Porto owner", k=1)[0]
+    assert html_hit.source == "docs/page.html" and "Elif Varga" in html_hit.text and "secret" not in html_hit.text
+    assert index.search("Quarterly Routing Vendor", k=1)[0].source == "docs/rows.jsonl"
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert set(manifest["sources"]) == {"docs/notes.txt", "docs/sub/guide.md", "docs/page.html", "docs/rows.jsonl",
+                                        "docs/manual.pdf"}
+    assert all(len(s["sha256"]) == 64 for s in manifest["sources"].values())
+    assert manifest["libraries"]["bm25s"] and manifest["settings"]["tokenizer_sha256"]
+
+
+def test_chunks_respect_the_token_budget_and_overlap(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    sentences = [f"Widget {i} is red." for i in range(60)]
+    (tmp_path / "long.txt").write_text(" ".join(sentences) + "\n", encoding="utf-8")
+    build_index([tmp_path / "long.txt"], tmp_path / "idx", model=str(tiny_model_dir), chunk_tokens=64,
+                overlap_tokens=20)
+    chunks = open_index(tmp_path / "idx").chunks
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert len(tokenizer(chunk["text"], add_special_tokens=False)["input_ids"]) <= 64 + 4
+        assert chunk["text"].endswith(".")  # cut at sentence ends
+    shared = sum(1 for a, b in zip(chunks, chunks[1:]) if b["start"] < a["end"])
+    assert shared == len(chunks) - 1  # every chunk starts with the last sentence(s) of the one before
+
+
+def test_update_reindexes_changed_files_only(tmp_path, tiny_model_dir):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in {"a.txt": "Alpha fact one.", "b.txt": "Bravo fact two.", "c.txt": "Charlie fact three."}.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    out = tmp_path / "idx"
+    build_index([docs], out, model=str(tiny_model_dir))
+    with pytest.raises(ConfigError) as refused:
+        build_index([docs], out, model=str(tiny_model_dir))
+    assert refused.value.code == "output_exists"
+    (docs / "b.txt").write_text("Bravo now says zebra.", encoding="utf-8")
+    (docs / "c.txt").unlink()
+    (docs / "d.txt").write_text("Delta is new.", encoding="utf-8")
+    report = build_index([docs], out, model=str(tiny_model_dir), update=True)
+    assert (report.reused_sources, report.rechunked_sources, report.removed_sources) == (1, 2, 1)
+    index = open_index(out)
+    assert index.search("zebra", k=1)[0].source == "docs/b.txt"
+    assert index.search("Charlie", k=3) == []
+    assert [c["id"] for c in index.chunks] == list(range(len(index.chunks)))
+    with pytest.raises(RetrievalError) as changed:
+        build_index([docs], out, model=str(tiny_model_dir), chunk_tokens=128, update=True)
+    assert "--rebuild" in changed.value.hint
+
+
+def test_empty_folder_and_only_unreadable_files_are_clear_errors(tmp_path, tiny_model_dir, make_pdf):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as empty:
+        build_index([tmp_path / "empty"], tmp_path / "idx", model=str(tiny_model_dir))
+    assert empty.value.code == "no_documents"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    make_pdf(scans / "scan.pdf", [None, None])
+    warnings: list[str] = []
+    with pytest.raises(RetrievalError) as no_text:
+        build_index([scans], tmp_path / "idx", model=str(tiny_model_dir), warn=warnings.append)
+    assert no_text.value.code == "no_documents"
+    assert any("scan.pdf" in w and "no text layer" in w for w in warnings)
+    assert not (tmp_path / "idx").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("user file", encoding="utf-8")
+    with pytest.raises(ConfigError) as not_index:
+        build_index([tmp_path / "empty"], tmp_path / "mine", model=str(tiny_model_dir))
+    assert not_index.value.code == "output_exists"
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "user file"
+
+
+def test_a_200_mb_file_is_streamed(tmp_path, tiny_model_dir):
+    big = tmp_path / "big.txt"
+    filler = " " * (1 << 20) + "\n"
+    with big.open("w", encoding="utf-8") as handle:
+        handle.write("The first paragraph names the Heron router.\n\n")
+        for _ in range(200):
+            handle.write(filler)
+        handle.write("\nThe last paragraph names the Plover gateway.\n")
+    assert big.stat().st_size > 200 * 10**6
+    from tunery.models import load_tokenizer
+
+    load_tokenizer(str(tiny_model_dir))  # imports settle before measuring
+    tracemalloc.start()
+    build_index([big], tmp_path / "idx", model=str(tiny_model_dir))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB: the file was not streamed"
+    hit = open_index(tmp_path / "idx").search("Plover gateway", k=1)[0]
+    assert hit.chunk["line"] == 204
+    assert hit.chunk["start"] == len("The first paragraph names the Heron router.\n\n") + 200 * len(filler) + 1
+
+
+def test_index_from_another_library_version_or_tokenizer_is_refused_with_the_rebuild_command(tmp_path,
+                                                                                            tiny_model_dir):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    (tmp_path / "a.txt").write_text("Some text.", encoding="utf-8")
+    out = tmp_path / "idx"
+    build_index([tmp_path / "a.txt"], out, model=str(tiny_model_dir))
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0]['content'] }}"
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    (other / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(RetrievalError) as wrong_tokenizer:
+        open_index(out).check_model(AutoTokenizer.from_pretrained(other), str(other))
+    assert wrong_tokenizer.value.code == "index_tokenizer"
+    assert f"--model {other}" in wrong_tokenizer.value.hint and "--rebuild" in wrong_tokenizer.value.hint
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["libraries"]["bm25s"] = "0.0.1"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError) as old_library:
+        open_index(out)
+    assert old_library.value.code == "index_version" and "bm25s 0.0.1" in old_library.value.message
+    assert f"tunery rag index {tmp_path / 'a.txt'} --out {out}" in old_library.value.hint
+
+
+def test_missing_index_is_a_clear_cli_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "tunery", "rag", "search", str(tmp_path / "nope"), "anything"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "does not exist" in message and "tunery rag index" in message
+    assert "Traceback" not in done.stderr
+
+
+def test_search_cli_json(tmp_path, tiny_model_dir):
+    (tmp_path / "a.txt").write_text("The Wren printer toner is part MX-3333-D.\n\nUnrelated words.", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = [sys.executable, "-m", "tunery", "rag"]
+    built = subprocess.run([*run, "index", str(tmp_path / "a.txt"), "--out", str(tmp_path / "idx"), "--model",
+                            str(tiny_model_dir), "--chunk-tokens", "48", "--overlap-tokens", "0"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert built.returncode == 0, built.stderr
+    found = subprocess.run([*run, "search", str(tmp_path / "idx"), "Wren printer toner", "-k", "1", "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    rows = json.loads(found.stdout)
+    assert len(rows) == 1 and {"rank", "score", "source", "text"} <= set(rows[0])
+    assert rows[0]["source"] == "a.txt" and "MX-3333-D" in rows[0]["text"]
+
+
+def test_prompt_drops_chunks_never_the_question(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunery.data.template import encode_prompt
+
+    docs = tmp_path / "d.txt"
+    docs.write_text("\n\n".join(f"Fact {i}: the gadget {i} weighs {i} kilograms." for i in range(20)), encoding="utf-8")
+    build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), chunk_tokens=40, overlap_tokens=0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    retriever = Retriever.open(tmp_path / "idx", k=5)
+    question = [{"role": "user", "content": "How much does gadget 17 weigh?"}]
+    full = retriever.prompt(question, tokenizer, max_prompt_tokens=4096)
+    assert len(full.hits) == 5 and "gadget 17 weighs" in full.hits[0].text
+    bare = len(encode_prompt(tokenizer, [{"role": "user", "content": retriever.template.replace(
+        "{context}", "").replace("{question}", question[0]["content"])}]))
+    tight = retriever.prompt(question, tokenizer, max_prompt_tokens=bare + 100)
+    assert 1 <= len(tight.hits) < 5 and len(tight.prompt_ids) <= bare + 100
+    assert tight.hits == full.hits[:len(tight.hits)]
+    assert tight.messages[-1]["content"].endswith("Question: How much does gadget 17 weigh?")
+    long_question = [{"role": "user", "content": "why " * 3000}]
+    with pytest.raises(DataError) as too_long:
+        fit_prompt(long_question, full.hits, tokenizer, max_prompt_tokens=1024)
+    assert too_long.value.code == "context_length_exceeded"

@@ -1,0 +1,110 @@
+"""Put retrieved chunks into a chat prompt through a template, within the model's context.
+
+When the prompt does not fit, the lowest-ranked chunks are dropped one by one; the question is
+never cut. The template is the index's `prompt.txt` when it has one (edit it freely), else the
+default below; it must hold `{context}` and `{question}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunery.errors import ConfigError, DataError
+from tunery.rag.retrieval import Hit, RagIndex, open_index
+
+DEFAULT_TEMPLATE = ("Answer the question using the context below.\n\n"
+                    "Context:\n{context}\n\n"
+                    "Question: {question}")
+TEMPLATE_FILE = "prompt.txt"
+DEFAULT_K = 5
+
+
+@dataclass(frozen=True)
+class RagPrompt:
+    """The messages a model sees, their token ids, and the chunks that made it into them."""
+
+    messages: list[dict]
+    prompt_ids: list[int]
+    hits: list[Hit]
+    retrieved: list[Hit]
+
+    def citations(self) -> list[dict]:
+        return [hit.citation() for hit in self.hits]
+
+
+def check_template(template: str, where: str = "the prompt template") -> str:
+    missing = [name for name in ("{context}", "{question}") if name not in template]
+    if missing:
+        raise ConfigError(f"{where} lacks {' and '.join(missing)}", code="invalid_template",
+                          hint="a template holds {context} (the retrieved chunks) and {question} (the user's message)")
+    return template
+
+
+def read_template(index: RagIndex) -> str:
+    path = index.path / TEMPLATE_FILE
+    if path.is_file():
+        return check_template(path.read_text(encoding="utf-8"), str(path))
+    return DEFAULT_TEMPLATE
+
+
+def format_context(hits: list[Hit]) -> str:
+    return "\n\n".join(f"[{i}] ({hit.label()}) {hit.text}" for i, hit in enumerate(hits, start=1))
+
+
+def fill_template(template: str, question: str, hits: list[Hit]) -> str:
+    # str.replace, not str.format: documents and templates may hold braces of their own.
+    return template.replace("{context}", format_context(hits)).replace("{question}", question)
+
+
+def with_context(messages: list[dict], hits: list[Hit], template: str) -> list[dict]:
+    """The messages with the last user message wrapped in the template around `hits`."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    wrapped = dict(messages[last], content=fill_template(template, messages[last]["content"], hits))
+    return [*messages[:last], wrapped, *messages[last + 1:]]
+
+
+def question_of(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users:
+        raise DataError("retrieval needs a user message to search with", code="no_question")
+    return users[-1]
+
+
+def fit_prompt(messages: list[dict], hits: list[Hit], tokenizer, *, max_prompt_tokens: int,
+               template: str = DEFAULT_TEMPLATE) -> RagPrompt:
+    """The prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`."""
+    from tunery.data.template import encode_prompt
+
+    kept = list(hits)
+    while True:
+        wrapped = with_context(messages, kept, template)
+        ids = list(encode_prompt(tokenizer, wrapped))
+        if len(ids) <= max_prompt_tokens:
+            return RagPrompt(messages=wrapped, prompt_ids=ids, hits=kept, retrieved=list(hits))
+        if not kept:
+            raise DataError(f"the question alone is {len(ids)} tokens in the retrieval template, more than the "
+                            f"{max_prompt_tokens} tokens the model's context leaves for a prompt",
+                            code="context_length_exceeded",
+                            hint="shorten the question, or allow fewer new tokens for the answer")
+        kept = kept[:-1]
+
+
+@dataclass
+class Retriever:
+    """An index with its template and depth, as a `+rag:INDEX_DIR` reference uses it."""
+
+    index: RagIndex
+    template: str
+    k: int = DEFAULT_K
+    mode: str | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, *, k: int | None = None, mode: str | None = None) -> Retriever:
+        index = open_index(path)
+        return cls(index=index, template=read_template(index),
+                   k=k or int(index.manifest["settings"].get("top_k") or DEFAULT_K), mode=mode)
+
+    def prompt(self, messages: list[dict], tokenizer, *, max_prompt_tokens: int) -> RagPrompt:
+        hits = self.index.search(question_of(messages), k=self.k, mode=self.mode)
+        return fit_prompt(messages, hits, tokenizer, max_prompt_tokens=max_prompt_tokens, template=self.template)
