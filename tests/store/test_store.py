@@ -1,15 +1,14 @@
-"""The SQLite store: migrations, hashed keys, request log, feedback upserts, retention, export."""
+"""The store on both backends: migrations, hashed keys, request log, feedback upserts, retention, export."""
 
 import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tunery.errors import ConfigError, NotFoundError, StoreError
-from tunery.store import create_key, list_keys, open_store, revoke_key, verify_key
-from tunery.store.db import MIGRATIONS
+from tunery.store import Store, create_key, list_keys, revoke_key, verify_key
 from tunery.store.feedback_export import export_feedback
+from tunery.store.migrations import MIGRATIONS
 from tunery.store.owners import LOCAL_OWNER
 from tunery.store.requests import (
     LoggedCompletion,
@@ -20,13 +19,6 @@ from tunery.store.requests import (
 )
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(tmp_path / "t.db")
-    yield s
-    s.close()
-
-
 def make_entry(cid, answer="4", model="base", created_at="", kind="chat"):
     return LoggedCompletion(id=cid, model=model, kind=kind,
                             messages=[{"role": "user", "content": f"question {cid}"}], outputs=[answer],
@@ -34,25 +26,25 @@ def make_entry(cid, answer="4", model="base", created_at="", kind="chat"):
                             created_at=created_at)
 
 
-def test_store_uses_wal_and_records_migrations(store, tmp_path):
-    assert store.query_one("PRAGMA journal_mode")[0] == "wal"
+def test_store_records_migrations_once(store):
+    if store.dialect == "sqlite":
+        assert store.query_one("PRAGMA journal_mode")["journal_mode"] == "wal"
     assert store.schema_version == len(MIGRATIONS)
-    again = open_store(tmp_path / "t.db")  # reopening applies nothing twice
+    again = Store(store.url, schema=store.schema)  # reopening applies nothing twice
     assert again.schema_version == len(MIGRATIONS)
     assert len(again.query("SELECT * FROM schema_migrations")) == len(MIGRATIONS)
+    again.close()
 
 
-def test_store_refuses_a_newer_schema(tmp_path):
-    s = open_store(tmp_path / "t.db")
-    s.execute("INSERT INTO schema_migrations VALUES (?, ?)", (len(MIGRATIONS) + 1, "x"))
-    s.close()
+def test_store_refuses_a_newer_schema(store):
+    store.execute("INSERT INTO schema_migrations VALUES (?, ?)", (len(MIGRATIONS) + 1, "x"))
     with pytest.raises(StoreError, match="newer"):
-        open_store(tmp_path / "t.db")
+        Store(store.url, schema=store.schema)
 
 
-def test_keys_are_stored_hashed_and_verified(store, tmp_path):
+def test_keys_are_stored_hashed_and_verified(store):
     record, secret = create_key(store, "ci", admin=True)
-    raw = sqlite3.connect(tmp_path / "t.db").execute("SELECT * FROM api_keys").fetchall()
+    raw = [dict(row) for row in store.query("SELECT * FROM api_keys")]
     assert secret not in repr(raw) and secret.split("_", 2)[2] not in repr(raw)
     found = verify_key(store, secret)
     assert found is not None and found.id == record.id and found.admin

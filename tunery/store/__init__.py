@@ -1,6 +1,7 @@
-"""SQLite persistence for the server: API keys, the request log and feedback.
+"""Persistence on SQLite (the embedded default) or PostgreSQL: keys, request log, feedback, files, jobs.
 
-Knows nothing about HTTP or models; the server and CLI call these functions.
+Knows nothing about HTTP or models; the server, the platform services and the CLI call these.
+`open_store()` picks the backend; see `tunery.store.db.Store` for the API.
 """
 
 from tunery.store.db import Store, open_store

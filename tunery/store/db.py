@@ -1,153 +1,214 @@
-"""The SQLite connection: WAL mode, a busy timeout, foreign keys, and numbered migrations.
+"""The database connection on SQLAlchemy Core: SQLite under TUNERY_HOME, or PostgreSQL (psycopg 3).
 
-Migrations are plain SQL strings applied in order and recorded in `schema_migrations`; a
-database newer than this code is refused rather than guessed at.
+`open_store()` picks the backend (TUNERY_DATABASE_URL, else TUNERY_HOME/tunery.db), applies the
+numbered migrations and hands back a `Store`. Writes run in `store.transaction()`: `BEGIN IMMEDIATE`
+on SQLite (one writer at a time, waiting up to the busy timeout), a normal transaction on
+PostgreSQL. `store.retrying(fn)` reruns a unit of work when the database was locked, restarted or
+briefly unreachable. Knows no table but `schema_migrations`; the tables live in `schema.py`.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection
 
 from tunery.errors import StoreError
 from tunery.paths import database_path
 
+log = logging.getLogger("tunery.store")
 BUSY_TIMEOUT_MS = 5000
-
-# Append only: never edit a migration that has shipped.
-MIGRATIONS: list[str] = [
-    # 1: API keys (only a hash is stored), the request log and feedback on logged completions.
-    """
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        key_sha256 TEXT NOT NULL,
-        admin INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    CREATE TABLE completions (
-        id TEXT PRIMARY KEY,
-        created_at TEXT NOT NULL,
-        key_id TEXT,
-        model TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        messages_json TEXT NOT NULL,
-        outputs_json TEXT NOT NULL,
-        finish_reason TEXT,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        latency_ms INTEGER NOT NULL
-    );
-    CREATE INDEX completions_created_at ON completions(created_at);
-    CREATE TABLE feedback (
-        completion_id TEXT PRIMARY KEY REFERENCES completions(id) ON DELETE CASCADE,
-        rating INTEGER NOT NULL CHECK (rating IN (1, -1)),
-        correction TEXT,
-        comment TEXT,
-        key_id TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    """,
-    # 2: who did what to whose object (admin actions on other keys' objects, key management).
-    """
-    CREATE TABLE audit_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL,
-        actor_key_id TEXT,
-        action TEXT NOT NULL,
-        object_type TEXT NOT NULL,
-        object_id TEXT NOT NULL,
-        owner_key_id TEXT,
-        detail_json TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX completions_key_id ON completions(key_id);
-    """,
-]
+RETRY_FOR_S = 60.0  # how long a unit of work keeps retrying through a lock or a database restart
+T = TypeVar("T")
 
 
 def utc_now() -> str:
-    """ISO-8601 UTC timestamp with seconds; sorts lexically in time order."""
+    """ISO-8601 UTC timestamp with microseconds; sorts lexically in time order."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Store:
-    """One SQLite connection shared by threads behind a lock (writes are short)."""
+def database_url(path: Path | str | None = None) -> str:
+    """The SQLAlchemy URL: `path` (a file or a URL), else TUNERY_DATABASE_URL, else TUNERY_HOME/tunery.db."""
+    value = str(path) if path is not None else os.environ.get("TUNERY_DATABASE_URL") or ""
+    if not value:
+        return f"sqlite:///{database_path()}"
+    if value.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + value.split("://", 1)[1]
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser()}"
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+
+def redact_url(url: str) -> str:
+    """A URL fit for messages: the password, if any, replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database error worth retrying: a lock, a lost connection, a server restarting."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if not isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return False
+    text = str(error.orig).lower()
+    return any(s in text for s in ("locked", "busy", "connection", "terminat", "shutting down", "server closed",
+                                   "starting up", "recovery mode", "timeout"))
+
+
+class Store:
+    """A SQLAlchemy engine plus the few habits every caller needs (transactions, retries, migrations).
+
+    The API the rest of tunery uses:
+      store.transaction()          context manager -> Connection; commits, or rolls back on error
+      store.read()                 context manager -> Connection for reads (no write lock)
+      store.retrying(fn)           fn(conn) in a transaction, rerun on transient errors
+      store.execute(sql, params)   one raw write statement (`?` placeholders); returns rows changed
+      store.query(sql, params)     rows as mappings; store.query_one(...) the first or None
+      store.dialect                "sqlite" or "postgresql"
+    SQLAlchemy Core statements over the tables in `tunery.store.schema` go to `conn.execute(...)`.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, migrate: bool = True):
+        self.url = url
+        self.schema = schema
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
-            )
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-        self.migrate()
+            self.engine = _create_engine(url, schema)
+            self.dialect = self.engine.dialect.name
+            if self.dialect == "sqlite":
+                path = self.engine.url.database
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with self.engine.connect():
+                pass
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise StoreError(f"cannot open the database {redact_url(url)}: {_reason(error)}",
+                             hint="check TUNERY_DATABASE_URL (or TUNERY_HOME) and that the database is running") from None
+        if migrate:
+            from tunery.store.migrations import migrate as apply_migrations
+
+            apply_migrations(self)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL)."""
+        return Path(self.engine.url.database) if self.dialect == "sqlite" else None
 
     @property
     def schema_version(self) -> int:
         row = self.query_one("SELECT MAX(version) AS v FROM schema_migrations")
-        return int(row["v"] or 0)
-
-    def migrate(self) -> None:
-        """Apply every migration newer than the database, each in its own transaction."""
-        with self.transaction() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"the database {self.path} has schema version {current}, newer than this tunery ({len(MIGRATIONS)})",
-                hint="upgrade tunery, or point TUNERY_HOME at another folder",
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            with self.transaction() as conn:
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, utc_now()))
+        return int(row["v"] or 0) if row else 0
 
     @contextmanager
-    def transaction(self):
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction; SQLite takes the write lock at BEGIN so read-then-write is atomic."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(tunery_write=True)
+                with conn.begin():
+                    yield conn
+        except exc.SQLAlchemyError as error:
+            if is_transient(error):
                 raise
+            raise StoreError(f"database error: {_reason(error)}") from error
 
-    def execute(self, sql: str, params: tuple = ()) -> int:
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def retrying(self, work: Callable[[Connection], T], *, for_s: float = RETRY_FOR_S) -> T:
+        """Run `work(conn)` in a transaction; a lock or a dropped connection reruns it (with back-off)."""
+        deadline, delay = time.monotonic() + for_s, 0.05
+        while True:
+            try:
+                with self.transaction() as conn:
+                    return work(conn)
+            except exc.SQLAlchemyError as error:
+                if not is_transient(error) or time.monotonic() > deadline:
+                    raise StoreError(f"database unavailable: {_reason(error)}",
+                                     hint="check that the database is running and reachable") from None
+                log.warning("database busy or unreachable (%s); retrying in %.2f s", type(error).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def execute(self, sql: str, params: tuple | Mapping = ()) -> int:
         """Run one write statement in a transaction; returns the number of rows changed."""
-        with self.transaction() as conn:
-            return conn.execute(sql, params).rowcount
+        return self.retrying(lambda conn: conn.exec_driver_sql(self._driver_sql(sql), _params(params)).rowcount)
 
-    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    def query(self, sql: str, params: tuple | Mapping = ()) -> list[Record]:
+        with self.read() as conn:
+            return [Record(row) for row in conn.exec_driver_sql(self._driver_sql(sql), _params(params)).mappings()]
 
-    def query_one(self, sql: str, params: tuple = ()) -> sqlite3.Row | None:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchone()
+    def query_one(self, sql: str, params: tuple | Mapping = ()) -> Record | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def _driver_sql(self, sql: str) -> str:
+        # Raw SQL is written with `?`; psycopg wants `%s` (and a literal % doubled).
+        if self.dialect == "postgresql":
+            return sql.replace("%", "%%").replace("?", "%s")
+        return sql
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.engine.dispose()
 
 
-def open_store(path: Path | None = None) -> Store:
-    """Open (creating and migrating) the store at `path`, default `TUNERY_HOME/tunery.db`."""
-    return Store(path or database_path())
+class Record(dict):
+    """A result row: by column name (`row["id"]`) or, as sqlite3.Row allowed, by position (`row[0]`)."""
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+
+def _params(params: tuple | Mapping) -> Any:
+    return params if isinstance(params, Mapping) else tuple(params)
+
+
+def _reason(error: BaseException) -> str:
+    inner = getattr(error, "orig", None) or error
+    return str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+
+
+def _create_engine(url: str, schema: str | None) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        _sqlite_habits(engine)
+        return engine
+    connect_args = {"connect_timeout": 10}
+    if schema:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args)
+
+
+def _sqlite_habits(engine: sa.Engine) -> None:
+    """WAL, a busy timeout, foreign keys; and transactions begun by us (pysqlite's own are too lazy)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("tunery_write") else "BEGIN")
+
+
+def open_store(location: Path | str | None = None, *, schema: str | None = None) -> Store:
+    """Open (creating and migrating) the store: a SQLite file or URL, TUNERY_DATABASE_URL, or TUNERY_HOME/tunery.db."""
+    return Store(database_url(location), schema=schema)

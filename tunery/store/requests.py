@@ -107,7 +107,7 @@ def list_rated_completions(store: Store, actor: Actor, since: str | None = None,
     condition, params = owned_by(actor, "c.key_id")
     sql = ("SELECT c.*, f.rating, f.correction, f.comment, f.created_at AS f_created, f.updated_at AS f_updated"
            " FROM completions c JOIN feedback f ON f.completion_id = c.id"
-           f" WHERE {condition} AND (f.key_id IS c.key_id OR f.key_id IS NULL"
+           f" WHERE {condition} AND (f.key_id IS NOT DISTINCT FROM c.key_id OR f.key_id IS NULL"
            "  OR f.key_id IN (SELECT id FROM api_keys WHERE admin = 1))")
     params = list(params)
     if since:
