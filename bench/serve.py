@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tunery.inference.engine import FAST_MAX_DRAFT, SPEC_MAX_DRAFT
+from tunery.inference.lane_backend import MAX_DRAFT as FAST_MAX_DRAFT
+from tunery.inference.torch_backend import MAX_DRAFT as SPEC_MAX_DRAFT
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
@@ -192,7 +193,7 @@ def main(argv=None) -> None:
         drift = measure_drift(quant.engine, references, prompts, texts)
         drift["summary"] = quant.quantization.summary()
         drift["decode"] = quant.decode_summary
-        drift["passes"] = lane_pass_times(quant.engine, prompts[0]) if quant.engine.fast_lane else {}
+        drift["passes"] = lane_pass_times(quant.engine, prompts[0]) if quant.engine.backend.name == "lane" else {}
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
     args.load = (load_before, os.getloadavg()[0])
@@ -220,7 +221,7 @@ def lane_pass_times(engine, ids: list[int], repeats: int = 20) -> dict[int, floa
 
     from tunery.inference.batch import cache_tensors
 
-    model, lane = engine.model, engine.fast_lane
+    model, lane = engine.model, engine.backend.lane
     cache = DynamicCache()
     with torch.inference_mode():
         model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True)
@@ -241,32 +242,19 @@ def lane_pass_times(engine, ids: list[int], repeats: int = 20) -> dict[int, floa
 
 
 def top_tokens(engine, ids: list[int], continuation: list[int]) -> torch.Tensor:
-    """The engine's argmax after the prompt and after each continuation token but the last: its
-    prefill on the torch model, then its decode passes."""
-    from transformers import DynamicCache
+    """The engine's argmax after the prompt and after each continuation token but the last, through
+    its backend as it serves: the prompt's prefill, then steps of up to 16 tokens."""
+    from tunery.inference.backend import Prompt, Row
 
-    from tunery.inference.batch import cache_tensors
-    from tunery.inference.fastlane import MAX_ROWS
-
-    model, lane = engine.model, engine.fast_lane
-    cache = DynamicCache()
-    prefill = model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True)
-    picks = [int(prefill.logits[0, -1].argmax())]
+    backend, key = engine.backend, -1  # not an engine request id
+    picks = backend.prefill([Prompt(key, ids, 0, len(ids) + len(continuation) + 1)])[0].argmax(-1).view(1).tolist()
     feed = continuation[:-1]
-    if lane is None:
-        if feed:
-            out = model(input_ids=torch.tensor([feed], device=model.device), cache=cache, use_cache=True)
-            picks += out.logits[0].argmax(-1).tolist()
-        return torch.tensor(picks)
-    key = -1  # not an engine request id
-    lane.load(key, cache_tensors(cache), len(ids), capacity=len(ids) + len(continuation) + 1)
     try:
-        for start in range(0, len(feed), MAX_ROWS):
-            chunk = feed[start:start + MAX_ROWS]
-            positions = list(range(len(ids) + start, len(ids) + start + len(chunk)))
-            picks += lane.forward([key] * len(chunk), chunk, positions, [0] * len(chunk)).argmax(-1).tolist()
+        for start in range(0, len(feed), 16):
+            chunk = feed[start:start + 16]
+            picks += backend.step([Row(key, chunk, len(ids) + start, 0, logits=len(chunk))]).argmax(-1).tolist()
     finally:
-        lane.drop(key)
+        backend.free([key])
     return torch.tensor(picks)
 
 

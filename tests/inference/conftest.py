@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: the tiny model loaded once, and LoRA adapters saved by peft."""
+"""Fixtures for the engine tests: the tiny model, the same per backend, and LoRA adapters saved by peft."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ def tiny(tiny_model_dir):
 
     model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
     return model, tokenizer, stop_token_ids(tokenizer)
+
+
+@pytest.fixture(params=["torch", "lane"])
+def served(request, tiny):
+    """(model, tokenizer, stops, decode, reference, tie) for each backend: full precision through torch,
+    whose greedy picks are the model's own argmax (up to float rounding); int4 through the fast lane, whose picks follow the
+    dequantized model up to near ties (its activations enter the products as int8)."""
+    import copy
+
+    from tests.inference.parity import dequantized_copy
+    from tunery.inference.quant import quantize_model
+
+    model, tokenizer, stops = tiny
+    if request.param == "torch":
+        return model, tokenizer, stops, "torch", copy.deepcopy(model), 1e-4
+    quantize_model(model, "int4")
+    return model, tokenizer, stops, "lane", dequantized_copy(model), 0.02
 
 
 @pytest.fixture(autouse=True, scope="module")

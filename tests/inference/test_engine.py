@@ -1,4 +1,7 @@
-"""The engine against Hugging Face `generate` and peft: same tokens, batched or not, any adapter mix."""
+"""The engine against Hugging Face `generate` and peft: same tokens, batched or not, any adapter mix.
+
+Every test that takes `served` runs once per backend: torch on full precision (exactly `generate`'s
+tokens) and the fast lane on int4 (the dequantized model's picks up to near ties)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import threading
 import pytest
 import torch
 
+from tests.inference.parity import assert_follows, generated_tokens, with_adapter
 from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError
 from tunery.inference import Engine, SamplingParams
@@ -28,9 +32,10 @@ def hf_greedy(model, tokenizer, stops, ids, max_new_tokens=12) -> str:
 
 
 @pytest.fixture
-def engine(tiny):
-    model, tokenizer, stops = tiny
-    eng = Engine(model, tokenizer, stops, max_batch_size=8)
+def engine(served):
+    model, tokenizer, stops, decode, _, _ = served
+    eng = Engine(model, tokenizer, stops, decode=decode, max_batch_size=8)
+    assert eng.backend.name == decode
     yield eng
     eng.stop()
 
@@ -55,45 +60,44 @@ def submit_all(eng, jobs):
     return results
 
 
-def test_engine_matches_hf_generate_alone_and_batched(tiny, engine):
-    model, tokenizer, stops = tiny
+def test_engine_matches_hf_generate_alone_and_batched(served, engine):
+    model, tokenizer, stops, decode, reference, tie = served
     prompts = [prompt(tokenizer, q) for q in QUESTIONS]
-    expected = [hf_greedy(model, tokenizer, stops, ids) for ids in prompts]
-    calls = []
-    hook = model.register_forward_hook(lambda *a: calls.append(1))
-    try:
-        batched = submit_all(engine, [(ids, GREEDY, None) for ids in prompts])
-    finally:
-        hook.remove()
-    assert [text for text, _ in batched] == expected
-    # 5 prefills, then the rows decode together: far fewer forwards than one per token per request.
-    total_tokens = sum(event.completion_tokens for _, event in batched)
-    assert len(calls) <= len(prompts) + max(event.completion_tokens for _, event in batched)
-    assert total_tokens > len(calls)
-    for ids, want in zip(prompts, expected, strict=True):
-        assert engine.generate(ids, GREEDY).text == want
+    tokens = generated_tokens(engine)
+    batched = submit_all(engine, [(ids, GREEDY, None) for ids in prompts])
+    passes = engine.stats["prefill_passes"] + engine.stats["decode_passes"]
+    alone = [engine.generate(ids, GREEDY).text for ids in prompts]
+    assert [text for text, _ in batched] == alone
+    for i, ids in enumerate(prompts):
+        assert_follows(reference, ids, tokens[i + 1], tie)
+    if decode == "torch":
+        assert alone == [hf_greedy(model, tokenizer, stops, ids) for ids in prompts]
+    # One prefill for the five, then the rows decode together: far fewer passes than one per token.
+    longest = max(event.completion_tokens for _, event in batched)
+    assert passes <= 1 + longest < sum(event.completion_tokens for _, event in batched)
 
 
-def test_max_tokens_ends_with_length_and_counts(tiny, engine):
-    _, tokenizer, _ = tiny
+def test_max_tokens_ends_with_length_and_counts(served, engine):
+    tokenizer = served[1]
     result = engine.generate(prompt(tokenizer, "hi"), SamplingParams(max_new_tokens=3, temperature=0))
     assert result.finish_reason == "length" and result.completion_tokens == 3
     assert result.prompt_tokens == len(prompt(tokenizer, "hi"))
 
 
-def test_stop_string_truncates_the_output(tiny, engine):
-    _, tokenizer, _ = tiny
+def test_stop_string_truncates_the_output(served, engine):
+    tokenizer = served[1]
     ids = prompt(tokenizer, QUESTIONS[1])
     full = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0)).text
-    stop = full[4:7]
-    assert len(stop) == 3 and stop in full
+    # Three plain characters past the start (a random model's bytes need not decode to whole characters).
+    start = next(i for i in range(2, len(full) - 2) if all(c.isascii() and c.isprintable() for c in full[i:i + 3]))
+    stop = full[start:start + 3]
     result = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0, stop=(stop,)))
     assert result.finish_reason == "stop"
     assert result.text == full[: full.index(stop)]
 
 
-def test_seeded_sampling_repeats_and_differs_across_seeds(tiny, engine):
-    _, tokenizer, _ = tiny
+def test_seeded_sampling_repeats_and_differs_across_seeds(served, engine):
+    tokenizer = served[1]
     ids = prompt(tokenizer, "hi")
     runs = [engine.generate(ids, SamplingParams(max_new_tokens=16, temperature=1.0, seed=s)).text for s in (7, 7, 8)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -101,14 +105,13 @@ def test_seeded_sampling_repeats_and_differs_across_seeds(tiny, engine):
     assert nucleus == engine.generate(ids, GREEDY).text  # a tiny nucleus holds only the top token
 
 
-def test_context_overflow_is_refused(tiny, engine):
-    _, tokenizer, _ = tiny
+def test_context_overflow_is_refused(engine):
     with pytest.raises(ConfigError, match="context"):
         engine.submit([1] * 1000, SamplingParams(max_new_tokens=100), lambda e: None)
 
 
-def test_abort_frees_the_row(tiny, engine):
-    _, tokenizer, _ = tiny
+def test_abort_frees_the_row(served, engine):
+    tokenizer = served[1]
     events, finished = [], threading.Event()
 
     def on_event(event):
@@ -138,36 +141,47 @@ def _peft_reference(tiny_model_dir, run_dir, ids):
 
 
 @pytest.mark.parametrize("name", ["alpha", "top"])  # every layer, and the top layer only
-def test_lora_logits_match_peft(tiny, tiny_model_dir, lora_runs, engine, name):
-    model, tokenizer, _ = tiny
+def test_lora_logits_match_peft(tiny, tiny_model_dir, lora_runs, name):
+    """The adapter wrappers the torch model gets (both backends prefill through them)."""
+    model, tokenizer, stops = tiny
+    engine = Engine(model, tokenizer, stops, decode="torch")
     ids = prompt(tokenizer, QUESTIONS[2])
     engine.load_adapter(name, lora_runs[name] / "adapter")
     slot = engine.adapters[name].slot
+    routing = engine.backend.slots.routing
     with torch.no_grad():
-        engine.slots.routing.groups = [(slot, None)]
+        routing.groups = [(slot, None)]
         ours = model(torch.tensor([ids])).logits[0]
-        engine.slots.routing.groups = []
+        routing.groups = []
         bare = model(torch.tensor([ids])).logits[0]
     reference = _peft_reference(tiny_model_dir, lora_runs[name], ids)
     assert torch.allclose(ours, reference, atol=1e-4)
     assert not torch.allclose(bare, reference, atol=1e-2)
 
 
-def test_mixed_adapter_batch_equals_each_alone(tiny, lora_runs, engine):
-    _, tokenizer, _ = tiny
+def test_mixed_adapter_batch_equals_each_alone(served, lora_runs, engine):
+    """Each row follows its own adapter, batched or alone. Through torch, batched and alone give the same
+    text; the lane prefills a lone prompt in its own passes and several together through torch, whose
+    activations round differently, so there both are checked against the adapted reference instead."""
+    _, tokenizer, _, decode, reference, tie = served
     engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
     engine.load_adapter("beta", lora_runs["beta"] / "adapter")
     ids = prompt(tokenizer, QUESTIONS[0])
+    tokens = generated_tokens(engine)
     jobs = [(ids, GREEDY, a) for a in (None, "alpha", "beta", "alpha", None)]
     batched = [text for text, _ in submit_all(engine, jobs)]
     alone = {a: engine.generate(ids, GREEDY, adapter=a).text for a in (None, "alpha", "beta")}
-    assert batched == [alone[a] for _, _, a in jobs]
+    references = {None: reference, **{a: with_adapter(reference, lora_runs[a] / "adapter") for a in ("alpha", "beta")}}
+    for request_id, adapter in enumerate([a for _, _, a in jobs] + list(alone), start=1):
+        assert_follows(references[adapter], ids, tokens[request_id], 3 * tie)  # LoRA deltas: 3% in the lane
+    if decode == "torch":
+        assert batched == [alone[a] for _, _, a in jobs]
     assert len(set(alone.values())) == 3  # the adapters really differ
 
 
-def test_unload_and_lru_cap(tiny, lora_runs):
-    model, tokenizer, stops = tiny
-    eng = Engine(model, tokenizer, stops, max_adapters=1)
+def test_unload_and_lru_cap(served, lora_runs):
+    model, tokenizer, stops, decode, _, _ = served
+    eng = Engine(model, tokenizer, stops, decode=decode, max_adapters=1)
     try:
         eng.load_adapter("alpha", lora_runs["alpha"] / "adapter")
         eng.load_adapter("beta", lora_runs["beta"] / "adapter")
@@ -179,8 +193,8 @@ def test_unload_and_lru_cap(tiny, lora_runs):
             eng.unload_adapter("beta")
     finally:
         eng.stop()
-        eng.slots.remove(1)
-        eng.slots.remove(2)
+        eng.backend.unload_adapter(1)
+        eng.backend.unload_adapter(2)
 
 
 def test_dora_adapters_are_refused(tiny_model_dir, tmp_path):
@@ -193,7 +207,7 @@ def test_dora_adapters_are_refused(tiny_model_dir, tmp_path):
 
 def test_a_full_queue_refuses_more(tiny):
     model, tokenizer, stops = tiny
-    eng = Engine(model, tokenizer, stops, max_queued=2)
+    eng = Engine(model, tokenizer, stops, decode="torch", max_queued=2)
     for _ in range(2):
         eng.submit([1, 2, 3], GREEDY, lambda e: None)
     with pytest.raises(ResourceError):
@@ -202,7 +216,7 @@ def test_a_full_queue_refuses_more(tiny):
 
 
 def test_ngram_draft_proposes_what_followed_the_latest_earlier_occurrence():
-    from tunery.inference.engine import ngram_draft
+    from tunery.inference.speculation import ngram_draft
 
     assert ngram_draft([5, 6, 7, 8, 9, 1, 5, 6, 7], 3) == [8, 9, 1]
     assert ngram_draft([5, 6, 7, 8, 5, 6, 7, 2, 5, 6, 7], 2) == [2, 5]  # the latest occurrence wins
@@ -211,17 +225,20 @@ def test_ngram_draft_proposes_what_followed_the_latest_earlier_occurrence():
     assert ngram_draft([5, 6, 7, 5, 6, 7], 0) == []
 
 
-def test_speculation_keeps_greedy_output_and_accepts_drafts(tiny):
+def test_speculation_keeps_greedy_output_and_accepts_drafts(served):
     """A lone greedy row verifies prompt-lookup drafts: same tokens as one-at-a-time decoding."""
-    model, tokenizer, stops = tiny
+    model, tokenizer, stops, decode, reference, tie = served
     repetitive = "reset the VPN token, reset the VPN token, reset the VPN token, reset the VPN token"
     prompts = [prompt(tokenizer, q) for q in [repetitive, *QUESTIONS]]
     params = SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
     outputs = {}
     for speculate in (False, True):
-        eng = Engine(model, tokenizer, stops, speculate=speculate)
+        eng = Engine(model, tokenizer, stops, decode=decode, speculate=speculate)
+        tokens = generated_tokens(eng)
         try:
             outputs[speculate] = [eng.generate(ids, params).text for ids in prompts]
+            for i, ids in enumerate(prompts):
+                assert_follows(reference, ids, tokens[i + 1], tie)
             stats = dict(eng.stats)
         finally:
             eng.stop()

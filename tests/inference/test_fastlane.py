@@ -10,14 +10,14 @@ import threading
 
 import pytest
 import torch
-from torch import nn
 from transformers import DynamicCache
 
+from tests.inference.parity import assert_follows, dequantized_copy, generated_tokens, spread
 from tunery.data.template import encode_prompt
 from tunery.inference import Engine, SamplingParams
 from tunery.inference.batch import cache_tensors
 from tunery.inference.fastlane import FLAGS, MAX_ROWS, FastLane, FastLaneUnavailable, compile_library
-from tunery.inference.quant import QuantizedLinear, quantize_model, replace_module
+from tunery.inference.quant import quantize_model
 
 PROMPT = "The printer on floor three is offline again, the printer on floor three"
 
@@ -29,29 +29,11 @@ def int4_tiny(tiny):
     return model, tokenizer, stops
 
 
-def dequantized_copy(model: nn.Module) -> nn.Module:
-    """The quantized model with every quantized layer written out as an fp32 nn.Linear: what the
-    fast lane computes, up to its int8 activations."""
-    reference = copy.deepcopy(model)
-    for name, module in list(reference.named_modules()):
-        if isinstance(module, QuantizedLinear):
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            linear.weight.data = module.dequantized_weight()
-            if module.bias is not None:
-                linear.bias.data = module.bias.clone()
-            replace_module(reference, name, linear)
-    return reference
-
-
 def prefill(model, ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
     cache = DynamicCache()
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
     return cache, out.logits[0, -1]
-
-
-def spread(logits: torch.Tensor) -> torch.Tensor:
-    return logits.max(-1).values - logits.min(-1).values
 
 
 def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
@@ -227,18 +209,17 @@ def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_
     engine.load_adapter("alpha", lora_runs["alpha"] / "adapter")
     engine.load_adapter("top", lora_runs["top"] / "adapter")  # adapted in layer 1 only
     ids = encode_prompt(tokenizer, [{"role": "user", "content": PROMPT}])
-    fast, n = engine.fast_lane, len(ids)
-    assert fast is not None
+    fast, n = engine.backend.lane, len(ids)
     slots = {"base": 0, "alpha": engine.adapters["alpha"].slot, "top": engine.adapters["top"].slot}
     want = {}
     for name, slot in slots.items():  # the torch path, one adapter at a time
-        engine.slots.routing.groups = [(slot, None)] if slot else []
+        engine.backend.slots.routing.groups = [(slot, None)] if slot else []
         cache, _ = prefill(model, ids)
         fast.load(slot, cache_tensors(cache), n, capacity=16)
         with torch.no_grad():
             want[name] = model(input_ids=torch.tensor([[11]]), position_ids=torch.tensor([[n]]), cache=cache,
                                use_cache=True).logits[0, -1]
-    engine.slots.routing.groups = []
+    engine.backend.slots.routing.groups = []
     # One pass, three sequences, three adapters (the base, every layer, layer 1 only).
     ours = fast.forward(list(slots.values()), [11, 11, 11], [n, n, n], list(slots.values())).clone()
     for row, name in enumerate(slots):
@@ -247,30 +228,9 @@ def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_
     assert (ours[1] - ours[0]).abs().max() > 0.1 * spread(ours[0])  # the adapters changed their rows
     assert (ours[2] - ours[0]).abs().max() > 0.1 * spread(ours[0])
     engine.unload_adapter("alpha")
-    engine._step([])  # retires the slot, and the lane forgets its table
+    engine._step([])  # retires the slot: the torch model and the lane forget it together
     assert slots["alpha"] not in fast._lora_tables
-
-
-def generated_tokens(engine: Engine) -> dict[int, list[int]]:
-    """Instrument the engine: every token each request accepts, by request id."""
-    tokens: dict[int, list[int]] = {}
-    accept = engine._accept
-
-    def record(seq, token):
-        tokens.setdefault(seq.id, []).append(token)
-        accept(seq, token)
-
-    engine._accept = record
-    return tokens
-
-
-def assert_follows(reference, ids: list[int], tokens: list[int], tie: float = 0.02) -> None:
-    """Each token is the reference's argmax given the tokens before it, or within `tie` of the spread of it."""
-    with torch.no_grad():
-        logits = reference(torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1]
-    picked = logits.gather(1, torch.tensor(tokens)[:, None])[:, 0]
-    best = logits.max(-1).values
-    assert (picked >= best - tie * spread(logits)).all()
+    assert all(slots["alpha"] not in wrapper.deltas for wrapper in engine.backend.slots._wrappers.values())
 
 
 def test_a_lone_request_decodes_in_the_fast_lane_with_and_without_drafts(int4_tiny):
@@ -282,7 +242,7 @@ def test_a_lone_request_decodes_in_the_fast_lane_with_and_without_drafts(int4_ti
     texts, stats = {}, {}
     for speculate in (False, True):
         engine = Engine(model, tokenizer, stops, speculate=speculate)
-        assert engine.fast_lane_status.startswith("on")
+        assert engine.backend.name == "lane"
         tokens = generated_tokens(engine)
         try:
             outs = [engine.generate(ids, params) for ids in prompts]
@@ -293,11 +253,11 @@ def test_a_lone_request_decodes_in_the_fast_lane_with_and_without_drafts(int4_ti
             assert len(produced) == 40
             assert_follows(reference, ids, produced)
         texts[speculate], stats[speculate] = [out.text for out in outs], dict(engine.stats)
-    # Every decode pass ran in the lane (each request's first token came from its prefill).
-    assert stats[False]["fast_lane_passes"] == stats[False]["decode_passes"] == 2 * 39
+    # A pass per token (each request's first token came from its prefill).
+    assert stats[False]["decode_passes"] == 2 * 39
     # Drafts are scored with the same arithmetic as single tokens: the text is the one without them.
     assert texts[True] == texts[False]
-    assert stats[True]["accepted_draft_tokens"] > 0 and stats[True]["fast_lane_passes"] < 2 * 39
+    assert stats[True]["accepted_draft_tokens"] > 0 and stats[True]["decode_passes"] < 2 * 39
 
 
 def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs):
@@ -325,7 +285,7 @@ def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs
     try:
         first_id = engine.submit(first, params, sink(1))
         assert started.wait(30)
-        passes_alone = engine.stats["fast_lane_passes"]
+        passes_alone = engine.stats["decode_passes"]
         second_id = engine.submit(second, params, sink(2))
         engine.submit(second, params, sink(3), adapter="alpha")
         go.set()
@@ -333,12 +293,12 @@ def test_requests_arriving_mid_decode_join_the_lanes_passes(int4_tiny, lora_runs
     finally:
         engine.stop()
     assert [e[-1].finish_reason for e in events.values()] == ["length"] * 3
-    # Every decode pass ran in the lane; after the others arrived, their rows shared passes.
-    assert engine.stats["fast_lane_passes"] == engine.stats["decode_passes"] < 3 * 29
+    # After the others arrived, their rows shared passes.
+    assert engine.backend.name == "lane" and engine.stats["decode_passes"] < 3 * 29
     assert 7 <= passes_alone < 29
     assert_follows(reference, first, tokens[first_id])
     assert_follows(reference, second, tokens[second_id])
-    assert not engine.fast_lane._caches  # finished sequences leave the lane
+    assert not engine.backend.lane._caches  # finished sequences leave the lane
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_beside_the_running_rows(int4_tiny):
@@ -387,7 +347,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_the_running_rows(int4_tiny)
     assert_follows(reference, first, tokens[first_id])
     assert_follows(reference, long, tokens[long_id])
     assert len(tokens[long_id]) == 10 and abort_id not in tokens
-    assert not engine.fast_lane._caches
+    assert not engine.backend.lane._caches
 
 
 def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):
@@ -407,7 +367,7 @@ def test_sampling_in_the_fast_lane_is_reproducible_with_a_seed(int4_tiny):
 def test_what_the_fast_lane_does_not_take(tiny):
     model, tokenizer, stops = tiny
     full = Engine(copy.deepcopy(model), tokenizer, stops)
-    assert full.fast_lane_status.startswith("off") and "int4" in full.fast_lane_status
+    assert full.backend.name == "torch" and "int4" in full.decode_status
     from transformers import LlamaConfig, LlamaForCausalLM
 
     odd = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=128, num_hidden_layers=1,
@@ -439,12 +399,12 @@ def test_without_a_compiler_the_engine_keeps_its_torch_path(int4_tiny, monkeypat
     monkeypatch.undo()
     monkeypatch.setenv("CC", "/nonexistent/cc")  # part of the build's key: no earlier build is reused
     engine = Engine(model, tokenizer, stops)
-    assert engine.fast_lane_status.startswith("off (the C compiler did not run")
+    assert engine.backend.name == "torch" and "the C compiler did not run" in engine.decode_status
     try:
         out = engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True))
     finally:
         engine.stop()
-    assert out.completion_tokens == 5 and engine.stats["fast_lane_passes"] == 0
+    assert out.completion_tokens == 5
 
 
 @pytest.mark.slow
@@ -456,7 +416,7 @@ def test_default_model_in_the_fast_lane_follows_full_precision(default_model_dir
     quantized = copy.deepcopy(model)
     quantize_model(quantized, "int4")
     engine = Engine(quantized, tokenizer, stop_token_ids(tokenizer))
-    assert engine.fast_lane_status.startswith("on")
+    assert engine.backend.name == "lane"
     tokens = generated_tokens(engine)
     exact = 0
     try:
@@ -474,4 +434,3 @@ def test_default_model_in_the_fast_lane_follows_full_precision(default_model_dir
     finally:
         engine.stop()
     assert exact >= 30  # of 32
-    assert engine.stats["fast_lane_passes"] > 0

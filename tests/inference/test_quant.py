@@ -136,16 +136,17 @@ def test_lora_adapters_still_change_rows_on_a_quantized_base(tiny, lora_runs):
             assert len(set(alone.values())) == 3  # each adapter changes its rows
             slot = eng.adapters["alpha"].slot
             with torch.no_grad():  # one forward, three rows, three routings
-                eng.slots.routing.groups = [(slot, torch.tensor([1])), (eng.adapters["beta"].slot, torch.tensor([2]))]
+                routing = eng.backend.slots.routing
+                routing.groups = [(slot, torch.tensor([1])), (eng.adapters["beta"].slot, torch.tensor([2]))]
                 mixed = eng.model(torch.tensor([ids] * 3)).logits[:, -1]
-                eng.slots.routing.groups = []
+                eng.backend.slots.routing.groups = []
             texts[kind] = (alone, mixed)
         (_, mixed_full), (_, mixed_q) = texts["full"], texts["int4"]
         spread = (mixed_full.max(-1).values - mixed_full.min(-1).values)[:, None]
         assert ((mixed_q - mixed_full).abs() <= 0.03 * spread).all()
-        for adapter in next(iter(engines.values())).slots._wrappers.values():
+        for adapter in next(iter(engines.values())).backend.slots._wrappers.values():
             assert all(a.dtype == torch.float32 for a, _, _ in adapter.deltas.values())
-        wrapped = engines["int4"].slots._wrappers.values()
+        wrapped = engines["int4"].backend.slots._wrappers.values()
         assert wrapped and all(isinstance(w.base, QuantizedLinear) for w in wrapped)
     finally:
         for eng in engines.values():
@@ -195,7 +196,7 @@ def test_load_engine_quantizes_and_reports(tiny_model_dir, caplog):
         loaded = load_engine(str(tiny_model_dir), dtype="fp32", weights="int4", max_batch_size=2)
     assert loaded.quantization.quantized == 15
     assert "int4" in caplog.text and "reconstruction error" in caplog.text
-    assert loaded.decode_summary.startswith("decode: fast lane (compiled passes, ")
+    assert loaded.decode_summary.startswith("decode: lane (compiled passes, ")
     full = load_engine(str(tiny_model_dir), dtype="fp32", max_batch_size=2)
     assert "--weights int4 decodes in the compiled fast lane" in full.decode_summary
     ids = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])

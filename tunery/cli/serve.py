@@ -12,6 +12,7 @@ import typer
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.errors import ConfigError
+from tunery.inference.backend import DECODE_HELP
 
 WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
                 "everywhere) or int4 (int4 group-32 decoder, int8 head, decoded in a compiled fast lane: fastest by "
@@ -43,6 +44,7 @@ def serve_command(
                                                     "older than this."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
     weights: str = typer.Option("full", "--weights", help=WEIGHTS_HELP),
+    decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most requests decoded together."),
     max_adapters: int = typer.Option(8, "--max-adapters", help="Most adapters in memory (LRU)."),
 ):
@@ -57,7 +59,8 @@ def serve_command(
     try:
         settings = ServerSettings(model=model, adapters=parse_adapters(adapter), host=host, port=port,
                                   no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
-                                  dtype=dtype, weights=weights, max_batch_size=max_batch_size, max_adapters=max_adapters)
+                                  dtype=dtype, weights=weights, decode=decode, max_batch_size=max_batch_size,
+                                  max_adapters=max_adapters)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
@@ -87,13 +90,14 @@ def chat_command(
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens per answer."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
     weights: str = typer.Option("full", "--weights", help=WEIGHTS_HELP),
+    decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
 ):
     """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
     from tunery.data.template import encode_prompt
     from tunery.inference import SamplingParams
     from tunery.inference.loaded_engine import load_engine
 
-    loaded = load_engine(model, dtype=dtype, weights=weights, max_batch_size=1)
+    loaded = load_engine(model, dtype=dtype, weights=weights, decode=decode, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)
     console.print(loaded.decode_summary, highlight=False)
     engine = loaded.engine.start()

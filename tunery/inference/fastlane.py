@@ -126,7 +126,7 @@ class FastLane:
         self.vocab = model.get_output_embeddings().out_features
         self.max_pos = max_context
         self._struct = self._describe(max_context)
-        self._lora_tables: dict[int, tuple | None] = {0: None}  # slot -> see _lora_table
+        self._lora_tables: dict[int, tuple | None] = {0: None}  # slot -> (C table, its tensors, largest rank)
         self._caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sequence -> keys, values
         self._workspace, self._workspace_size = torch.empty(0), (0, -1)  # sized for (cache length, LoRA rank)
         self._logits = torch.empty(MAX_ROWS, self.vocab)
@@ -165,26 +165,17 @@ class FastLane:
                       self._ptr(cos), self._ptr(sin), layers)
 
     # ---- adapters --------------------------------------------------------------------------
-    def forget(self, slot: int) -> None:
-        """Drop what the lane keeps for an adapter slot that was removed."""
-        self._lora_tables.pop(slot, None)
-
-    def _lora_table(self, slot: int) -> tuple | None:
-        """(C table, the tensors it points into, largest rank) of the adapter in `slot`; None for none."""
-        if slot in self._lora_tables:
-            return self._lora_tables[slot]
+    def add_adapter(self, slot: int, deltas: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """Rows with `slot` add `scale * B(A(x))` at (layer, projection) for each entry of `deltas`."""
         table, tensors, rank = (_Lora * (self.n_layers * len(PROJECTIONS)))(), [], 0
-        for i, block in enumerate(self.model.model.layers):
-            for j, (part, name) in enumerate(PROJECTIONS):
-                delta = getattr(getattr(getattr(block, part), name), "deltas", {}).get(slot)
-                if delta is None:
-                    continue
-                lora_a, lora_b, scale = delta
-                rank = max(rank, lora_a.shape[0])
-                table[i * len(PROJECTIONS) + j] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale,
-                                                        lora_a.shape[0])
-        self._lora_tables[slot] = (table, tensors, rank) if tensors else None
-        return self._lora_tables[slot]
+        for (i, j), (lora_a, lora_b, scale) in deltas.items():
+            rank = max(rank, lora_a.shape[0])
+            table[i * len(PROJECTIONS) + j] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale,
+                                                    lora_a.shape[0])
+        self._lora_tables[slot] = (table, tensors, rank)
+
+    def remove_adapter(self, slot: int) -> None:
+        self._lora_tables.pop(slot, None)
 
     # ---- caches ----------------------------------------------------------------------------
     def open(self, key: int, capacity: int) -> None:
@@ -202,6 +193,9 @@ class FastLane:
         for i, (keys, values) in enumerate(layers):
             k_cache[i, :, :length] = keys[0, :, keys.shape[2] - length:]
             v_cache[i, :, :length] = values[0, :, values.shape[2] - length:]
+
+    def holds(self, key: int) -> bool:
+        return key in self._caches
 
     def drop(self, key: int) -> None:
         self._caches.pop(key, None)
@@ -235,7 +229,9 @@ class FastLane:
             if key not in self._caches:
                 raise ValueError(f"the fast lane holds no sequence {key}")
             self._grow(key, position + 1)
-        tables = [self._lora_table(slot) for slot in slots]
+        if any(slot not in self._lora_tables for slot in slots):
+            raise ValueError(f"the fast lane holds no adapter in slots {sorted(set(slots) - set(self._lora_tables))}")
+        tables = [self._lora_tables[slot] for slot in slots]
         max_rank = max([t[2] for t in tables if t is not None], default=0)
         caches = [self._caches[key] for key in keys]
         longest = max(k.shape[2] for k, _ in caches)

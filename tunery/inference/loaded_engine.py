@@ -25,35 +25,35 @@ class LoadedEngine:
 
     @property
     def decode_summary(self) -> str:
-        """One line for the start banner: which path decode steps take, and why."""
-        from tunery.inference.engine import threads_text
-
-        engine = self.engine
-        if engine.fast_lane is not None:
-            return f"decode: fast lane (compiled passes, {threads_text(engine.fast_lane_threads)})"
-        if self.quantization.weights != "int4":
-            return "decode: torch model (--weights int4 decodes in the compiled fast lane, several times faster)"
-        return f"decode: torch model (fast lane unavailable: {engine.fast_lane_off})"
+        """One line for the start banner: which backend decodes, and why."""
+        line = self.engine.decode_status
+        if self.engine.backend.name == "torch" and self.quantization.weights != "int4":
+            line += " (--weights int4 decodes in the compiled fast lane, several times faster)"
+        return line
 
 
-def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", max_batch_size: int = 16,
-                max_adapters: int = 8) -> LoadedEngine:
+def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", decode: str | None = None,
+                max_batch_size: int = 16, max_adapters: int = 8) -> LoadedEngine:
     """Load `ref` into a (not yet started) engine; a LoRA run comes as its base plus its adapter.
 
     `weights` is `full`, `int8` or `int4` (see `tunery.inference.quant`); adapters stay in `dtype`.
+    `decode` is `auto`, `torch` or `lane` (see `tunery.inference.backend`; None: TUNERY_DECODE or auto).
     """
     from tunery.data.template import stop_token_ids
+    from tunery.inference.backend import decode_choice
     from tunery.inference.engine import Engine
     from tunery.inference.quant import check_weight_format, quantize_model
     from tunery.models import load_model, resolve_model
 
     check_weight_format(weights)
+    decode = decode_choice(decode)  # a bad choice fails before the model loads
     resolved = resolve_model(ref)
     model, tokenizer = load_model(resolved, dtype=dtype, with_adapter=False)
     quantization = quantize_model(model, weights)
     log.info("%s", quantization.summary())
     # The engine thread decodes while request handlers encode: each gets its own tokenizer.
-    engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), max_batch_size=max_batch_size,
+    engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), decode=decode,
+                    max_batch_size=max_batch_size,
                     max_adapters=max_adapters, small_decode_threads=1 if weights != "full" else None)
     adapter = None
     if resolved.adapter_path is not None:

@@ -28,6 +28,8 @@ class ServerSettings(BaseModel):
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="Weights precision; auto picks bf16 where it is fast.")
     weights: Literal["full", "int8", "int4"] = Field("full", description="Served weights: full precision (what was "
                                                      "evaluated), int8 per channel, or int4 decoder + int8 head (CPU only, fastest).")
+    decode: Literal["auto", "torch", "lane"] = Field("auto", description="Decode backend: auto (the compiled fast "
+                                                     "lane where it applies, else torch), torch, or lane (refused where it does not apply).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Most requests decoded together in one step.")
     max_adapters: int = Field(8, ge=1, le=1024, description="Most adapters held in memory; the least recently used is dropped.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none (capped by the context left).")

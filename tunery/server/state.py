@@ -106,7 +106,7 @@ def build_state(settings: ServerSettings) -> ServerState:
 
     settings.check_exposure()
     loaded = load_engine(settings.model, dtype=settings.dtype, weights=settings.weights,
-                         max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
+                         decode=settings.decode, max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
     resolved = loaded.resolved
     if settings.served_name:
         base_name = check_name(settings.served_name, "served model name")
