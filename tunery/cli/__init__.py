@@ -25,6 +25,7 @@ def _register() -> None:
     from tunery.cli import models as _models  # noqa: F401
     from tunery.cli import rag as _rag  # noqa: F401
     from tunery.cli import serve as _serve  # noqa: F401
+    from tunery.cli import console as _console  # noqa: F401
     from tunery.cli import keys as _keys  # noqa: F401
     from tunery.cli import feedback as _feedback  # noqa: F401
     from tunery.cli import train as _train  # noqa: F401

@@ -90,6 +90,7 @@ def create_app(settings: ServerSettings, state: ServerState | None = None) -> Fa
     app.state.tunery = state
     install_error_handlers(app)
     _add_routes(app)
+    _mount_console(app, state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 
@@ -138,6 +139,13 @@ def _add_routes(app: FastAPI) -> None:
     @app.delete("/v1/keys/{key_id}")
     async def revoke_key(key_id: str, request: Request, _: Caller = Depends(require_admin)):
         return serving_admin.revoke_api_key(state_of(request), key_id)
+
+
+def _mount_console(app: FastAPI, state: ServerState) -> None:
+    # The web console is an entry point beside this API; imported here so the API stays importable alone.
+    from tunery.web.app import UI, create_console
+
+    app.mount(UI, create_console(state))
 
 
 async def _prune_forever(state: ServerState) -> None:
