@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunery.errors import ConfigError
 
@@ -76,6 +76,12 @@ class TrainSettings(_Strict):
     fsdp: bool = Field(False, description="Under torchrun (2+ processes), shard full fine-tuning with FSDP2 (each decoder layer, then the root) instead of replicating it (DDP); checkpoints and model/ are gathered to rank 0 in the usual format. Refused for lora/qlora and in a single process.")
 
 
+class DpoConfig(_Strict):
+    """Preference tuning (`objective: dpo`): how far the tuned model may move from its reference."""
+
+    beta: Annotated[float, Field(gt=0, le=100)] | Auto = Field("auto", description="DPO temperature beta: larger keeps the model closer to the reference; `auto` is 0.1.")
+
+
 class LoggingConfig(_Strict):
     """Where metrics go besides metrics.jsonl."""
 
@@ -88,13 +94,23 @@ class TrainConfig(_Strict):
 
     name: str | None = Field(None, description="Run name (letters, digits, `._-`); default: derived from the method and time.")
     base_model: str = Field("smollm2-135m-instruct", description="Model to adapt: built-in alias, local folder, .gguf file, hub id, or run directory.")
-    method: Literal["full", "lora", "qlora"] = Field("lora", description="`full`: all weights train; `lora`: low-rank adapters; `qlora`: adapters on a 4-bit NF4 base.")
+    method: Literal["full", "lora", "qlora"] = Field("lora", description="`full`: all weights train; `lora`: low-rank adapters; `qlora`: adapters on a 4-bit NF4 base. `method: dpo` is short for `objective: dpo` with LoRA.")
+    objective: Literal["sft", "dpo"] = Field("sft", description="`sft`: learn the assistant answers (chat, instruction, prompt-completion, text data); `dpo`: Direct Preference Optimization on preference pairs (`input`, `preferred_output`, `non_preferred_output`). With adapters the reference is the base with the adapter switched off; full fine-tuning keeps a frozen copy.")
     init_from: str | None = Field(None, description="A previous run directory whose adapter or weights this run continues training.")
     output_dir: str | None = Field(None, description="Run directory to write; default TUNERY_HOME/runs/<name>.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset settings.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (ignored by `method: full`).")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO settings (used by `objective: dpo`).")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimisation loop settings.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Extra metric sinks.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_dpo(cls, raw: Any) -> Any:
+        # `method: dpo` (the OpenAI jobs API's name) reads as preference tuning with LoRA adapters.
+        if isinstance(raw, dict) and raw.get("method") == "dpo":
+            return {**raw, "method": "lora", "objective": "dpo"}
+        return raw
 
 
 # ---------------------------------------------------------------------------------------------

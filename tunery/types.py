@@ -38,11 +38,14 @@ class Conversation:
 
     `kind="chat"`: turns rendered with the model's chat template.
     `kind="text"`: a single raw document (continued pre-training), every token trained.
+    `kind="preference"`: `turns` is the prompt plus the preferred answer, `rejected` the same prompt
+    plus the answer not preferred (both answers trained, for DPO).
     """
 
     turns: tuple[Turn, ...]
-    kind: Literal["chat", "text"] = "chat"
+    kind: Literal["chat", "text", "preference"] = "chat"
     location: Location | None = None
+    rejected: tuple[Turn, ...] = ()
 
     @property
     def text(self) -> str:
@@ -52,6 +55,10 @@ class Conversation:
     def messages(self) -> list[dict[str, str]]:
         """OpenAI-style message dicts (what chat templates consume)."""
         return [{"role": t.role, "content": t.content} for t in self.turns]
+
+    def preference_sides(self) -> tuple[Conversation, Conversation]:
+        """(preferred, not preferred) of a preference example, each as a chat conversation."""
+        return (Conversation(self.turns, "chat", self.location), Conversation(self.rejected, "chat", self.location))
 
 
 @dataclass

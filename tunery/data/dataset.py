@@ -57,8 +57,10 @@ class DatasetReport:
 
 def example_key(conv: Conversation) -> str:
     """The normalised form of an example: what it teaches, not where it came from."""
-    return json.dumps([conv.kind, [[t.role, t.content, t.train] for t in conv.turns]],
-                      ensure_ascii=False, separators=(",", ":"))
+    key = [conv.kind, [[t.role, t.content, t.train] for t in conv.turns]]
+    if conv.rejected:
+        key.append([[t.role, t.content, t.train] for t in conv.rejected])
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
 
 
 def read_dataset(paths: str | Path | Iterable[str | Path], *, min_examples: int = MIN_EXAMPLES) -> DatasetReport:

@@ -1,4 +1,4 @@
-"""The four dataset formats (chat, instruction, prompt-completion, text): detection and conversion.
+"""The dataset formats (chat, instruction, prompt-completion, text, preference): detection and conversion.
 
 Each raw record becomes one `Conversation` or located problems; this module knows keys and roles,
 not files or encodings.
@@ -21,8 +21,16 @@ FORMAT_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "instruction": (frozenset({"instruction", "output"}), frozenset({"input"})),
     "prompt_completion": (frozenset({"prompt", "completion"}), frozenset()),
     "text": (frozenset({"text"}), frozenset()),
+    # OpenAI's preference fine-tuning format (DPO).
+    "preference": (frozenset({"input", "preferred_output", "non_preferred_output"}), frozenset()),
 }
-_FORMAT_OF_KEY = {key: name for name, (req, opt) in FORMAT_KEYS.items() for key in req | opt}
+# A key names a format only when no other format has it (`input` is in instruction and preference).
+_KEY_OWNERS: dict[str, set[str]] = {}
+for _name, (_req, _opt) in FORMAT_KEYS.items():
+    for _key in _req | _opt:
+        _KEY_OWNERS.setdefault(_key, set()).add(_name)
+_FORMAT_OF_KEY = {key: next(iter(owners)) for key, owners in _KEY_OWNERS.items() if len(owners) == 1}
+INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -73,6 +81,8 @@ def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Co
     location = Location(record.file, record.line)
     if fmt == "chat":
         return _convert_chat(value["messages"], location, state, log)
+    if fmt == "preference":
+        return _convert_preference(value, location, state, log)
     if fmt == "text":
         text = _check_text(value["text"], "text", log, **where)
         return None if text is None else Conversation((Turn("assistant", text, True),), "text", location)
@@ -117,6 +127,52 @@ def _convert_chat(messages: Any, location: Location, state: FormatState, log: Pr
                     field="messages", **where)
         return None
     return Conversation(tuple(turns), "chat", location)
+
+
+def _convert_preference(value: dict, location: Location, state: FormatState, log: ProblemLog) -> Conversation | None:
+    """`input.messages` is the prompt; each output is a list of assistant messages (OpenAI's shape)."""
+    where = {"file": location.file, "line": location.line}
+    errors_before = log.error_count
+    source = value["input"]
+    if not isinstance(source, dict) or "messages" not in source:
+        log.error("wrong_type", "'input' must be an object with 'messages'", field="input", **where)
+        return None
+    _check_unknown_keys(source, INPUT_KEYS, "input.", state, log, **where)
+    messages = source["messages"]
+    if not isinstance(messages, list) or not messages:
+        log.error("no_messages", "'input.messages' must be a non-empty list of messages", field="input.messages", **where)
+        return None
+    prompt = [_convert_message(m, f"input.messages[{i}]", state, log, **where) for i, m in enumerate(messages)]
+    prompt = [Turn(t.role, t.content, False) for t in prompt]
+    sides = [_preference_output(value[key], key, state, log, **where)
+             for key in ("preferred_output", "non_preferred_output")]
+    if log.error_count > errors_before or None in sides:
+        return None
+    if prompt[-1].role == "assistant":
+        log.error("prompt_ends_with_assistant", "the last input message must not be the assistant's: the outputs answer it",
+                  field=f"input.messages[{len(prompt) - 1}].role", **where)
+        return None
+    if [t.content for t in sides[0]] == [t.content for t in sides[1]]:
+        log.error("same_outputs", "preferred_output and non_preferred_output are the same, so nothing is preferred",
+                  field="non_preferred_output", **where)
+        return None
+    return Conversation(tuple(prompt) + sides[0], "preference", location, rejected=tuple(prompt) + sides[1])
+
+
+def _preference_output(output: Any, key: str, state: FormatState, log: ProblemLog, **where) -> tuple[Turn, ...] | None:
+    if not isinstance(output, list) or not output:
+        log.error("wrong_type", f"'{key}' must be a non-empty list of assistant messages, found {_type_name(output)}",
+                  field=key, **where)
+        return None
+    turns = []
+    for index, message in enumerate(output):
+        turn = _convert_message(message, f"{key}[{index}]", state, log, **where)
+        if isinstance(message, dict) and message.get("role") not in (None, "assistant"):
+            log.error("unknown_role", f"{key} holds assistant messages only, not {message.get('role')!r}",
+                      field=f"{key}[{index}].role", **where)
+            return None
+        turns.append(Turn("assistant", turn.content, True))
+    return tuple(turns)
 
 
 def _convert_message(message: Any, path: str, state: FormatState, log: ProblemLog, **where) -> Turn:

@@ -76,13 +76,13 @@ def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[Tok
             "num_dropped_untrained": 0, "num_text_chunks": 0}
     log = ProblemLog()
     for conv in conversations:
-        full = encode_conversation(tokenizer, conv)
+        full = encode_preference(tokenizer, conv) if conv.kind == "preference" else encode_conversation(tokenizer, conv)
         if conv.kind == "text":
             for index, chunk in enumerate(chunk_token_ids(full.input_ids, max_seq_len)):
                 examples.append(TokenizedExample(chunk, list(chunk), conv.location, {"chunk": index}))
                 info["num_text_chunks"] += 1
             continue
-        length = len(full.input_ids)
+        length = max(len(full.input_ids), len(full.meta.get("rejected_input_ids", ())))
         if length > max_seq_len:
             where = {"file": conv.location.file, "line": conv.location.line} if conv.location else {}
             if too_long == "error":
@@ -92,9 +92,13 @@ def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[Tok
                 info["num_dropped_too_long"] += 1
                 continue
             full.input_ids, full.labels = full.input_ids[:max_seq_len], full.labels[:max_seq_len]
+            for key in ("rejected_input_ids", "rejected_labels"):
+                if key in full.meta:
+                    full.meta[key] = full.meta[key][:max_seq_len]
             full.meta["truncated"] = True
             info["num_truncated"] += 1
-        if full.num_trained == 0:
+        if full.num_trained == 0 or ("rejected_labels" in full.meta
+                                     and all(x == -100 for x in full.meta["rejected_labels"])):
             info["num_dropped_untrained"] += 1
             continue
         examples.append(full)
@@ -106,6 +110,17 @@ def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[Tok
     info["num_tokens"] = sum(len(e.input_ids) for e in examples)
     info["num_trained_tokens"] = sum(e.num_trained for e in examples)
     return examples, info
+
+
+def encode_preference(tokenizer, conv: Conversation) -> TokenizedExample:
+    """The preferred side as the example; the other side's ids and labels ride in its meta."""
+    from tunery.data.template import encode_conversation
+
+    chosen, rejected = conv.preference_sides()
+    example = encode_conversation(tokenizer, chosen)
+    other = encode_conversation(tokenizer, rejected)
+    example.meta.update(rejected_input_ids=other.input_ids, rejected_labels=other.labels)
+    return example
 
 
 def _cache_key(version: str, tokenizer, max_seq_len: int, too_long: str) -> str:

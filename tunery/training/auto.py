@@ -35,6 +35,9 @@ REFERENCE_PARAMS = 7e9
 FACT_MAX_EXAMPLES = 2000
 FACT_MAX_TRAINED_TOKENS = 24  # examples/facts: 16.8 per answer; examples/helpdesk: 36.7
 FACT_LORA_LAYER_SHARE = 1 / 3
+# Preference tuning moves a model that already answers: fewer passes and a tenth of the rate.
+DPO_EXAMPLES_SEEN, DPO_MAX_EPOCHS, DPO_LR_FACTOR = 1000, 3, 0.1
+DPO_BETA = 0.1
 
 
 @dataclass
@@ -47,16 +50,18 @@ class AutoChoice:
 
 
 def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num_params: int,
-                 world_size: int = 1, mean_trained_tokens: float | None = None,
+                 world_size: int = 1, mean_trained_tokens: float | None = None, objective: str = "sft",
                  ) -> tuple[TrainSettings, list[AutoChoice]]:
     """A copy of `settings` with every `auto` replaced, plus the choices made.
 
     `mean_trained_tokens` (trained tokens per training example) lets short fact-like data be told
-    apart from format teaching; without it the general rules apply.
+    apart from format teaching; without it the general rules apply. `objective: dpo` takes
+    DPO_MAX_EPOCHS at most and DPO_LR_FACTOR of the rate.
     """
     choices: list[AutoChoice] = []
     update: dict = {}
-    facts = is_fact_like(num_examples, mean_trained_tokens)
+    dpo = objective == "dpo"
+    facts = not dpo and is_fact_like(num_examples, mean_trained_tokens)
     if facts and settings.batch_size == "auto":
         update["batch_size"] = FACT_BATCH_SIZE
         choices.append(AutoChoice("train.batch_size", FACT_BATCH_SIZE, f"fact-like data ({num_examples} examples, "
@@ -70,6 +75,10 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
         choices.append(AutoChoice("train.epochs", update["epochs"],
                                   f"fact-like data: ~{FACT_EXAMPLES_SEEN} examples seen in total, "
                                   f"within [{MIN_EPOCHS}, {FACT_MAX_EPOCHS}]"))
+    elif settings.epochs == "auto" and dpo:
+        update["epochs"] = auto_epochs(num_examples, DPO_EXAMPLES_SEEN, DPO_MAX_EPOCHS)
+        choices.append(AutoChoice("train.epochs", update["epochs"], f"preference pairs: ~{DPO_EXAMPLES_SEEN} "
+                                  f"pairs seen in total, within [{MIN_EPOCHS}, {DPO_MAX_EPOCHS}]"))
     elif settings.epochs == "auto":
         update["epochs"] = auto_epochs(num_examples)
         choices.append(AutoChoice("train.epochs", update["epochs"],
@@ -80,6 +89,9 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
         if facts:
             update["learning_rate"] = float(f"{update['learning_rate'] * FACT_LR_FACTOR:.2g}")
             reason += f", x{FACT_LR_FACTOR:g} for small-batch fact-like data"
+        if dpo:
+            update["learning_rate"] = float(f"{update['learning_rate'] * DPO_LR_FACTOR:.2g}")
+            reason += f", x{DPO_LR_FACTOR:g} for preference tuning"
         choices.append(AutoChoice("train.learning_rate", update["learning_rate"], reason))
     resolved = settings.model_copy(update=update)
     if settings.warmup_steps == "auto":
@@ -88,6 +100,13 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
         resolved = resolved.model_copy(update={"warmup_steps": warmup})
         choices.append(AutoChoice("train.warmup_steps", warmup, f"5% of {total} steps, at most 100"))
     return resolved, choices
+
+
+def resolve_beta(beta: float | str) -> tuple[float, list[AutoChoice]]:
+    """`dpo.beta: auto` is DPO_BETA, the value of the DPO paper and TRL."""
+    if beta != "auto":
+        return float(beta), []
+    return DPO_BETA, [AutoChoice("dpo.beta", DPO_BETA, "the DPO paper's and TRL's default")]
 
 
 def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None, facts: bool,

@@ -20,7 +20,7 @@ from tunery.config import TrainSettings
 from tunery.data.packing import make_batch
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
-from tunery.training import fsdp
+from tunery.training import dpo, fsdp
 from tunery.training.batch_loss import compute_loss
 from tunery.training.distributed import Distributed
 from tunery.training.optim import (
@@ -74,6 +74,7 @@ class Trainer:
     emit: Callable[[dict], None]
     loss_impl: str = "chunked"
     prefix: FrozenPrefix | None = None
+    dpo: dpo.DpoSetup | None = None  # set for preference tuning: pairs instead of answers
 
     @property
     def global_batch(self) -> int:
@@ -108,7 +109,7 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
             trainer.emit({"type": "train", "step": state.step, "epoch": round(state.epoch + state.epoch_position / num_examples, 4),
                           "loss": result["loss"], "lr": lr, "grad_norm": result["grad_norm"],
                           "tokens": result["tokens"], "tokens_per_s": round(result["tokens"] / elapsed, 1),
-                          "total_steps": trainer.total_steps})
+                          "total_steps": trainer.total_steps, **result.get("extra", {})})
             last = state.step >= trainer.total_steps
             epoch_done = state.epoch_position >= num_examples
             improved = False
@@ -129,12 +130,35 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
 
 
 def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
-    """One optimizer step: forward/backward over every micro-batch, loss per trained token, clip, update."""
+    """One optimizer step: forward/backward over every micro-batch, the loss normalised per step, clip, update."""
     s, dist = trainer.settings, trainer.dist
     micro = step_micro_batches(indices, batch_size=s.batch_size, grad_accum=s.grad_accum,
                                rank=dist.rank, world_size=dist.world_size)
-    pieces = [piece for mb in micro for piece in split_by_tokens(mb, s.micro_batch_tokens,
-                                                                 lambda i: len(trainer.data.train[i].input_ids))]
+    examples = trainer.data.train
+    size = (lambda i: dpo.pair_tokens(examples[i])) if trainer.dpo else (lambda i: len(examples[i].input_ids))
+    pieces = [piece for mb in micro for piece in split_by_tokens(mb, s.micro_batch_tokens, size)]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.dpo is not None:
+        result = dpo.backward_pairs(trainer, pieces, lambda: autocast(trainer))
+    else:
+        result = backward_answers(trainer, pieces, indices)
+    params = [p for _, p in trainer.params]
+    dist.sum_gradients(params)
+    loss = result["loss"]
+    max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}", code="nan_loss",
+                            hint="lower train.learning_rate or set train.max_grad_norm; the last good "
+                                 "checkpoint is kept")
+    trainer.optimizer.step()
+    return {**result, "grad_norm": grad_norm}
+
+
+def backward_answers(trainer: Trainer, pieces: list[list[int]], indices: list[int]) -> dict:
+    """Gradients of the next-token loss per trained token of the whole step (SFT)."""
+    dist = trainer.dist
     batches = [make_batch([trainer.data.train[i] for i in piece], packing=trainer.packing,
                           pad_token_id=trainer.pad_token_id) for piece in pieces]
     # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
@@ -146,25 +170,13 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
                                                        pad_token_id=trainer.pad_token_id)
         extra = dist.max_int(len(batches)) - len(batches)
         batches, weights = batches + [filler] * extra, weights + [0.0] * extra
-    trainer.optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
     for n, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
         with autocast(trainer):
             sums = piece_loss(trainer, batch, pieces[n] if n < len(pieces) else None)
         (sums.loss_sum * (weight / step_tokens)).backward()
         loss_sum += weight * float(sums.loss_sum.detach())
-    params = [p for _, p in trainer.params]
-    dist.sum_gradients(params)
-    loss = dist.sum_float(loss_sum) / step_tokens
-    max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}", code="nan_loss",
-                            hint="lower train.learning_rate or set train.max_grad_norm; the last good "
-                                 "checkpoint is kept")
-    trainer.optimizer.step()
-    return {"loss": loss, "grad_norm": grad_norm, "trained_tokens": step_tokens,
+    return {"loss": dist.sum_float(loss_sum) / step_tokens, "trained_tokens": step_tokens,
             "tokens": dist.sum_int(sum(b.num_tokens for b in batches))}
 
 
@@ -201,7 +213,9 @@ def autocast(trainer: Trainer):
 
 @torch.no_grad()
 def evaluate(trainer: Trainer) -> dict:
-    """Validation loss, perplexity and next-token accuracy over trained tokens (no dropout)."""
+    """Validation loss, perplexity and next-token accuracy over trained tokens (no dropout); DPO's own for pairs."""
+    if trainer.dpo is not None:
+        return dpo.evaluate_pairs(trainer, lambda: autocast(trainer))
     examples = trainer.data.validation
     dist = trainer.dist
     trainer.model.eval()

@@ -27,10 +27,12 @@ from tunery.training.auto import (
     is_fact_like,
     mean_trained_tokens,
     resolve_auto,
+    resolve_beta,
     resolve_lora_layers,
     total_steps,
 )
 from tunery.training.distributed import setup_distributed
+from tunery.training.dpo import make_dpo_setup
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
@@ -76,16 +78,21 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
     tokenizer = load_tokenizer(source)
-    data = prepare_data(config.data, tokenizer, seed=config.train.seed,
-                        train_conversations=train_conversations, val_conversations=val_conversations)
+    data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
+                        val_conversations=val_conversations, objective=config.objective)
     trained_per_example = mean_trained_tokens(data.train)
     settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
                                      num_params=num_params, world_size=dist.world_size,
-                                     mean_trained_tokens=trained_per_example)
+                                     mean_trained_tokens=trained_per_example, objective=config.objective)
+    beta, beta_choices = resolve_beta(config.dpo.beta)
+    if config.objective == "dpo":
+        choices += beta_choices
+        config = config.model_copy(update={"dpo": config.dpo.model_copy(update={"beta": beta})})
     if config.init_from is None:  # a continued adapter keeps the layers it was trained on
         lora, layer_choices = resolve_lora_layers(config.lora, method=config.method,
                                                   num_layers=model_config.get("num_hidden_layers"),
-                                                  facts=is_fact_like(len(data.train), trained_per_example))
+                                                  facts=config.objective == "sft"
+                                                  and is_fact_like(len(data.train), trained_per_example))
         choices += layer_choices
     else:
         lora = config.lora
@@ -97,6 +104,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     model, tokenizer = load_for_training(config, precision, device)
     params = trainable_parameters(model)
     dist.broadcast_params([p for _, p in params])
+    dpo_setup = make_dpo_setup(model, beta=beta, method=config.method, sharded=settings.fsdp) \
+        if config.objective == "dpo" else None
     if settings.fsdp:
         model = shard_model(model, dist, device)
         params = trainable_parameters(model)
@@ -119,17 +128,19 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
             on_event(event)
 
     passes = steps * settings.batch_size * settings.grad_accum * dist.world_size / max(1, len(data.train))
-    prefix = frozen_prefix(model, passes=passes, total_tokens=sum(len(e.input_ids) for e in data.train),
-                           sharded=dist.sharded)
+    # DPO's reference passes run the same frozen layers on other inputs: nothing to reuse.
+    prefix = None if dpo_setup else frozen_prefix(model, passes=passes, sharded=dist.sharded,
+                                                  total_tokens=sum(len(e.input_ids) for e in data.train))
     trainer = Trainer(model=model, optimizer=optimizer, params=params, settings=settings, data=data,
                       packing=config.data.packing, pad_token_id=tokenizer.pad_token_id,
                       autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
                       device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
-                      emit=emit, loss_impl=settings.loss_impl, prefix=prefix)
+                      emit=emit, loss_impl=settings.loss_impl, prefix=prefix, dpo=dpo_setup)
     state = resume_state(trainer, run, reporter) if resume else TrainState()
     if dist.is_main:
         run.update_run_json(
-            status="running", name=run.path.name, method=config.method, base_model=config.base_model,
+            status="running", name=run.path.name, method=config.method, objective=config.objective,
+            base_model=config.base_model, dpo_beta=beta if dpo_setup else None,
             lineage={"base_model": source.base_ref or config.base_model, "init_from": config.init_from,
                      "base_weights_sha256": weights_sha256(source.path), "dataset_version": data.dataset_version,
                      "tunery_version": tunery.__version__, "torch_version": torch.__version__, "seed": settings.seed},
@@ -258,6 +269,8 @@ def final_metrics(state: TrainState, events: list[dict]) -> dict:
                "median_step_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None}
     if state.initial_val:
         metrics["initial_val_loss"] = state.initial_val["val_loss"]
+        if "val_reward_accuracy" in state.initial_val:
+            metrics["initial_val_reward_accuracy"] = state.initial_val["val_reward_accuracy"]
     if state.last_val:
         metrics.update(state.last_val)
         metrics["best_val_loss"] = state.best_val_loss
@@ -266,7 +279,8 @@ def final_metrics(state: TrainState, events: list[dict]) -> dict:
 
 def start_table(config, precision, choices, data_info, steps, threads, num_params, prefix=None) -> dict:
     s = config.train
-    table = {"base model": f"{config.base_model} ({num_params / 1e6:.0f}M params)", "method": config.method,
+    method = config.method if config.objective == "sft" else f"{config.method}, dpo (beta {config.dpo.beta:g})"
+    table = {"base model": f"{config.base_model} ({num_params / 1e6:.0f}M params)", "method": method,
              "examples": f"{data_info['train_examples']} train / {data_info['val_examples']} validation",
              "precision": f"{precision.name} ({precision.reason})", "threads": threads,
              "steps": f"{steps} (batch {s.batch_size} x accum {s.grad_accum}, {s.epochs} epochs)",

@@ -27,8 +27,11 @@ class TrainingData:
 
 def prepare_data(data: DataConfig, tokenizer, *, seed: int,
                  train_conversations: Sequence[Conversation] | None = None,
-                 val_conversations: Sequence[Conversation] | None = None) -> TrainingData:
-    """Read (or take) conversations, split off validation, tokenize both (cached)."""
+                 val_conversations: Sequence[Conversation] | None = None, objective: str = "sft") -> TrainingData:
+    """Read (or take) conversations, split off validation, tokenize both (cached).
+
+    `objective: dpo` takes preference pairs only; `sft` takes every other kind.
+    """
     from tunery.data.dataset import load_dataset
     from tunery.data.splits import dataset_version, split_dataset
     from tunery.data.tokenized import tokenize_dataset
@@ -44,6 +47,7 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
         train_conversations, val_conversations = split_dataset(
             train_conversations, validation_fraction=data.val_fraction, seed=seed)
     val_conversations = list(val_conversations or [])
+    check_objective(train_conversations + val_conversations, objective)
     train, train_info = tokenize_dataset(train_conversations, tokenizer, data.max_seq_len, too_long=data.too_long)
     validation, _ = tokenize_dataset(val_conversations, tokenizer, data.max_seq_len, too_long=data.too_long) \
         if val_conversations else ([], {})
@@ -56,6 +60,19 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
             "train_trained_tokens": sum(e.num_trained for e in train),
             "tokenization_cached": bool(train_info.get("cached"))}
     return TrainingData(train=train, validation=validation, dataset_version=version, info=info)
+
+
+def check_objective(conversations: Sequence[Conversation], objective: str) -> None:
+    """Preference pairs train with DPO, and DPO trains on nothing else; the error names the first misfit."""
+    for conv in conversations:
+        if (conv.kind == "preference") != (objective == "dpo"):
+            where = f"{conv.location}: " if conv.location else ""
+            if objective == "dpo":
+                raise ConfigError(f"{where}objective dpo needs preference pairs (input, preferred_output, "
+                                  f"non_preferred_output), found a {conv.kind} example", code="wrong_data_for_objective",
+                                  hint="use objective: sft for this data, or a preference file")
+            raise ConfigError(f"{where}a preference pair cannot train with objective sft", code="wrong_data_for_objective",
+                              hint="set objective: dpo (or method: dpo) to tune on preferences")
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
