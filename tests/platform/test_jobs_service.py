@@ -1,0 +1,86 @@
+"""The files and jobs services and one worker, in-process, on both backends."""
+
+import pytest
+from platform_data import chat_lines
+
+from tunery.errors import ConfigError, NotFoundError
+from tunery.platform import jobs
+from tunery.platform.files import file_content_path, save_upload
+from tunery.platform.worker import Worker, WorkerSettings
+from tunery.store.owners import LOCAL_OWNER, Actor
+
+ALICE = Actor("alice")
+
+
+def upload(store, data: bytes, actor=LOCAL_OWNER, name="train.jsonl"):
+    return save_upload(store, actor, [data], filename=name, purpose="fine-tune")
+
+
+def test_a_job_runs_to_an_adapter_with_events_checkpoints_and_a_metrics_file(store, tiny_job):
+    file = upload(store, chat_lines())
+    assert file["status"] == "processed" and file["examples"] == 12
+    job = jobs.create_job(store, LOCAL_OWNER, tiny_job(file["id"]))
+    assert job["status"] == "queued" and job["fine_tuned_model"] is None
+    worker = Worker(store, WorkerSettings(heartbeat_s=0.2))
+    assert worker.run_one()
+    done = jobs.get_job(store, LOCAL_OWNER, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["fine_tuned_model"].startswith(f"ft:{job['model']}:helpdesk:")
+    assert done["trained_tokens"] > 0 and len(done["result_files"]) == 1
+    _, csv_path = file_content_path(store, LOCAL_OWNER, done["result_files"][0])
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("step,train_loss,valid_loss") and len(lines) == 5
+    events = [e["message"] for e in jobs.list_events(store, LOCAL_OWNER, job["id"], limit=100)["data"]]
+    assert events[0] == "The job has successfully completed"
+    assert any(m.startswith("Step 4/4: training loss=") for m in events)
+    assert "Checkpoint saved at step 2" in events
+    steps = [c["step_number"] for c in jobs.list_checkpoints(store, LOCAL_OWNER, job["id"])["data"]]
+    assert steps == [4, 2]
+    assert not worker.run_one()  # nothing left
+
+
+def test_bad_requests_are_refused_with_the_field_named(store, tiny_job):
+    file = upload(store, chat_lines())
+    cases = [({"suffix": "a/b"}, "suffix"), ({"suffix": ".."}, "suffix"), ({"suffix": "x" * 65}, "suffix"),
+             ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}}, "n_epochs"),
+             ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
+              "batch_size"),
+             ({"method": {"type": "dpo"}}, "preference"), ({"tunery": {"train": {"lr": 0.1}}}, "train.learning_rate"),
+             ({"tunery": {"data": {"train": "/etc/passwd"}}}, "set by the job"), ({"model": "no-such-model"}, "not found"),
+             ({"training_file": "file-nope"}, "does not exist")]
+    for extra, expected in cases:
+        with pytest.raises(ConfigError) as caught:
+            jobs.create_job(store, LOCAL_OWNER, {**tiny_job(file["id"]), **extra})
+        assert expected in str(caught.value), (extra, str(caught.value))
+
+
+def test_a_bad_file_is_recorded_with_lines_and_refused_for_jobs(store, tiny_job):
+    good = chat_lines().splitlines(keepends=True)
+    bad = b"".join(good[:3] + [b"{not json\n", b'{"messages": [{"role": "robot", "content": "x"}]}\n'] + good[3:])
+    file = upload(store, bad, name="../../etc/bad set.jsonl")
+    assert file["status"] == "error" and file["filename"] == "bad set.jsonl"
+    assert "bad set.jsonl:4" in file["status_details"] and "bad set.jsonl:5" in file["status_details"]
+    with pytest.raises(ConfigError, match="failed validation"):
+        jobs.create_job(store, LOCAL_OWNER, tiny_job(file["id"]))
+    with pytest.raises(ConfigError, match="empty"):
+        upload(store, b"")
+    with pytest.raises(ConfigError, match="purpose"):
+        save_upload(store, LOCAL_OWNER, [b"x"], filename="a.jsonl", purpose="assistants")
+    with pytest.raises(ConfigError, match="upload limit"):
+        save_upload(store, LOCAL_OWNER, iter([b"x" * 1024] * 3), filename="a.jsonl", purpose="fine-tune",
+                    max_bytes=2048)
+
+
+def test_another_keys_file_and_job_are_not_found(store, tiny_job):
+    file = upload(store, chat_lines(), actor=ALICE)
+    bob = Actor("bob")
+    with pytest.raises(ConfigError, match="does not exist"):
+        jobs.create_job(store, bob, tiny_job(file["id"]))
+    job = jobs.create_job(store, ALICE, tiny_job(file["id"]))
+    for call in (jobs.get_job, jobs.cancel_job, jobs.pause_job, jobs.resume_job, jobs.list_events,
+                 jobs.list_checkpoints):
+        with pytest.raises(NotFoundError):
+            call(store, bob, job["id"])
+    assert jobs.cancel_job(store, ALICE, job["id"])["status"] == "cancelled"
+    with pytest.raises(ConfigError, match="cannot be cancelled"):
+        jobs.cancel_job(store, ALICE, job["id"])
