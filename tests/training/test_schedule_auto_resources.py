@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,26 @@ def test_default_threads_leave_out_the_cores_other_processes_keep_busy_now(monke
         assert set_threads(3) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_preview_auto_names_the_choices_a_run_would_make(tmp_path, tiny_model_dir):
+    """What the console shows before a job starts: the same choices `train` makes, with reasons."""
+    import json
+
+    from tunery.models import load_tokenizer
+    from tunery.training.auto import preview_auto
+
+    def write(name: str, answer: str) -> Path:
+        rows = [{"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": answer}]}
+                for i in range(20)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    facts = {c.key: c for c in preview_auto(write("facts.jsonl", "Paris"), tokenizer, tiny_model_dir, method="lora")}
+    assert facts["train.batch_size"].value == 2 and "fact-like" in facts["train.batch_size"].reason
+    assert facts["train.epochs"].value == 15 and facts["lora.layers"].value == "all"  # 2 layers: too few to split
+    long_answer = " ".join(["the printer queue on floor three is offline again"] * 8)
+    formats = {c.key: c for c in preview_auto(write("long.jsonl", long_answer), tokenizer, tiny_model_dir, method="full")}
+    assert "fact-like" not in formats["train.batch_size"].reason and "lora.layers" not in formats

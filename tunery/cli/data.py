@@ -118,43 +118,20 @@ def show_command(
     index: int = typer.Option(0, "--index", min=0, help="Which usable example to show (0-based)."),
 ):
     """Print one example as the model sees it; trained tokens highlighted (`[[...]]` when piped)."""
-    from tunery.data.dataset import read_dataset
-    from tunery.data.template import encode_conversation
-    from tunery.errors import DataError
+    from tunery.data.show import show_example
     from tunery.models import load_tokenizer
 
-    report = read_dataset(file, min_examples=0)
-    convs = report.conversations
-    if index >= len(convs):
-        raise DataError(f"no example {index}: {file} has {len(convs)} usable example(s)",
-                        code="index_out_of_range", hint=f"use --index between 0 and {max(len(convs) - 1, 0)}; "
-                        "run `tunery data check` to see why examples were skipped")
-    conv = convs[index]
-    tokenizer = load_tokenizer(model)
-    example = encode_conversation(tokenizer, conv)
-    spans = _trained_spans(tokenizer, example.input_ids, example.labels)
-    where = f" ({conv.location})" if conv.location else ""
-    console.print(Text(f"example {index}{where}, {conv.kind}"), soft_wrap=True)
+    shown = show_example(file, load_tokenizer(model), index)
+    where = f" ({shown.location})" if shown.location else ""
+    console.print(Text(f"example {index}{where}, {shown.kind}"), soft_wrap=True)
     if console.is_terminal:
         text = Text()
-        for piece, trained in spans:
+        for piece, trained in shown.spans:
             text.append(piece, style=_TRAINED_STYLE if trained else None)
         console.print(text, soft_wrap=True)
     else:
-        sys.stdout.write("".join(f"[[{p}]]" if trained else p for p, trained in spans) + "\n")
+        sys.stdout.write("".join(f"[[{p}]]" if trained else p for p, trained in shown.spans) + "\n")
         sys.stdout.flush()
-    total, trained = len(example.input_ids), example.num_trained
+    total, trained = shown.total_tokens, shown.trained_tokens
     console.print(f"tokens: {total} total, {trained} trained, {total - trained} masked "
                   f"({'highlighted' if console.is_terminal else 'in [[...]]'}: trained)", highlight=False)
-
-
-def _trained_spans(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
-    """Runs of tokens with the same trained flag, decoded together so multi-byte characters stay whole."""
-    spans: list[tuple[str, bool]] = []
-    start = 0
-    for end in range(1, len(ids) + 1):
-        if end == len(ids) or (labels[end] != -100) != (labels[start] != -100):
-            piece = tokenizer.decode(ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            spans.append((piece, labels[start] != -100))
-            start = end
-    return spans

@@ -168,3 +168,24 @@ def mean_trained_tokens(examples) -> float | None:
     if not examples:
         return None
     return sum(sum(1 for label in e.labels if label != -100) for e in examples) / len(examples)
+
+
+def preview_auto(train_path, tokenizer, model_path, *, method: str,
+                 settings: TrainSettings | None = None) -> list[AutoChoice]:
+    """The `auto` choices a run on `train_path` would make, with their reasons, before anything runs."""
+    from tunery.data.dataset import read_dataset
+    from tunery.data.template import encode_conversation
+    from tunery.training.resources import count_model_parameters
+
+    conversations = read_dataset(train_path, min_examples=0).conversations
+    examples = [encode_conversation(tokenizer, c) for c in conversations if c.kind == "chat"]
+    num_params, model_config = count_model_parameters(model_path)
+    trained = mean_trained_tokens(examples)
+    _, choices = resolve_auto(settings or TrainSettings(), num_examples=len(conversations), method=method,
+                              num_params=num_params, mean_trained_tokens=trained)
+    if method != "full":
+        _, layer_choices = resolve_lora_layers(LoraConfig(), method=method,
+                                               num_layers=model_config.get("num_hidden_layers"),
+                                               facts=is_fact_like(len(conversations), trained))
+        choices += layer_choices
+    return choices
