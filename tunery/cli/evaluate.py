@@ -51,7 +51,8 @@ def check_dtype(dtype: str) -> str:
 @app.command("eval")
 @handle_errors
 def eval_command(
-    model: str = typer.Argument(..., help="Model reference: built-in alias, folder, .gguf file or run directory."),
+    model: str = typer.Argument(..., help="Model reference: built-in alias, folder, .gguf file or run directory; "
+                                "add +rag:INDEX_DIR to answer from retrieved documents."),
     tasks: Path = typer.Option(None, "--tasks", "-t", help="JSONL task file: prompt or messages, and reference."),
     metric: list[str] = MetricOpt,
     out: Path = typer.Option(None, "--out", "-o", help="Folder for predictions.jsonl and scores.json."),
@@ -104,7 +105,9 @@ def eval_command(
 @app.command("compare")
 @handle_errors
 def compare_command(
-    models: list[str] = typer.Argument(..., help="Two or more model references; the first is the baseline."),
+    models: list[str] = typer.Argument(..., help="Two or more model references; the first is the baseline. "
+                                       "MODEL+rag:INDEX_DIR answers from retrieved documents, e.g. base, base+rag, "
+                                       "tuned, tuned+rag side by side."),
     tasks: Path = typer.Option(..., "--tasks", "-t", help="JSONL task file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html, summary.json, summary.md."),
     gate: list[str] = typer.Option(None, "--gate", "-g", help='Rule the candidates must pass (repeatable): '
@@ -156,6 +159,14 @@ def print_summary(summary) -> None:
     for c in summary.comparisons:
         o = c.outcomes
         console.print(f"{c.candidate} vs {c.baseline}: {o['wins']} wins, {o['losses']} losses, {o['ties']} ties")
+    from tunery.evaluation.report import usage_rows
+
+    for name, cells in usage_rows(summary):
+        if any(c != "-" for c in cells):
+            console.print(f"{name}: " + ", ".join(f"{m.label} {c}" for m, c in zip(summary.models, cells)),
+                          highlight=False)
+    if summary.verdict.get("text"):
+        console.print(f"[bold]verdict[/]: {summary.verdict['text']}", highlight=False)
     for g in summary.gates:
         console.print(f"gate {g.rule} ({g.model}): {'pass' if g.passed else 'FAIL'} — {g.detail}", highlight=False)
     console.print(f"report: {summary.report_path}")

@@ -11,7 +11,7 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, DataError
 from tunery.inference.backend import DECODE_HELP
 
 WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
@@ -20,22 +20,29 @@ WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), 
 
 
 def parse_adapters(pairs: list[str]) -> dict[str, str]:
-    adapters: dict[str, str] = {}
+    return parse_pairs(pairs, "--adapter", "RUN_DIR")
+
+
+def parse_pairs(pairs: list[str], option: str, what: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
     for pair in pairs:
-        name, sep, run = pair.partition("=")
-        if not sep or not name or not run:
-            raise ConfigError(f"--adapter {pair!r} is not NAME=RUN_DIR", hint="e.g. --adapter support=runs/support-v1")
-        adapters[name] = run
-    return adapters
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{option} {pair!r} is not NAME={what}",
+                              hint=f"e.g. {option} support={'runs/support-v1' if what == 'RUN_DIR' else 'indexes/kb'}")
+        parsed[name] = value
+    return parsed
 
 
 @app.command("serve")
 @handle_errors
 def serve_command(
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Base model: built-in alias, folder, "
-                              ".gguf file or run directory."),
+                              ".gguf file or run directory (+rag:INDEX_DIR to answer from an index)."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=RUN_DIR: serve a LoRA run under NAME "
                                       "(repeatable)."),
+    rag: list[str] = typer.Option([], "--rag", help="NAME=INDEX_DIR: the served model NAME (the base or an adapter) "
+                                  "answers from this index, citations in the response's `tunery` field (repeatable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default loopback only)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     no_auth: bool = typer.Option(False, "--no-auth", help="No API keys (loopback only)."),
@@ -57,7 +64,8 @@ def serve_command(
     from tunery.store import list_keys, open_store
 
     try:
-        settings = ServerSettings(model=model, adapters=parse_adapters(adapter), host=host, port=port,
+        settings = ServerSettings(model=model, adapters=parse_adapters(adapter), rag=parse_pairs(rag, "--rag", "INDEX_DIR"),
+                                  host=host, port=port,
                                   no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
                                   dtype=dtype, weights=weights, decode=decode, max_batch_size=max_batch_size,
                                   max_adapters=max_adapters)
@@ -84,7 +92,8 @@ def serve_command(
 @app.command("chat")
 @handle_errors
 def chat_command(
-    model: str = typer.Argument(..., help="Model reference or run directory."),
+    model: str = typer.Argument(..., help="Model reference or run directory (+rag:INDEX_DIR to answer from an "
+                                "index and show the sources)."),
     system: str | None = typer.Option(None, "--system", help="System message."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens per answer."),
@@ -93,13 +102,18 @@ def chat_command(
     decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
 ):
     """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
-    from tunery.data.template import encode_prompt
     from tunery.inference import SamplingParams
     from tunery.inference.loaded_engine import load_engine
 
     loaded = load_engine(model, dtype=dtype, weights=weights, decode=decode, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)
     console.print(loaded.decode_summary, highlight=False)
+    retriever = None
+    if loaded.resolved.rag_index is not None:
+        from tunery.rag import Retriever
+
+        retriever = Retriever.open(loaded.resolved.rag_index)
+        retriever.index.check_model(loaded.tokenizer, model)
     engine = loaded.engine.start()
     history = [{"role": "system", "content": system}] if system else []
     console.print("[dim]/reset clears the conversation, /exit (or Ctrl-D) quits[/]")
@@ -117,7 +131,13 @@ def chat_command(
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
-            prompt = encode_prompt(loaded.tokenizer, history)
+            try:
+                prompt, sources = _chat_prompt(loaded.tokenizer, history, retriever,
+                                               engine.max_context - min(max_tokens, engine.max_context // 4))
+            except DataError as exc:
+                err_console.print(exc.message, highlight=False, markup=False)
+                history.pop()
+                continue
             left = engine.max_context - len(prompt)
             if left < 1:
                 err_console.print("the conversation fills the model's context: /reset to start over")
@@ -126,8 +146,21 @@ def chat_command(
             answer = _stream_answer(engine, prompt, SamplingParams(max_new_tokens=min(max_tokens, left),
                                                                    temperature=temperature), loaded.adapter)
             history.append({"role": "assistant", "content": answer})
+            if sources:
+                console.print("[dim]sources: " + "; ".join(f"[{i}] {h.label()}" for i, h in enumerate(sources, 1))
+                              + "[/]", highlight=False)
     finally:
         engine.stop()
+
+
+def _chat_prompt(tokenizer, history: list[dict], retriever, max_prompt_tokens: int):
+    """The prompt's token ids and the chunks retrieval put into it (the history keeps the bare question)."""
+    from tunery.data.template import encode_prompt
+
+    if retriever is None:
+        return encode_prompt(tokenizer, history), []
+    prompt = retriever.prompt(history, tokenizer, max_prompt_tokens=max_prompt_tokens)
+    return prompt.prompt_ids, prompt.hits
 
 
 def _stream_answer(engine, prompt: list[int], params, adapter: str | None) -> str:

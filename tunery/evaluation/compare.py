@@ -18,6 +18,7 @@ from tunery.evaluation.judge import JudgeSpec
 from tunery.evaluation.metrics import KNOWN_METRICS
 from tunery.evaluation.statistics import bootstrap_delta, count_outcomes
 from tunery.evaluation.tasks import load_tasks
+from tunery.evaluation.verdict import plain_verdict
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Summary:
     report_path: str
     tasks_path: str
     loss_curves: dict[str, dict] = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -80,7 +82,8 @@ class Summary:
         return {"tasks": self.tasks_path, "report": self.report_path, "passed": self.passed,
                 "models": [m.as_dict() for m in self.models],
                 "comparisons": [c.as_dict() for c in self.comparisons],
-                "gates": [g.as_dict() for g in self.gates], "loss_curves": self.loss_curves}
+                "gates": [g.as_dict() for g in self.gates], "loss_curves": self.loss_curves,
+                "verdict": self.verdict}
 
 
 def unique_labels(model_refs: list[str]) -> list[str]:
@@ -162,7 +165,8 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
     comparisons = [compare_results(models[0], candidate, seed=seed) for candidate in models[1:]]
     summary = Summary(models=models, comparisons=comparisons, gates=check_gates(list(gates), models, comparisons),
                       out_dir=str(out), report_path=str(out / "report.html"), tasks_path=str(tasks_path),
-                      loss_curves={m.label: read_loss_curves(m.run_dir) for m in models if m.run_dir})
+                      loss_curves={m.label: read_loss_curves(m.run_dir) for m in models if m.run_dir},
+                      verdict=plain_verdict(models, seed=seed))
     write_reports(summary, out)
     (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")

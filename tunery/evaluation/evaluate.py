@@ -14,6 +14,7 @@ from pathlib import Path
 from tunery.errors import ConfigError, EvaluationError
 from tunery.evaluation.judge import JudgeSpec, judge_predictions
 from tunery.evaluation.metrics import KNOWN_METRICS, check_reference, default_metrics, score_prediction
+from tunery.evaluation.retrieved import usage_summary
 from tunery.evaluation.statistics import bootstrap_mean
 from tunery.evaluation.tasks import TaskExample, load_tasks
 
@@ -32,14 +33,24 @@ class EvalResult:
     out_dir: str | None = None
     loss: dict | None = None
     settings: dict = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)  # latency, prompt tokens, retrieval hit rate (retrieved.py)
 
     def metric_means(self) -> dict[str, float]:
         return {name: stats["mean"] for name, stats in self.metrics.items()}
 
     def as_dict(self) -> dict:
         return {"model": self.model_ref, "label": self.label, "run_dir": self.run_dir,
-                "metrics": self.metrics, "loss": self.loss, "settings": self.settings,
-                "num_examples": len(self.rows)}
+                "metrics": self.metrics, "loss": self.loss, "settings": self.settings, "usage": self.usage,
+                "by_task": self.by_task(), "num_examples": len(self.rows)}
+
+    def by_task(self) -> dict[str, dict]:
+        """Per-metric means and intervals per task, for rows whose `meta` names a `task`."""
+        groups: dict[str, list[dict]] = {}
+        for row in self.rows:
+            task = (row.get("meta") or {}).get("task")
+            if isinstance(task, str):
+                groups.setdefault(task, []).append(row)
+        return {task: aggregate_scores(rows) for task, rows in sorted(groups.items())}
 
 
 def plan_metrics(examples: list[TaskExample], metrics: list[str] | None,
@@ -80,7 +91,9 @@ def aggregate_scores(rows: list[dict], seed: int = 0) -> dict[str, dict]:
 
 
 def label_for(model_ref: str) -> str:
-    """A short, path-safe label for a model reference (the folder or file name)."""
+    """A short, path-safe label for a model reference (the folder or file name; `+rag` when it retrieves)."""
+    if "+rag:" in str(model_ref):
+        return label_for(str(model_ref).rpartition("+rag:")[0])[:60] + "+rag"
     name = Path(str(model_ref).rstrip("/")).name or str(model_ref)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
     return name[:64]
@@ -112,8 +125,14 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
         loss_conversations = read_loss_data(loss_data)
     resolved = resolve_model(model_ref)
     model, tokenizer = load_model(resolved, dtype=dtype)
-    generations = generate_texts(model, tokenizer, [list(ex.messages) for ex in examples],
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts, encoded, retrieval = [list(ex.messages) for ex in examples], None, None
+    if resolved.rag_index is not None:
+        from tunery.evaluation.retrieved import retrieval_prompts
+
+        prompts, encoded, retrieval = retrieval_prompts(resolved.rag_index, str(model_ref), examples, model,
+                                                        tokenizer, max_new_tokens=max_new_tokens)
+    generations = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 encoded=encoded)
     loss = None
     if loss_data is not None:
         from tunery.evaluation.perplexity import evaluate_loss
@@ -121,8 +140,13 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
         loss = evaluate_loss(model, tokenizer, loss_data, conversations=loss_conversations)
     del model
     rows = build_rows(examples, plan, [g.text for g in generations], json_fields)
-    for row, generation in zip(rows, generations):
+    for index, (row, generation) in enumerate(zip(rows, generations)):
         row["num_tokens"], row["truncated"] = generation.num_tokens, generation.truncated
+        row["prompt_tokens"] = generation.prompt_tokens
+        row["latency_ms"] = round(generation.latency_s * 1000, 1)
+        if retrieval is not None:
+            row["retrieval"] = retrieval[index]
+            row["latency_ms"] = round(row["latency_ms"] + retrieval[index]["retrieval_ms"], 1)
     if needs_judge:
         add_judge_scores(rows, examples, plan, judge, batch_size=batch_size, dtype=dtype)
     result = EvalResult(model_ref=str(model_ref), label=label or label_for(model_ref),
@@ -130,7 +154,9 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                         run_dir=str(resolved.run_dir) if resolved.run_dir else None, loss=loss,
                         settings={"max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype,
                                   "decoding": "greedy", "judge": judge.model_ref if judge else None,
-                                  "json_fields": list(json_fields) if json_fields else None})
+                                  "json_fields": list(json_fields) if json_fields else None,
+                                  "rag_index": str(resolved.rag_index) if resolved.rag_index else None},
+                        usage=usage_summary(rows))
     if out_dir is not None:
         save_result(result, Path(out_dir))
     return result
@@ -154,6 +180,8 @@ def build_rows(examples: list[TaskExample], plan: list[tuple[str, ...]], predict
         rows.append({"id": example.id, "location": str(example.location), "messages": list(example.messages),
                      "reference": example.reference, "prediction": prediction, "metrics": list(chosen),
                      "scores": scores, "score": headline_score(scores, chosen)})
+        if example.meta:
+            rows[-1]["meta"] = example.meta
     return rows
 
 

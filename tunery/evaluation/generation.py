@@ -6,7 +6,8 @@ serving see. This is the evaluation path only; the serving engine lives in `tune
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Generation:
     text: str
     num_tokens: int
     truncated: bool
+    prompt_tokens: int = 0
+    latency_s: float = 0.0  # wall time of the batch it was generated in (all its rows finish together)
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
@@ -25,20 +28,23 @@ def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
 
 
 def generate_texts(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256,
-                   batch_size: int = 8) -> list[Generation]:
+                   batch_size: int = 8, encoded: list[list[int]] | None = None) -> list[Generation]:
     """Greedy completions of chat prompts, in input order.
 
     Prompts are batched longest first, so each batch pads little; greedy decoding makes the
     result independent of batch order up to floating-point noise in the padded positions.
+    `encoded`: the prompts' token ids when the caller has them already.
     """
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = encoded if encoded is not None else encode_prompts(tokenizer, prompts)
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     results: list[Generation | None] = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        for index, generation in zip(batch, generate_batch(model, tokenizer, [encoded[i] for i in batch],
-                                                           max_new_tokens=max_new_tokens)):
-            results[index] = generation
+        started = time.perf_counter()
+        generations = generate_batch(model, tokenizer, [encoded[i] for i in batch], max_new_tokens=max_new_tokens)
+        took_s = time.perf_counter() - started
+        for index, generation in zip(batch, generations):
+            results[index] = replace(generation, prompt_tokens=len(encoded[index]), latency_s=took_s)
     return results  # type: ignore[return-value]
 
 

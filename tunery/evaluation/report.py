@@ -41,7 +41,11 @@ def render_html(summary) -> str:
              f"<p>Tasks: <code>{escape(summary.tasks_path)}</code>; "
              f"{len(summary.models[0].rows)} examples; greedy decoding; 95% bootstrap intervals.</p>"]
     parts.append(render_gates(summary))
+    if summary.verdict.get("text"):
+        parts.append(f"<h2>Verdict</h2><p>{escape(summary.verdict['text'])}</p>")
     parts.append(render_metric_table(summary))
+    parts.append(render_usage(summary))
+    parts.append(render_tasks(summary))
     for comparison in summary.comparisons:
         parts.append(render_comparison(comparison))
     parts.append(render_curves(summary))
@@ -83,6 +87,49 @@ def render_metric_table(summary) -> str:
                          else (0.0, 0.0, 0.0) for n in main]) for m in summary.models]
     return (f"<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
             f"{grouped_bars(main, series)}")
+
+
+def usage_rows(summary) -> list[tuple[str, list[str]]]:
+    """(measure, one cell per model) for the cost table: latency, tokens, retrieval hit rate."""
+    def cell(model, key, fmt):
+        value = (model.usage or {}).get(key)
+        return "-" if value is None else fmt.format(value)
+
+    def hit(model):
+        rate = (model.usage or {}).get("retrieval_hit_rate")
+        return "-" if not rate else f"{rate['mean']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] n={rate['n']}"
+
+    return [("median latency per answer (ms)", [cell(m, "median_latency_ms", "{:.0f}") for m in summary.models]),
+            ("median prompt tokens per answer", [cell(m, "median_prompt_tokens", "{:.0f}") for m in summary.models]),
+            ("median answer tokens", [cell(m, "median_completion_tokens", "{:.0f}") for m in summary.models]),
+            ("retrieval hit rate", [hit(m) for m in summary.models])]
+
+
+def render_usage(summary) -> str:
+    head = "".join(f"<th>{escape(m.label)}</th>" for m in summary.models)
+    rows = "".join(f"<tr><td>{escape(name)}</td>{''.join(f'<td class=num>{escape(c)}</td>' for c in cells)}</tr>"
+                   for name, cells in usage_rows(summary))
+    return (f"<h2>Cost</h2><p>Latency is the wall time of the batch an answer was generated in, plus its retrieval; "
+            f"the hit rate counts rows that name their expected source or evidence.</p>"
+            f"<table><tr><th>measure</th>{head}</tr>{rows}</table>")
+
+
+def render_tasks(summary) -> str:
+    tasks = {m.label: m.by_task() for m in summary.models}
+    names = sorted({task for per in tasks.values() for task in per})
+    if not names:
+        return ""
+    head = "".join(f"<th>{escape(m.label)}</th>" for m in summary.models)
+    rows = []
+    for task in names:
+        for metric in sorted({k for per in tasks.values() for k in per.get(task, {}) if not k.startswith("json_field.")}):
+            cells = []
+            for m in summary.models:
+                stats = tasks[m.label].get(task, {}).get(metric)
+                cells.append(f"<td class='num'>{stats['mean']:.3f} <small>[{stats['low']:.3f}, {stats['high']:.3f}] "
+                             f"n={stats['n']}</small></td>" if stats else "<td>-</td>")
+            rows.append(f"<tr><td>{escape(task)}</td><td>{escape(metric)}</td>{''.join(cells)}</tr>")
+    return f"<h2>Per task</h2><table><tr><th>task</th><th>metric</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def render_comparison(comparison) -> str:
@@ -152,16 +199,20 @@ def render_markdown(summary) -> str:
         lines += [f"**Gates: {'PASSED' if summary.passed else 'FAILED'}**", ""]
         lines += [f"- {'pass' if g.passed else 'FAIL'} `{g.rule}` ({g.model}): {g.detail}" for g in summary.gates]
         lines.append("")
+    if summary.verdict.get("text"):
+        lines += ["**Verdict.** " + summary.verdict["text"], ""]
     names = headline_metrics(summary)
     lines += ["| metric | " + " | ".join(m.label for m in summary.models) + " |",
               "|---|" + "---|" * len(summary.models)]
     for name in names:
-        cells = [f"{m.metrics[name]['mean']:.3f}" if name in m.metrics else "-" for m in summary.models]
+        cells = [f"{m.metrics[name]['mean']:.3f} [{m.metrics[name]['low']:.3f}, {m.metrics[name]['high']:.3f}]"
+                 if name in m.metrics else "-" for m in summary.models]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(m.loss for m in summary.models):
         for key in ("loss", "perplexity"):
             cells = [f"{m.loss[key]:.4f}" if m.loss else "-" for m in summary.models]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in usage_rows(summary)]
     for comparison in summary.comparisons:
         o = comparison.outcomes
         lines += ["", f"## {comparison.candidate} vs {comparison.baseline}", "",

@@ -1,7 +1,8 @@
 """Evaluation task files: JSONL rows of a prompt (or messages), a reference and optional metrics.
 
 A row is `{"prompt": "..."}` or `{"messages": [...]}`, plus `"reference"` (a string, or a JSON
-object for the JSON metrics) and an optional `"metric"` (a name or a list of names) and `"id"`.
+object for the JSON metrics) and an optional `"metric"` (a name or a list of names) and `"id"`;
+`"source"` (a file name) and `"evidence"` (text) say where retrieval should find the answer.
 A chat row without `"reference"` whose last message is the assistant's uses that message as the
 reference, so a chat test split is a task file as it stands. Knows nothing of models.
 """
@@ -28,6 +29,8 @@ class TaskExample:
     metrics: tuple[str, ...] = ()
     location: Location | None = None
     meta: dict = field(default_factory=dict, compare=False)
+    source: str | None = None  # the document that answers it (for the retrieval hit rate of +rag models)
+    evidence: str | None = None  # text the chunk that answers it holds
 
 
 def load_tasks(path: str | Path, known_metrics: set[str] | None = None) -> list[TaskExample]:
@@ -87,11 +90,16 @@ def parse_row(line: str, location: Location, known_metrics: set[str] | None = No
     row_id = row.get("id", f"line-{location.line}")
     if not isinstance(row_id, (str, int)):
         raise ValueError('field "id" must be a string or an integer')
-    unknown = set(row) - {"prompt", "messages", "reference", "metric", "id", "meta"}
+    unknown = set(row) - {"prompt", "messages", "reference", "metric", "id", "meta", "source", "evidence"}
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: prompt, messages, reference, metric, id, meta")
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: prompt, messages, reference, metric, id, "
+                         "meta, source, evidence")
+    for name in ("source", "evidence"):
+        if row.get(name) is not None and (not isinstance(row[name], str) or not row[name].strip()):
+            raise ValueError(f'field "{name}" must be a non-empty string')
     return TaskExample(id=str(row_id), messages=tuple(messages), reference=reference,
-                       metrics=metrics, location=location, meta=row.get("meta") or {})
+                       metrics=metrics, location=location, meta=row.get("meta") or {},
+                       source=row.get("source"), evidence=row.get("evidence"))
 
 
 def parse_messages(row: dict) -> list[dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunery.errors import ModelError
@@ -36,15 +36,21 @@ class ResolvedModel:
     base_ref: str | None = None
     run_dir: Path | None = None
     tokenizer_path: Path | None = None
+    rag_index: Path | None = None  # `MODEL+rag:INDEX_DIR`: answers retrieve from this index first
 
     @property
     def tokenizer_source(self) -> Path:
         return self.tokenizer_path or self.path
 
 
+RAG_SUFFIX = "+rag:"
+
+
 def resolve_model(ref: str | Path) -> ResolvedModel:
-    """Resolve a built-in alias, folder, `.gguf` file, run directory or hub id."""
+    """Resolve a built-in alias, folder, `.gguf` file, run directory or hub id, optionally `+rag:INDEX_DIR`."""
     ref_str = str(ref).strip()
+    if RAG_SUFFIX in ref_str:
+        return _resolve_with_index(ref_str)
     if not ref_str:
         raise ModelError("empty model reference", code="model_not_found",
                          hint="pass a built-in alias such as 'smollm2-135m-instruct', a folder or a .gguf file")
@@ -64,6 +70,22 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
         code="model_not_found",
         hint=f"built-in models: {', '.join(BUILTIN_MODELS)}; or pass a local folder, a .gguf file or a run directory",
     )
+
+
+def _resolve_with_index(ref: str) -> ResolvedModel:
+    """`MODEL+rag:INDEX_DIR`: the model as usual, plus the index folder (checked to be an index)."""
+    from tunery.errors import RetrievalError
+
+    model_ref, _, index = ref.rpartition(RAG_SUFFIX)
+    if not model_ref.strip() or not index.strip():
+        raise ModelError(f"model reference {ref!r} is not MODEL+rag:INDEX_DIR", code="model_not_found",
+                         hint="e.g. smollm2-135m-instruct+rag:indexes/kb")
+    index_dir = Path(index.strip()).expanduser()
+    if not (index_dir / "manifest.json").is_file():
+        what = "does not exist" if not index_dir.exists() else "is not a tunery index (no manifest.json)"
+        raise RetrievalError(f"index {index_dir} in {ref!r} {what}", code="index_not_found",
+                             hint=f"build it with: tunery rag index DOCS... --out {index_dir}")
+    return replace(resolve_model(model_ref), ref=ref, rag_index=index_dir.resolve())
 
 
 def _resolve_path(ref: str, path: Path) -> ResolvedModel:

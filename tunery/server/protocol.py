@@ -116,6 +116,12 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
+class TuneryExtension(BaseModel):
+    """tunery's own response field (OpenAI clients ignore it): the sources a retrieval model read."""
+
+    citations: list[dict] = Field(default_factory=list)
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -123,6 +129,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    tunery: TuneryExtension | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -144,6 +151,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    tunery: TuneryExtension | None = None  # on the opening chunk of a retrieval model's answer
 
 
 class CompletionChoice(BaseModel):

@@ -32,6 +32,7 @@ from tunery.server.protocol import (
     CompletionChoice,
     CompletionRequest,
     DeltaMessage,
+    TuneryExtension,
     Usage,
 )
 from tunery.server.state import ServerState
@@ -54,6 +55,7 @@ class Plan:
     stream: bool
     include_usage: bool
     created: int
+    citations: list[dict] | None = None  # the chunks a retrieval model's prompt holds
 
 
 def _check_caps(state: ServerState, req) -> list[str]:
@@ -86,12 +88,19 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
     messages = [{"role": m.template_role, "content": m.text()} for m in req.messages]
+    citations = None
     try:
-        prompt_ids = encode_prompt(state.tokenizer, messages)
+        retriever = state.retrievers.get(req.model)
+        if retriever is not None:
+            room = req.requested_max_tokens() or min(state.settings.default_max_tokens, state.engine.max_context // 4)
+            prompt = retriever.prompt(messages, state.tokenizer, max_prompt_tokens=state.engine.max_context - room)
+            prompt_ids, citations = prompt.prompt_ids, prompt.citations()
+        else:
+            prompt_ids = encode_prompt(state.tokenizer, messages)
     except DataError as exc:
         raise ApiError(400, exc.message, param="messages", code=exc.code) from None
-    return _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages,
-                 req.requested_max_tokens())
+    plan = _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages, req.requested_max_tokens())
+    return replace(plan, citations=citations)
 
 
 def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
@@ -214,8 +223,16 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     _log(state, plan, caller, texts, finals, started_s)
     choices = [ChatChoice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=finals[i].finish_reason)
                for i in range(plan.n)]
-    return ChatCompletion(id=plan.id, created=plan.created, model=plan.model, choices=choices,
-                          usage=_usage(plan, finals))
+    completion = ChatCompletion(id=plan.id, created=plan.created, model=plan.model, choices=choices,
+                                usage=_usage(plan, finals), tunery=_extension(plan))
+    body = completion.model_dump()
+    if body["tunery"] is None:
+        del body["tunery"]
+    return body
+
+
+def _extension(plan: Plan) -> TuneryExtension | None:
+    return TuneryExtension(citations=plan.citations) if plan.citations is not None else None
 
 
 async def create_completion(state: ServerState, req: CompletionRequest, caller: Caller, request: Request):
@@ -231,6 +248,8 @@ async def create_completion(state: ServerState, req: CompletionRequest, caller: 
 
 def _sse(obj) -> str:
     payload = obj if isinstance(obj, dict) else obj.model_dump(exclude_none=False)
+    if payload.get("tunery", 0) is None:
+        payload.pop("tunery")
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
@@ -240,7 +259,7 @@ def _chat_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: U
     if event is None:  # the opening chunk of a choice carries the role
         delta = DeltaMessage(role="assistant", content="")
         return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
-                                   choices=[ChatChunkChoice(index=index, delta=delta)])
+                                   choices=[ChatChunkChoice(index=index, delta=delta)], tunery=_extension(plan))
     choice = ChatChunkChoice(index=index, delta=DeltaMessage(content=event.text or None),
                              finish_reason=event.finish_reason)
     return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model, choices=[choice])

@@ -19,6 +19,7 @@ class ServerSettings(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Base model reference: built-in alias, folder, .gguf or run directory.")
     served_name: str | None = Field(None, description="Name clients use for the base model (default: the alias or folder name).")
     adapters: dict[str, str] = Field(default_factory=dict, description="Adapters to load at start: NAME -> run directory.")
+    rag: dict[str, str] = Field(default_factory=dict, description="Retrieval: served model NAME (the base or an adapter) -> index folder its answers retrieve from.")
     host: str = Field("127.0.0.1", description="Address to bind; anything but loopback exposes the server to the network.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     no_auth: bool = Field(False, description="Serve without API keys; refused unless bound to loopback.")

@@ -33,6 +33,7 @@ class ServerState:
     adapter_created: dict[str, int] = field(default_factory=dict)
     weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
     decode_summary: str = ""  # which path decode steps take (the fast lane or the torch model)
+    retrievers: dict[str, object] = field(default_factory=dict)  # served name -> tunery.rag.Retriever
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
@@ -92,7 +93,7 @@ def _run_status(run_dir: Path) -> str | None:
 
 def default_served_name(resolved) -> str:
     if resolved.kind == "builtin":
-        return resolved.ref
+        return resolved.ref.partition("+rag:")[0]
     source = resolved.run_dir or Path(resolved.ref)
     name = Path(source).name
     if resolved.gguf_file and not resolved.run_dir:
@@ -126,5 +127,20 @@ def build_state(settings: ServerSettings) -> ServerState:
     for name, run_dir in state.configured_runs.items():
         if name not in loaded.engine.adapter_names():
             state.load_adapter(name, run_dir)
+    attach_retrievers(state, {**({loaded.adapter or base_name: str(resolved.rag_index)} if resolved.rag_index
+                                 else {}), **settings.rag})
     loaded.engine.start()
     return state
+
+
+def attach_retrievers(state: ServerState, indexes: dict[str, str]) -> None:
+    """Open each index for the served model it belongs to; its chunks must fit that model's tokenizer."""
+    from tunery.rag import Retriever
+
+    for name, index_dir in indexes.items():
+        if name not in state.model_names():
+            raise ConfigError(f"--rag {name}={index_dir}: no served model is named {name!r}", code="invalid_option",
+                              hint=f"served models: {', '.join(state.model_names())}")
+        retriever = Retriever.open(index_dir)
+        retriever.index.check_model(state.tokenizer, name)
+        state.retrievers[name] = retriever

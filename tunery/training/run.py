@@ -79,7 +79,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     num_params, model_config = resources.count_model_parameters(source.path)
     tokenizer = load_tokenizer(source)
     data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
-                        val_conversations=val_conversations, objective=config.objective)
+                        val_conversations=val_conversations, objective=config.objective,
+                        base_model=config.base_model)
     trained_per_example = mean_trained_tokens(data.train)
     settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
                                      num_params=num_params, world_size=dist.world_size,

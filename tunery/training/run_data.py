@@ -27,10 +27,12 @@ class TrainingData:
 
 def prepare_data(data: DataConfig, tokenizer, *, seed: int,
                  train_conversations: Sequence[Conversation] | None = None,
-                 val_conversations: Sequence[Conversation] | None = None, objective: str = "sft") -> TrainingData:
+                 val_conversations: Sequence[Conversation] | None = None, objective: str = "sft",
+                 base_model: str = "MODEL") -> TrainingData:
     """Read (or take) conversations, split off validation, tokenize both (cached).
 
-    `objective: dpo` takes preference pairs only; `sft` takes every other kind.
+    `objective: dpo` takes preference pairs only; `sft` takes every other kind. `data.rag` adds
+    retrieved context to every question (`base_model` names the model in a wrong-tokenizer error).
     """
     from tunery.data.dataset import load_dataset
     from tunery.data.splits import dataset_version, split_dataset
@@ -48,6 +50,10 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
             train_conversations, validation_fraction=data.val_fraction, seed=seed)
     val_conversations = list(val_conversations or [])
     check_objective(train_conversations + val_conversations, objective)
+    rag_info = {}
+    if data.rag:
+        train_conversations, val_conversations, rag_info = with_retrieved_context(
+            data, tokenizer, train_conversations, val_conversations, seed=seed, base_model=base_model)
     train, train_info = tokenize_dataset(train_conversations, tokenizer, data.max_seq_len, too_long=data.too_long)
     validation, _ = tokenize_dataset(val_conversations, tokenizer, data.max_seq_len, too_long=data.too_long) \
         if val_conversations else ([], {})
@@ -58,7 +64,7 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
     info = {"train_examples": len(train), "val_examples": len(validation),
             "train_tokens": sum(len(e.input_ids) for e in train),
             "train_trained_tokens": sum(e.num_trained for e in train),
-            "tokenization_cached": bool(train_info.get("cached"))}
+            "tokenization_cached": bool(train_info.get("cached")), **rag_info}
     return TrainingData(train=train, validation=validation, dataset_version=version, info=info)
 
 
@@ -73,6 +79,20 @@ def check_objective(conversations: Sequence[Conversation], objective: str) -> No
                                   hint="use objective: sft for this data, or a preference file")
             raise ConfigError(f"{where}a preference pair cannot train with objective sft", code="wrong_data_for_objective",
                               hint="set objective: dpo (or method: dpo) to tune on preferences")
+
+
+def with_retrieved_context(data: DataConfig, tokenizer, train, validation, *, seed: int, base_model: str):
+    """`data.rag`: both splits' questions gain retrieved chunks and distractors (see tunery.rag.raft)."""
+    from tunery.rag import Retriever
+    from tunery.rag.raft import add_retrieved_context
+
+    retriever = Retriever.open(data.rag)
+    retriever.index.check_model(tokenizer, base_model)
+    options = {"k": data.rag_k, "distractors": data.rag_distractors, "max_seq_len": data.max_seq_len}
+    train, counts = add_retrieved_context(train, retriever, tokenizer, seed=seed, **options)
+    validation, _ = add_retrieved_context(validation, retriever, tokenizer, seed=seed + 1, **options)
+    return train, validation, {"rag_index": str(retriever.index.path), "rag_examples_with_context":
+                               counts["with_context"], "rag_examples_without_context": counts["without_context"]}
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
