@@ -107,8 +107,9 @@ def test_export_follows_the_feedback_rules(store, tmp_path):
     answers = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows}
     assert answers == {"question good": "answer good", "question fixed": "the right answer"}
     pair = json.loads((tmp_path / "pairs.jsonl").read_text())
-    assert pair["chosen"][0]["content"] == "the right answer"
-    assert pair["rejected"][0]["content"] == "answer fixed"
+    assert pair["preferred_output"][0]["content"] == "the right answer"
+    assert pair["non_preferred_output"][0]["content"] == "answer fixed"
+    assert pair["input"]["messages"] == [{"role": "user", "content": "question fixed"}]
     assert export_feedback(store, LOCAL_OWNER, tmp_path / "m2.jsonl", model="m2").examples == 0
     tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
     assert export_feedback(store, LOCAL_OWNER, tmp_path / "later.jsonl", since=tomorrow).examples == 0

@@ -19,15 +19,23 @@ def feedback_export(
     out: Path = typer.Option(..., "--out", help="Chat-format JSONL to write."),
     since: str | None = typer.Option(None, "--since", help="Only completions from this date (YYYY-MM-DD) on."),
     model: str | None = typer.Option(None, "--model", help="Only completions of this served model or adapter."),
-    pairs: Path | None = typer.Option(None, "--pairs", help="Also write (chosen, rejected) preference pairs."),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Also write preference pairs (OpenAI's preference format: "
+                                      "the correction preferred over the logged answer)."),
+    scrub: bool = typer.Option(True, "--scrub/--no-scrub", help="Replace personal data and secrets with typed "
+                               "placeholders (<EMAIL_1>) before writing."),
+    pii_patterns: Path | None = typer.Option(None, "--pii-patterns", help="YAML file of extra patterns to scrub: "
+                                             "`patterns: {EMPLOYEE_ID: 'EMP-\\d{6}'}`."),
 ):
     """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
     from tunery.data.check import check_dataset
+    from tunery.platform.pii import Scrubber, load_pii_patterns
     from tunery.store import open_store
     from tunery.store.feedback_export import export_feedback
     from tunery.store.owners import LOCAL_OWNER
 
-    summary = export_feedback(open_store(), LOCAL_OWNER, out, since=since, model=model, pairs_out=pairs)
+    scrubber = Scrubber(load_pii_patterns(pii_patterns)) if scrub else None
+    summary = export_feedback(open_store(), LOCAL_OWNER, out, since=since, model=model, pairs_out=pairs,
+                              scrubber=scrubber)
     console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
                                                                    if pairs else "")
                   + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))

@@ -6,6 +6,7 @@ Each command parses its flags, calls one library function and renders the result
 from __future__ import annotations
 
 import queue
+from pathlib import Path
 
 import typer
 
@@ -47,6 +48,10 @@ def serve_command(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     no_auth: bool = typer.Option(False, "--no-auth", help="No API keys (loopback only)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log requests and answers."),
+    redact_logs: bool = typer.Option(False, "--redact-logs", help="Scrub personal data and secrets from logged "
+                                     "requests and answers (typed placeholders such as <EMAIL_1>)."),
+    pii_patterns: Path | None = typer.Option(None, "--pii-patterns", help="YAML file of extra patterns for "
+                                             "--redact-logs: `patterns: {NAME: REGEX}`."),
     log_retention_days: float | None = typer.Option(None, "--log-retention-days", help="Delete logged requests "
                                                     "older than this."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
@@ -67,12 +72,17 @@ def serve_command(
         settings = ServerSettings(model=model, adapters=parse_adapters(adapter), rag=parse_pairs(rag, "--rag", "INDEX_DIR"),
                                   host=host, port=port,
                                   no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
+                                  redact_logs=redact_logs, pii_patterns=pii_patterns,
                                   dtype=dtype, weights=weights, decode=decode, max_batch_size=max_batch_size,
                                   max_adapters=max_adapters)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
     settings.check_exposure()
+    if redact_logs:
+        from tunery.platform.pii import load_pii_patterns
+
+        load_pii_patterns(pii_patterns)  # a bad pattern stops the start, naming the file and pattern
     if no_auth:
         err_console.print("[bold red]WARNING: --no-auth: every request is accepted without an API key, "
                           f"admin routes included. Bound to {host} only.[/]")

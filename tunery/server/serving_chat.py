@@ -7,6 +7,7 @@ the engine and relays their events. A client that goes away aborts its requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -19,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from tunery.errors import DataError, StoreError
 from tunery.inference.params import GenerationEvent, SamplingParams
+from tunery.platform.pii import Scrubber, load_pii_patterns, scrub_messages
 from tunery.server.auth import Caller
 from tunery.server.errors import ApiError, error_body
 from tunery.server.protocol import (
@@ -183,7 +185,10 @@ def _log(state: ServerState, plan: Plan, caller: Caller, texts: list[str], final
     if state.settings.no_log:
         return
     usage = _usage(plan, finals)
-    entry = LoggedCompletion(id=plan.id, model=plan.model, kind=plan.kind, messages=plan.logged_messages,
+    messages = plan.logged_messages
+    if state.settings.redact_logs:
+        messages, texts, _ = scrub_messages(log_scrubber(state.settings.pii_patterns), messages, texts)
+    entry = LoggedCompletion(id=plan.id, model=plan.model, kind=plan.kind, messages=messages,
                              outputs=texts, finish_reason=finals[0].finish_reason if finals[0] else None,
                              prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                              latency_ms=int((time.monotonic() - started_s) * 1000), key_id=caller.key_id)
@@ -191,6 +196,11 @@ def _log(state: ServerState, plan: Plan, caller: Caller, texts: list[str], final
         log_completion(state.store, entry)
     except (StoreError, OSError, Exception) as exc:  # the answer still goes out; the log is best effort
         log.warning("could not log completion %s: %s", plan.id, type(exc).__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def log_scrubber(patterns_file) -> Scrubber:
+    return Scrubber(load_pii_patterns(patterns_file))
 
 
 async def _collect(submitted: Submitted) -> tuple[list[str], list[GenerationEvent | None]]:

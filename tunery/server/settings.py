@@ -24,6 +24,8 @@ class ServerSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     no_auth: bool = Field(False, description="Serve without API keys; refused unless bound to loopback.")
     no_log: bool = Field(False, description="Do not log requests and answers (feedback then has nothing to refer to).")
+    redact_logs: bool = Field(False, description="Scrub personal data and secrets (e-mails, phones, cards, IBANs, IPs, SSNs, keys) from logged requests and answers before they are stored.")
+    pii_patterns: Path | None = Field(None, description="YAML file of extra patterns to scrub (`patterns: {NAME: REGEX}`), used with redact_logs.")
     log_retention_days: float | None = Field(None, gt=0, description="Delete logged requests older than this many days.")
     database: Path | None = Field(None, description="SQLite file for keys, logs and feedback (default TUNERY_HOME/tunery.db).")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="Weights precision; auto picks bf16 where it is fast.")

@@ -2,6 +2,8 @@
 
 Corrected answers become examples with the correction as the assistant turn; positively rated
 answers become examples as they were; negatively rated answers without a correction are left out.
+Pairs are written in OpenAI's preference format. A scrubber (tunery.platform.pii.Scrubber, passed
+in by the caller) replaces personal data in each example before anything is written.
 """
 
 from __future__ import annotations
@@ -61,22 +63,34 @@ def build_pair(entry: LoggedCompletion, feedback: Feedback) -> dict | None:
     if not feedback.correction or not feedback.correction.strip() or feedback.correction == rejected:
         return None
     prompt = _prompt_messages(entry)
-    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": feedback.correction}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {"input": {"messages": prompt}, "preferred_output": [{"role": "assistant", "content": feedback.correction}],
+            "non_preferred_output": [{"role": "assistant", "content": rejected}]}
+
+
+def scrub_row(row: dict | None, scrubber) -> dict | None:
+    """Every message of one example (or pair) scrubbed with one placeholder table."""
+    if row is None or scrubber is None:
+        return row
+    messages = [m for key in ("messages", "input", "preferred_output", "non_preferred_output") if key in row
+                for m in (row[key]["messages"] if key == "input" else row[key])]
+    texts = scrubber.scrub_example([m["content"] for m in messages]).texts
+    for message, text in zip(messages, texts, strict=True):
+        message["content"] = text
+    return row
 
 
 def export_feedback(store: Store, actor: Actor, out: Path, *, since: str | None = None, model: str | None = None,
-                    pairs_out: Path | None = None) -> ExportSummary:
+                    pairs_out: Path | None = None, scrubber=None) -> ExportSummary:
     """Write the examples (and optionally the pairs) of what `actor` may see as JSONL; returns how many of each."""
     rated = list_rated_completions(store, actor, since=parse_since(since), model=model)
     examples, pairs, seen = [], [], set()
     for entry, feedback in rated:
-        example = build_example(entry, feedback)
+        example = scrub_row(build_example(entry, feedback), scrubber)
         key = json.dumps(example, sort_keys=True)
         if example is not None and key not in seen:  # the same question answered alike teaches once
             seen.add(key)
             examples.append(example)
-        pair = build_pair(entry, feedback)
+        pair = scrub_row(build_pair(entry, feedback), scrubber)
         if pair is not None:
             pairs.append(pair)
     _write_jsonl(Path(out), examples)
