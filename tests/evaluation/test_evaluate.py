@@ -183,3 +183,17 @@ def test_judge_metric_records_a_verdict_and_reason(tiny_model_dir, tasks_file, t
     assert [row["id"] for row in judged] == ["capital", "ticket"]  # the others name their own metrics
     for row in judged:
         assert row["scores"]["judge"] in (0.0, 1.0) and row["judge_reason"]
+
+
+def test_compare_general_adds_the_shipped_tasks(tiny_model_dir, run_dir, tasks_file, tmp_path):
+    result = cli("compare", tiny_model_dir, run_dir, "--tasks", tasks_file, "--general", "--limit", 5,
+                 "--max-new-tokens", 4, "--dtype", "fp32", "--out", tmp_path / "out", "--gate", "no-regression:1")
+    assert result.exit_code == 0, result.output
+    from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
+
+    general = json.loads((tmp_path / "out" / "general" / "summary.json").read_text())
+    assert general["tasks"] == str(GENERAL_TASKS_PATH) and general["gates"][0]["passed"]
+    assert len((tmp_path / "out" / "general" / "tuned" / "predictions.jsonl").read_text().splitlines()) == 5
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["tasks"] == str(tasks_file)
+    neither = cli("compare", tiny_model_dir, run_dir, "--out", tmp_path / "none")
+    assert neither.exit_code == 2 and "--general" in neither.output

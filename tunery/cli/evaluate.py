@@ -108,10 +108,13 @@ def compare_command(
     models: list[str] = typer.Argument(..., help="Two or more model references; the first is the baseline. "
                                        "MODEL+rag:INDEX_DIR answers from retrieved documents, e.g. base, base+rag, "
                                        "tuned, tuned+rag side by side."),
-    tasks: Path = typer.Option(..., "--tasks", "-t", help="JSONL task file."),
+    tasks: Path = typer.Option(None, "--tasks", "-t", help="JSONL task file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html, summary.json, summary.md."),
     gate: list[str] = typer.Option(None, "--gate", "-g", help='Rule the candidates must pass (repeatable): '
                                    '"json_fields>=0.9", "exact_match.delta>=0", "no-regression[:TOL]".'),
+    general: bool = typer.Option(False, "--general", help="Also compare on tunery's general-skills tasks "
+                                 "(instructions, arithmetic, formatting, JSON, refusals; report in OUT/general), "
+                                 "with the same gates, to catch forgetting."),
     metric: list[str] = MetricOpt,
     data: Path = typer.Option(None, "--data", help="Also compare loss and perplexity on this dataset file."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
@@ -126,22 +129,29 @@ def compare_command(
     """Compare models on one task file; write an offline HTML report. Exit 3 if a gate fails."""
     from tunery.errors import ConfigError
     from tunery.evaluation.compare import compare_models
+    from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
 
     if len(models) < 2:
         raise ConfigError("compare needs at least two models", code="invalid_option",
                           hint="tunery compare BASE CANDIDATE --tasks FILE --out DIR")
-    summary = compare_models(models, tasks, out, gates=gate or [], metrics=metric or None, batch_size=batch_size,
-                             max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
-                             judge=judge_spec(judge, rubric), loss_data=data,
-                             json_fields=split_fields(fields), limit=limit)
-    if as_json:
-        print_json(summary.as_dict())
-    else:
-        print_summary(summary)
-    if not summary.passed:
-        for failed in summary.failed_gates:
-            err_console.print(f"[bold red]gate failed[/]: {failed.rule} ({failed.model}): {failed.detail}",
-                              highlight=False)
+    if tasks is None and not general:
+        raise ConfigError("compare needs --tasks FILE, --general, or both", code="invalid_option")
+    runs = ([(tasks, out)] if tasks is not None else []) + ([(GENERAL_TASKS_PATH, out / "general"
+                                                               if tasks is not None else out)] if general else [])
+    summaries = [compare_models(models, task_file, folder, gates=gate or [], metrics=metric or None,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=check_dtype(dtype),
+                                judge=judge_spec(judge, rubric), loss_data=data if task_file == tasks else None,
+                                json_fields=split_fields(fields), limit=limit) for task_file, folder in runs]
+    for summary in summaries:
+        if as_json:
+            print_json(summary.as_dict())
+        else:
+            print_summary(summary)
+    failed = [g for summary in summaries for g in summary.failed_gates]
+    for gate_result in failed:
+        err_console.print(f"[bold red]gate failed[/]: {gate_result.rule} ({gate_result.model}): {gate_result.detail}",
+                          highlight=False)
+    if failed:
         raise typer.Exit(GATE_FAILED_EXIT)
 
 
