@@ -132,6 +132,11 @@ class Engine:
     def num_running(self) -> int:
         return len(self._active)
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests submitted and not yet admitted to a decode batch (the queue depth)."""
+        return len(self._pending)
+
     # ---- requests --------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[GenerationEvent], None],
                adapter: str | None = None) -> int:

@@ -11,7 +11,8 @@ import logging
 
 from fastapi import Depends, FastAPI, Request
 
-from tunery.server import serving_admin, serving_chat
+from tunery.platform.metrics import ServerMetrics
+from tunery.server import monitoring, serving_admin, serving_chat
 from tunery.server.auth import Caller, require_admin, require_key
 from tunery.server.errors import error_body, install_error_handlers
 from tunery.server.protocol import (
@@ -75,6 +76,7 @@ def state_of(request: Request) -> ServerState:
 def create_app(settings: ServerSettings, state: ServerState | None = None) -> FastAPI:
     """Build the engine and the store (unless `state` is given) and the routes over them."""
     state = state or build_state(settings)
+    state.metrics = ServerMetrics(state.store, state.engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -92,6 +94,7 @@ def create_app(settings: ServerSettings, state: ServerState | None = None) -> Fa
     _add_routes(app)
     _mount_console(app, state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(monitoring.ErrorCounter, metrics=state.metrics)
     return app
 
 
@@ -99,6 +102,10 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/health")
     async def health(request: Request):
         return {"status": "ok", "models": len(state_of(request).model_names())}
+
+    @app.get("/metrics")
+    async def metrics(request: Request, _: Caller = Depends(require_admin)):
+        return monitoring.metrics_response(state_of(request).metrics)
 
     @app.get("/v1/models")
     async def models(request: Request, _: Caller = Depends(require_key)):

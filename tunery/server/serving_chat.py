@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from tunery.errors import DataError, StoreError
 from tunery.inference.params import GenerationEvent, SamplingParams
+from tunery.platform.metrics import RequestTimer
 from tunery.platform.pii import Scrubber, load_pii_patterns, scrub_messages
 from tunery.server.auth import Caller
 from tunery.server.errors import ApiError, error_body
@@ -138,6 +139,8 @@ class Submitted:
     def __init__(self, state: ServerState, plan: Plan):
         loop = asyncio.get_running_loop()
         self.state, self.plan, self.queue, self.request_ids = state, plan, asyncio.Queue(), []
+        self.timer = RequestTimer(state.metrics, plan.model)
+        self.completion_tokens = 0
         try:
             for index in range(plan.n):
                 seed = None if plan.params.seed is None else plan.params.seed + index
@@ -159,9 +162,13 @@ class Submitted:
         try:
             while remaining:
                 index, event = await self.queue.get()
+                if event.text:
+                    self.timer.token()
                 if event.finish_reason is not None:
                     remaining -= 1
+                    self.completion_tokens += event.completion_tokens
                 yield index, event
+            self.timer.finish(len(self.plan.prompt_ids), self.completion_tokens)
         finally:
             if remaining:  # cancelled (client gone) or failed: free the engine rows at once
                 self.abort()

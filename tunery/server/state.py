@@ -34,6 +34,7 @@ class ServerState:
     weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
     decode_summary: str = ""  # which path decode steps take (the fast lane or the torch model)
     retrievers: dict[str, object] = field(default_factory=dict)  # served name -> tunery.rag.Retriever
+    metrics: object = None  # tunery.platform.metrics.ServerMetrics, set by create_app
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
