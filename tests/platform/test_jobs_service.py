@@ -1,5 +1,7 @@
 """The files and jobs services and one worker, in-process, on both backends."""
 
+from pathlib import Path
+
 import pytest
 from platform_data import chat_lines
 
@@ -25,7 +27,7 @@ def test_a_job_runs_to_an_adapter_with_events_checkpoints_and_a_metrics_file(sto
     assert worker.run_one()
     done = jobs.get_job(store, LOCAL_OWNER, job["id"])
     assert done["status"] == "succeeded", done["error"]
-    assert done["fine_tuned_model"].startswith(f"ft:{job['model']}:helpdesk:")
+    assert done["fine_tuned_model"].startswith(f"ft:{Path(job['model']).name}:helpdesk:")
     assert done["trained_tokens"] > 0 and len(done["result_files"]) == 1
     _, csv_path = file_content_path(store, LOCAL_OWNER, done["result_files"][0])
     lines = csv_path.read_text().splitlines()

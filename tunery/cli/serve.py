@@ -5,6 +5,7 @@ Each command parses its flags, calls one library function and renders the result
 
 from __future__ import annotations
 
+import os
 import queue
 from pathlib import Path
 
@@ -59,8 +60,14 @@ def serve_command(
     decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Most requests decoded together."),
     max_adapters: int = typer.Option(8, "--max-adapters", help="Most adapters in memory (LRU)."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Fine-tuning worker processes to start beside the API "
+                                "(0: API only; more workers can run elsewhere with `tunery worker`)."),
+    max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest file accepted by /v1/files, in MB."),
+    webhook: str | None = typer.Option(None, "--webhook", help="POST signed fine_tuning.job.* outcomes to this URL."),
+    webhook_secret: str | None = typer.Option(None, "--webhook-secret", envvar="TUNERY_WEBHOOK_SECRET",
+                                              help="HMAC secret that signs --webhook deliveries."),
 ):
-    """Serve the base model and adapters behind an OpenAI-compatible API."""
+    """Serve the base model and adapters behind an OpenAI-compatible API, with fine-tuning workers."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -74,7 +81,7 @@ def serve_command(
                                   no_auth=no_auth, no_log=no_log, log_retention_days=log_retention_days,
                                   redact_logs=redact_logs, pii_patterns=pii_patterns,
                                   dtype=dtype, weights=weights, decode=decode, max_batch_size=max_batch_size,
-                                  max_adapters=max_adapters)
+                                  max_adapters=max_adapters, max_upload_mb=max_upload_mb)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
@@ -96,7 +103,19 @@ def serve_command(
     console.print(state.weights_summary, highlight=False)
     console.print(state.decode_summary, highlight=False)
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    from tunery.platform.worker_pool import start_workers, stop_workers
+
+    if webhook and not webhook_secret:
+        raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
+    if webhook:
+        os.environ["TUNERY_WEBHOOK_SECRET"] = webhook_secret  # the workers sign; the secret never goes on a command line
+    pool = start_workers(workers, extra_args=["--webhook", webhook] if webhook else [])
+    if workers:
+        console.print(f"{workers} fine-tuning worker{'s' if workers != 1 else ''} started")
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="info")
+    finally:
+        stop_workers(pool)
 
 
 @app.command("chat")

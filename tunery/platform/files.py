@@ -47,36 +47,65 @@ def sanitise_filename(name: str | None) -> str:
     return cleaned or "upload.jsonl"
 
 
+class UploadWriter:
+    """Bytes of one upload on their way to disk: hashed and counted as they come, refused past the cap.
+
+    `commit` stores them by content and records the file; `abort` (or any error) leaves nothing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20):
+        self.max_bytes, self.size, self.digest = max_bytes, 0, hashlib.sha256()
+        self.tmp = files_dir() / f".upload-{secrets.token_hex(8)}"
+        self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise ConfigError(f"the file is larger than the {self.max_bytes / 2**20:g} MB upload limit",
+                              code="file_too_large", hint="split the dataset, or raise --max-upload-mb")
+        self.digest.update(chunk)
+        self.out.write(chunk)
+
+    def abort(self) -> None:
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def commit(self, store: Store, actor: Actor, *, filename: str | None, purpose: str | None) -> dict:
+        try:
+            self.out.close()
+            if purpose not in PURPOSES:
+                raise ConfigError(f"purpose {purpose!r} is not supported", code="invalid_purpose",
+                                  hint="upload training data with purpose='fine-tune'")
+            if self.size == 0:
+                raise ConfigError("the uploaded file is empty", code="empty_file",
+                                  hint="upload a JSONL file with one training example per line")
+            sha = self.digest.hexdigest()
+            target = blob_path(sha)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp, target)  # identical content lands on the same blob
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        label = sanitise_filename(filename)
+        status, details, examples = validate_blob(target, label)
+        return file_rows.insert_file(store, actor, filename=label, purpose=purpose, bytes=self.size, sha256=sha,
+                                     status=status, status_details=details, examples=examples)
+
+
 def save_upload(store: Store, actor: Actor, chunks: Iterable[bytes], *, filename: str | None, purpose: str,
                 max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20) -> dict:
     """Stream `chunks` to disk, store them by content, validate, and record the file; returns the row."""
     if purpose not in PURPOSES:
         raise ConfigError(f"purpose {purpose!r} is not supported", code="invalid_purpose",
                           hint="upload training data with purpose='fine-tune'")
-    tmp = files_dir() / f".upload-{secrets.token_hex(8)}"
-    digest, size = hashlib.sha256(), 0
+    writer = UploadWriter(max_bytes)
     try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ConfigError(f"the file is larger than the {max_bytes // 2**20} MB upload limit",
-                                      code="file_too_large", hint="split the dataset, or raise --max-upload-mb")
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise ConfigError("the uploaded file is empty", code="empty_file",
-                              hint="upload a JSONL file with one training example per line")
-        sha = digest.hexdigest()
-        target = blob_path(sha)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)  # identical content lands on the same blob
-    finally:
-        tmp.unlink(missing_ok=True)
-    label = sanitise_filename(filename)
-    status, details, examples = validate_blob(target, label)
-    return file_rows.insert_file(store, actor, filename=label, purpose=purpose, bytes=size, sha256=sha,
-                                 status=status, status_details=details, examples=examples)
+        for chunk in chunks:
+            writer.write(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit(store, actor, filename=filename, purpose=purpose)
 
 
 def validate_blob(path: Path, label: str) -> tuple[str, str | None, int]:

@@ -67,7 +67,7 @@ def resolve_base(model: str, base_models: dict[str, str] | None) -> str:
             return base_models[model]
         if model in BUILTIN_MODELS:
             return model
-        error = ConfigError(f"model {model!r} is not a base model this server can fine-tune", code="model_not_found",
+        error = ConfigError(f"model {model!r} is not a base model this server can fine-tune", code="invalid_model",
                             hint=f"available: {', '.join(sorted({*base_models, *BUILTIN_MODELS}))}")
         error.param = "model"
         raise error
@@ -79,7 +79,7 @@ def resolve_base(model: str, base_models: dict[str, str] | None) -> str:
     try:
         return str(resolve_model(model).ref)
     except ModelError as exc:
-        raise ConfigError(exc.message, code="model_not_found", hint=exc.hint) from None
+        raise ConfigError(exc.message, code="invalid_model", hint=exc.hint) from None
 
 
 def _training_file(store: Store, actor: Actor, file_id: str, param: str) -> dict:
@@ -106,7 +106,9 @@ def run_dir_of(job_id: str) -> Path:
 
 
 def fine_tuned_name(row: dict) -> str:
-    return f"ft:{row['model']}:{row['suffix'] or ''}:{row['id'].split('-', 1)[1][:8]}"
+    """`ft:<base>:<suffix>:<8 characters of the job id>`; a local path base is named by its folder."""
+    base = Path(row["model"]).name if "/" in row["model"] else row["model"]
+    return f"ft:{base}:{row['suffix'] or ''}:{row['id'].split('-', 1)[1][:8]}"
 
 
 def job_object(row: dict) -> dict:

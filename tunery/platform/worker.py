@@ -166,8 +166,9 @@ class JobRun:
                 child.kill()
                 child.wait()
                 return False
-            if current["stop_request"] and not self.stop_sent and not done:
-                self.stop_sent = current["stop_request"]
+            wanted = current["stop_request"] or ("requeue" if self.worker.stopping.is_set() else None)
+            if wanted and not self.stop_sent and not done:
+                self.stop_sent = wanted  # the run finishes its step, writes a checkpoint and exits
                 child.send_signal(signal.SIGTERM)
             if done:
                 self.row = current
@@ -193,6 +194,9 @@ class JobRun:
         status = info.get("status")
         if status == "completed" and returncode == 0:
             return self.succeed()
+        if self.stop_sent == "requeue" and status == "interrupted":
+            return self.worker._finish(self.row, "queued", f"Worker {self.worker.id} stopped; the job is queued "
+                                       f"again and resumes from its checkpoint (step {info.get('steps', 0)})")
         if self.stop_sent and status == "interrupted":
             target = "cancelled" if self.stop_sent == "cancel" else "paused"
             step = info.get("steps", 0)

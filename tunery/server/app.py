@@ -15,6 +15,7 @@ from tunery.platform.metrics import ServerMetrics
 from tunery.server import monitoring, serving_admin, serving_chat
 from tunery.server.auth import Caller, require_admin, require_key
 from tunery.server.errors import error_body, install_error_handlers
+from tunery.server.platform_routes import add_platform_routes
 from tunery.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,8 +38,8 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"] == "/v1/files"):
+            return await self.app(scope, receive, send)  # uploads stream to disk under their own cap
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send)
@@ -92,6 +93,7 @@ def create_app(settings: ServerSettings, state: ServerState | None = None) -> Fa
     app.state.tunery = state
     install_error_handlers(app)
     _add_routes(app)
+    add_platform_routes(app)
     _mount_console(app, state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(monitoring.ErrorCounter, metrics=state.metrics)
@@ -108,15 +110,17 @@ def _add_routes(app: FastAPI) -> None:
         return monitoring.metrics_response(state_of(request).metrics)
 
     @app.get("/v1/models")
-    async def models(request: Request, _: Caller = Depends(require_key)):
-        return serving_admin.list_models(state_of(request))
+    async def models(request: Request, caller: Caller = Depends(require_key)):
+        return serving_admin.list_models(state_of(request), caller)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(require_key)):
+        await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
         return await serving_chat.create_chat_completion(state_of(request), body, caller, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, caller: Caller = Depends(require_key)):
+        await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
         return await serving_chat.create_completion(state_of(request), body, caller, request)
 
     @app.post("/v1/feedback")

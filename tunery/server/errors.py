@@ -81,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = tunery_error_status(exc)
         type_ = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
         message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
-        return error_response(status, message, type_, exc.code)
+        return error_response(status, message, type_, exc.code, getattr(exc, "param", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):

@@ -11,11 +11,20 @@ from tunery.store import create_key, list_keys, revoke_key
 from tunery.store.requests import record_feedback
 
 
-def list_models(state: ServerState) -> ModelList:
+def list_models(state: ServerState, caller: Caller | None = None) -> ModelList:
+    """The base, the adapters loaded at start, and the fine-tuned job models the caller may use."""
+    from tunery.platform.models import list_fine_tuned
+    from tunery.store.owners import Actor
+
     cards = [ModelCard(id=state.base_name, created=state.started_at)]
     for name in state.engine.adapter_names():
-        cards.append(ModelCard(id=name, created=state.adapter_created.get(name, state.started_at),
-                               parent=state.base_name))
+        if not name.startswith("ft:"):
+            cards.append(ModelCard(id=name, created=state.adapter_created.get(name, state.started_at),
+                                   parent=state.base_name))
+    if caller is not None:
+        for model in list_fine_tuned(state.store, Actor(caller.key_id, caller.admin)):
+            if model.base == state.base_name:
+                cards.append(ModelCard(id=model.name, created=model.created, parent=state.base_name))
     return ModelList(data=cards)
 
 

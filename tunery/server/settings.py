@@ -27,7 +27,7 @@ class ServerSettings(BaseModel):
     redact_logs: bool = Field(False, description="Scrub personal data and secrets (e-mails, phones, cards, IBANs, IPs, SSNs, keys) from logged requests and answers before they are stored.")
     pii_patterns: Path | None = Field(None, description="YAML file of extra patterns to scrub (`patterns: {NAME: REGEX}`), used with redact_logs.")
     log_retention_days: float | None = Field(None, gt=0, description="Delete logged requests older than this many days.")
-    database: Path | None = Field(None, description="SQLite file for keys, logs and feedback (default TUNERY_HOME/tunery.db).")
+    database: Path | str | None = Field(None, description="SQLite file or database URL for keys, logs, feedback, files and jobs (default TUNERY_DATABASE_URL, else TUNERY_HOME/tunery.db).")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="Weights precision; auto picks bf16 where it is fast.")
     weights: Literal["full", "int8", "int4"] = Field("full", description="Served weights: full precision (what was "
                                                      "evaluated), int8 per channel, or int4 decoder + int8 head (CPU only, fastest).")
@@ -40,6 +40,11 @@ class ServerSettings(BaseModel):
     max_stop: int = Field(4, ge=0, le=64, description="Most stop strings per request.")
     max_stop_chars: int = Field(64, ge=1, description="Longest stop string accepted, in characters.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted, in bytes.")
+    max_upload_mb: float = Field(512, gt=0, description="Largest file accepted by POST /v1/files, in MB (checked while it streams).")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
 
     def check_exposure(self) -> None:
         """Refuse `no_auth` on any address other than loopback."""

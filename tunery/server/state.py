@@ -48,6 +48,25 @@ class ServerState:
         raise NotFoundError(f"the model {model!r} does not exist", code="model_not_found",
                             hint="GET /v1/models lists the models this server serves")
 
+    def fine_tunable_models(self) -> dict[str, str]:
+        """Base models a job may name here: the served base (jobs' adapters must fit it)."""
+        return {self.base_name: self.settings.model}
+
+    def use_fine_tuned(self, model: str, caller) -> None:
+        """Load an `ft:` model the caller may use on first use (the engine keeps the most recent ones)."""
+        from tunery.platform.models import find_fine_tuned
+        from tunery.store.owners import Actor
+
+        if not model.startswith("ft:"):
+            return
+        found = find_fine_tuned(self.store, Actor(caller.key_id, caller.admin), model)
+        if found.base != self.base_name:
+            raise ModelError(f"{model} was trained on {found.base!r}, and this server serves {self.base_name!r}",
+                             code="adapter_mismatch", hint="serve its base model to use it")
+        if model not in self.engine.adapter_names():
+            self.engine.load_adapter(model, found.adapter_dir)
+            self.adapter_created[model] = found.created
+
     def find_run(self, run: str) -> Path:
         """A run directory the server knows: configured at start, or a named run under runs_dir()."""
         for configured in self.configured_runs.values():
