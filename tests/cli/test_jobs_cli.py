@@ -36,8 +36,8 @@ def test_files_and_jobs_on_the_local_store(tmp_path, tiny_model_dir, monkeypatch
     followed = runner.invoke(app, ["jobs", "events", job["id"], "--follow"])
     assert followed.exit_code == 0 and "The job has successfully completed" in followed.output
     assert f"{job['id']} succeeded: ft:{tiny_model_dir.name}:cli:" in followed.output.replace("\n", "")
-    listed = runner.invoke(app, ["jobs", "list"])
-    assert job["id"] in listed.output and "succeeded" in listed.output
+    listed = json.loads(runner.invoke(app, ["jobs", "list", "--json"]).stdout)
+    assert [(j["id"], j["status"]) for j in listed["data"]] == [(job["id"], "succeeded")]
     cancel = runner.invoke(app, ["jobs", "cancel", job["id"]])
     assert cancel.exit_code == 2 and "cannot be cancelled" in cancel.output
     missing = runner.invoke(app, ["jobs", "show", "ftjob-nope"])

@@ -1,13 +1,16 @@
 """The files and jobs services and one worker, in-process, on both backends."""
 
+import json
 from pathlib import Path
 
 import pytest
 from platform_data import chat_lines
+from webhook_receiver import Receiver
 
 from tunery.errors import ConfigError, NotFoundError
 from tunery.platform import jobs
 from tunery.platform.files import file_content_path, save_upload
+from tunery.platform.webhooks import WebhookSender, verify
 from tunery.platform.worker import Worker, WorkerSettings
 from tunery.store.owners import LOCAL_OWNER, Actor
 
@@ -23,8 +26,14 @@ def test_a_job_runs_to_an_adapter_with_events_checkpoints_and_a_metrics_file(sto
     assert file["status"] == "processed" and file["examples"] == 12
     job = jobs.create_job(store, LOCAL_OWNER, tiny_job(file["id"]))
     assert job["status"] == "queued" and job["fine_tuned_model"] is None
-    worker = Worker(store, WorkerSettings(heartbeat_s=0.2))
+    receiver = Receiver()
+    worker = Worker(store, WorkerSettings(heartbeat_s=0.2), webhooks=WebhookSender(receiver.url, "s3cret"))
     assert worker.run_one()
+    worker.webhooks.threads[0].join(30)
+    receiver.close()
+    (headers, payload), = receiver.deliveries
+    assert verify("s3cret", headers, payload)
+    assert json.loads(payload)["type"] == "fine_tuning.job.succeeded" and json.loads(payload)["data"]["id"] == job["id"]
     done = jobs.get_job(store, LOCAL_OWNER, job["id"])
     assert done["status"] == "succeeded", done["error"]
     assert done["fine_tuned_model"].startswith(f"ft:{Path(job['model']).name}:helpdesk:")

@@ -49,7 +49,7 @@ def files_list(json_output: bool = typer.Option(False, "--json", help="Print JSO
     files = _platform().list_files()
     if json_output:
         return print_json(files)
-    table = Table("id", "filename", "bytes", "purpose", "status", "created")
+    table = _table("filename", "bytes", "purpose", "status", "created")
     for f in files:
         table.add_row(f["id"], f["filename"], str(f["bytes"]), f["purpose"], f["status"], _when(f["created_at"]))
     console.print(table)
@@ -120,7 +120,7 @@ def jobs_list(limit: int = typer.Option(20, "--limit", help="Most jobs to show."
     page = _platform().list_jobs(after=after, limit=limit)
     if json_output:
         return print_json(page)
-    table = Table("id", "model", "status", "progress", "fine_tuned_model", "created")
+    table = _table("model", "status", "progress", "fine_tuned_model", "created")
     for job in page["data"]:
         table.add_row(job["id"], job["model"], job["status"], _progress(job), job["fine_tuned_model"] or "",
                       _when(job["created_at"]))
@@ -224,6 +224,14 @@ def _webhook_sender(url: str | None, secret: str | None):
     if not secret:
         raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
     return WebhookSender(url, secret)
+
+
+def _table(*columns: str) -> Table:
+    table = Table()
+    table.add_column("id", no_wrap=True)  # ids are copied into the next command whole
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
 def _progress(job: dict) -> str:
