@@ -43,3 +43,35 @@ def write_pdf(path: Path, pages: list[list[str] | None]) -> Path:
 @pytest.fixture
 def make_pdf():
     return write_pdf
+
+
+def build_tiny_embedder(folder: Path, corpus: list[str]) -> Path:
+    """A tiny random BERT with mean pooling, saved as a sentence-transformers folder (no network)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(corpus * 5, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    bert_dir = folder / "bert"
+    BertTokenizerFast(tokenizer_object=tok).save_pretrained(bert_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(bert_dir, safe_serialization=True)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
+    model = SentenceTransformer(modules=[transformer, models.Pooling(32, pooling_mode="mean")], device="cpu")
+    model.save(str(folder / "embedder"))
+    return folder / "embedder"
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory) -> Path:
+    corpus = ["The Osprey switch fan is part KX-1111-A.", "Alpha bravo charlie delta echo foxtrot.",
+              "Room B2.40 hosts the optics lab in Lyon.", "Widgets and gadgets weigh kilograms."]
+    return build_tiny_embedder(tmp_path_factory.mktemp("embedder"), corpus)

@@ -224,3 +224,36 @@ def test_prompt_drops_chunks_never_the_question(tmp_path, tiny_model_dir):
     with pytest.raises(DataError) as too_long:
         fit_prompt(long_question, full.hits, tokenizer, max_prompt_tokens=1024)
     assert too_long.value.code == "context_length_exceeded"
+
+
+def test_dense_and_hybrid_retrieval_with_an_embedding_model(tmp_path, tiny_model_dir, tiny_embedder):
+    import numpy as np
+
+    from tunery.rag.dense import embed_texts
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Alpha bravo charlie.\n\nDelta echo foxtrot.", encoding="utf-8")
+    (docs / "b.txt").write_text("Widgets and gadgets weigh kilograms.", encoding="utf-8")
+    report = build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), chunk_tokens=48, overlap_tokens=0,
+                         embedding_model=tiny_embedder)
+    assert report.retrievers == ["bm25", "dense"]
+    index = open_index(tmp_path / "idx")
+    assert index.default_mode == "hybrid" and index.vectors.shape[0] == len(index.chunks)
+    query = "Widgets and gadgets weigh kilograms."
+    for chunk in index.chunks:
+        assert np.allclose(index.vectors[chunk["id"]], embed_texts(str(tiny_embedder), [chunk["text"]])[0], atol=1e-5)
+    assert index.search(query, k=1, mode="dense")[0].source == "docs/b.txt"
+    hybrid = index.search(query, k=3)
+    assert hybrid[0].source == "docs/b.txt" and hybrid[0].score > 1 / 61  # ranked by both retrievers
+    (docs / "a.txt").write_text("Alpha bravo charlie changed.", encoding="utf-8")
+    build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), chunk_tokens=48, overlap_tokens=0,
+                embedding_model=tiny_embedder, update=True)
+    updated = open_index(tmp_path / "idx")
+    for chunk in updated.chunks:  # kept (b.txt) and new (a.txt) vectors both sit on their chunk's row
+        assert np.allclose(updated.vectors[chunk["id"]], embed_texts(str(tiny_embedder), [chunk["text"]])[0],
+                           atol=1e-5)
+    bm25_only = tmp_path / "bm25-only"
+    build_index([docs], bm25_only, model=str(tiny_model_dir))
+    with pytest.raises(ConfigError, match="no dense vectors"):
+        open_index(bm25_only).search(query, mode="dense")

@@ -1,0 +1,148 @@
+"""RAG or fine-tuning? Measure it on the invented facts: base, base+rag, tuned, tuned+rag, and a
+retrieval-aware tuned model (data.rag), side by side in one `tunery compare` report.
+
+The handbook (every fact, one paragraph each) is indexed; half of the facts are tuned on, and
+questions about both halves are asked: facts the tuned models saw, and facts only the index has.
+
+    python examples/facts/rag.py --out /tmp/rag-facts                 # 10 facts of each kind
+    python examples/facts/rag.py --out /tmp/rag-facts --per-kind 20 --docs docs/rag.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOCS_START, DOCS_END = "<!-- rag-comparison:start -->\n", "<!-- rag-comparison:end -->"
+
+
+def read_facts(per_kind: int) -> list[dict]:
+    """The first `per_kind` facts of each kind, in file order."""
+    facts = [json.loads(line) for line in (HERE / "facts.jsonl").read_text(encoding="utf-8").splitlines()]
+    kept, seen = [], {}
+    for fact in facts:
+        seen[fact["kind"]] = seen.get(fact["kind"], 0) + 1
+        if seen[fact["kind"]] <= per_kind:
+            kept.append(fact)
+    return kept
+
+
+def split_facts(facts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Alternate facts: even ones are tuned on, odd ones only the index knows."""
+    return facts[0::2], facts[1::2]
+
+
+def write_handbook(facts: list[dict], path: Path) -> Path:
+    """A Markdown handbook stating every fact (the document retrieval reads)."""
+    sections: dict[str, list[str]] = {}
+    for fact in facts:
+        sections.setdefault(fact["kind"], []).append(fact["answer"])
+    lines = ["# Zentrix handbook", ""]
+    for kind, answers in sections.items():
+        lines += [f"## {kind.replace('_', ' ').title()}", ""]
+        for answer in answers:
+            lines += [answer, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_chats(facts: list[dict], path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for fact in facts:
+            messages = [{"role": "user", "content": fact["question"]}, {"role": "assistant", "content": fact["answer"]}]
+            handle.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def write_tasks(groups: dict[str, list[dict]], path: Path, source: str = "handbook.md") -> Path:
+    """One row per fact: its question, scored by whether the answer holds the fact's key."""
+    with path.open("w", encoding="utf-8") as handle:
+        for task, facts in groups.items():
+            for number, fact in enumerate(facts):
+                handle.write(json.dumps({"id": f"{task}-{number}", "prompt": fact["question"], "reference": fact["key"],
+                                         "metric": "contains", "source": source, "evidence": fact["key"],
+                                         "meta": {"task": task}}) + "\n")
+    return path
+
+
+def build_handbook_index(facts: list[dict], out: Path, model: str = "smollm2-135m-instruct") -> Path:
+    from tunery.rag import build_index
+
+    handbook = write_handbook(facts, out / "docs" / "handbook.md")
+    build_index([handbook], out / "index", model=model, chunk_tokens=48, overlap_tokens=0, top_k=3, rebuild=True)
+    return out / "index"
+
+
+def train_facts(chats: Path, run_dir: Path, overrides: list[str]) -> Path:
+    import tunery
+    from tunery.config import load_train_config
+
+    config = load_train_config(HERE / "train.yaml", [f"data.train={chats}", f"output_dir={run_dir}", *overrides])
+    tunery.train(config, quiet=True)
+    return run_dir
+
+
+def compare_all(out: Path, per_kind: int, overrides: list[str]):
+    from tunery.evaluation.compare import compare_models
+
+    facts = read_facts(per_kind)
+    tuned_on, index_only = split_facts(facts)
+    index = build_handbook_index(facts, out)
+    chats = write_chats(tuned_on, out / "train.jsonl")
+    tuned = train_facts(chats, out / "runs" / "tuned", overrides)
+    raft = train_facts(chats, out / "runs" / "tuned-data-rag", [f"data.rag={index}", *overrides])
+    tasks = write_tasks({"tuned facts": tuned_on, "index-only facts": index_only}, out / "tasks.jsonl")
+    base = "smollm2-135m-instruct"
+    refs = [base, f"{base}+rag:{index}", str(tuned), f"{tuned}+rag:{index}", f"{raft}+rag:{index}"]
+    return compare_models(refs, tasks, out / "report", max_new_tokens=40, batch_size=8)
+
+
+def render_docs_table(summary, per_kind: int) -> str:
+    """The comparison as the Markdown docs/rag.md embeds."""
+    names = {0: "base", 1: "base + rag", 2: "tuned", 3: "tuned + rag", 4: "tuned with data.rag, + rag"}
+    lines = ["| model | tuned facts | index-only facts | median latency (ms) | prompt tokens | retrieval hit rate |",
+             "|---|---|---|---|---|---|"]
+    for number, model in enumerate(summary.models):
+        tasks = model.by_task()
+        cells = []
+        for task in ("tuned facts", "index-only facts"):
+            stats = tasks.get(task, {}).get("contains")
+            cells.append(f"{stats['mean']:.2f} [{stats['low']:.2f}, {stats['high']:.2f}]" if stats else "-")
+        usage = model.usage
+        hit = usage.get("retrieval_hit_rate")
+        hit_text = f"{hit['mean']:.2f}" if hit else "-"
+        lines.append(f"| {names.get(number, model.label)} | {cells[0]} | {cells[1]} | {usage['median_latency_ms']:.0f} | "
+                     f"{usage['median_prompt_tokens']:.0f} | {hit_text} |")
+    n = len(summary.models[0].rows)
+    lines += ["", f"{n} questions ({per_kind} facts of each of 4 kinds, half tuned on); score: the answer holds the "
+              "fact's key (part number, expansion, owner or room); 95% bootstrap intervals.", "",
+              f"Verdict: {summary.verdict['text']}", ""]
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, table: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(DOCS_START) + len(DOCS_START), text.index(DOCS_END)
+    path.write_text(text[:start] + table + text[end:], encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the index, runs and report")
+    parser.add_argument("--per-kind", type=int, default=10, help="facts of each of the 4 kinds (half are tuned on)")
+    parser.add_argument("--docs", type=Path, default=None, help="also write the table into this Markdown page")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE training config overrides for both tuned models")
+    args = parser.parse_args()
+    summary = compare_all(args.out, args.per_kind, args.overrides)
+    table = render_docs_table(summary, args.per_kind)
+    sys.stdout.write(table + f"\nreport: {summary.report_path}\n")
+    if args.docs:
+        update_docs(args.docs, table)
+
+
+if __name__ == "__main__":
+    main()
