@@ -149,6 +149,46 @@ MIGRATIONS: list[str] = [
         job_id TEXT
     );
     """,
+    # 4: the model registry: versions NAME@N with their lineage, aliases (production, candidate, any
+    # name) and every attempt to move an alias (who, when, from, to, outcome, gate report).
+    """
+    CREATE TABLE model_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        run_dir TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        base_weights_sha256 TEXT,
+        dataset_version TEXT,
+        parent TEXT,
+        job_id TEXT,
+        created_by TEXT,
+        created_at TEXT NOT NULL,
+        lineage_json TEXT NOT NULL,
+        reports_json TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE model_aliases (
+        name TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (name, alias)
+    );
+    CREATE TABLE alias_moves (
+        id {serial},
+        name TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        from_version INTEGER,
+        to_version INTEGER NOT NULL,
+        actor TEXT,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        gate_json TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX alias_moves_name ON alias_moves(name, alias, id)
+    """,
 ]
 
 

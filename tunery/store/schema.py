@@ -89,3 +89,42 @@ workers = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("job_id", sa.Text),
 )
+
+model_versions = sa.Table(
+    "model_versions", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("run_dir", sa.Text, nullable=False),
+    sa.Column("base_model", sa.Text, nullable=False),
+    sa.Column("base_weights_sha256", sa.Text),
+    sa.Column("dataset_version", sa.Text),
+    sa.Column("parent", sa.Text),  # NAME@N whose adapter this version continued
+    sa.Column("job_id", sa.Text),
+    sa.Column("created_by", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("lineage_json", sa.Text, nullable=False),  # the run's lineage, data files and resolved config
+    sa.Column("reports_json", sa.Text, nullable=False),  # eval reports and exports attached later
+)
+
+model_aliases = sa.Table(
+    "model_aliases", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("alias", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+alias_moves = sa.Table(
+    "alias_moves", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("alias", sa.Text, nullable=False),
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("actor", sa.Text),
+    sa.Column("action", sa.Text, nullable=False),  # promote | rollback | register
+    sa.Column("outcome", sa.Text, nullable=False),  # moved | refused (gate) | conflict (another move won)
+    sa.Column("reason", sa.Text),
+    sa.Column("gate_json", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+)

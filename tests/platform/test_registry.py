@@ -1,0 +1,78 @@
+"""The registry through `tunery models`: register with lineage, promote past gates (exit 3), force, roll back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.inference.conftest import save_lora_run
+from tunery.cli import _register, app
+from tunery.platform.registry import describe, register_run, resolve_version
+from tunery.store import open_store
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry-runs")
+    first, second = (save_lora_run(tiny_model_dir, root / name, seed=seed) for name, seed in (("v1", 1), ("v2", 2)))
+    info = json.loads((second / "run.json").read_text())
+    info["lineage"]["init_from"] = str(first)  # v2 continued v1's adapter
+    (second / "run.json").write_text(json.dumps(info))
+    tasks = root / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"Say {w}", "reference": w}) + "\n" for w in ("yes", "no", "ok")))
+    return first, second, tasks
+
+
+def cli(*args):
+    _register()
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_register_promote_gate_force_rollback(runs, tmp_path):
+    first, second, tasks = runs
+    assert cli("models", "register", first, "--name", "helpdesk", "--alias", "production").exit_code == 0
+    assert cli("models", "register", second, "--name", "helpdesk").exit_code == 0
+    store = open_store()
+    assert resolve_version(store, "helpdesk").ref == "helpdesk@1"
+    assert describe(store, "helpdesk@2")["lineage"] == ["helpdesk@2", "helpdesk@1", resolve_version(store, "helpdesk@1").base_model]
+
+    common = ["models", "promote", "helpdesk@2", "--tasks", tasks, "--out", tmp_path / "gate"]
+    failed = cli(*common, "--gate", "exact_match>=2")
+    assert failed.exit_code == 3, failed.output
+    assert "did not pass the gates" in failed.output and resolve_version(store, "helpdesk").version == 1
+    assert cli(*common, "--gate", "exact_match>=2", "--force").exit_code == 2  # --force needs --reason
+    forced = cli(*common, "--gate", "exact_match>=2", "--force", "--reason", "hotfix approved by ops")
+    assert forced.exit_code == 0, forced.output
+    assert resolve_version(store, "helpdesk").version == 2
+    history = describe(store, "helpdesk")["history"]
+    assert [(m["action"], m["outcome"]) for m in history] == [("register", "moved"), ("promote", "refused"),
+                                                               ("promote", "moved")]
+    assert history[1]["gate"]["passed"] is False and history[2]["reason"] == "hotfix approved by ops"
+    assert (tmp_path / "gate" / "tasks-0" / "report.html").is_file()
+
+    rolled = cli("models", "rollback", "helpdesk")
+    assert rolled.exit_code == 0 and "helpdesk@2 -> helpdesk@1" in rolled.output
+    assert resolve_version(store, "helpdesk").version == 1
+    shown = cli("models", "show", "helpdesk")
+    assert shown.exit_code == 0 and "rollback production: 2 -> 1 moved" in shown.output
+    listed = json.loads(cli("models", "list", "--json").stdout)
+    assert {r["name"]: r["aliases"] for r in listed if r["kind"] == "version"} == {"helpdesk@1": ["production"],
+                                                                                  "helpdesk@2": []}
+
+
+def test_bad_references_and_nothing_to_roll_back(runs, tmp_path):
+    first, _, tasks = runs
+    register_run(open_store(), first, "solo", alias="production")
+    nothing = cli("models", "rollback", "solo")
+    assert nothing.exit_code == 2 and "no previous version" in nothing.output
+    assert cli("models", "promote", "solo@7").exit_code == 1
+    assert cli("models", "promote", "solo@1").exit_code == 2  # already production
+    missing_gate_file = cli("models", "promote", "solo@1", "--to", "candidate", "--tasks", tmp_path / "none.jsonl")
+    assert missing_gate_file.exit_code == 0  # no holder of candidate yet: nothing to compare against
+    register_run(open_store(), first, "solo")
+    no_file = cli("models", "promote", "solo@2", "--tasks", tmp_path / "none.jsonl")
+    assert no_file.exit_code == 2 and "file_not_found" in no_file.output
+    assert cli("models", "register", tmp_path, "--name", "x").exit_code == 2  # not a run directory
+    assert cli("models", "show", "bad name!").exit_code == 2

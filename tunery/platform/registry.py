@@ -1,0 +1,226 @@
+"""The model registry as a service: runs become versions NAME@N, aliases move only past the gates.
+
+`register_run` reads a finished run directory's lineage; `resolve_version` turns `NAME` (its
+production version), `NAME@N` or `NAME@ALIAS` into a version; `promote` compares the version with
+the alias's holder on the user's tasks (the existing compare and gates) and refuses when a gate
+fails unless forced with a reason; `rollback` puts the previous holder back. Every attempt is an
+audit row (tunery.store.registry). Serving and the loop call these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from tunery.errors import ConfigError, NotFoundError, TuneryError
+from tunery.store import registry as rows
+from tunery.store.db import Store
+from tunery.store.registry import Version
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_ALIAS = "production"
+DEFAULT_GATES = ("no-regression",)
+
+
+class GateFailed(TuneryError):
+    """A promotion's gate failed: the alias did not move (exit 3, like `tunery compare`)."""
+
+    code = "gate_failed"
+    exit_code = 3
+
+
+class PromotionConflict(TuneryError):
+    """Another move of the same alias won the race; this one is recorded as a conflict."""
+
+    code = "promotion_conflict"
+    exit_code = 1
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """`NAME` or `NAME@N` / `NAME@ALIAS` -> (name, selector or None)."""
+    name, _, selector = str(text).strip().partition("@")
+    if not NAME.match(name) or (selector and not NAME.match(selector)):
+        raise ConfigError(f"{text!r} is not a registry reference", code="invalid_model_ref",
+                          hint="write NAME, NAME@N or NAME@ALIAS (letters, digits, ._-)")
+    return name, selector or None
+
+
+def resolve_version(store: Store, text: str, default_alias: str = DEFAULT_ALIAS) -> Version:
+    """The version a reference means: NAME -> NAME@production, NAME@3, NAME@candidate."""
+    name, selector = parse_ref(text)
+    selector = selector or default_alias
+    if selector.isdigit():
+        return rows.get_version(store, name, int(selector))
+    version = rows.alias_version(store, name, selector)
+    if version is None:
+        known = rows.list_versions(store, name)
+        raise NotFoundError(f"{name}@{selector} points at no version" if known else f"no model {name!r} in the registry",
+                            code="version_not_found", hint="`tunery models list` shows versions and aliases")
+    return rows.get_version(store, name, version)
+
+
+def register_run(store: Store, run_dir: str | Path, name: str, *, job_id: str | None = None,
+                 created_by: str | None = None, alias: str | None = None) -> Version:
+    """Record a completed run as NAME@N+1 with its lineage; optionally point `alias` at it."""
+    if not NAME.match(name):
+        raise ConfigError(f"model name {name!r} must be letters, digits and ._- (at most 64)", code="invalid_model_ref")
+    run = Path(run_dir).expanduser().resolve()
+    info = _read_run(run)
+    lineage = dict(info.get("lineage") or {})
+    lineage.update(run_name=info.get("name"), method=info.get("method"), objective=info.get("objective", "sft"),
+                   metrics=info.get("metrics") or {}, data_files=_data_files(run), config=_config_text(run))
+    parent = _parent_of(store, lineage.get("init_from"))
+    version = rows.insert_version(store, name, run_dir=str(run), base_model=str(lineage.get("base_model") or
+                                                                             info.get("base_model")),
+                                  base_weights_sha256=lineage.get("base_weights_sha256"),
+                                  dataset_version=lineage.get("dataset_version"), parent=parent, job_id=job_id,
+                                  created_by=created_by, lineage=lineage)
+    if alias:
+        rows.move_alias(store, name, alias, version.version, expected=rows.alias_version(store, name, alias),
+                        actor=created_by, action="register")
+    return version
+
+
+def _read_run(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{run} is not a run directory (no run.json)", code="not_a_run",
+                          hint="pass the folder `tunery train` wrote")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("status") != "completed" or not ((run / "adapter").is_dir() or (run / "model").is_dir()):
+        raise ConfigError(f"run {run} has not completed (status {info.get('status')!r})", code="run_not_completed",
+                          hint="only a completed run with an adapter/ or model/ can be registered")
+    return info
+
+
+def _data_files(run: Path) -> dict[str, dict]:
+    """The training and validation files the run's config names, with their sha256 (when still there)."""
+    import yaml
+
+    config_path = run / "config.yaml"
+    data = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data", {}) if config_path.is_file() else {}
+    files = {}
+    for key in ("train", "validation"):
+        if data.get(key):
+            path = Path(data[key])
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            files[key] = {"path": str(path), "sha256": digest}
+    return files
+
+
+def _config_text(run: Path) -> str | None:
+    path = run / "config.yaml"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _parent_of(store: Store, init_from: str | None) -> str | None:
+    if not init_from:
+        return None
+    target = str(Path(init_from).expanduser().resolve())
+    for version in rows.list_versions(store):
+        if version.run_dir == target:
+            return version.ref
+    return None
+
+
+def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Path | None = None,
+            gates: list[str] | tuple[str, ...] = (), general: bool = False, out_dir: str | Path | None = None,
+            force: bool = False, reason: str | None = None, actor: str | None = None, limit: int | None = None) -> dict:
+    """Move `to` to the version `ref` names, after the gates pass on `tasks` (against the alias's holder)."""
+    if force and not (reason or "").strip():
+        raise ConfigError("--force needs --reason: the audit records why a gate was overridden", code="reason_required")
+    if not NAME.match(to):
+        raise ConfigError(f"alias {to!r} must be letters, digits and ._-", code="invalid_model_ref")
+    version = resolve_version(store, ref)
+    current = rows.alias_version(store, version.name, to)
+    if current == version.version:
+        raise ConfigError(f"{version.name}@{to} is already {version.ref}", code="already_promoted")
+    gate_report = None
+    if current is not None and (tasks is not None or general):
+        holder = rows.get_version(store, version.name, current)
+        if holder.base_model != version.base_model:
+            raise ConfigError(f"{version.ref} was trained on {version.base_model}, {holder.ref} on "
+                              f"{holder.base_model}: a server cannot swap one for the other", code="base_mismatch")
+        gate_report = run_gates(holder, version, tasks=tasks, gates=list(gates) or list(DEFAULT_GATES),
+                                general=general, out_dir=out_dir, limit=limit)
+        if not gate_report["passed"] and not force:
+            rows.record_refusal(store, version.name, to, current, version.version, actor=actor, action="promote",
+                                gate=gate_report)
+            failed = "; ".join(f"{g['rule']}: {g['detail']}" for g in gate_report["gates"] if not g["passed"])
+            raise GateFailed(f"{version.ref} did not pass the gates against {holder.ref}: {failed}",
+                             hint="see the report; --force --reason TEXT promotes anyway (audited)")
+    moved = rows.move_alias(store, version.name, to, version.version, expected=current, actor=actor,
+                            action="promote", reason=reason, gate=gate_report)
+    if not moved:
+        raise PromotionConflict(f"{version.name}@{to} moved while {version.ref} was being checked",
+                                hint="look at `tunery models show` and promote again")
+    return {"name": version.name, "alias": to, "from": current, "to": version.version, "gate": gate_report}
+
+
+def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], general: bool, out_dir,
+              limit: int | None = None) -> dict:
+    """Compare candidate with holder on the tasks (and the general-skills file); the gates' verdict."""
+    import tempfile
+
+    from tunery.evaluation.compare import compare_models
+    from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
+
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"promote-{candidate.name}-"))
+    task_files = ([Path(tasks)] if tasks is not None else []) + ([GENERAL_TASKS_PATH] if general else [])
+    for path in task_files:
+        if not path.is_file():
+            raise ConfigError(f"task file {path} does not exist", code="file_not_found")
+    results = []
+    for index, path in enumerate(task_files):
+        summary = compare_models([holder.run_dir, candidate.run_dir], path, out / f"tasks-{index}", gates=gates,
+                                 limit=limit)
+        results.append({"tasks": str(path), "report": summary.report_path, "passed": summary.passed,
+                        "gates": [g.as_dict() for g in summary.gates]})
+    return {"passed": all(r["passed"] for r in results), "baseline": holder.ref, "candidate": candidate.ref,
+            "gates": [g for r in results for g in r["gates"]], "comparisons": results}
+
+
+def rollback(store: Store, name: str, *, alias: str = DEFAULT_ALIAS, actor: str | None = None,
+             reason: str | None = None) -> dict:
+    """Put back the version that held `alias` before its last move."""
+    name, _ = parse_ref(name)
+    moves = [m for m in rows.alias_history(store, name, alias) if m["outcome"] == "moved"]
+    if not moves or moves[-1]["from_version"] is None:
+        raise ConfigError(f"{name}@{alias} has no previous version to roll back to", code="no_previous_version",
+                          hint="`tunery models show NAME` lists the alias's history")
+    last = moves[-1]
+    if not rows.move_alias(store, name, alias, last["from_version"], expected=last["to_version"], actor=actor,
+                           action="rollback", reason=reason):
+        raise PromotionConflict(f"{name}@{alias} moved while rolling back", hint="look at `tunery models show`")
+    return {"name": name, "alias": alias, "from": last["to_version"], "to": last["from_version"]}
+
+
+def describe(store: Store, ref: str) -> dict:
+    """A version's record, its aliases, its lineage back to the base, the alias history and its feedback."""
+    from tunery.store.stats import feedback_counts
+
+    name, selector = parse_ref(ref)
+    version = resolve_version(store, ref) if selector else None
+    versions = rows.list_versions(store, name)
+    if not versions:
+        raise NotFoundError(f"no model {name!r} in the registry", code="version_not_found")
+    version = version or next((v for v in reversed(versions)
+                               if v.version == rows.alias_version(store, name, DEFAULT_ALIAS)), versions[-1])
+    chain, parent = [], version.parent
+    while parent:
+        parent_version = resolve_version(store, parent)
+        chain.append(parent_version.ref)
+        parent = parent_version.parent
+    chain.append(version.base_model)
+    held = {alias: v for (_, alias), v in rows.aliases(store, name).items()}
+    stats = feedback_counts(store).get(version.ref, {"up": 0, "down": 0, "corrections": 0})
+    return {"version": version.ref, "run_dir": version.run_dir, "aliases": sorted(a for a, v in held.items()
+                                                                                  if v == version.version),
+            "lineage": [version.ref, *chain], "base_model": version.base_model,
+            "base_weights_sha256": version.base_weights_sha256, "dataset_version": version.dataset_version,
+            "data_files": version.lineage.get("data_files"), "metrics": version.lineage.get("metrics"),
+            "job_id": version.job_id, "created_by": version.created_by, "created_at": version.created_at,
+            "reports": version.reports, "production_stats": stats,
+            "history": rows.alias_history(store, name)}
