@@ -116,11 +116,13 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(require_key)):
         await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
+        body.model = await asyncio.to_thread(state_of(request).use_registered, body.model)
         return await serving_chat.create_chat_completion(state_of(request), body, caller, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, caller: Caller = Depends(require_key)):
         await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
+        body.model = await asyncio.to_thread(state_of(request).use_registered, body.model)
         return await serving_chat.create_completion(state_of(request), body, caller, request)
 
     @app.post("/v1/feedback")

@@ -67,6 +67,32 @@ class ServerState:
             self.engine.load_adapter(model, found.adapter_dir)
             self.adapter_created[model] = found.created
 
+    def use_registered(self, model: str) -> str:
+        """A registry reference (NAME, NAME@N, NAME@ALIAS) becomes the exact version NAME@N, loaded.
+
+        Read from the store on every request, so a promotion or rollback reaches every running server
+        at its next request; requests already running keep the version they started with (it stays
+        loaded until the adapter cap drops it). Other names come back unchanged.
+        """
+        from tunery.models import resolve_model
+        from tunery.platform.registry import parse_ref, resolve_version
+
+        if model == self.base_name or model.startswith("ft:") or model in self.configured_runs:
+            return model
+        try:
+            parse_ref(model)
+            version = resolve_version(self.store, model)
+        except (ConfigError, NotFoundError):
+            return model  # not a registry name: the usual lookup answers (404 for unknown names)
+        if version.ref not in self.engine.adapter_names():
+            resolved = resolve_model(version.run_dir)
+            if resolved.adapter_path is None or Path(resolved.path).resolve() != self.base_path.resolve():
+                raise ModelError(f"{version.ref} was trained on {version.base_model!r}, and this server serves "
+                                 f"{self.base_name!r}", code="adapter_mismatch", hint="serve its base model to use it")
+            self.engine.load_adapter(version.ref, resolved.adapter_path)
+            self.adapter_created[version.ref] = int(time.time())
+        return version.ref
+
     def find_run(self, run: str) -> Path:
         """A run directory the server knows: configured at start, or a named run under runs_dir()."""
         for configured in self.configured_runs.values():

@@ -1,0 +1,65 @@
+"""Serving follows the registry: NAME means NAME@production, read per request, so promotion needs no restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from tests.inference.conftest import save_lora_run
+from tests.server.conftest import free_port, start_server
+
+
+def test_promotion_and_rollback_reach_a_running_server(tiny_model_dir, tmp_path):
+    from openai import OpenAI
+
+    from tunery.platform.registry import register_run, rollback
+    from tunery.server.settings import ServerSettings
+    from tunery.store import create_key, open_store
+    from tunery.store import registry as rows
+
+    db = tmp_path / "tunery.db"
+    store = open_store(db)
+    _, key = create_key(store, "user")
+    runs = [save_lora_run(tiny_model_dir, tmp_path / f"run{i}", seed=10 + i) for i in (1, 2)]
+    register_run(store, runs[0], "helpdesk", alias="production")
+    register_run(store, runs[1], "helpdesk")
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", database=db, port=free_port(),
+                              dtype="fp32", default_max_tokens=6)
+    _, server, thread = start_server(settings)
+    client = OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+
+    def ask(model="helpdesk"):
+        answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Reset VPN"}],
+                                                temperature=0, max_tokens=6)
+        return answer.model, answer.choices[0].message.content
+
+    try:
+        first = ask()
+        assert first[0] == "helpdesk@1" and ask("helpdesk@2")[0] == "helpdesk@2"
+        assert ask("helpdesk@2")[1] != first[1]  # the two versions really answer differently
+        results, errors = [], []
+
+        def client_loop():
+            for _ in range(4):
+                try:
+                    results.append(ask())
+                except Exception as exc:  # any failure during the promotion is a test failure
+                    errors.append(exc)
+
+        workers = [threading.Thread(target=client_loop) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        assert rows.move_alias(store, "helpdesk", "production", 2, expected=1, actor="test", action="promote")
+        for worker in workers:
+            worker.join()
+        assert not errors and len(results) == 12
+        assert {model for model, _ in results} <= {"helpdesk@1", "helpdesk@2"}
+        assert all(text == first[1] for model, text in results if model == "helpdesk@1")
+        assert ask() == ("helpdesk@2", ask("helpdesk@2")[1])  # no restart: the new version answers
+        rollback(store, "helpdesk")
+        assert ask() == first
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    logged = {json.loads(r["outputs_json"])[0]: r["model"] for r in store.query("SELECT model, outputs_json FROM completions")}
+    assert logged[first[1]] == "helpdesk@1" and set(logged.values()) == {"helpdesk@1", "helpdesk@2"}
