@@ -28,6 +28,7 @@ def _register() -> None:
     from tunery.cli import console as _console  # noqa: F401
     from tunery.cli import keys as _keys  # noqa: F401
     from tunery.cli import feedback as _feedback  # noqa: F401
+    from tunery.cli import loop as _loop  # noqa: F401
     from tunery.cli import train as _train  # noqa: F401
     from tunery.cli import jobs as _jobs  # noqa: F401
     from tunery.cli import demo as _demo  # noqa: F401

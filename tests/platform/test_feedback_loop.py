@@ -1,0 +1,84 @@
+"""One pass of the loop on the tiny model: feedback -> scrubbed dataset -> candidate -> gates; and when it does nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import tunery
+from tunery.cli import _register, app
+from tunery.config import TrainConfig
+from tunery.platform.feedback_loop import run_loop
+from tunery.platform.registry import register_run, resolve_version
+from tunery.store import open_store
+from tunery.store.owners import LOCAL_OWNER
+from tunery.store.registry import alias_version
+from tunery.store.requests import LoggedCompletion, log_completion, record_feedback
+
+SMALL = ["train.epochs=1", "train.batch_size=2", "train.precision=fp32", "train.learning_rate=0.01"]
+
+
+@pytest.fixture
+def production(tiny_model_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is part {i}?"},
+                                                     {"role": "assistant", "content": f"Part {i} is TX-{i}."}]}) + "\n"
+                            for i in range(12)))
+    config = TrainConfig.model_validate({"base_model": str(tiny_model_dir), "output_dir": str(tmp_path / "v1"),
+                                         "data": {"train": str(data), "val_fraction": 0},
+                                         "train": {"epochs": 1, "batch_size": 4, "precision": "fp32"}})
+    run = tunery.train(config, quiet=True)
+    store = open_store()
+    register_run(store, run.run_dir, "helpdesk", alias="production")
+    return store
+
+
+def give_feedback(store, answers: dict[str, str], model: str = "helpdesk@1") -> None:
+    for index, (question, correction) in enumerate(answers.items()):
+        cid = f"c{index}-{abs(hash(question))}"
+        log_completion(store, LoggedCompletion(id=cid, model=model, kind="chat",
+                                               messages=[{"role": "user", "content": question}], outputs=["wrong"],
+                                               finish_reason="stop", prompt_tokens=3, completion_tokens=1, latency_ms=1))
+        record_feedback(store, LOCAL_OWNER, cid, -1, correction=correction)
+
+
+def test_a_pass_trains_registers_and_gates_a_candidate(production, tmp_path):
+    store = production
+    give_feedback(store, {f"Where is printer {i}? Mail me at ana{i}@example.com": f"Printer {i} is on floor {i % 4}."
+                          for i in range(10)})
+    give_feedback(store, {"Other model": "not counted"}, model="other@1")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"What is part {i}?", "reference": f"Part {i} is TX-{i}."}) + "\n"
+                             for i in range(3)))
+    result = run_loop(store, "helpdesk", tasks=tasks, review=True, out_dir=tmp_path / "loop", limit=3,
+                      overrides=SMALL, gates=["no-regression:1"])
+    assert result.status in ("candidate", "gate_failed"), result.message
+    assert (result.examples, result.held_out, result.replayed) == (8, 2, 8)
+    assert result.candidate == "helpdesk@2" and alias_version(store, "helpdesk", "candidate") == 2
+    assert resolve_version(store, "helpdesk").ref == "helpdesk@1"  # review: production untouched
+    train = (tmp_path / "loop" / "train.jsonl").read_text()
+    assert "ana" not in train and "<EMAIL_1>" in train and "not counted" not in train
+    report = json.loads((tmp_path / "loop" / "report.json").read_text())
+    assert [e["step"] for e in report["timeline"]] == ["collect", "dataset", "train", "compare", "decide"]
+    tasks_compared = {c["tasks"] for c in report["gate"]["comparisons"]}
+    assert str(tmp_path / "loop" / "feedback_tasks.jsonl") in tasks_compared and len(tasks_compared) == 3
+    assert (tmp_path / "loop" / "report.html").is_file()
+
+
+def test_nothing_to_do_all_pii_and_a_failing_candidate(production, tmp_path):
+    store = production
+    _register()
+    runner = CliRunner()
+    quiet = runner.invoke(app, ["loop", "run", "helpdesk", "--out", str(tmp_path / "a")])
+    assert quiet.exit_code == 0 and "too_little_feedback" in quiet.output
+    give_feedback(store, {f"q{i}": f"ana{i}@example.com" for i in range(6)})  # every answer is PII
+    scrubbed = run_loop(store, "helpdesk", out_dir=tmp_path / "b")
+    assert scrubbed.status == "too_little_feedback" and scrubbed.message.startswith("0 usable")
+    give_feedback(store, {f"Question {i}": f"Answer {i}." for i in range(6)})
+    failed = runner.invoke(app, ["loop", "run", "helpdesk", "--out", str(tmp_path / "c"), "--no-general",
+                                 "--set", "train.learnig_rate=1"])
+    assert failed.exit_code == 1 and "invalid_config" in failed.output
+    assert json.loads((tmp_path / "c" / "report.json").read_text())["status"] == "failed"
+    assert resolve_version(store, "helpdesk").ref == "helpdesk@1" and alias_version(store, "helpdesk", "candidate") is None

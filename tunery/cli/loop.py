@@ -1,0 +1,79 @@
+"""`tunery loop run|watch`: feedback on a model's versions -> candidate -> gates -> promotion."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import typer
+
+from tunery.cli import app
+from tunery.cli.output import console, err_console, handle_errors
+from tunery.errors import ConfigError
+
+loop_app = typer.Typer(help="Close the loop: feedback becomes the next version, promoted past the gates.",
+                       no_args_is_help=True)
+app.add_typer(loop_app, name="loop")
+EXIT = {"promoted": 0, "candidate": 0, "too_little_feedback": 0, "gate_failed": 3, "failed": 1}
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@loop_app.command("run")
+@handle_errors
+def run_command(
+    name: str = typer.Argument(..., help="Registered model name; its production version is the starting point."),
+    tasks: Path | None = typer.Option(None, "--tasks", "-t", help="Your task file: the candidate must not regress on it."),
+    gate: list[str] = typer.Option(None, "--gate", "-g", help="Gate rule (repeatable; default no-regression)."),
+    min_feedback: int = typer.Option(1, "--min-feedback", min=1, help="Do nothing below this many new examples."),
+    review: bool = typer.Option(False, "--review", help="Leave a passing candidate as `candidate` for a person."),
+    general: bool = typer.Option(True, "--general/--no-general", help="Also gate on the general-skills tasks."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the dataset, run and reports "
+                                    "(default TUNERY_HOME/loops/NAME/TIME)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N rows of each task file."),
+    set_: list[str] = typer.Option(None, "--set", help="Training config override KEY=VALUE (repeatable)."),
+):
+    """One pass: collect feedback, train a candidate from production, compare, promote when the gates pass."""
+    result = _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review,
+                       general=general, out_dir=out, limit=limit, overrides=set_ or [])
+    raise typer.Exit(EXIT.get(result.status, 1))
+
+
+@loop_app.command("watch")
+@handle_errors
+def watch_command(
+    name: str = typer.Argument(..., help="Registered model name."),
+    every: str = typer.Option("1d", "--every", help="How often to run: 30m, 6h, 1d."),
+    tasks: Path | None = typer.Option(None, "--tasks", "-t", help="Your task file."),
+    gate: list[str] = typer.Option(None, "--gate", "-g", help="Gate rule (repeatable)."),
+    min_feedback: int = typer.Option(50, "--min-feedback", min=1, help="Do nothing below this many new examples."),
+    review: bool = typer.Option(False, "--review", help="Leave passing candidates for a person."),
+    max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many passes."),
+):
+    """Run the loop on a schedule (one pass at a time per NAME)."""
+    interval = parse_every(every)
+    runs = 0
+    while max_runs is None or runs < max_runs:
+        _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review, general=True,
+                  out_dir=None, limit=None, overrides=[])
+        runs += 1
+        if max_runs is None or runs < max_runs:
+            time.sleep(interval)
+
+
+def parse_every(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--every {text!r} is not a duration", hint="write e.g. 30m, 6h or 1d")
+    return float(match.group(1)) * UNITS_S[match.group(2)]
+
+
+def _run_once(name, **kwargs):
+    from tunery.platform.feedback_loop import run_loop
+    from tunery.store import open_store
+
+    result = run_loop(open_store(), name, **kwargs)
+    line = f"{result.name}: {result.status}: {result.message}"
+    (err_console if result.status in ("failed", "gate_failed") else console).print(line, highlight=False)
+    console.print(f"report: {result.report}", highlight=False)
+    return result

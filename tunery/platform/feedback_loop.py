@@ -1,0 +1,192 @@
+"""The feedback loop: feedback on NAME's versions becomes a scrubbed dataset, a candidate, a gated promotion.
+
+One pass (`run_loop`): collect the feedback given on NAME's versions since production was
+registered; corrections and thumbs-up answers become examples (scrubbed of PII, deduplicated, checked
+by the data checks), a fifth held out as a "feedback" task; add a replay sample of production's own
+training data; train a candidate from production's adapter with `auto` settings; register it as
+NAME@N+1 `candidate`; compare it with production on the user's tasks, the feedback task and the
+general-skills tasks; promote it when the gates pass (unless `review`). A report (JSON and HTML)
+records the timeline either way. One loop per NAME at a time (a lock file under TUNERY_HOME).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import json
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunery.errors import ConfigError, TuneryError
+from tunery.paths import tunery_home
+from tunery.platform import registry
+from tunery.platform.pii import Scrubber
+from tunery.store import registry as rows
+from tunery.store.db import Store
+from tunery.store.feedback_export import build_example, scrub_row
+from tunery.store.owners import LOCAL_OWNER
+from tunery.store.requests import list_rated_completions
+
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+FEEDBACK_GATE = "token_f1.delta>0"
+
+
+@dataclass
+class LoopResult:
+    """What one pass did: `status` is promoted, candidate, gate_failed, too_little_feedback or failed."""
+
+    name: str
+    status: str
+    message: str
+    production: str | None = None
+    candidate: str | None = None
+    examples: int = 0
+    held_out: int = 0
+    replayed: int = 0
+    gate: dict | None = None
+    report: str | None = None
+    timeline: list[dict] = field(default_factory=list)
+
+
+def collect_examples(store: Store, name: str, since: str, scrubber: Scrubber) -> list[dict]:
+    """Chat examples from the feedback on NAME's versions since `since`, scrubbed and deduplicated."""
+    examples, seen = [], set()
+    for entry, feedback in list_rated_completions(store, LOCAL_OWNER, since=since):
+        if not entry.model.startswith(f"{name}@"):
+            continue
+        example = scrub_row(build_example(entry, feedback), scrubber)
+        if example is None or not _teaches(example):
+            continue
+        key = json.dumps(example, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            examples.append(example)
+    return examples
+
+
+def _teaches(example: dict) -> bool:
+    """An answer left with nothing but placeholders once scrubbed teaches nothing but placeholders."""
+    answer = example["messages"][-1]["content"]
+    return bool(re.sub(r"\W", "", PLACEHOLDER.sub("", answer)))
+
+
+def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates: list[str] | tuple[str, ...] = (),
+             min_feedback: int = 1, review: bool = False, out_dir: str | Path | None = None, general: bool = True,
+             limit: int | None = None, overrides: list[str] | None = None, seed: int = 0) -> LoopResult:
+    """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
+    if tasks is not None and not Path(tasks).is_file():
+        raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
+    with _loop_lock(name):
+        production = registry.resolve_version(store, name)
+        out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        result = LoopResult(name=name, status="failed", message="", production=production.ref)
+        examples = collect_examples(store, name, production.created_at, Scrubber())
+        result.timeline.append({"step": "collect", "examples": len(examples), "since": production.created_at})
+        if len(examples) < max(min_feedback, 1):
+            result.status = "too_little_feedback"
+            result.message = (f"{len(examples)} usable feedback examples on {name} since {production.ref} was "
+                              f"registered; the loop needs {max(min_feedback, 1)}: nothing to do")
+            return _finish(result, out)
+        try:
+            _train_and_gate(store, name, production, examples, result, out, tasks=tasks, gates=gates,
+                            general=general, limit=limit, overrides=overrides or [], review=review, seed=seed)
+        except TuneryError as exc:  # a failed candidate leaves production as it was
+            result.status, result.message = "failed", f"{exc.code}: {exc.message}"
+        return _finish(result, out)
+
+
+def _train_and_gate(store, name, production, examples, result, out, *, tasks, gates, general, limit, overrides,
+                    review, seed) -> None:
+    import tunery
+    from tunery.config import load_train_config
+    from tunery.data import load_dataset
+
+    rng = random.Random(seed)
+    rng.shuffle(examples)
+    held = examples[:len(examples) // 5] if len(examples) >= 5 else []
+    train_rows = examples[len(held):]
+    replay = _replay_rows(production, len(train_rows), rng)
+    result.examples, result.held_out, result.replayed = len(train_rows), len(held), len(replay)
+    train_path = _write_jsonl(out / "train.jsonl", train_rows + replay)
+    load_dataset(train_path, min_examples=1)  # the data checks: a bad example stops here, located
+    feedback_tasks = _write_jsonl(out / "feedback_tasks.jsonl", [
+        {"messages": row["messages"][:-1], "reference": row["messages"][-1]["content"]} for row in held]) \
+        if held else None
+    result.timeline.append({"step": "dataset", "train": len(train_rows), "replay": len(replay), "held_out": len(held)})
+    config = load_train_config(None, [f"base_model={production.base_model}", f"init_from={production.run_dir}",
+                                      f"data.train={train_path}", "data.val_fraction=0",
+                                      f"output_dir={out / 'run'}", f"name={name}-loop", *overrides])
+    run = tunery.train(config, quiet=True)
+    if run.status != "completed":
+        raise ConfigError(f"the candidate run stopped ({run.status})", code="candidate_incomplete")
+    candidate = registry.register_run(store, run.run_dir, name, created_by="loop", alias="candidate")
+    result.candidate = candidate.ref
+    result.timeline.append({"step": "train", "run": str(run.run_dir), "version": candidate.ref,
+                            "metrics": run.metrics})
+    report = registry.run_gates(production, candidate, tasks=tasks, gates=list(gates) or ["no-regression"],
+                                general=general, out_dir=out / "compare", limit=limit)
+    if feedback_tasks is not None:
+        better = registry.run_gates(production, candidate, tasks=feedback_tasks, gates=[FEEDBACK_GATE],
+                                    general=False, out_dir=out / "compare-feedback")
+        report = {**report, "passed": report["passed"] and better["passed"], "gates": report["gates"] + better["gates"],
+                  "comparisons": report["comparisons"] + better["comparisons"]} if report["comparisons"] else better
+    result.gate = report
+    rows.attach_report(store, name, candidate.version, {"kind": "loop", "gate": report})
+    result.timeline.append({"step": "compare", "passed": report["passed"]})
+    if not report["passed"]:
+        rows.record_refusal(store, name, registry.DEFAULT_ALIAS, production.version, candidate.version,
+                            actor="loop", action="promote", gate=report)
+        result.status, result.message = "gate_failed", f"{candidate.ref} stays candidate: a gate failed"
+    elif review:
+        result.status, result.message = "candidate", f"{candidate.ref} passed the gates; left as candidate for review"
+    else:
+        registry.promote(store, candidate.ref, actor="loop", reason="loop: gates passed")
+        result.status, result.message = "promoted", f"{candidate.ref} passed the gates and is production"
+    result.timeline.append({"step": "decide", "status": result.status})
+
+
+def _replay_rows(production, count: int, rng: random.Random) -> list[dict]:
+    """Up to `count` examples of production's own training file, so old skills are rehearsed."""
+    train = (production.lineage.get("data_files") or {}).get("train") or {}
+    path = Path(train.get("path") or "")
+    if count <= 0 or not path.is_file() or path.suffix not in (".jsonl", ".ndjson"):
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in rng.sample(lines, min(count, len(lines)))]
+
+
+def _write_jsonl(path: Path, rows_: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_), encoding="utf-8")
+    path.chmod(0o600)  # prompts and answers: owner-only
+    return path
+
+
+@contextlib.contextmanager
+def _loop_lock(name: str):
+    registry.parse_ref(name)
+    path = tunery_home() / "locks" / f"loop-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"a loop for {name} is already running", code="loop_running") from None
+        yield
+
+
+def _finish(result: LoopResult, out: Path) -> LoopResult:
+    result.report = str(out / "report.html")
+    (out / "report.json").write_text(json.dumps(asdict(result), indent=2, default=str) + "\n", encoding="utf-8")
+    items = "".join(f"<li><b>{html.escape(str(e.get('step')))}</b> {html.escape(json.dumps(e, default=str))}</li>"
+                    for e in result.timeline)
+    (out / "report.html").write_text(
+        f"<!doctype html><meta charset=utf-8><title>loop {html.escape(result.name)}</title>"
+        f"<h1>{html.escape(result.name)}: {html.escape(result.status)}</h1><p>{html.escape(result.message)}</p>"
+        f"<p>production {html.escape(str(result.production))}, candidate {html.escape(str(result.candidate))}</p>"
+        f"<ol>{items}</ol>", encoding="utf-8")
+    return result
