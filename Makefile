@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast sanitize lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+# The fast lane's C file built with AddressSanitizer and UBSan (TUNERY_LANE_SANITIZE=1), and the lane's
+# parity and boundary tests run against that build; Python needs libasan preloaded to load it.
+SANITIZE_TESTS ?= tests/inference/test_fastlane.py tests/inference/test_lane_boundary.py tests/inference/test_engine.py
+sanitize: setup
+	LD_PRELOAD="$$($${CC:-cc} -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 TUNERY_LANE_SANITIZE=1 \
+		OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" -k lane $(SANITIZE_TESTS)
 
 lint: setup
 	$(VENV)/bin/ruff check tunery tests bench examples

@@ -9,7 +9,7 @@ import pytest
 
 
 def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, use_dora: bool = False,
-                  layers: list[int] | None = None) -> Path:
+                  layers: list[int] | None = None, targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")) -> Path:
     """A run directory as training writes it: adapter/ (PEFT, safetensors) and run.json; `layers`: only those."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -17,7 +17,7 @@ def save_lora_run(base_dir: Path, run_dir: Path, *, seed: int, rank: int = 4, us
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"],
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
                         init_lora_weights=False, use_dora=use_dora, layers_to_transform=layers)
     model = get_peft_model(base, config)
     with torch.no_grad():  # random B too, so the adapter visibly changes the output

@@ -844,31 +844,106 @@ static void rope(float *v, int heads, int hd, const float *cos, const float *sin
     }
 }
 
+/* ---- the boundary: what Python hands over is checked here, once per load or per pass ---- */
+
+#define FD_ABI 2 /* bumped whenever a structure or an entry point changes */
+
+/* Error codes of fd_forward, fd_check_model and fd_check_lora (fastlane.py names them). */
+enum { FD_OK, FD_E_ROWS, FD_E_TOKEN, FD_E_POSITION, FD_E_CACHE, FD_E_LORA, FD_E_WORKSPACE, FD_E_LOGITS, FD_E_MODEL };
+
+int fd_abi(void) { return FD_ABI; }
+
+/* Sizes and field offsets of the structures, for the caller to compare with its mirror of them.
+ * Writes up to `n` numbers into `out`; returns how many there are. */
+int fd_layout(int64_t *out, int n) {
+    const int64_t layout[] = {
+        sizeof(fd_q4), offsetof(fd_q4, codes), offsetof(fd_q4, scales), offsetof(fd_q4, mins), offsetof(fd_q4, bias),
+        offsetof(fd_q4, n), offsetof(fd_q4, k),
+        sizeof(fd_lora), offsetof(fd_lora, a), offsetof(fd_lora, b), offsetof(fd_lora, scale), offsetof(fd_lora, r),
+        sizeof(fd_layer), offsetof(fd_layer, input_norm), offsetof(fd_layer, post_norm), offsetof(fd_layer, proj),
+        sizeof(fd_model), offsetof(fd_model, n_layers), offsetof(fd_model, hidden), offsetof(fd_model, n_heads),
+        offsetof(fd_model, n_kv_heads), offsetof(fd_model, head_dim), offsetof(fd_model, intermediate),
+        offsetof(fd_model, vocab), offsetof(fd_model, max_pos), offsetof(fd_model, eps), offsetof(fd_model, embed),
+        offsetof(fd_model, final_norm), offsetof(fd_model, head), offsetof(fd_model, head_scale),
+        offsetof(fd_model, rope_cos), offsetof(fd_model, rope_sin), offsetof(fd_model, layers)};
+    const int count = (int)(sizeof(layout) / sizeof(layout[0]));
+    for (int i = 0; i < count && i < n; i++) out[i] = layout[i];
+    return count;
+}
+
+/* Check the model's shapes and the length of every buffer it points to, in elements, in this order:
+ * embed, final_norm, head, head_scale, rope_cos, rope_sin, then per layer input_norm, post_norm and
+ * per projection codes (bytes), scales, mins, bias (0: none). `count` is the number of lengths. */
+int fd_check_model(const fd_model *mw, const int64_t *lens, int count) {
+    const int64_t d = mw->hidden, hd = mw->head_dim, v = mw->vocab, pos = mw->max_pos;
+    if (mw->n_layers < 1 || d < 64 || d % 64 || mw->n_heads < 1 || mw->n_kv_heads < 1 || hd < 2 || hd % 2
+        || mw->n_heads % mw->n_kv_heads || mw->intermediate < 64 || mw->intermediate % 64 || v < 1 || pos < 1
+        || count != 6 + mw->n_layers * (2 + 4 * N_PROJ) || !mw->layers)
+        return FD_E_MODEL;
+    const int64_t want[] = {v * d, d, v * d, v, pos * hd, pos * hd};
+    for (int i = 0; i < 6; i++) /* the embedding may hold padding rows past the vocabulary */
+        if (i == 0 ? lens[i] < want[i] : lens[i] != want[i]) return FD_E_MODEL;
+    const int64_t qd = mw->n_heads * hd, kvd = mw->n_kv_heads * hd, inter = mw->intermediate;
+    const int64_t shape[N_PROJ][2] = {{qd, d}, {kvd, d}, {kvd, d}, {d, qd}, {inter, d}, {inter, d}, {d, inter}};
+    for (int l = 0; l < mw->n_layers; l++) {
+        const int64_t *ll = lens + 6 + (size_t)l * (2 + 4 * N_PROJ);
+        if (ll[0] != d || ll[1] != d) return FD_E_MODEL;
+        for (int j = 0; j < N_PROJ; j++) {
+            const fd_q4 *w = &mw->layers[l].proj[j];
+            const int64_t n = shape[j][0], k = shape[j][1], *pl = ll + 2 + 4 * j;
+            if (w->n != n || w->k != k || k % 64 || pl[0] != n * k / 2 || pl[1] != n * k / FD_GROUP
+                || pl[2] != n * k / FD_GROUP || pl[3] != (w->bias ? n : 0))
+                return FD_E_MODEL;
+        }
+    }
+    return FD_OK;
+}
+
+/* Check a LoRA table of `entries` ([n_layers][N_PROJ]) against the model: a_lens[i] / b_lens[i] are
+ * the lengths of entry i's A and B (0 for an entry without an adapter). */
+int fd_check_lora(const fd_model *mw, const fd_lora *table, int entries, const int64_t *a_lens, const int64_t *b_lens) {
+    if (entries != mw->n_layers * N_PROJ) return FD_E_LORA;
+    for (int i = 0; i < entries; i++) {
+        const fd_q4 *w = &mw->layers[i / N_PROJ].proj[i % N_PROJ];
+        if (!table[i].a && !table[i].b && a_lens[i] == 0 && b_lens[i] == 0) continue;
+        if (!table[i].a || !table[i].b || table[i].r < 1 || a_lens[i] != (int64_t)table[i].r * w->k
+            || b_lens[i] != (int64_t)w->n * table[i].r)
+            return FD_E_LORA;
+    }
+    return FD_OK;
+}
+
 /* Run `rows` tokens through the model. Row m is token tokens[m] at position positions[m] of the
- * sequence whose cache is k_caches[m] / v_caches[m] (fp16, per layer [kv_heads][caps[m]][head_dim]),
- * holding that sequence's positions 0..positions[m]-1; its keys and values go in at positions[m].
- * Rows may share a sequence (a speculative draft: consecutive positions, one cache) or not (a
- * batch of sequences). loras[m] is row m's LoRA table ([n_layers][N_PROJ]) or NULL; `loras` may be
- * NULL. logits get rows logits_from..rows-1 (0: all). Returns 0, or -1 when the arguments do not
- * fit (nothing is written then). */
+ * sequence whose cache is k_caches[m] / v_caches[m] (fp16, per layer [kv_heads][caps[m]][head_dim],
+ * cache_lens[m] halves each), holding that sequence's positions 0..positions[m]-1; its keys and
+ * values go in at positions[m]. Rows may share a sequence (a speculative draft: consecutive
+ * positions, one cache) or not (a batch of sequences). loras[m] is row m's LoRA table
+ * (`lora_entries` = [n_layers][N_PROJ], checked by fd_check_lora) or NULL; `loras` may be NULL.
+ * logits (logits_len floats) get rows logits_from..rows-1; ws holds ws_len floats. Returns FD_OK,
+ * or the code of the first argument that does not fit (nothing is written then). */
 int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_t *positions,
-               uint16_t *const *k_caches, uint16_t *const *v_caches, const int32_t *caps, const fd_lora *const *loras,
-               float *logits, float *ws, int max_rank, int logits_from, int threads) {
+               uint16_t *const *k_caches, uint16_t *const *v_caches, const int32_t *caps, const int64_t *cache_lens,
+               const fd_lora *const *loras, int lora_entries, float *logits, int64_t logits_len, float *ws,
+               int64_t ws_len, int max_rank, int logits_from, int threads) {
     const int d = mw->hidden, hd = mw->head_dim, nh = mw->n_heads, nkv = mw->n_kv_heads, inter = mw->intermediate;
     const int qd = nh * hd, kvd = nkv * hd;
     if (threads < 1) threads = 1;
     if (threads > FD_MAX_THREADS) threads = FD_MAX_THREADS;
-    if (rows < 1 || rows > FD_MAX_ROWS || logits_from < 0 || logits_from >= rows) return -1;
+    if (rows < 1 || rows > FD_MAX_ROWS || logits_from < 0 || logits_from >= rows) return FD_E_ROWS;
+    if (loras && lora_entries != mw->n_layers * N_PROJ) return FD_E_LORA;
     int cap = 0;
     for (int m = 0; m < rows; m++) {
-        if (tokens[m] < 0 || tokens[m] >= mw->vocab || positions[m] < 0 || positions[m] >= caps[m]
-            || positions[m] >= mw->max_pos)
-            return -1;
+        if (tokens[m] < 0 || tokens[m] >= mw->vocab) return FD_E_TOKEN;
+        if (positions[m] < 0 || positions[m] >= caps[m] || positions[m] >= mw->max_pos) return FD_E_POSITION;
+        if (!k_caches[m] || !v_caches[m] || cache_lens[m] < (int64_t)mw->n_layers * nkv * caps[m] * hd)
+            return FD_E_CACHE;
         if (loras && loras[m])
             for (int i = 0; i < mw->n_layers * N_PROJ; i++)
-                if (loras[m][i].a && loras[m][i].r > max_rank) return -1;
+                if (loras[m][i].a && (loras[m][i].r > max_rank || loras[m][i].r < 1)) return FD_E_LORA;
         cap = imax(cap, caps[m]);
     }
+    if (max_rank < 0 || ws_len < (int64_t)fd_workspace_floats(mw, rows, cap, max_rank)) return FD_E_WORKSPACE;
+    if (logits_len < (int64_t)(rows - logits_from) * mw->vocab) return FD_E_LOGITS;
     const int owner = threads > 1 && pthread_mutex_trylock(&pool_owner) == 0;
     if (!owner) threads = 1;
     const int widest = imax(imax(d, inter), qd);
@@ -922,5 +997,5 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     fd_head_job head = {mw, xn + (size_t)logits_from * d, rows - logits_from, logits};
     run_parts(head_part, &head, threads);
     if (owner) pthread_mutex_unlock(&pool_owner);
-    return 0;
+    return FD_OK;
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from tunery import host
+from tunery.errors import TuneryError
 from tunery.inference.quant import Int4Linear, Int8Linear
 from tunery.paths import cache_dir
 
@@ -43,6 +45,9 @@ STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the p
 # Keys and values are kept in fp16: half the bytes a long context's attention reads (it is bound
 # by reading them), for a rounding error far below the int8 activations'.
 CACHE_DTYPE = torch.float16
+
+
+log = logging.getLogger("tunery.inference")
 
 
 class FastLaneUnavailable(Exception):
@@ -70,40 +75,109 @@ class _Model(ctypes.Structure):
         ("rope_sin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
 
 
-def compile_library(flags: tuple[str, ...] = FLAGS) -> Path:
-    """Compile fastdecode.c (once per source, compiler, flags and CPU) and return the shared library."""
+# fd_forward's error codes (FD_E_* in fastdecode.c), each naming the argument that did not fit.
+C_ERRORS = {1: "rows", 2: "token", 3: "position", 4: "cache", 5: "lora", 6: "workspace", 7: "logits", 8: "model"}
+ABI = 2  # FD_ABI: the library must be built from this source's structures
+SANITIZE_FLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+_SIZE, _I32, _I64, _PTR = ctypes.c_size_t, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+
+
+def lane_error(code: int, what: str) -> TuneryError:
+    name = C_ERRORS.get(code, f"code {code}")
+    return TuneryError(f"the fast lane refused {what}: its {name} arguments do not fit", code=f"lane_bad_{name}")
+
+
+def build_flags() -> tuple[str, ...]:
+    """FLAGS, or with TUNERY_LANE_SANITIZE=1 a sanitizer build (AddressSanitizer, UBSan) for tests;
+    a process loading it needs libasan preloaded (see `make sanitize`)."""
+    return FLAGS + SANITIZE_FLAGS if os.environ.get("TUNERY_LANE_SANITIZE") == "1" else FLAGS
+
+
+def _compiler() -> tuple[list[str], str]:
+    """The compiler command ($CC, else cc or gcc on PATH) and its identity: resolved path and version."""
     compiler = shlex.split(os.environ.get("CC", "")) or [found for found in (shutil.which("cc"), shutil.which("gcc"))
                                                            if found][:1]
     if not compiler:
         raise FastLaneUnavailable("no C compiler (cc or gcc) on PATH; install one (e.g. apt install gcc)")
+    try:
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FastLaneUnavailable(f"the C compiler did not run ({exc})") from None
+    resolved = shutil.which(compiler[0]) or compiler[0]
+    return compiler, f"{os.path.realpath(resolved)} {' '.join(compiler[1:])}\n{version.strip()}"
+
+
+def compile_library(flags: tuple[str, ...] | None = None) -> Path:
+    """Compile fastdecode.c once per source, compiler (path and version), flags and CPU, and return the
+    shared library; a cached build whose sha256 does not match the one recorded at build time is
+    rebuilt. Raises FastLaneUnavailable with the reason when it cannot compile or write the cache."""
+    flags = build_flags() if flags is None else flags
+    compiler, identity = _compiler()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags).encode(),
+    key = hashlib.sha256(b"\0".join([source, identity.encode(), " ".join(flags).encode(),
                                       host.cpu_signature().encode()])).hexdigest()[:16]
     folder = cache_dir() / "kernels"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"fastdecode-{key}.so"
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # same filesystem: the rename is atomic
-        built = Path(scratch) / target.name
-        try:
-            result = subprocess.run([*compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
-                                    text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FastLaneUnavailable(f"the C compiler did not run ({exc})") from None
-        if result.returncode != 0:
-            raise FastLaneUnavailable(f"compiling fastdecode.c failed: {result.stderr.strip()[-500:]}")
-        os.replace(built, target)
+    target, digest_file = folder / f"fastdecode-{key}.so", folder / f"fastdecode-{key}.sha256"
+    try:
+        if target.is_file() and digest_file.is_file():
+            if _sha256(target) == digest_file.read_text().strip():
+                return target
+            log.warning("the cached fast-lane library %s does not match its recorded sha256; rebuilding", target.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:  # same filesystem: the renames are atomic
+            built = Path(scratch) / target.name
+            try:
+                result = subprocess.run([*compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+                                        text=True, timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise FastLaneUnavailable(f"the C compiler did not run ({exc})") from None
+            if result.returncode != 0:
+                raise FastLaneUnavailable(f"compiling fastdecode.c failed: {result.stderr.strip()[-500:]}")
+            (Path(scratch) / "digest").write_text(_sha256(built))
+            os.replace(built, target)
+            os.replace(Path(scratch) / "digest", digest_file)
+    except OSError as exc:  # an unwritable or full cache folder
+        raise FastLaneUnavailable(f"the kernel cache {folder} is not writable ({exc.strerror or exc})") from None
     return target
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load_library(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
-    lib.fd_forward.restype = ctypes.c_int
-    lib.fd_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3
-    lib.fd_workspace_floats.restype = ctypes.c_size_t
-    lib.fd_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    """Load the library and check it against this module: its ABI number, and the size and every
+    field offset of each structure against the ctypes mirrors below."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        for name, restype, argtypes in (
+                ("fd_abi", _I32, []), ("fd_layout", _I32, [_PTR, _I32]),
+                ("fd_check_model", _I32, [ctypes.POINTER(_Model), _PTR, _I32]),
+                ("fd_check_lora", _I32, [ctypes.POINTER(_Model), _PTR, _I32, _PTR, _PTR]),
+                ("fd_workspace_floats", _SIZE, [ctypes.POINTER(_Model), _I32, _I32, _I32]),
+                ("fd_forward", _I32, [ctypes.POINTER(_Model), _I32] + [_PTR] * 6 + [_PTR, _I32, _PTR, _I64, _PTR, _I64]
+                 + [_I32] * 3)):
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+    except (OSError, AttributeError) as exc:
+        raise FastLaneUnavailable(f"the compiled fast lane did not load ({exc})") from None
+    if lib.fd_abi() != ABI:
+        raise FastLaneUnavailable(f"the compiled fast lane has ABI {lib.fd_abi()}, this tunery needs {ABI}")
+    mirror = _layout()
+    reported = (ctypes.c_int64 * 64)()
+    count = lib.fd_layout(reported, 64)
+    if list(reported[:count]) != mirror:
+        raise FastLaneUnavailable(f"the compiled fast lane's structures differ from tunery's mirror of them "
+                                  f"(sizes and offsets {list(reported[:count])}, expected {mirror})")
     return lib
+
+
+def _layout() -> list[int]:
+    """What fd_layout must report: per structure its size, then each field's offset."""
+    numbers = []
+    for struct in (_Q4, _Lora, _Layer, _Model):
+        numbers += [ctypes.sizeof(struct)] + [getattr(struct, name).offset for name, *_ in struct._fields_]
+    return numbers
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -140,38 +214,57 @@ class FastLane:
         return tensor.data_ptr()
 
     def _describe(self, max_context: int) -> _Model:
+        """The C structures over the model's tensors, checked by the library: shapes and the length of
+        every buffer (a model the C pass would misread falls back to torch)."""
         model, config = self.model, self.model.config
         decoder = model.model
-        layers = (_Layer * self.n_layers)()
+        layers, lengths = (_Layer * self.n_layers)(), []
         for i, block in enumerate(decoder.layers):
             layers[i].input_norm = self._ptr(block.input_layernorm.weight)
             layers[i].post_norm = self._ptr(block.post_attention_layernorm.weight)
+            lengths += [block.input_layernorm.weight.numel(), block.post_attention_layernorm.weight.numel()]
             for j, (part, name) in enumerate(PROJECTIONS):
                 layer: Int4Linear = _base(getattr(getattr(block, part), name))
                 sz = layer.scales_and_zeros.float()  # [groups, n, 2]: scale, zero with w = (q - 8) * scale + zero
                 scale, zero = sz[..., 0].T, sz[..., 1].T
                 scales, mins = scale.half().contiguous(), (zero - 8 * scale).half().contiguous()
-                self._keep += [layer.codes, scales, mins]
-                layers[i].proj[j] = _Q4(layer.codes.data_ptr(), scales.data_ptr(), mins.data_ptr(),
+                codes = layer.codes.contiguous()
+                self._keep += [codes, scales, mins]
+                layers[i].proj[j] = _Q4(codes.data_ptr(), scales.data_ptr(), mins.data_ptr(),
                                         self._ptr(layer.bias), layer.out_features, layer.in_features)
+                lengths += [codes.numel() * codes.element_size(), scales.numel(), mins.numel(),
+                            0 if layer.bias is None else layer.bias.numel()]
         cos, sin = _rope_tables(decoder.rotary_emb, max_context)
         head: Int8Linear = model.get_output_embeddings()
-        self._keep.append(head.weight_int8)
+        head_codes = head.weight_int8.contiguous()
+        self._keep.append(head_codes)
         self._layers = layers
-        return _Model(self.n_layers, config.hidden_size, config.num_attention_heads, self.n_kv_heads, self.head_dim,
-                      _base(decoder.layers[0].mlp.gate_proj).out_features, self.vocab, max_context,
-                      float(decoder.norm.variance_epsilon), self._ptr(decoder.embed_tokens.weight),
-                      self._ptr(decoder.norm.weight), head.weight_int8.data_ptr(), self._ptr(head.scales),
-                      self._ptr(cos), self._ptr(sin), layers)
+        struct = _Model(self.n_layers, config.hidden_size, config.num_attention_heads, self.n_kv_heads, self.head_dim,
+                        _base(decoder.layers[0].mlp.gate_proj).out_features, self.vocab, max_context,
+                        float(decoder.norm.variance_epsilon), self._ptr(decoder.embed_tokens.weight),
+                        self._ptr(decoder.norm.weight), head_codes.data_ptr(), self._ptr(head.scales),
+                        self._ptr(cos), self._ptr(sin), layers)
+        lengths = [t.numel() for t in (decoder.embed_tokens.weight, decoder.norm.weight, head.weight_int8, head.scales,
+                                       cos, sin)] + lengths
+        status = self.lib.fd_check_model(ctypes.byref(struct), (ctypes.c_int64 * len(lengths))(*lengths), len(lengths))
+        if status:
+            raise FastLaneUnavailable(f"the compiled pass does not take this model's shapes ({lane_error(status, 'it')})")
+        return struct
 
     # ---- adapters --------------------------------------------------------------------------
     def add_adapter(self, slot: int, deltas: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, float]]) -> None:
-        """Rows with `slot` add `scale * B(A(x))` at (layer, projection) for each entry of `deltas`."""
-        table, tensors, rank = (_Lora * (self.n_layers * len(PROJECTIONS)))(), [], 0
+        """Rows with `slot` add `scale * B(A(x))` at (layer, projection) for each entry of `deltas`;
+        the library checks every A and B against the projection it adapts."""
+        entries = self.n_layers * len(PROJECTIONS)
+        table, tensors, rank = (_Lora * entries)(), [], 0
+        a_lengths, b_lengths = (ctypes.c_int64 * entries)(), (ctypes.c_int64 * entries)()
         for (i, j), (lora_a, lora_b, scale) in deltas.items():
-            rank = max(rank, lora_a.shape[0])
-            table[i * len(PROJECTIONS) + j] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale,
-                                                    lora_a.shape[0])
+            rank, at = max(rank, lora_a.shape[0]), i * len(PROJECTIONS) + j
+            table[at] = _Lora(self._ptr(lora_a, tensors), self._ptr(lora_b, tensors), scale, lora_a.shape[0])
+            a_lengths[at], b_lengths[at] = lora_a.numel(), lora_b.numel()
+        status = self.lib.fd_check_lora(ctypes.byref(self._struct), table, entries, a_lengths, b_lengths)
+        if status:
+            raise lane_error(status, "the adapter")
         self._lora_tables[slot] = (table, tensors, rank)
 
     def remove_adapter(self, slot: int) -> None:
@@ -222,37 +315,40 @@ class FastLane:
         draft or a prompt: consecutive positions). The sequences' caches keep the rows' keys and
         values; only rows from `logits_from` on get logits (a prompt needs its last one)."""
         rows = len(tokens)
-        if not 1 <= rows <= MAX_ROWS or not len(keys) == len(positions) == len(slots) == rows:
-            raise ValueError(f"the fast lane takes 1 to {MAX_ROWS} rows per pass (tokens, positions, "
-                             f"sequences and slots alike), not {rows}")
+        if not len(keys) == len(positions) == len(slots) == rows:
+            raise TuneryError(f"a fast-lane pass needs as many sequences, positions and slots as tokens ({rows})",
+                              code="lane_bad_rows")
         for key, position in zip(keys, positions, strict=True):
             if key not in self._caches:
-                raise ValueError(f"the fast lane holds no sequence {key}")
+                raise TuneryError(f"the fast lane holds no sequence {key}", code="lane_no_sequence")
             self._grow(key, position + 1)
         if any(slot not in self._lora_tables for slot in slots):
-            raise ValueError(f"the fast lane holds no adapter in slots {sorted(set(slots) - set(self._lora_tables))}")
+            raise TuneryError(f"the fast lane holds no adapter in slots {sorted(set(slots) - set(self._lora_tables))}",
+                              code="lane_no_adapter")
         tables = [self._lora_tables[slot] for slot in slots]
         max_rank = max([t[2] for t in tables if t is not None], default=0)
         caches = [self._caches[key] for key in keys]
-        longest = max(k.shape[2] for k, _ in caches)
+        longest = max((k.shape[2] for k, _ in caches), default=0)
         if longest > self._workspace_size[0] or max_rank > self._workspace_size[1]:
             size = (max(longest, self._workspace_size[0]), max(max_rank, self._workspace_size[1]))
             self._workspace = torch.empty(self.lib.fd_workspace_floats(ctypes.byref(self._struct), MAX_ROWS, *size))
             self._workspace_size = size
-        ids = torch.tensor(tokens, dtype=torch.int64)
+        ids = (ctypes.c_int64 * rows)(*tokens)
         c_positions = (ctypes.c_int32 * rows)(*positions)
         k_ptrs = (ctypes.c_void_p * rows)(*[k.data_ptr() for k, _ in caches])
         v_ptrs = (ctypes.c_void_p * rows)(*[v.data_ptr() for _, v in caches])
         caps = (ctypes.c_int32 * rows)(*[k.shape[2] for k, _ in caches])
+        cache_lengths = (ctypes.c_int64 * rows)(*[min(k.numel(), v.numel()) for k, v in caches])
         loras = None
         if max_rank:
             loras = (ctypes.c_void_p * rows)(*[None if t is None else ctypes.addressof(t[0]) for t in tables])
-        status = self.lib.fd_forward(ctypes.byref(self._struct), rows, ids.data_ptr(), c_positions, k_ptrs, v_ptrs,
-                                     caps, loras, self._logits.data_ptr(), self._workspace.data_ptr(), max_rank,
-                                     logits_from, threads)
-        if status != 0:
-            raise ValueError(f"the fast lane refused rows at positions {positions} (caches of "
-                             f"{[k.shape[2] for k, _ in caches]}, context {self.max_pos}, vocabulary {self.vocab})")
+        status = self.lib.fd_forward(ctypes.byref(self._struct), rows, ids, c_positions, k_ptrs, v_ptrs, caps,
+                                     cache_lengths, loras, self.n_layers * len(PROJECTIONS), self._logits.data_ptr(),
+                                     self._logits.numel(), self._workspace.data_ptr(), self._workspace.numel(),
+                                     max_rank, logits_from, threads)
+        if status:
+            raise lane_error(status, f"a pass of {rows} rows at positions {positions} (caches of "
+                                     f"{[k.shape[2] for k, _ in caches]}, context {self.max_pos}, vocabulary {self.vocab})")
         return self._logits[:rows - logits_from]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tunery.errors import ModelError
+from tunery.errors import ModelError, TuneryError
 from tunery.inference.backend import Prompt, Row
 from tunery.inference.fastlane import MAX_ROWS, PROJECTIONS, FastLane
 from tunery.inference.lora import AdapterSlots, LoraWeights
@@ -51,7 +51,11 @@ class LaneBackend:
                              f"not {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}",
                              code="unsupported_adapter", hint="serve it with --decode torch")
         slot = self.slots.install(weights)
-        self.lane.add_adapter(slot, {self._projections[name]: delta for name, delta in weights.modules.items()})
+        try:
+            self.lane.add_adapter(slot, {self._projections[name]: delta for name, delta in weights.modules.items()})
+        except TuneryError:
+            self.slots.remove(slot)
+            raise
         return slot
 
     def unload_adapter(self, slot: int) -> None:
@@ -71,7 +75,7 @@ class LaneBackend:
         for row in rows:
             if not self.lane.holds(row.key):
                 if row.start:
-                    raise ValueError(f"the fast lane holds no sequence {row.key}")
+                    raise TuneryError(f"the fast lane holds no sequence {row.key}", code="lane_no_sequence")
                 self.lane.open(row.key, max(row.reserve, len(row.tokens) + 1))
             count = len(row.tokens)
             wanted += range(len(tokens) + count - row.logits, len(tokens) + count)

@@ -78,6 +78,11 @@ def read_peft_adapter(adapter_dir: Path) -> LoraWeights:
                          "(no DoRA, modules_to_save or fan_in_fan_out)", code="unsupported_adapter",
                          hint="merge the adapter into a full model and serve that instead")
     tensors = load_file(str(weights_path))
+    embedded = sorted(key for key in tensors if ".lora_embedding_" in key)
+    if embedded:  # LoRA on an embedding table is a lookup, not a linear layer: never silently dropped
+        raise ModelError(f"{adapter_dir.name}: adapts an embedding ({embedded[0].removeprefix(PEFT_PREFIX)}), which "
+                         "cannot be served side by side", code="unsupported_adapter",
+                         hint="merge the adapter into a full model and serve that instead")
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for key, lora_a in tensors.items():
