@@ -37,6 +37,9 @@ def cache_dir() -> Path:
     return _subdir("cache")
 
 
+GATES_FILE = "gates.jsonl"  # in a run directory: one line per comparison that gated it (weights, rules, passed)
+
+
 def runs_dir() -> Path:
     """Default home of run directories."""
     return _subdir("runs")

@@ -134,12 +134,32 @@ def check_gates(gate_texts: list[str], models: list[EvalResult], comparisons: li
     return results
 
 
+def record_gates(summary: Summary, weights: str | None) -> None:
+    """Append to each gated candidate run's gates.jsonl: the weights it was scored with and the verdict
+    (export copies the latest into its manifest; a registry reads it)."""
+    import time
+
+    from tunery.paths import GATES_FILE
+
+    for model in summary.models[1:] or summary.models[:1]:
+        results = [g for g in summary.gates if g.model == model.label]
+        if not model.run_dir or not results:
+            continue
+        entry = {"time": int(time.time()), "weights": weights or "full", "decode": model.settings.get("decode"),
+                 "passed": all(g.passed for g in results), "rules": [g.rule for g in results],
+                 "baseline": summary.models[0].model_ref, "tasks": summary.tasks_path,
+                 "summary": str(Path(summary.out_dir) / "summary.json")}
+        with open(Path(model.run_dir) / GATES_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
 def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str | Path, *,
                    gates: list[str] | tuple[str, ...] = (), metrics: list[str] | None = None,
                    batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
                    judge: JudgeSpec | None = None, seed: int = 0,
                    loss_data: str | Path | None = None,
-                   json_fields: list[str] | tuple[str, ...] | None = None, limit: int | None = None) -> Summary:
+                   json_fields: list[str] | tuple[str, ...] | None = None, limit: int | None = None,
+                   weights: str | None = None) -> Summary:
     """Evaluate every model on the same tasks, compare each to the first, write the report.
 
     Writes `report.html`, `summary.json`, `summary.md` and one `<label>/predictions.jsonl` per
@@ -147,6 +167,8 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
     `loss_data`: also measure each model's loss and perplexity on this dataset file.
     `json_fields`: the reference keys the `json_fields` metric compares (default: all).
     `limit`: use only the first `limit` rows of the task file (a quick look on a slow machine).
+    `weights`: generate through the serving engine with these weights (see `evaluate_model`); each
+    model's `settings` in summary.json record the weights and decode backend it was scored with.
     """
     from tunery.evaluation.report import write_reports
 
@@ -161,13 +183,14 @@ def compare_models(model_refs: list[str], tasks_path: str | Path, out_dir: str |
     for ref, label in zip(model_refs, unique_labels([str(r) for r in model_refs])):
         models.append(evaluate_model(str(ref), examples, metrics=metrics, out_dir=out / label, label=label,
                                      batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
-                                     judge=judge, loss_data=loss_data, json_fields=json_fields))
+                                     judge=judge, loss_data=loss_data, json_fields=json_fields, weights=weights))
     comparisons = [compare_results(models[0], candidate, seed=seed) for candidate in models[1:]]
     summary = Summary(models=models, comparisons=comparisons, gates=check_gates(list(gates), models, comparisons),
                       out_dir=str(out), report_path=str(out / "report.html"), tasks_path=str(tasks_path),
                       loss_curves={m.label: read_loss_curves(m.run_dir) for m in models if m.run_dir},
                       verdict=plain_verdict(models, seed=seed))
     write_reports(summary, out)
+    record_gates(summary, weights)
     (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
     return summary

@@ -103,10 +103,12 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                    out_dir: str | Path | None = None, label: str | None = None, batch_size: int = 8,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, dtype: str = "auto",
                    judge: JudgeSpec | None = None, loss_data: str | Path | None = None,
-                   json_fields: list[str] | tuple[str, ...] | None = None) -> EvalResult:
+                   json_fields: list[str] | tuple[str, ...] | None = None, weights: str | None = None) -> EvalResult:
     """Generate greedily for every task row, score it, and (with `out_dir`) save it all.
 
     `json_fields`: the reference keys the `json_fields` metric compares (default: all of them).
+    `weights`: `full`, `int8` or `int4` generates through the serving engine with those weights (what
+    `tunery serve --weights` answers); None uses Hugging Face `generate` on the model's own precision.
     """
     from tunery.evaluation.generation import generate_texts
     from tunery.models import load_model, resolve_model
@@ -123,22 +125,28 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
         from tunery.evaluation.perplexity import read_loss_data
 
         loss_conversations = read_loss_data(loss_data)
-    resolved = resolve_model(model_ref)
-    model, tokenizer = load_model(resolved, dtype=dtype)
-    prompts, encoded, retrieval = [list(ex.messages) for ex in examples], None, None
-    if resolved.rag_index is not None:
-        from tunery.evaluation.retrieved import retrieval_prompts
+    if weights is not None:
+        resolved, generations, loss, decode = _evaluate_served(model_ref, examples, weights=weights, dtype=dtype,
+                                                               batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                               loss_data=loss_data, conversations=loss_conversations)
+        retrieval = None
+    else:
+        resolved, decode = resolve_model(model_ref), "generate"
+        model, tokenizer = load_model(resolved, dtype=dtype)
+        prompts, encoded, retrieval = [list(ex.messages) for ex in examples], None, None
+        if resolved.rag_index is not None:
+            from tunery.evaluation.retrieved import retrieval_prompts
 
-        prompts, encoded, retrieval = retrieval_prompts(resolved.rag_index, str(model_ref), examples, model,
-                                                        tokenizer, max_new_tokens=max_new_tokens)
-    generations = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 encoded=encoded)
-    loss = None
-    if loss_data is not None:
-        from tunery.evaluation.perplexity import evaluate_loss
+            prompts, encoded, retrieval = retrieval_prompts(resolved.rag_index, str(model_ref), examples, model,
+                                                            tokenizer, max_new_tokens=max_new_tokens)
+        generations = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     encoded=encoded)
+        loss = None
+        if loss_data is not None:
+            from tunery.evaluation.perplexity import evaluate_loss
 
-        loss = evaluate_loss(model, tokenizer, loss_data, conversations=loss_conversations)
-    del model
+            loss = evaluate_loss(model, tokenizer, loss_data, conversations=loss_conversations)
+        del model
     rows = build_rows(examples, plan, [g.text for g in generations], json_fields)
     for index, (row, generation) in enumerate(zip(rows, generations)):
         row["num_tokens"], row["truncated"] = generation.num_tokens, generation.truncated
@@ -153,13 +161,34 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
                         metrics=aggregate_scores(rows), rows=rows,
                         run_dir=str(resolved.run_dir) if resolved.run_dir else None, loss=loss,
                         settings={"max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype,
-                                  "decoding": "greedy", "judge": judge.model_ref if judge else None,
+                                  "weights": weights or "full", "decode": decode, "decoding": "greedy",
+                                  "judge": judge.model_ref if judge else None,
                                   "json_fields": list(json_fields) if json_fields else None,
                                   "rag_index": str(resolved.rag_index) if resolved.rag_index else None},
                         usage=usage_summary(rows))
     if out_dir is not None:
         save_result(result, Path(out_dir))
     return result
+
+
+def _evaluate_served(model_ref: str, examples: list[TaskExample], *, weights: str, dtype: str, batch_size: int,
+                     max_new_tokens: int, loss_data, conversations):
+    """(resolved, generations, loss, decode backend) through the serving engine with `weights`."""
+    from tunery.evaluation.served import load_served, serve_texts, served_model
+    from tunery.models import resolve_model
+
+    if resolve_model(model_ref).rag_index is not None:
+        raise ConfigError("--weights does not take a +rag: model yet", code="invalid_option",
+                          hint="evaluate MODEL+rag:INDEX without --weights (Hugging Face generate)")
+    loaded = load_served(model_ref, weights=weights, dtype=dtype, batch_size=batch_size)
+    generations = serve_texts(loaded, [list(ex.messages) for ex in examples], max_new_tokens=max_new_tokens)
+    loss = None
+    if loss_data is not None:
+        from tunery.evaluation.perplexity import evaluate_loss
+
+        with served_model(loaded) as model:
+            loss = evaluate_loss(model, loaded.tokenizer, loss_data, conversations=conversations)
+    return loaded.resolved, generations, loss, loaded.engine.backend.name
 
 
 def evaluate_model_loss(model_ref: str, data_path: str | Path, *, dtype: str = "auto",

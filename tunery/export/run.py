@@ -74,7 +74,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str
         chosen_dtype, artifact, verification = exporter(source, tmp, dtype, ollama)
         manifest = {"format": fmt, "dtype": chosen_dtype, "artifact": artifact, "run": source.name,
                     "run_dir": str(source.run_dir), "method": source.method,
-                    "lineage": source.info.get("lineage") or {}, "verification": verification.as_dict()}
+                    "lineage": source.info.get("lineage") or {}, "gated": last_gate(source.run_dir),
+                    "verification": verification.as_dict()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # checked empty above
@@ -85,6 +86,17 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str
     return ExportResult(format=fmt, dtype=chosen_dtype, path=str(out / artifact) if artifact else str(out),
                         out_dir=str(out), run_dir=str(source.run_dir), verification=verification,
                         files=sorted(p.name for p in out.iterdir()))
+
+
+def last_gate(run_dir: Path) -> dict | None:
+    """The latest comparison that gated this run (`tunery compare --gate`): its weights and verdict."""
+    from tunery.paths import GATES_FILE
+
+    try:
+        lines = (Path(run_dir) / GATES_FILE).read_text(encoding="utf-8").splitlines()
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
 
 
 def check_out_dir(out: Path) -> Path:
