@@ -95,3 +95,30 @@ def test_another_keys_file_and_job_are_not_found(store, tiny_job):
     assert jobs.cancel_job(store, ALICE, job["id"])["status"] == "cancelled"
     with pytest.raises(ConfigError, match="cannot be cancelled"):
         jobs.cancel_job(store, ALICE, job["id"])
+
+
+def test_a_dpo_job_trains_on_pairs_and_registers_a_version(store, tiny_job):
+    from tunery.store.registry import list_versions
+
+    pairs = "".join(json.dumps({"input": {"messages": [{"role": "user", "content": f"What is part {i}?"}]},
+                                "preferred_output": [{"role": "assistant", "content": f"Part {i} is TX-{i}."}],
+                                "non_preferred_output": [{"role": "assistant", "content": f"Part {i} is QZ-{i}."}]})
+                    + "\n" for i in range(12)).encode()
+    prefs, chat = upload(store, pairs, name="prefs.jsonl"), upload(store, chat_lines())
+    with pytest.raises(ConfigError, match="holds preference pairs"):
+        jobs.create_job(store, LOCAL_OWNER, tiny_job(prefs["id"]))
+    with pytest.raises(ConfigError, match="needs a preference file"):
+        jobs.create_job(store, LOCAL_OWNER, tiny_job(chat["id"], method={"type": "dpo"}))
+    job = jobs.create_job(store, LOCAL_OWNER, tiny_job(prefs["id"], suffix="prefs", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}}))
+    assert Worker(store, WorkerSettings(heartbeat_s=0.2)).run_one()
+    done = jobs.get_job(store, LOCAL_OWNER, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    run_dir = Path(jobs.run_dir_of(job["id"]))
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["objective"] == "dpo" and run["dpo_beta"] == 0.3
+    assert "reward_accuracy" in (run_dir / "metrics.jsonl").read_text()
+    (version,) = list_versions(store, "prefs")
+    assert version.ref == "prefs@1" and version.job_id == job["id"]
+    events = [e["message"] for e in jobs.list_events(store, LOCAL_OWNER, job["id"], limit=100)["data"]]
+    assert "Registered as prefs@1" in events

@@ -9,6 +9,7 @@ worker, so a job that was accepted builds the same config when it runs.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunery.config import TrainConfig, validate_train_config
+from tunery.data.formats import detect_format
 from tunery.errors import ConfigError
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -104,12 +106,28 @@ def parse_job_request(body: dict) -> JobRequest:
         error = ConfigError(f"{param}: {message}" if param else message, code="invalid_request")
         error.param = param or None
         raise error from None
-    if request.method_type == "dpo":
-        error = ConfigError("method 'dpo' needs preference training, which this tunery does not have yet",
-                            code="unsupported_method", hint="use method type 'supervised'")
-        error.param = "method.type"
-        raise error
     return request
+
+
+def check_file_fits_method(request: JobRequest, train_path: Path, filename: str) -> None:
+    """`dpo` trains on preference pairs only, `supervised` on anything else: refused at create, not at run."""
+    with open(train_path, encoding="utf-8", errors="replace") as handle:
+        first = next((line for line in handle if line.strip()), "{}")
+    try:
+        keys = set(json.loads(first))
+    except (ValueError, TypeError):
+        return  # not JSONL: the file checks already had their say
+    fmt = detect_format(keys)[0]
+    if (fmt == "preference") == (request.method_type == "dpo"):
+        return
+    if request.method_type == "dpo":
+        message = (f"method 'dpo' needs a preference file (input, preferred_output, non_preferred_output); "
+                   f"{filename} is in the {fmt} format")
+    else:
+        message = f"{filename} holds preference pairs: use method type 'dpo' for it"
+    error = ConfigError(message, code="invalid_training_file_for_method")
+    error.param = "training_file"
+    raise error
 
 
 def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path: Path,
@@ -126,6 +144,11 @@ def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path:
             error.param = "tunery." + ".".join(key)
             raise error
     raw.update(name=job_id, base_model=base_ref, output_dir=str(run_dir))
+    if request.method_type == "dpo":
+        raw["objective"] = "dpo"
+        beta = request.hyper.beta
+        if beta not in (None, "auto"):
+            raw.setdefault("dpo", {})["beta"] = beta
     data = raw.setdefault("data", {}) if isinstance(raw.get("data", {}), dict) else raw["data"]
     if isinstance(data, dict):
         data["train"] = str(train_path)

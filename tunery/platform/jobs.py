@@ -15,7 +15,7 @@ from tunery.errors import ConfigError, NotFoundError
 from tunery.models.builtin import BUILTIN_MODELS
 from tunery.paths import runs_dir
 from tunery.platform.files import blob_path
-from tunery.platform.job_spec import JobRequest, build_config, parse_job_request
+from tunery.platform.job_spec import JobRequest, build_config, check_file_fits_method, parse_job_request
 from tunery.store import files as file_rows
 from tunery.store import job_history
 from tunery.store import jobs as job_rows
@@ -32,6 +32,7 @@ def create_job(store: Store, actor: Actor, body: dict, *, base_models: dict[str,
     train_row = _training_file(store, actor, request.training_file, "training_file")
     valid_row = _training_file(store, actor, request.validation_file, "validation_file") \
         if request.validation_file else None
+    check_file_fits_method(request, blob_path(train_row["sha256"]), train_row["filename"])
     job_id = job_rows.new_id("ftjob")
     build_config(request, job_id=job_id, base_ref=base_ref, train_path=blob_path(train_row["sha256"]),
                  validation_path=blob_path(valid_row["sha256"]) if valid_row else None, run_dir=run_dir_of(job_id))

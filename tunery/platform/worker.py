@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.config import dump_config
-from tunery.errors import StoreError
+from tunery.errors import StoreError, TuneryError
 from tunery.paths import tunery_home
 from tunery.platform import jobs as job_service
 from tunery.platform.files import blob_path, save_result_file
@@ -218,6 +218,22 @@ class JobRun:
                             fine_tuned_model=job_service.fine_tuned_name(self.row),
                             result_files_json=json.dumps([result["id"]]), trained_tokens=tokens,
                             estimated_finish=None, step=info.get("steps", self.row["step"]))
+        self.register_version()
+
+    def register_version(self) -> None:
+        """A succeeded job with a suffix becomes the next registry version SUFFIX@N (never fails the job)."""
+        from tunery.platform.registry import register_run
+
+        if not self.row.get("suffix"):
+            return
+        try:
+            version = register_run(self.store, self.run_dir, self.row["suffix"], job_id=self.row["id"],
+                                   created_by=self.row["owner"] or "local")
+        except TuneryError as exc:
+            log.warning("job %s succeeded but was not registered: %s", self.row["id"], exc.message)
+            return
+        with self.store.transaction() as conn:
+            job_rows.add_event(conn, self.row["id"], f"Registered as {version.ref}", data={"version": version.ref})
 
     def readable(self, message: str) -> str:
         """Blob paths become the uploaded filenames; other paths are not shown to clients."""
