@@ -36,8 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_corpus(folder: Path, chunks: int, files: int, seed: int) -> list[str]:
-    """Write `files` Markdown files of short paragraphs (~40 words each, about one chunk); return some
-    paragraphs' rare words to query with."""
+    """Write `files` Markdown files of short paragraphs (9 words, ~60 tokens: about one chunk each);
+    return some paragraphs' rare words to query with."""
     rng = random.Random(seed)
     vocab = [f"w{i}" + "".join(rng.choice("aeioulnrst") for _ in range(4)) for i in range(50_000)]
     weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
@@ -47,9 +47,9 @@ def make_corpus(folder: Path, chunks: int, files: int, seed: int) -> list[str]:
     for number in range(files):
         paragraphs = []
         for _ in range(per_file):
-            words = rng.choices(vocab, weights=weights, k=40)
+            words = rng.choices(vocab, weights=weights, k=9)
             paragraphs.append(" ".join(words).capitalize() + ".")
-            if len(queries) < 5000 and rng.random() < 0.05:
+            if len(queries) < 5000 and rng.random() < 0.2:
                 queries.append(" ".join(sorted(words, key=vocab.index)[-3:]))
         (folder / f"doc{number:04d}.md").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     return queries
