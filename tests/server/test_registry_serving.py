@@ -63,3 +63,43 @@ def test_promotion_and_rollback_reach_a_running_server(tiny_model_dir, tmp_path)
         thread.join(30)
     logged = {json.loads(r["outputs_json"])[0]: r["model"] for r in store.query("SELECT model, outputs_json FROM completions")}
     assert logged[first[1]] == "helpdesk@1" and set(logged.values()) == {"helpdesk@1", "helpdesk@2"}
+
+
+def test_admin_registry_routes(tiny_model_dir, tmp_path):
+    import httpx
+
+    from tunery.platform.registry import register_run
+    from tunery.server.settings import ServerSettings
+    from tunery.store import create_key, open_store
+
+    db = tmp_path / "tunery.db"
+    store = open_store(db)
+    _, admin = create_key(store, "admin", admin=True)
+    _, user = create_key(store, "user")
+    run = save_lora_run(tiny_model_dir, tmp_path / "run", seed=3)
+    register_run(store, run, "desk", alias="production")
+    register_run(store, run, "desk")
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", database=db, port=free_port(), dtype="fp32")
+    _, server, thread = start_server(settings)
+    url = f"http://127.0.0.1:{settings.port}/v1/registry"
+
+    def call(method, path, key=admin, **kwargs):
+        return httpx.request(method, url + path, headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs)
+
+    try:
+        assert call("GET", "/models", key=user).status_code == 403
+        listed = call("GET", "/models").json()["data"]
+        assert [(v["id"], v["aliases"]) for v in listed] == [("desk@1", ["production"]), ("desk@2", [])]
+        moved = call("POST", "/promote", json={"version": "desk@2", "reason": "ops"})
+        assert moved.status_code == 200 and moved.json()["to"] == 2
+        shown = call("GET", "/models/desk").json()
+        assert shown["version"] == "desk@2" and "run_dir" not in shown
+        assert shown["history"][-1]["actor"].startswith("key:") and shown["history"][-1]["reason"] == "ops"
+        assert call("POST", "/models/desk/rollback", json={}).json()["to"] == 1
+        assert call("POST", "/models/desk/rollback", json={}).json()["to"] == 2  # rolls back the rollback
+        missing = call("GET", "/models/nope@3")
+        assert missing.status_code == 404 and "Traceback" not in missing.text
+        assert call("POST", "/promote", json={"version": "bad name"}).status_code == 400
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -12,7 +12,7 @@ import logging
 from fastapi import Depends, FastAPI, Request
 
 from tunery.platform.metrics import ServerMetrics
-from tunery.server import monitoring, serving_admin, serving_chat
+from tunery.server import monitoring, serving_admin, serving_chat, serving_registry
 from tunery.server.auth import Caller, require_admin, require_key
 from tunery.server.errors import error_body, install_error_handlers
 from tunery.server.platform_routes import add_platform_routes
@@ -108,6 +108,24 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/metrics")
     async def metrics(request: Request, _: Caller = Depends(require_admin)):
         return monitoring.metrics_response(state_of(request).metrics)
+
+    @app.get("/v1/registry/models")
+    async def registry_list(request: Request, _: Caller = Depends(require_admin)):
+        return serving_registry.list_versions(state_of(request))
+
+    @app.get("/v1/registry/models/{ref}")
+    async def registry_show(ref: str, request: Request, _: Caller = Depends(require_admin)):
+        return serving_registry.show_version(state_of(request), ref)
+
+    @app.post("/v1/registry/promote")
+    async def registry_promote(body: serving_registry.PromoteRequest, request: Request,
+                               caller: Caller = Depends(require_admin)):
+        return serving_registry.promote(state_of(request), body, caller)
+
+    @app.post("/v1/registry/models/{name}/rollback")
+    async def registry_rollback(name: str, body: serving_registry.RollbackRequest, request: Request,
+                                caller: Caller = Depends(require_admin)):
+        return serving_registry.rollback(state_of(request), name, body, caller)
 
     @app.get("/v1/models")
     async def models(request: Request, caller: Caller = Depends(require_key)):
