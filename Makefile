@@ -44,7 +44,8 @@ lint: setup
 bench: setup
 	# BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS=--quick` (see python -m bench.run --help).
 	$(PY) -m bench.run $(BENCH_ARGS)
-	# Serving: tunery's engine vs Hugging Face generate; writes docs/benchmarks-serving.md.
+	# Serving: tunery's engine vs Hugging Face generate and llama.cpp (with `pip install -e ".[bench]"`);
+	# writes docs/benchmarks-serving.md.
 	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
 
 clean:

@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=64, help="Tokens generated per request (EOS ignored).")
     p.add_argument("--clients", type=int, default=8, help="Concurrent clients in the batched measurement.")
     p.add_argument("--repetitions", type=int, default=3, help="Alternating repetitions; medians are reported.")
+    p.add_argument("--llama-cpp", default="auto", help="GGUF file for the llama.cpp rows (llama-cpp-python); auto: "
+                   "the built-in model's own GGUF when the package is installed; none skips them.")
+    p.add_argument("--tasks", default=str(REPO / "examples" / "helpdesk" / "test.jsonl"),
+                   help="Task file scored with full and --quantized weights through the engine; none skips it.")
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks-serving.md"), help="Markdown report path.")
     return p.parse_args(argv)
 
@@ -153,8 +157,10 @@ def main(argv=None) -> None:
         print(quant.quantization.summary(), flush=True)
         quant.engine.start()
         engine_run(quant.engine, prompts[:2], 4)
+    llama, args.llama_status = open_llama_cpp(args)
     keys = ["hf1", "hf1_lookup", "hf_batch", "eng1", "eng1_plain", "eng8", "hf_ttft", "eng_ttft", "eng8_ttft"]
-    rows = {k: [] for k in keys + (["q1", "q1_plain", "q8", "q_ttft"] if quant else [])}
+    rows = {k: [] for k in keys + (["q1", "q1_plain", "q8", "q_ttft"] if quant else [])
+            + (["ll1", "ll_ttft", "ll8", "ll8_ttft"] if llama else [])}
     passes: dict[str, list] = {"full": [], "quant": []}
     references: list[list[int]] = []  # the full-precision model's greedy tokens, for the drift
     texts = {"full": [], "quant": []}
@@ -182,6 +188,14 @@ def main(argv=None) -> None:
             rows["q1_plain"].append(t / s)
             s, t, _ = engine_run(quant.engine, prompts, args.max_new_tokens)
             rows["q8"].append(t / s)
+        if llama:
+            tokens_per_s, ttft = llama.single(prompts, args.max_new_tokens, texts.setdefault("llama", [])
+                                              if rep == 0 else None)
+            rows["ll1"].append(tokens_per_s)
+            rows["ll_ttft"].append(ttft)
+            tokens_per_s, ttft = llama.clients(prompts, args.max_new_tokens)
+            rows["ll8"].append(tokens_per_s)
+            rows["ll8_ttft"].append(ttft)
         s, t, ttfts = engine_run(engine, prompts, args.max_new_tokens)
         rows["eng8"].append(t / s)
         rows["eng8_ttft"].append(statistics.median(ttfts) * 1000)
@@ -194,11 +208,39 @@ def main(argv=None) -> None:
         drift["summary"] = quant.quantization.summary()
         drift["decode"] = quant.decode_summary
         drift["passes"] = lane_pass_times(quant.engine, prompts[0]) if quant.engine.backend.name == "lane" else {}
+    if llama:
+        args.llama_identical = sum(ref[len(ids):] == new for ids, ref, new in zip(prompts, references, texts["llama"],
+                                                                                   strict=True))
+    if quant and args.tasks != "none":
+        drift["tasks"] = task_scores(args)
     med = {k: statistics.median(v) for k, v in rows.items()}
     spread = {k: (min(v), max(v)) for k, v in rows.items()}
     args.load = (load_before, os.getloadavg()[0])
     per_pass = {k: sum(t for t, _ in v) / max(1, sum(p for _, p in v)) for k, v in passes.items() if v}
     write_report(Path(args.output), args, med, spread, str(next(model.parameters()).dtype), drift, per_pass)
+
+
+def task_scores(args) -> dict:
+    """Mean task scores of full and quantized weights, each generated through the serving engine."""
+    from tunery.evaluation.evaluate import evaluate_model
+
+    return {weights: evaluate_model(args.model, args.tasks, dtype=args.dtype, weights=weights, max_new_tokens=128,
+                                    batch_size=8).metric_means() for weights in ("full", args.quantized)}
+
+
+def open_llama_cpp(args):
+    """(a LlamaCpp or None, the line the report prints about it)."""
+    from bench.llamacpp import LlamaCpp, default_gguf, llama_cpp_status
+    from tunery.errors import ModelError
+
+    if args.llama_cpp == "none":
+        return None, "llama.cpp rows left out (--llama-cpp none)"
+    try:
+        gguf = default_gguf(args.model) if args.llama_cpp == "auto" else args.llama_cpp
+    except (KeyError, ModelError):
+        return None, "llama.cpp rows left out: --model is not a built-in model; pass --llama-cpp FILE.gguf"
+    module, status = llama_cpp_status(gguf)
+    return (LlamaCpp(module, gguf, torch.get_num_threads()) if module else None), status
 
 
 def measure_drift(engine, references, prompts, texts) -> dict:
@@ -277,7 +319,9 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
         f"{args.clients} clients; {args.repetitions} repetitions",
         f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs; 1-minute load average {args.load[0]:.1f} at the start "
-        f"and {args.load[1]:.1f} at the end (other work on the machine slows both sides alike)",
+        f"and {args.load[1]:.1f} at the end (other work on the machine slows both sides alike)"
+        + (": the machine was busy, so the absolute figures are contended; read the ratios, measured side by side"
+           if max(args.load) > (os.cpu_count() or 1) else ""),
         "",
         "| measurement | HF generate | tunery engine | ratio |",
         "|---|---|---|---|",
@@ -326,6 +370,19 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
             f"- {drift['decode']}",
             "",
         ]
+        if drift.get("tasks"):
+            full, quantized = drift["tasks"]["full"], drift["tasks"][q]
+            names = [name for name in full if not name.startswith("json_field.") and name in quantized]
+            lines += [
+                f"Task scores on `{Path(args.tasks).name}` ({', '.join(names)}), greedy through the engine, at most 128",
+                "new tokens (`tunery eval MODEL --tasks FILE --weights W`):",
+                "",
+                "| weights | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+                "| full | " + " | ".join(f"{full[n]:.3f}" for n in names) + " |",
+                f"| {q} | " + " | ".join(f"{quantized[n]:.3f}" for n in names) + " |",
+                "",
+            ]
         if drift.get("passes"):
             one = drift["passes"][1]
             lines += [
@@ -338,6 +395,7 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
                 "| vs one row | " + " | ".join(f"{rows * one / ms:.2f}x" for rows, ms in drift["passes"].items()) + " |",
                 "",
             ]
+    lines += llama_cpp_lines(args, med, cell)
     lines += [
         "Speculation: a lone greedy request drafts tokens by prompt lookup (what followed the latest earlier",
         "occurrence of its last 3 or 2 tokens, in the prompt or its own output) and one pass scores them all;",
@@ -376,6 +434,37 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
+
+
+def llama_cpp_lines(args, med, cell) -> list[str]:
+    """The llama.cpp table: tunery's engines against llama.cpp on the same prompts, in the same run."""
+    if "ll1" not in med:
+        return [f"- {args.llama_status}", ""]
+    q = "q1" in med
+
+    def lane(key: str, other: str) -> str:
+        return f"**{med[key] / med[other]:.2f}x**" if key in med else "-"
+
+    return [
+        f"Against llama.cpp: {args.llama_status}, greedy, the same prompt token ids and the same number of new",
+        f"tokens, measured in the same repetitions. llama-cpp-python answers one request at a time, so its {args.clients}",
+        "clients are served one after another (llama.cpp's own server batches parallel slots, but not requests",
+        "on different LoRA adapters, which tunery's engine does).",
+        "",
+        f"| measurement | llama.cpp | tunery, {args.quantized} | tunery, full | {args.quantized} / llama.cpp |",
+        "|---|---|---|---|---|",
+        f"| single stream, decode tokens/s | {cell('ll1')} | {cell('q1') if q else '-'} | {cell('eng1')} | "
+        f"{lane('q1', 'll1')} |",
+        f"| {args.clients} clients, total tokens/s | {cell('ll8')} | {cell('q8') if q else '-'} | {cell('eng8')} | "
+        f"{lane('q8', 'll8')} |",
+        f"| time to first token, one client, ms | {cell('ll_ttft')} | {cell('q_ttft') if q else '-'} | "
+        f"{cell('eng_ttft')} | {med['ll_ttft'] / med['q_ttft']:.2f}x (llama.cpp's time / tunery's) |"
+        if q else f"| time to first token, one client, ms | {cell('ll_ttft')} | - | {cell('eng_ttft')} | - |",
+        f"| time to first token, {args.clients} clients arriving at once, ms (median) | {cell('ll8_ttft')} | | "
+        f"{cell('eng8_ttft')} | |",
+        f"| greedy completions identical to full precision's | {args.llama_identical} of {args.clients} | | | |",
+        "",
+    ]
 
 
 if __name__ == "__main__":
