@@ -118,3 +118,28 @@ def test_static_assets_are_served_by_tunery(console):
         for asset in ("vendor/htmx-2.0.11.min.js", "vendor/uPlot-1.6.32.iife.min.js", "console.js", "console.css"):
             response = client.get(f"/ui/static/{asset}")
             assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_feedback_review_page_is_admin_only_scrubbed_and_approves(console):
+    from tunery.store.feedback_reviews import review_queue
+    from tunery.store.owners import Actor
+    from tunery.store.requests import LoggedCompletion, log_completion, record_feedback
+
+    entry = LoggedCompletion(id="chatcmpl-review-1", model="tiny", kind="chat",
+                             messages=[{"role": "user", "content": "reset my VPN, I am bob@example.com"}],
+                             outputs=["call 555-0100"], finish_reason="stop", prompt_tokens=3, completion_tokens=2,
+                             latency_ms=5, key_id=console.user_key_id)
+    log_completion(console.state.store, entry)
+    record_feedback(console.state.store, Actor(console.user_key_id), entry.id, -1, "Use the portal, bob@example.com")
+    alice, alice_csrf = console.signed_in_http(console.user_key)
+    assert alice.get("/ui/feedback").status_code == 403
+    admin, csrf = console.signed_in_http(console.admin_key)
+    page = admin.get("/ui/feedback")
+    assert page.status_code == 200 and "chatcmpl-review-1" in page.text
+    assert "bob@example.com" not in page.text and "&lt;EMAIL_1&gt;" in page.text  # scrubbed, one placeholder
+    assert alice.post(f"/ui/feedback/{entry.id}", data={"decision": "approved", "csrf_token": alice_csrf}).status_code == 403
+    done = admin.post(f"/ui/feedback/{entry.id}", data={"decision": "approved", "correction": "Use the portal.",
+                                                         "csrf_token": csrf})
+    assert done.status_code == 200 and "approved" in done.text
+    approved = review_queue(console.state.store, Actor(None, admin=True), "approved")
+    assert [(i.completion.id, i.review.correction) for i in approved] == [(entry.id, "Use the portal.")]

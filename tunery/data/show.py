@@ -16,6 +16,7 @@ class ShownExample:
     index: int
     count: int  # usable examples in the file
     location: str  # file:line, when known
+    line: int  # the example's line in its file (0 when unknown)
     kind: str  # the example's format
     spans: list[tuple[str, bool]]  # (text, trained)
     total_tokens: int
@@ -34,7 +35,9 @@ def show_example(path: str | Path, tokenizer, index: int = 0) -> ShownExample:
                         "run `tunery data check` to see why examples were skipped")
     conversation = conversations[index]
     example = encode_conversation(tokenizer, conversation)
-    return ShownExample(index=index, count=len(conversations), location=conversation.location or "",
+    where = conversation.location
+    return ShownExample(index=index, count=len(conversations), location=str(where) if where else "",
+                        line=where.line if where else 0,
                         kind=conversation.kind, spans=trained_spans(tokenizer, example.input_ids, example.labels),
                         total_tokens=len(example.input_ids), trained_tokens=example.num_trained)
 

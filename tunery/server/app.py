@@ -29,6 +29,8 @@ from tunery.store.requests import prune_completions
 
 log = logging.getLogger("tunery.server")
 PRUNE_EVERY_S = 3600
+# Uploads stream to disk under their own cap (--max-upload-mb): the API's and the console's.
+UPLOAD_PATHS = frozenset({"/v1/files", "/ui/datasets", "/ui/datasets/check"})
 
 
 class BodyLimit:
@@ -38,7 +40,7 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"] == "/v1/files"):
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS):
             return await self.app(scope, receive, send)  # uploads stream to disk under their own cap
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):

@@ -189,6 +189,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alias_moves_name ON alias_moves(name, alias, id)
     """,
+    # 5: reviews of feedback before it trains (the console's review queue): approved, with an optional
+    # edited correction, or rejected; feedback without a review is pending.
+    """
+    CREATE TABLE feedback_reviews (
+        completion_id TEXT PRIMARY KEY REFERENCES completions(id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        correction TEXT,
+        reviewer_key_id TEXT,
+        reviewed_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

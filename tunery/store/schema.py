@@ -128,3 +128,12 @@ alias_moves = sa.Table(
     sa.Column("gate_json", sa.Text),
     sa.Column("created_at", sa.Text, nullable=False),
 )
+
+feedback_reviews = sa.Table(
+    "feedback_reviews", metadata,
+    sa.Column("completion_id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),  # approved | rejected
+    sa.Column("correction", sa.Text),  # the reviewer's edit of the correction, when they made one
+    sa.Column("reviewer_key_id", sa.Text),
+    sa.Column("reviewed_at", sa.Text, nullable=False),
+)

@@ -6,6 +6,7 @@ library functions the CLI and the HTTP API call.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,37 @@ from tunery.server.errors import ApiError, scrub_paths, tunery_error_status
 from tunery.web.auth import Forbidden, SignInRequired, Viewer
 from tunery.web.session import console_secret
 
+log = logging.getLogger("tunery.web")
 UI = "/ui"
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _when(epoch) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(epoch))) + " UTC" if epoch else ""
+
+
+def _filesize(size) -> str:
+    size = float(size or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+templates.env.filters.update(duration=_duration, when=_when, filesize=_filesize)
 # Scripts only from our own files; inline styles allowed for the chart library's layout.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "frame-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'; object-src 'none'")
@@ -39,7 +68,11 @@ class NavItem:
 
 
 NAV: list[NavItem] = [
+    NavItem("jobs", "Jobs", f"{UI}/jobs"),
+    NavItem("new-job", "New job", f"{UI}/jobs/new"),
+    NavItem("datasets", "Datasets", f"{UI}/datasets"),
     NavItem("playground", "Playground", f"{UI}/playground"),
+    NavItem("feedback", "Feedback review", f"{UI}/feedback", admin_only=True),
     NavItem("keys", "Keys", f"{UI}/keys", admin_only=True),
 ]
 
@@ -94,6 +127,11 @@ def _install_error_pages(console: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "form", "query"))
         return error_page(request, 400, f"{where + ': ' if where else ''}{first.get('msg', 'invalid value')}")
 
+    @console.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("console error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+        return error_page(request, 500, "Something went wrong on the server; the details are in its log.")
+
     @console.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         messages = {404: "There is no such page.", 405: "That action is not allowed here."}
@@ -102,14 +140,21 @@ def _install_error_pages(console: FastAPI) -> None:
 
 def create_console(state) -> FastAPI:
     """The console app over a server's state; `tunery.server.app.create_app` mounts it at /ui."""
-    from tunery.web import pages_auth, pages_keys, pages_playground
+    from tunery.web import (
+        pages_auth,
+        pages_datasets,
+        pages_feedback,
+        pages_jobs,
+        pages_keys,
+        pages_playground,
+    )
 
     console = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     console.state.tunery = state
     console.state.console_secret = console_secret()
     console.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _install_error_pages(console)
-    for module in (pages_auth, pages_keys, pages_playground):
+    for module in (pages_auth, pages_keys, pages_playground, pages_datasets, pages_jobs, pages_feedback):
         console.include_router(module.router)
 
     @console.middleware("http")

@@ -6,6 +6,8 @@ and corrections go through the handler behind /v1/feedback.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,21 +29,26 @@ class PlaygroundChat(BaseModel):
     max_tokens: int = Field(256, ge=1, le=8192)
 
 
-def served_models(state) -> list[str]:
-    return [card.id for card in serving_admin.list_models(state).data]
+def served_models(state, who: Viewer) -> list[str]:
+    """What /v1/models lists for this key: the base, adapters and the key's fine-tuned models."""
+    return [card.id for card in serving_admin.list_models(state, who.caller).data]
 
 
 @router.get("/playground")
-def playground_page(request: Request, who: Viewer = Depends(viewer)):
-    models = served_models(request.app.state.tunery)
-    return render(request, "playground.html", who, active="playground", models=models)
+def playground_page(request: Request, model: str | None = None, who: Viewer = Depends(viewer)):
+    models = served_models(request.app.state.tunery, who)
+    if model and model not in models:
+        models.append(model)  # a fine-tuned model loads on first use, as over the API
+    return render(request, "playground.html", who, active="playground", models=models, selected=model)
 
 
 @router.post("/api/chat")
 async def chat(body: PlaygroundChat, request: Request, who: Viewer = Depends(posted_viewer)):
     req = ChatCompletionRequest(model=body.model, messages=body.messages, temperature=body.temperature,
                                 max_tokens=body.max_tokens, stream=True)
-    return await serving_chat.create_chat_completion(request.app.state.tunery, req, who.caller, request)
+    state = request.app.state.tunery
+    await asyncio.to_thread(state.use_fine_tuned, req.model, who.caller)  # as /v1/chat/completions does
+    return await serving_chat.create_chat_completion(state, req, who.caller, request)
 
 
 @router.post("/api/feedback")

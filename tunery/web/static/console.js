@@ -10,6 +10,20 @@
     event.detail.headers["X-CSRF-Token"] = csrf();
   });
 
+  // A refused htmx request (4xx, 5xx) is shown, not silently dropped.
+  document.addEventListener("htmx:responseError", (event) => {
+    const flash = document.getElementById("flash");
+    if (!flash) return;
+    let message = "The request was refused (" + event.detail.xhr.status + ").";
+    try { message = JSON.parse(event.detail.xhr.responseText).error.message || message; } catch (e) { /* not JSON */ }
+    flash.textContent = message;
+    flash.hidden = false;
+  });
+  document.addEventListener("htmx:beforeRequest", () => {
+    const flash = document.getElementById("flash");
+    if (flash) flash.hidden = true;
+  });
+
   // Forms with data-confirm ask first (revoke, cancel, promote, rollback).
   document.addEventListener("submit", (event) => {
     const message = event.target.dataset && event.target.dataset.confirm;
@@ -147,7 +161,9 @@
 
   function drawCurve(holder) {
     if (!window.uPlot) return;
-    const data = JSON.parse(holder.querySelector("script[type='application/json']").textContent);
+    const source = document.getElementById(holder.dataset.curve);
+    if (!source) return;
+    const data = JSON.parse(source.textContent);
     const width = Math.max(280, holder.clientWidth - 8);
     const opts = {
       width, height: 260, scales: {x: {time: false}},
@@ -172,7 +188,7 @@
     (root || document).querySelectorAll("[data-curve]").forEach(drawCurve);
   }
 
-  document.addEventListener("htmx:afterSwap", (event) => drawCurves(event.target));
+  document.addEventListener("htmx:afterSettle", () => drawCurves(document));
   window.addEventListener("resize", () => {
     for (const [id, plot] of Object.entries(window.tuneryCharts)) {
       const holder = document.getElementById(id);
