@@ -71,6 +71,7 @@ NAV: list[NavItem] = [
     NavItem("jobs", "Jobs", f"{UI}/jobs"),
     NavItem("new-job", "New job", f"{UI}/jobs/new"),
     NavItem("datasets", "Datasets", f"{UI}/datasets"),
+    NavItem("models", "Models", f"{UI}/models"),
     NavItem("playground", "Playground", f"{UI}/playground"),
     NavItem("feedback", "Feedback review", f"{UI}/feedback", admin_only=True),
     NavItem("keys", "Keys", f"{UI}/keys", admin_only=True),
@@ -146,6 +147,7 @@ def create_console(state) -> FastAPI:
         pages_feedback,
         pages_jobs,
         pages_keys,
+        pages_models,
         pages_playground,
     )
 
@@ -154,7 +156,8 @@ def create_console(state) -> FastAPI:
     console.state.console_secret = console_secret()
     console.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _install_error_pages(console)
-    for module in (pages_auth, pages_keys, pages_playground, pages_datasets, pages_jobs, pages_feedback):
+    for module in (pages_auth, pages_keys, pages_playground, pages_datasets, pages_models, pages_jobs,
+                   pages_feedback):
         console.include_router(module.router)
 
     @console.middleware("http")

@@ -60,7 +60,10 @@ def job_view(request: Request, who: Viewer, job_id: str) -> dict:
     job = jobs.get_job(store, who.caller, job_id)
     events = jobs.list_events(store, who.caller, job_id, limit=200)["data"]
     checkpoints = jobs.list_checkpoints(store, who.caller, job_id, limit=100)["data"]
+    from tunery.web.pages_models import version_of_job
+
     return {"job": job, "events": events, "checkpoints": checkpoints, "timing": timing(job),
+            "version": version_of_job(store, job_id),
             "curve": curve(jobs.run_dir_of(job_id)), "live": job["status"] in ACTIVE}
 
 
