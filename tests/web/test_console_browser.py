@@ -18,8 +18,8 @@ def test_sign_in_with_the_keyboard_only(page, console, screenshots):
     page.get_by_label("API key").focus()
     page.keyboard.type(console.user_key)
     page.keyboard.press("Enter")
-    page.wait_for_url(re.compile(r".*/ui/playground$"))
-    assert page.get_by_role("heading", name="Playground").is_visible()
+    page.wait_for_url(re.compile(r".*/ui/jobs$"))
+    assert page.get_by_role("heading", name="Fine-tuning jobs").is_visible()
     assert page.evaluate("document.cookie") == ""  # the session cookie is HttpOnly
 
 

@@ -67,7 +67,8 @@ def serve_command(
     webhook_secret: str | None = typer.Option(None, "--webhook-secret", envvar="TUNERY_WEBHOOK_SECRET",
                                               help="HMAC secret that signs --webhook deliveries."),
 ):
-    """Serve the base model and adapters behind an OpenAI-compatible API, with fine-tuning workers."""
+    """Serve the base model and adapters behind an OpenAI-compatible API, with fine-tuning workers and
+    the web console at /ui."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -103,6 +104,7 @@ def serve_command(
     console.print(state.weights_summary, highlight=False)
     console.print(state.decode_summary, highlight=False)
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
+    console.print(f"web console on http://{host}:{port}/ui (sign in with a key, or `tunery ui-login`)")
     from tunery.platform.worker_pool import start_workers, stop_workers
 
     if webhook and not webhook_secret:
