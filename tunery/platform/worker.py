@@ -126,7 +126,13 @@ class JobRun:
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=child_env(), preexec_fn=_die_with_parent)
-            if not self.follow(child):
+            try:
+                following = self.follow(child)
+            except BaseException:  # the database stayed away too long: no run may outlive its lease
+                child.kill()
+                child.wait()
+                raise
+            if not following:
                 return  # the lease was lost: another worker owns the job now
         self.conclude(child.returncode, log_path)
 

@@ -72,6 +72,7 @@ class Store:
       store.transaction()          context manager -> Connection; commits, or rolls back on error
       store.read()                 context manager -> Connection for reads (no write lock)
       store.retrying(fn)           fn(conn) in a transaction, rerun on transient errors
+      store.retrying(fn, write=False)  the same for reads
       store.execute(sql, params)   one raw write statement (`?` placeholders); returns rows changed
       store.query(sql, params)     rows as mappings; store.query_one(...) the first or None
       store.dialect                "sqlite" or "postgresql"
@@ -123,15 +124,17 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A connection for reads (no write lock); prefer `retrying(work, write=False)`."""
         with self.engine.connect() as conn:
             yield conn
 
-    def retrying(self, work: Callable[[Connection], T], *, for_s: float = RETRY_FOR_S) -> T:
-        """Run `work(conn)` in a transaction; a lock or a dropped connection reruns it (with back-off)."""
+    def retrying(self, work: Callable[[Connection], T], *, for_s: float = RETRY_FOR_S, write: bool = True) -> T:
+        """Run `work(conn)` in a transaction (a read-only one with write=False); a lock or a dropped
+        connection reruns it, with back-off, for up to `for_s` seconds."""
         deadline, delay = time.monotonic() + for_s, 0.05
         while True:
             try:
-                with self.transaction() as conn:
+                with self.transaction() if write else self.read() as conn:
                     return work(conn)
             except exc.SQLAlchemyError as error:
                 if not is_transient(error) or time.monotonic() > deadline:
@@ -146,8 +149,8 @@ class Store:
         return self.retrying(lambda conn: conn.exec_driver_sql(self._driver_sql(sql), _params(params)).rowcount)
 
     def query(self, sql: str, params: tuple | Mapping = ()) -> list[Record]:
-        with self.read() as conn:
-            return [Record(row) for row in conn.exec_driver_sql(self._driver_sql(sql), _params(params)).mappings()]
+        return self.retrying(lambda conn: [Record(row) for row in conn.exec_driver_sql(
+            self._driver_sql(sql), _params(params)).mappings()], write=False)
 
     def query_one(self, sql: str, params: tuple | Mapping = ()) -> Record | None:
         rows = self.query(sql, params)
@@ -186,7 +189,7 @@ def _create_engine(url: str, schema: str | None) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         _sqlite_habits(engine)
         return engine
-    connect_args = {"connect_timeout": 10}
+    connect_args = {"connect_timeout": 10, "application_name": f"tunery-{schema}" if schema else "tunery"}
     if schema:
         connect_args["options"] = f"-csearch_path={schema}"
     return sa.create_engine(url, pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args)

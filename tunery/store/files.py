@@ -24,8 +24,8 @@ def insert_file(store: Store, actor: Actor, **fields) -> dict:
 
 
 def get_file(store: Store, actor: Actor, file_id: str) -> dict:
-    with store.read() as conn:
-        row = conn.execute(sa.select(files).where(files.c.id == file_id, visible(files.c.owner, actor))).mappings().first()
+    row = store.retrying(lambda conn: conn.execute(sa.select(files).where(
+        files.c.id == file_id, visible(files.c.owner, actor))).mappings().first(), write=False)
     if row is None:
         raise NotFoundError(f"no file with id {file_id!r}", code="file_not_found")
     return dict(row)
@@ -37,14 +37,18 @@ def list_files(store: Store, actor: Actor, *, purpose: str | None = None, after:
     query = sa.select(files).where(visible(files.c.owner, actor))
     if purpose:
         query = query.where(files.c.purpose == purpose)
-    with store.read() as conn:
+
+    def read(conn) -> list[dict]:
+        page = query
         if after:
             cursor = conn.execute(sa.select(files.c.seq).where(files.c.id == after,
                                                                 visible(files.c.owner, actor))).scalar()
             if cursor is None:
                 raise NotFoundError(f"no file with id {after!r} (the `after` cursor)", code="file_not_found")
-            query = query.where(files.c.seq < cursor)
-        rows = [dict(r) for r in conn.execute(query.order_by(files.c.seq.desc()).limit(limit + 1)).mappings()]
+            page = page.where(files.c.seq < cursor)
+        return [dict(r) for r in conn.execute(page.order_by(files.c.seq.desc()).limit(limit + 1)).mappings()]
+
+    rows = store.retrying(read, write=False)
     return rows[:limit], len(rows) > limit
 
 

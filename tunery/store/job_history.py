@@ -53,12 +53,16 @@ def drop_checkpoints_after(store: Store, job_id: str, step: int) -> None:
 def _page(store: Store, table: sa.Table, job_id: str, after: str | None, limit: int, oldest_first: bool,
           what: str) -> tuple[list[dict], bool]:
     query = sa.select(table).where(table.c.job_id == job_id)
-    with store.read() as conn:
+
+    def read(conn) -> list[dict]:
+        page = query
         if after:
             cursor = conn.execute(sa.select(table.c.seq).where(table.c.id == after, table.c.job_id == job_id)).scalar()
             if cursor is None:
                 raise NotFoundError(f"no {what} with id {after!r} in job {job_id}", code=f"{what}_not_found")
-            query = query.where(table.c.seq > cursor if oldest_first else table.c.seq < cursor)
+            page = page.where(table.c.seq > cursor if oldest_first else table.c.seq < cursor)
         order = table.c.seq.asc() if oldest_first else table.c.seq.desc()
-        rows = [dict(r) for r in conn.execute(query.order_by(order).limit(limit + 1)).mappings()]
+        return [dict(r) for r in conn.execute(page.order_by(order).limit(limit + 1)).mappings()]
+
+    rows = store.retrying(read, write=False)
     return rows[:limit], len(rows) > limit

@@ -56,8 +56,8 @@ def insert_job(store: Store, row: dict, *, message: str = "Validating training f
 
 
 def get_job(store: Store, actor: Actor, job_id: str) -> dict:
-    with store.read() as conn:
-        row = _one(conn, sa.and_(jobs.c.id == job_id, visible(jobs.c.owner, actor)))
+    row = store.retrying(lambda conn: _one(conn, sa.and_(jobs.c.id == job_id, visible(jobs.c.owner, actor))),
+                         write=False)
     if row is None:
         raise NotFoundError(f"no fine-tuning job with id {job_id!r}", code="job_not_found")
     return row
@@ -65,8 +65,8 @@ def get_job(store: Store, actor: Actor, job_id: str) -> dict:
 
 def job_by_model(store: Store, actor: Actor, fine_tuned_model: str) -> dict | None:
     """The succeeded job whose `fine_tuned_model` is this name, if `actor` may use it."""
-    with store.read() as conn:
-        return _one(conn, sa.and_(jobs.c.fine_tuned_model == fine_tuned_model, visible(jobs.c.owner, actor)))
+    return store.retrying(lambda conn: _one(conn, sa.and_(jobs.c.fine_tuned_model == fine_tuned_model,
+                                                           visible(jobs.c.owner, actor))), write=False)
 
 
 def list_jobs(store: Store, actor: Actor, *, after: str | None = None, limit: int = 20,
@@ -77,14 +77,18 @@ def list_jobs(store: Store, actor: Actor, *, after: str | None = None, limit: in
         query = query.where(jobs.c.status == status)
     for key, value in (metadata or {}).items():
         query = query.where(_metadata_value(store.dialect, key) == value)
-    with store.read() as conn:
+
+    def read(conn: Connection) -> list[dict]:
+        page = query
         if after:
             cursor = conn.execute(sa.select(jobs.c.seq).where(jobs.c.id == after,
                                                                visible(jobs.c.owner, actor))).scalar()
             if cursor is None:
                 raise NotFoundError(f"no fine-tuning job with id {after!r} (the `after` cursor)", code="job_not_found")
-            query = query.where(jobs.c.seq < cursor)
-        rows = [dict(r) for r in conn.execute(query.order_by(jobs.c.seq.desc()).limit(limit + 1)).mappings()]
+            page = page.where(jobs.c.seq < cursor)
+        return [dict(r) for r in conn.execute(page.order_by(jobs.c.seq.desc()).limit(limit + 1)).mappings()]
+
+    rows = store.retrying(read, write=False)
     return rows[:limit], len(rows) > limit
 
 
@@ -224,8 +228,8 @@ def register_worker(store: Store, worker_id: str, host: str, pid: int) -> None:
 
 
 def list_workers(store: Store) -> list[dict]:
-    with store.read() as conn:
-        return [dict(r) for r in conn.execute(sa.select(workers).order_by(workers.c.started_at)).mappings()]
+    return store.retrying(lambda conn: [dict(r) for r in conn.execute(
+        sa.select(workers).order_by(workers.c.started_at)).mappings()], write=False)
 
 
 def _one(conn: Connection, condition) -> dict | None:
