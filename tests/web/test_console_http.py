@@ -143,3 +143,22 @@ def test_feedback_review_page_is_admin_only_scrubbed_and_approves(console):
     assert done.status_code == 200 and "approved" in done.text
     approved = review_queue(console.state.store, Actor(None, admin=True), "approved")
     assert [(i.completion.id, i.review.correction) for i in approved] == [(entry.id, "Use the portal.")]
+
+
+def test_models_page_lists_versions_and_embeds_an_attached_report(console, tmp_path):
+    from tunery.store import registry as rows
+
+    report = tmp_path / "compare" / "report.html"
+    report.parent.mkdir()
+    report.write_text("<html><body><h1>base vs tuned</h1></body></html>")
+    version = rows.insert_version(console.state.store, "reports-demo", run_dir=str(tmp_path), base_model="tiny",
+                                  lineage={}, created_by="test")
+    rows.attach_report(console.state.store, "reports-demo", version.version,
+                       {"kind": "loop", "gate": {"comparisons": [{"report": str(report)}]}})
+    alice, _ = console.signed_in_http(console.user_key)
+    page = alice.get("/ui/models")
+    assert page.status_code == 200 and "reports-demo@1" in page.text
+    assert "Check and promote" not in page.text  # promotion is for admins
+    shown = alice.get(f"/ui/models/reports-demo/{version.version}/report/0")
+    assert shown.status_code == 200 and "base vs tuned" in shown.text
+    assert alice.get(f"/ui/models/reports-demo/{version.version}/report/1").status_code == 404

@@ -90,13 +90,19 @@ def report(name: str, version: int, index: int, request: Request, _: Viewer = De
     reports = rows.get_version(request.app.state.tunery.store, name, version).reports
     if not 0 <= index < len(reports):
         raise NotFoundError(f"{name}@{version} has no report {index}")
-    entry = reports[index]
-    target = (entry.get("report") or entry.get("path") or "") if isinstance(entry, dict) else str(entry)
-    path = Path(target)
+    path = _report_path(reports[index])
     html = path / "report.html" if path.is_dir() else path
     if html.suffix != ".html" or not html.is_file():
         raise NotFoundError("the report's HTML file is not on this server")
     return FileResponse(html, media_type="text/html")
+
+
+def _report_path(entry) -> Path:
+    """Where an attached report's HTML is: its own path, or the first comparison behind a loop's gate."""
+    if not isinstance(entry, dict):
+        return Path(str(entry))
+    comparisons = (entry.get("gate") or {}).get("comparisons") or [{}]
+    return Path(entry.get("report") or entry.get("path") or comparisons[0].get("report") or "")
 
 
 @router.post("/jobs/{job_id}/register")
