@@ -23,10 +23,10 @@ demo: setup
 	$(VENV)/bin/tunery demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-fast: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" tests
 
 # The fast lane's C file built with AddressSanitizer and UBSan (TUNERY_LANE_SANITIZE=1), and the lane's
 # parity and boundary tests run against that build. Python needs libasan preloaded to load it, and

@@ -1,7 +1,21 @@
 """The one exception tree of tunery.
 
 Library code raises these; only `tunery.cli` maps them to exit codes and only `tunery.server`
-maps them to HTTP responses. Every error carries a stable `code` and, where it helps, a `hint`.
+(and `tunery.web`) map them to HTTP responses. Every error carries a stable `code` and, where it
+helps, a `hint`.
+
+    TuneryError                 exit 1; HTTP 400 unless below
+    ├── ConfigError             exit 2; a config, override or option is invalid
+    ├── DataError               a dataset file cannot be read or is invalid (`problems` located)
+    ├── ModelError              a model reference cannot be resolved or loaded
+    ├── CheckpointError         a checkpoint is missing, corrupt or cannot be written
+    ├── TrainingError           training stopped on a fault (NaN loss, out of memory, disk full)
+    ├── ResourceError           not enough memory or disk; HTTP 503
+    ├── EvaluationError         a task file or metric is invalid
+    ├── ExportError             an export failed or did not verify
+    ├── RetrievalError          a retrieval index cannot be built, read or used
+    ├── StoreError              the database cannot be opened, migrated or written; HTTP 503
+    └── NotFoundError           a named thing does not exist; HTTP 404
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import err_console, handle_errors
+from tunery.store import open_store
+from tunery.web.session import LINK_TTL_S, create_login_link, login_link_key
 
 
 @app.command("ui-login")
@@ -19,9 +21,6 @@ def ui_login(
                                    "http://127.0.0.1:8000)."),
 ):
     """Print a link that signs in to the web console once, within 10 minutes, without typing a key."""
-    from tunery.store import open_store
-    from tunery.web.session import LINK_TTL_S, create_login_link, login_link_key
-
     key, created = login_link_key(open_store(), key_id)
     if created:
         err_console.print(f"created admin key {key.id} ('console') for the console; "

@@ -11,6 +11,9 @@ from rich.text import Text
 
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors, print_json
+from tunery.data.check import check_dataset
+from tunery.data.show import show_example
+from tunery.models import load_tokenizer
 
 data_app = typer.Typer(help="Check datasets and see exactly what the model trains on.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -34,12 +37,8 @@ def check_command(
 
     Exit code 1 when there is any error, 0 when there are only warnings.
     """
-    from tunery.data.check import check_dataset
-
     tokenizer = None
     if model:
-        from tunery.models import load_tokenizer
-
         tokenizer = load_tokenizer(model)
     report = check_dataset(files, tokenizer=tokenizer, max_seq_len=max_seq_len)
     if json_output:
@@ -118,9 +117,6 @@ def show_command(
     index: int = typer.Option(0, "--index", min=0, help="Which usable example to show (0-based)."),
 ):
     """Print one example as the model sees it; trained tokens highlighted (`[[...]]` when piped)."""
-    from tunery.data.show import show_example
-    from tunery.models import load_tokenizer
-
     shown = show_example(file, load_tokenizer(model), index)
     where = f" ({shown.location})" if shown.location else ""
     console.print(Text(f"example {index}{where}, {shown.kind}"), soft_wrap=True)

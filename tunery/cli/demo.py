@@ -14,10 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import tunery
 from tunery.cli import app
 from tunery.cli.output import console as cli_console
 from tunery.cli.output import handle_errors
 from tunery.config import TrainConfig
+from tunery.data.dataset import load_dataset
 from tunery.errors import ConfigError
 from tunery.paths import runs_dir
 
@@ -63,8 +65,6 @@ def is_triage_json(text: str) -> bool:
 
 def run_demo(*, max_steps: int | None = None, num_examples: int = 3, console: Console | None = None) -> dict:
     """Train, then compare base and tuned on the helpdesk test split and print the report's path."""
-    import tunery
-    from tunery.data.dataset import load_dataset
     from tunery.evaluation.compare import compare_models
     from tunery.training.precision import set_threads
     from tunery.training.trainable_model import quiet_libraries

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.errors import ConfigError
 
 GATE_FAILED_EXIT = 3
 
@@ -52,8 +54,6 @@ def judge_spec(judge: str | None, rubric: str | None):
 
 
 def check_dtype(dtype: str) -> str:
-    from tunery.errors import ConfigError
-
     if dtype not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"--dtype must be auto, bf16 or fp32, got {dtype!r}", code="invalid_option")
     return dtype
@@ -79,7 +79,6 @@ def eval_command(
     weights: str = WeightsOpt,
 ) -> None:
     """Score a model on a task file (greedy generation, saved predictions), and/or its loss on a dataset."""
-    from tunery.errors import ConfigError
     from tunery.evaluation.evaluate import evaluate_model, evaluate_model_loss
 
     if tasks is None and data is None:
@@ -103,7 +102,6 @@ def eval_command(
         print_json({"model": result.model_ref, "metrics": result.metric_means(), "intervals": result.metrics,
                     "loss": result.loss, "num_examples": len(result.rows), "out": result.out_dir})
         return
-    from rich.table import Table
 
     table = Table("metric", "mean", "95% CI", "n")
     for name, stats in result.metrics.items():
@@ -141,7 +139,6 @@ def compare_command(
     weights: str = WeightsOpt,
 ) -> None:
     """Compare models on one task file; write an offline HTML report. Exit 3 if a gate fails."""
-    from tunery.errors import ConfigError
     from tunery.evaluation.compare import compare_models
     from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
 
@@ -171,8 +168,6 @@ def compare_command(
 
 
 def print_summary(summary) -> None:
-    from rich.table import Table
-
     table = Table("metric", *[m.label for m in summary.models], *[f"Δ {c.candidate}" for c in summary.comparisons])
     for name in summary.models[0].metrics:
         if name.startswith("json_field."):

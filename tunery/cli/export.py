@@ -8,6 +8,7 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors, print_json
+from tunery.export import export_run
 
 
 @app.command("export")
@@ -22,8 +23,6 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
 ) -> None:
     """Export a run as a PEFT adapter, a merged safetensors folder or a GGUF file, verified by logits."""
-    from tunery.export import export_run
-
     result = export_run(run_dir, fmt, out, dtype=dtype, ollama=ollama)
     if as_json:
         print_json(result.as_dict())

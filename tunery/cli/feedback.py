@@ -8,6 +8,11 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors
+from tunery.data.check import check_dataset
+from tunery.platform.pii import Scrubber, load_pii_patterns
+from tunery.store import open_store
+from tunery.store.feedback_export import export_feedback
+from tunery.store.owners import LOCAL_OWNER
 
 feedback_app = typer.Typer(help="Turn feedback on served answers into training data.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
@@ -27,12 +32,6 @@ def feedback_export(
                                              "`patterns: {EMPLOYEE_ID: 'EMP-\\d{6}'}`."),
 ):
     """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
-    from tunery.data.check import check_dataset
-    from tunery.platform.pii import Scrubber, load_pii_patterns
-    from tunery.store import open_store
-    from tunery.store.feedback_export import export_feedback
-    from tunery.store.owners import LOCAL_OWNER
-
     scrubber = Scrubber(load_pii_patterns(pii_patterns)) if scrub else None
     summary = export_feedback(open_store(), LOCAL_OWNER, out, since=since, model=model, pairs_out=pairs,
                               scrubber=scrubber)

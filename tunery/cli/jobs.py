@@ -6,6 +6,7 @@ to the local store directly; `tunery worker` always works on the store (TUNERY_D
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from rich.table import Table
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.config import apply_override
+from tunery.errors import ConfigError
+from tunery.platform.client import open_platform
+from tunery.platform.webhooks import WebhookSender
+from tunery.platform.worker import Worker, WorkerSettings
+from tunery.store import open_store
 
 files_app = typer.Typer(help="Upload and manage training files (local store, or TUNERY_URL).", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create and follow fine-tuning jobs (local store, or TUNERY_URL).", no_args_is_help=True)
@@ -23,8 +30,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _platform():
-    from tunery.platform.client import open_platform
-
     return open_platform()
 
 
@@ -84,8 +89,6 @@ def jobs_create(
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Queue a fine-tuning job; a worker (`tunery worker`, or `tunery serve`) runs it."""
-    from tunery.config import apply_override
-
     platform = _platform()
     tunery: dict = {}
     for item in overrides:
@@ -201,11 +204,6 @@ def worker_command(
                                               help="HMAC secret for --webhook (whsec_... or any string)."),
 ):
     """Run queued fine-tuning jobs from the store (TUNERY_DATABASE_URL, else TUNERY_HOME), one at a time."""
-    import signal
-
-    from tunery.platform.worker import Worker, WorkerSettings
-    from tunery.store import open_store
-
     senders = _webhook_sender(webhook, webhook_secret)
     worker = Worker(open_store(), WorkerSettings(lease_s=lease_s, heartbeat_s=min(2.0, lease_s / 4), poll_s=poll_s,
                                                  nproc_per_node=nproc_per_node), webhooks=senders)
@@ -218,8 +216,6 @@ def worker_command(
 def _webhook_sender(url: str | None, secret: str | None):
     if not url:
         return None
-    from tunery.errors import ConfigError
-    from tunery.platform.webhooks import WebhookSender
 
     if not secret:
         raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.store import create_key, list_keys, open_store, revoke_key
 
 keys_app = typer.Typer(help="Create, list and revoke API keys for `tunery serve`.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -19,8 +20,6 @@ def keys_create(
     admin: bool = typer.Option(False, "--admin", help="Allow adapter and key management."),
 ):
     """Create a key and print it once; only its hash is stored."""
-    from tunery.store import create_key, open_store
-
     record, secret = create_key(open_store(), name, admin=admin)
     err_console.print(f"created {'admin ' if admin else ''}key {record.id}; it is shown only now:")
     print(secret)
@@ -30,8 +29,6 @@ def keys_create(
 @handle_errors
 def keys_list(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List keys (ids, names, admin flag, revocation); secrets are never shown."""
-    from tunery.store import list_keys, open_store
-
     keys = list_keys(open_store())
     if json_output:
         print_json([k.__dict__ for k in keys])
@@ -46,7 +43,5 @@ def keys_list(json_output: bool = typer.Option(False, "--json", help="Print JSON
 @handle_errors
 def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `tunery keys list`.")):
     """Revoke a key; requests with it are refused from now on."""
-    from tunery.store import open_store, revoke_key
-
     revoke_key(open_store(), key_id)
     console.print(f"revoked {key_id}")

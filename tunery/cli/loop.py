@@ -11,6 +11,8 @@ import typer
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.errors import ConfigError
+from tunery.platform.feedback_loop import run_loop
+from tunery.store import open_store
 
 loop_app = typer.Typer(help="Close the loop: feedback becomes the next version, promoted past the gates.",
                        no_args_is_help=True)
@@ -69,9 +71,6 @@ def parse_every(text: str) -> float:
 
 
 def _run_once(name, **kwargs):
-    from tunery.platform.feedback_loop import run_loop
-    from tunery.store import open_store
-
     result = run_loop(open_store(), name, **kwargs)
     line = f"{result.name}: {result.status}: {result.message}"
     (err_console if result.status in ("failed", "gate_failed") else console).print(line, highlight=False)

@@ -9,6 +9,10 @@ from rich.table import Table
 
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors, print_json
+from tunery.models import list_models, resolve_model
+from tunery.platform.registry import describe, promote, register_run, rollback
+from tunery.store import open_store
+from tunery.store.registry import aliases, list_versions
 
 models_app = typer.Typer(help="Base models, and registered versions NAME@N with aliases (production, candidate, "
                          "...): register, show, promote past gates, roll back.", no_args_is_help=True)
@@ -19,10 +23,6 @@ app.add_typer(models_app, name="models")
 @handle_errors
 def list_command(json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Show built-in models, the models cached under TUNERY_HOME/models, and registered versions with their aliases."""
-    from tunery.models import list_models
-    from tunery.store import open_store
-    from tunery.store.registry import aliases, list_versions
-
     rows = list_models()
     store = open_store()
     held = aliases(store)
@@ -48,8 +48,6 @@ def list_command(json_output: bool = typer.Option(False, "--json", help="Print J
 @handle_errors
 def prepare_command(ref: str = typer.Argument("smollm2-135m-instruct", help="Model reference to resolve.")):
     """Resolve a model (converting a built-in once) and print where it lives."""
-    from tunery.models import resolve_model
-
     resolved = resolve_model(ref)
     console.print(f"{resolved.ref}: {resolved.kind} at {resolved.path}")
 
@@ -61,9 +59,6 @@ def register_command(run_dir: Path = typer.Argument(..., help="A completed run d
                      alias: str | None = typer.Option(None, "--alias", help="Also point this alias at it "
                                                       "(e.g. production for the first version).")):
     """Register a run made by hand as the next version of NAME, with its lineage."""
-    from tunery.platform.registry import register_run
-    from tunery.store import open_store
-
     version = register_run(open_store(), run_dir, name, alias=alias, created_by="local")
     console.print(f"registered {version.ref}" + (f" ({alias})" if alias else ""))
 
@@ -73,9 +68,6 @@ def register_command(run_dir: Path = typer.Argument(..., help="A completed run d
 def show_command(ref: str = typer.Argument(..., help="NAME (its production version), NAME@N or NAME@ALIAS."),
                  json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """A version's lineage back to the base, its reports, aliases, alias history and production stats."""
-    from tunery.platform.registry import describe
-    from tunery.store import open_store
-
     info = describe(open_store(), ref)
     if json_output:
         print_json(info)
@@ -109,9 +101,6 @@ def promote_command(ref: str = typer.Argument(..., help="NAME@N (or NAME@ALIAS) 
                     reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit)."),
                     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N task rows.")):
     """Point an alias at a version after the gates pass; exit 3 when a gate fails. Running servers follow."""
-    from tunery.platform.registry import promote
-    from tunery.store import open_store
-
     result = promote(open_store(), ref, to=to, tasks=tasks, gates=gate or [], general=general, out_dir=out,
                      force=force, reason=reason, actor="local", limit=limit)
     before = f"{result['name']}@{result['from']}" if result["from"] is not None else "nothing"
@@ -124,9 +113,6 @@ def rollback_command(name: str = typer.Argument(..., help="Model name."),
                      alias: str = typer.Option("production", "--alias", help="Alias to roll back."),
                      reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit).")):
     """Put back the version that held the alias before its last move."""
-    from tunery.platform.registry import rollback
-    from tunery.store import open_store
-
     result = rollback(open_store(), name, alias=alias, actor="local", reason=reason)
     console.print(f"{result['name']}@{result['alias']}: {result['name']}@{result['from']} -> "
                   f"{result['name']}@{result['to']}", highlight=False)

@@ -8,6 +8,8 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.errors import ConfigError
+from tunery.rag import build_index, open_index
 
 rag_app = typer.Typer(help="Index documents for retrieval and search them; use an index with MODEL+rag:INDEX_DIR.",
                       no_args_is_help=True)
@@ -35,8 +37,6 @@ def index_command(
     as_json: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
 ) -> None:
     """Read documents, chunk them by the model's tokens, and write a versioned index folder."""
-    from tunery.rag import build_index
-
     if template is not None and template.startswith("@"):
         template = read_text_file(Path(template[1:]), "--template")
     report = build_index(docs, out, model=model, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
@@ -55,8 +55,6 @@ def index_command(
 
 
 def read_text_file(path: Path, option: str) -> str:
-    from tunery.errors import ConfigError
-
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -74,8 +72,6 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, score, source, text, ...}."),
 ) -> None:
     """Print the chunks that best match a query, with their sources."""
-    from tunery.rag import open_index
-
     hits = open_index(index).search(query, k=k, mode=mode)
     if as_json:
         print_json([hit.as_dict() for hit in hits])

@@ -10,11 +10,20 @@ import queue
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
+from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, DataError
+from tunery.inference import SamplingParams
 from tunery.inference.backend import DECODE_HELP
+from tunery.inference.loaded_engine import load_engine
+from tunery.platform.pii import load_pii_patterns
+from tunery.platform.worker_pool import start_workers, stop_workers
+from tunery.rag import Retriever
+from tunery.server.settings import ServerSettings, is_loopback
+from tunery.store import list_keys, open_store
 
 WEIGHTS_HELP = ("full (default: the model's own precision, what was evaluated), int8 (int8 per-channel weights "
                 "everywhere) or int4 (int4 group-32 decoder, int8 head, decoded in a compiled fast lane: fastest by "
@@ -70,11 +79,8 @@ def serve_command(
     """Serve the base model and adapters behind an OpenAI-compatible API, with fine-tuning workers and
     the web console at /ui."""
     import uvicorn
-    from pydantic import ValidationError
 
     from tunery.server.app import create_app
-    from tunery.server.settings import ServerSettings, is_loopback
-    from tunery.store import list_keys, open_store
 
     try:
         settings = ServerSettings(model=model, adapters=parse_adapters(adapter), rag=parse_pairs(rag, "--rag", "INDEX_DIR"),
@@ -88,8 +94,6 @@ def serve_command(
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
     settings.check_exposure()
     if redact_logs:
-        from tunery.platform.pii import load_pii_patterns
-
         load_pii_patterns(pii_patterns)  # a bad pattern stops the start, naming the file and pattern
     if no_auth:
         err_console.print("[bold red]WARNING: --no-auth: every request is accepted without an API key, "
@@ -105,7 +109,6 @@ def serve_command(
     console.print(state.decode_summary, highlight=False)
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
     console.print(f"web console on http://{host}:{port}/ui (sign in with a key, or `tunery ui-login`)")
-    from tunery.platform.worker_pool import start_workers, stop_workers
 
     if webhook and not webhook_secret:
         raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
@@ -133,16 +136,11 @@ def chat_command(
     decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
 ):
     """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
-    from tunery.inference import SamplingParams
-    from tunery.inference.loaded_engine import load_engine
-
     loaded = load_engine(model, dtype=dtype, weights=weights, decode=decode, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)
     console.print(loaded.decode_summary, highlight=False)
     retriever = None
     if loaded.resolved.rag_index is not None:
-        from tunery.rag import Retriever
-
         retriever = Retriever.open(loaded.resolved.rag_index)
         retriever.index.check_model(loaded.tokenizer, model)
     engine = loaded.engine.start()
@@ -186,8 +184,6 @@ def chat_command(
 
 def _chat_prompt(tokenizer, history: list[dict], retriever, max_prompt_tokens: int):
     """The prompt's token ids and the chunks retrieval put into it (the history keeps the bare question)."""
-    from tunery.data.template import encode_prompt
-
     if retriever is None:
         return encode_prompt(tokenizer, history), []
     prompt = retriever.prompt(history, tokenizer, max_prompt_tokens=max_prompt_tokens)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
+import tunery
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
+from tunery.config import dump_config, load_train_config
+from tunery.errors import ConfigError
 
 config_app = typer.Typer(help="Check and print training configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -29,10 +32,6 @@ def train_command(
 
     Under `torchrun --nproc_per_node N` the same command trains data-parallel (only rank 0 writes).
     """
-    import tunery
-    from tunery.config import load_train_config
-    from tunery.errors import ConfigError
-
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides",
@@ -57,8 +56,6 @@ def validate_command(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides to check as well.", show_default=False),
 ):
     """Check a config strictly: unknown keys, wrong types and bad values fail with the closest valid key."""
-    from tunery.config import load_train_config
-
     load_train_config(file, overrides or [])
     console.print(f"{file}: valid", highlight=False)
 
@@ -71,8 +68,6 @@ def show_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
 ):
     """Print the resolved config with every default filled in (`auto` values resolve when a run starts)."""
-    from tunery.config import dump_config, load_train_config
-
     config = load_train_config(file, overrides or [])
     if json_output:
         print_json(config.model_dump(mode="json"))

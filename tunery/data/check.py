@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tunery.data.dataset import MIN_EXAMPLES, read_dataset
 from tunery.data.problems import Problem, ProblemLog
+from tunery.data.template import encode_conversation
+from tunery.data.tokenized import chunk_token_ids
 from tunery.errors import DataError
 from tunery.types import Conversation
 
@@ -52,9 +54,6 @@ def check_dataset(paths: str | Path | Iterable[str | Path], *, tokenizer=None,
 
 def measure_tokens(conversations: Sequence[Conversation], tokenizer, max_seq_len: int) -> tuple[dict, list[Problem]]:
     """Token counts per example with the model's template; chat examples over `max_seq_len` are listed."""
-    from tunery.data.template import encode_conversation
-    from tunery.data.tokenized import chunk_token_ids
-
     log = ProblemLog()
     lengths: list[int] = []
     total = trained = too_long = chunks = 0

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunery.data.formats import FormatState, convert_record, detect_format, report_ignored_keys
+from tunery.data.formats import FORMAT_KEYS, FormatState, convert_record, detect_format, report_ignored_keys
 from tunery.data.problems import Problem, ProblemLog, summarise_problems, with_severity
 from tunery.data.readers import FileStats, list_dataset_files, read_file
 from tunery.errors import DataError
@@ -116,8 +116,6 @@ def _read_one_file(path: Path, out: list[Conversation], log: ProblemLog) -> File
 
 def _columns_name_a_format(stats: FileStats, log: ProblemLog) -> bool:
     """A table (CSV, Parquet) must name one format's columns in its header; checked once, not per row."""
-    from tunery.data.formats import FORMAT_KEYS
-
     fmt, code, message = detect_format(set(stats.columns or []))
     if fmt is None:
         log.error("missing_columns", f"header does not name a format's columns: {message}",

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.data.dataset import read_dataset
+from tunery.data.template import encode_conversation
 from tunery.errors import DataError
 
 
@@ -25,9 +27,6 @@ class ShownExample:
 
 def show_example(path: str | Path, tokenizer, index: int = 0) -> ShownExample:
     """Read a dataset and encode example `index` with `tokenizer`'s chat template and loss mask."""
-    from tunery.data.dataset import read_dataset
-    from tunery.data.template import encode_conversation
-
     conversations = read_dataset(path, min_examples=0).conversations
     if not 0 <= index < len(conversations):
         raise DataError(f"no example {index}: {path} has {len(conversations)} usable example(s)",

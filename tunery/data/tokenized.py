@@ -17,6 +17,7 @@ from typing import Literal
 
 from tunery.data.problems import ProblemLog, summarise_problems
 from tunery.data.splits import dataset_version
+from tunery.data.template import encode_conversation
 from tunery.errors import DataError
 from tunery.paths import cache_dir
 from tunery.types import Conversation, Location, TokenizedExample
@@ -69,8 +70,6 @@ def tokenize_dataset(conversations: Sequence[Conversation], tokenizer, max_seq_l
 
 
 def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[TokenizedExample], dict]:
-    from tunery.data.template import encode_conversation
-
     examples: list[TokenizedExample] = []
     info = {"num_input_examples": len(conversations), "num_truncated": 0, "num_dropped_too_long": 0,
             "num_dropped_untrained": 0, "num_text_chunks": 0}
@@ -114,8 +113,6 @@ def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[Tok
 
 def encode_preference(tokenizer, conv: Conversation) -> TokenizedExample:
     """The preferred side as the example; the other side's ids and labels ride in its meta."""
-    from tunery.data.template import encode_conversation
-
     chosen, rejected = conv.preference_sides()
     example = encode_conversation(tokenizer, chosen)
     other = encode_conversation(tokenizer, rejected)

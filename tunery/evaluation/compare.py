@@ -7,6 +7,7 @@ The first model is the baseline; every later one is a candidate compared against
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tunery.evaluation.metrics import KNOWN_METRICS
 from tunery.evaluation.statistics import bootstrap_delta, count_outcomes
 from tunery.evaluation.tasks import load_tasks
 from tunery.evaluation.verdict import plain_verdict
+from tunery.paths import GATES_FILE
 
 
 @dataclass
@@ -137,10 +139,6 @@ def check_gates(gate_texts: list[str], models: list[EvalResult], comparisons: li
 def record_gates(summary: Summary, weights: str | None) -> None:
     """Append to each gated candidate run's gates.jsonl: the weights it was scored with and the verdict
     (export copies the latest into its manifest; a registry reads it)."""
-    import time
-
-    from tunery.paths import GATES_FILE
-
     for model in summary.models[1:] or summary.models[:1]:
         results = [g for g in summary.gates if g.model == model.label]
         if not model.run_dir or not results:

@@ -17,6 +17,7 @@ from tunery.evaluation.metrics import KNOWN_METRICS, check_reference, default_me
 from tunery.evaluation.retrieved import usage_summary
 from tunery.evaluation.statistics import bootstrap_mean
 from tunery.evaluation.tasks import TaskExample, load_tasks
+from tunery.models import load_model, resolve_model
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -111,7 +112,6 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
     `tunery serve --weights` answers); None uses Hugging Face `generate` on the model's own precision.
     """
     from tunery.evaluation.generation import generate_texts
-    from tunery.models import load_model, resolve_model
 
     examples = tasks if isinstance(tasks, list) else load_tasks(tasks, KNOWN_METRICS)
     json_fields = tuple(json_fields) if json_fields else None
@@ -175,7 +175,6 @@ def _evaluate_served(model_ref: str, examples: list[TaskExample], *, weights: st
                      max_new_tokens: int, loss_data, conversations):
     """(resolved, generations, loss, decode backend) through the serving engine with `weights`."""
     from tunery.evaluation.served import load_served, serve_texts, served_model
-    from tunery.models import resolve_model
 
     if resolve_model(model_ref).rag_index is not None:
         raise ConfigError("--weights does not take a +rag: model yet", code="invalid_option",
@@ -195,7 +194,6 @@ def evaluate_model_loss(model_ref: str, data_path: str | Path, *, dtype: str = "
                         batch_size: int = 8) -> dict:
     """Loss and perplexity of a model on a dataset file, without any generation."""
     from tunery.evaluation.perplexity import evaluate_loss
-    from tunery.models import load_model
 
     model, tokenizer = load_model(model_ref, dtype=dtype)
     return evaluate_loss(model, tokenizer, data_path, batch_size=batch_size)

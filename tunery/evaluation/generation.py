@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from tunery.data.template import encode_prompt, stop_token_ids
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -22,8 +24,6 @@ class Generation:
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
-    from tunery.data.template import encode_prompt
-
     return [list(encode_prompt(tokenizer, messages, add_generation_prompt=True)) for messages in prompts]
 
 
@@ -53,7 +53,6 @@ def generate_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_toke
     import torch
     from transformers import GenerationConfig
 
-    from tunery.data.template import stop_token_ids
 
     stops = list(stop_token_ids(tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.errors import ConfigError
+from tunery.models import load_model
 
 VERDICT = re.compile(r"\b(PASS|FAIL)\b", re.IGNORECASE)
 JUDGE_SYSTEM = ("You are a strict grader. Decide whether the answer satisfies the rubric. Reply on one line: "
@@ -66,7 +67,6 @@ def judge_predictions(spec: JudgeSpec, examples, predictions: list[str], *, batc
                       dtype: str = "auto") -> list[Verdict]:
     """Load the judge model once and grade every (example, prediction) pair."""
     from tunery.evaluation.generation import generate_texts
-    from tunery.models import load_model
 
     model, tokenizer = load_model(spec.model_ref, dtype=dtype)
     prompts = [build_judge_prompt(spec.rubric, ex.messages, ex.reference, pred)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from tunery.data.dataset import load_dataset
+from tunery.data.template import encode_conversation
+
 
 def read_loss_data(data_path: str | Path) -> list:
     """The dataset's conversations; bad files fail here, before any model is loaded."""
-    from tunery.data.dataset import load_dataset
-
     return load_dataset(data_path, min_examples=1)
 
 
@@ -24,7 +25,6 @@ def evaluate_loss(model, tokenizer, data_path: str | Path, *, batch_size: int = 
     import torch
 
     from tunery.data.packing import pad_examples
-    from tunery.data.template import encode_conversation
     from tunery.training.batch_loss import reference_loss
 
     if conversations is None:

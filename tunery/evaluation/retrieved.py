@@ -7,11 +7,13 @@ or `evidence` (text the right chunk holds) counts towards the retrieval hit rate
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
 from tunery.errors import EvaluationError, TuneryError
 from tunery.evaluation.tasks import TaskExample
+from tunery.rag import Retriever
 
 
 def model_context(model) -> int:
@@ -21,8 +23,6 @@ def model_context(model) -> int:
 def retrieval_prompts(index_dir: Path, model_ref: str, examples: list[TaskExample], model, tokenizer, *,
                       max_new_tokens: int) -> tuple[list[list[dict]], list[list[int]], list[dict]]:
     """Messages and token ids with retrieved context for every example, and per row what was retrieved."""
-    from tunery.rag import Retriever
-
     retriever = Retriever.open(index_dir)
     retriever.index.check_model(tokenizer, model_ref.rpartition("+rag:")[0] or model_ref)
     budget = model_context(model) - max_new_tokens
@@ -56,7 +56,6 @@ def retrieval_hit(example: TaskExample, chunks: list[dict]) -> bool | None:
 
 def usage_summary(rows: list[dict], seed: int = 0) -> dict:
     """Median latency, prompt and answer tokens per row, and the retrieval hit rate with its interval."""
-    import statistics
 
     from tunery.evaluation.statistics import bootstrap_mean
 

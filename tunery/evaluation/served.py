@@ -11,22 +11,21 @@ import threading
 import time
 from contextlib import contextmanager
 
+from tunery.errors import EvaluationError
 from tunery.evaluation.generation import Generation, encode_prompts
+from tunery.inference import SamplingParams
+from tunery.inference.loaded_engine import load_engine
 
 IN_FLIGHT = 128  # requests queued at once (the engine refuses more than its queue holds)
 
 
 def load_served(model_ref: str, *, weights: str, dtype: str, batch_size: int):
     """The engine `tunery serve` builds for `model_ref` with these weights (not started)."""
-    from tunery.inference.loaded_engine import load_engine
-
     return load_engine(model_ref, dtype=dtype, weights=weights, max_batch_size=max(batch_size, 1))
 
 
 def serve_texts(loaded, prompts: list[list[dict]], *, max_new_tokens: int) -> list[Generation]:
     """Greedy completions of chat prompts through the engine (its LoRA run's adapter, if any), in order."""
-    from tunery.inference import SamplingParams
-
     engine = loaded.engine.start()
     encoded = encode_prompts(loaded.tokenizer, prompts)
     results: list[Generation | None] = [None] * len(encoded)
@@ -65,8 +64,6 @@ def serve_texts(loaded, prompts: list[list[dict]], *, max_new_tokens: int) -> li
         engine.stop()
     failed = [i for i, r in enumerate(results) if r is None]
     if failed:
-        from tunery.errors import EvaluationError
-
         raise EvaluationError(f"the serving engine returned no completion for {len(failed)} prompts")
     return results  # type: ignore[return-value]
 

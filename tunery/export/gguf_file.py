@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -117,7 +118,6 @@ def write_tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
     """Tokens in id order with their types, merges, special ids and the chat template."""
     import gguf
 
-    from tunery.data.template import stop_token_ids
 
     vocab = tokenizer.get_vocab()
     by_id = {index: token for token, index in vocab.items()}
@@ -172,8 +172,6 @@ CHATML_OLLAMA_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
 
 def write_modelfile(folder: Path, gguf_name: str, tokenizer) -> Path:
     """An Ollama Modelfile next to the GGUF: greedy by default, stopping at end of turn."""
-    from tunery.data.template import stop_token_ids
-
     lines = [f"FROM ./{gguf_name}"]
     template = getattr(tokenizer, "chat_template", "") or ""
     if "<|im_start|>" in template:

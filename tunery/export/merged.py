@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
+from tunery.models import load_model
 
 MERGED_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -33,7 +35,6 @@ def write_generation_config(model, tokenizer, folder: Path) -> None:
     """Greedy-by-default generation settings that stop on EOS and every end-of-turn token."""
     from transformers import GenerationConfig
 
-    from tunery.data.template import stop_token_ids
 
     stops = list(stop_token_ids(tokenizer))
     config = GenerationConfig(eos_token_id=stops if len(stops) > 1 else stops[0],
@@ -85,7 +86,6 @@ def reload_adapter(folder: Path, base_ref: str):
     """The exported adapter put on its base with PEFT, in fp32."""
     from peft import PeftModel
 
-    from tunery.models import load_model
 
     base, tokenizer = load_model(base_ref, dtype="fp32", device="cpu", with_adapter=False)
     model = PeftModel.from_pretrained(base, str(folder))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.errors import ConfigError, ExportError
+from tunery.export.merged import MERGED_DTYPES, reload_adapter, reload_merged, write_adapter, write_merged
 from tunery.export.source import RunSource, load_run_model, merge_adapter, read_run
 from tunery.export.verify import (
     Verification,
@@ -22,6 +23,8 @@ from tunery.export.verify import (
     compute_logits,
     fixed_prompt_ids,
 )
+from tunery.models import load_model, resolve_model
+from tunery.paths import GATES_FILE
 
 FORMATS = ("adapter", "merged", "gguf")
 MANIFEST = "tunery-export.json"
@@ -90,8 +93,6 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str
 
 def last_gate(run_dir: Path) -> dict | None:
     """The latest comparison that gated this run (`tunery compare --gate`): its weights and verdict."""
-    from tunery.paths import GATES_FILE
-
     try:
         lines = (Path(run_dir) / GATES_FILE).read_text(encoding="utf-8").splitlines()
         return json.loads(lines[-1]) if lines else None
@@ -110,8 +111,6 @@ def check_out_dir(out: Path) -> Path:
 
 def published_dtype(source: RunSource) -> str:
     """The dtype the base (or full model) was published in, read from its config.json."""
-    from tunery.models import resolve_model
-
     folder = resolve_model(str(source.run_dir)).path
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -122,9 +121,6 @@ def published_dtype(source: RunSource) -> str:
 
 
 def export_adapter(source: RunSource, tmp: Path, dtype: str | None, ollama: bool):
-    from tunery.export.merged import reload_adapter, write_adapter
-    from tunery.models import load_model
-
     if dtype not in (None, "fp32"):
         raise ConfigError("an adapter is exported as trained; --dtype does not apply", code="invalid_option")
     if not source.base_ref:
@@ -148,8 +144,6 @@ def merged_source(source: RunSource):
 
 
 def export_merged(source: RunSource, tmp: Path, dtype: str | None, ollama: bool):
-    from tunery.export.merged import MERGED_DTYPES, reload_merged, write_merged
-
     chosen = dtype or published_dtype(source)
     if chosen not in MERGED_DTYPES:
         raise ConfigError(f"merged export dtype must be one of {', '.join(MERGED_DTYPES)}, got {chosen!r}",

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.errors import ExportError
+from tunery.models import load_model, load_tokenizer
+from tunery.models.load import attach_saved_adapter
 
 
 @dataclass
@@ -55,8 +57,6 @@ def read_run(run_dir: str | Path) -> RunSource:
 
 def load_run_model(source: RunSource):
     """`(model, tokenizer)` in fp32 exactly as the run computes: adapter unmerged, QLoRA base de-quantised."""
-    from tunery.models import load_model
-
     if source.method == "qlora" and (source.run_dir / "adapter").is_dir():
         return load_qlora_run(source)
     return load_model(str(source.run_dir), dtype="fp32", device="cpu")
@@ -66,8 +66,6 @@ def load_qlora_run(source: RunSource):
     """The 4-bit NF4 base de-quantised to fp32, with the run's adapter on it."""
     import torch
 
-    from tunery.models import load_model, load_tokenizer
-    from tunery.models.load import attach_saved_adapter
 
     if not source.base_ref:
         raise ExportError(f"run {source.name} does not name its base model", code="run_incomplete")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunery.data.template import encode_prompt, encode_text
 from tunery.errors import ExportError
 
 # Fixed prompts: chat prompts (through the model's template) and one plain text with digits and
@@ -40,8 +41,6 @@ class Verification:
 
 def fixed_prompt_ids(tokenizer) -> list[list[int]]:
     """Token ids of the fixed prompts under this tokenizer and its chat template."""
-    from tunery.data.template import encode_prompt, encode_text
-
     ids = []
     if getattr(tokenizer, "chat_template", None):
         ids.extend(list(encode_prompt(tokenizer, messages)) for messages in CHAT_PROMPTS)

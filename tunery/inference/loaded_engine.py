@@ -10,6 +10,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.data.template import stop_token_ids
+from tunery.inference.backend import decode_choice
+from tunery.models import load_model, resolve_model
 from tunery.paths import check_name
 
 log = logging.getLogger("tunery.inference")
@@ -39,11 +42,8 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     `weights` is `full`, `int8` or `int4` (see `tunery.inference.quant`); adapters stay in `dtype`.
     `decode` is `auto`, `torch` or `lane` (see `tunery.inference.backend`; None: TUNERY_DECODE or auto).
     """
-    from tunery.data.template import stop_token_ids
-    from tunery.inference.backend import decode_choice
     from tunery.inference.engine import Engine
     from tunery.inference.quant import check_weight_format, quantize_model
-    from tunery.models import load_model, resolve_model
 
     check_weight_format(weights)
     decode = decode_choice(decode)  # a bad choice fails before the model loads

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from tunery.errors import ModelError
 from tunery.paths import models_dir
 
@@ -71,8 +73,6 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if show_progress:
-        from rich.console import Console
-
         Console(stderr=True).print(
             f"[cyan]First use of {target.name}: converting {gguf_path.name} into a safetensors "
             f"folder under {target.parent} (once, ~20 s)...[/]"

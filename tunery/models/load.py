@@ -10,6 +10,7 @@ import functools
 import gc
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +45,6 @@ BF16_MIN_SPEEDUP = 1.2
 @functools.lru_cache(maxsize=1)
 def measure_bf16_speedup(size: int = 512, repeats: int = 8) -> float:
     """fp32 time / bf16 time of a model-shaped matmul on this CPU (about a tenth of a second, once)."""
-    import time
 
     import torch
 

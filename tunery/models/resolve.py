@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunery.errors import ModelError
+from tunery.errors import ModelError, RetrievalError
 from tunery.models.builtin import BUILTIN_MODELS, builtin_model_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -74,8 +74,6 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
 
 def _resolve_with_index(ref: str) -> ResolvedModel:
     """`MODEL+rag:INDEX_DIR`: the model as usual, plus the index folder (checked to be an index)."""
-    from tunery.errors import RetrievalError
-
     model_ref, _, index = ref.rpartition(RAG_SUFFIX)
     if not model_ref.strip() or not index.strip():
         raise ModelError(f"model reference {ref!r} is not MODEL+rag:INDEX_DIR", code="model_not_found",

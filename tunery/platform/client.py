@@ -11,6 +11,7 @@ from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.platform import files as file_service
 from tunery.platform import jobs as job_service
 from tunery.store import files as file_rows
+from tunery.store import open_store
 from tunery.store.owners import LOCAL_OWNER
 
 CHUNK_BYTES = 1 << 20
@@ -21,7 +22,6 @@ def open_platform(url: str | None = None, api_key: str | None = None):
     url = url or os.environ.get("TUNERY_URL")
     if url:
         return RemotePlatform(url, api_key or os.environ.get("TUNERY_API_KEY"))
-    from tunery.store import open_store
 
     return LocalPlatform(open_store())
 

@@ -21,6 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tunery
+from tunery.config import load_train_config
+from tunery.data import load_dataset
 from tunery.errors import ConfigError, TuneryError
 from tunery.paths import tunery_home
 from tunery.platform import registry
@@ -102,10 +105,6 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
 
 def _train_and_gate(store, name, production, examples, result, out, *, tasks, gates, general, limit, overrides,
                     review, seed) -> None:
-    import tunery
-    from tunery.config import load_train_config
-    from tunery.data import load_dataset
-
     rng = random.Random(seed)
     rng.shuffle(examples)
     held = examples[:len(examples) // 5] if len(examples) >= 5 else []

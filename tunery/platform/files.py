@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from tunery.data.check import check_dataset
 from tunery.errors import ConfigError, NotFoundError
 from tunery.paths import tunery_home
 from tunery.store import files as file_rows
@@ -110,8 +111,6 @@ def save_upload(store: Store, actor: Actor, chunks: Iterable[bytes], *, filename
 
 def validate_blob(path: Path, label: str) -> tuple[str, str | None, int]:
     """`tunery data check` on the stored bytes: (status, status_details naming line and field, examples)."""
-    from tunery.data.check import check_dataset
-
     report = check_dataset(path)
     problems = [p for p in report["problems"] if p["severity"] == "error"]
     if not problems:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunery.errors import ConfigError, NotFoundError
+from tunery.errors import ConfigError, ModelError, NotFoundError
 from tunery.models.builtin import BUILTIN_MODELS
+from tunery.models.resolve import resolve_model
 from tunery.paths import runs_dir
 from tunery.platform.files import blob_path
 from tunery.platform.job_spec import JobRequest, build_config, check_file_fits_method, parse_job_request
@@ -72,8 +73,6 @@ def resolve_base(model: str, base_models: dict[str, str] | None) -> str:
                             hint=f"available: {', '.join(sorted({*base_models, *BUILTIN_MODELS}))}")
         error.param = "model"
         raise error
-    from tunery.errors import ModelError
-    from tunery.models.resolve import resolve_model
 
     if model in BUILTIN_MODELS:
         return model

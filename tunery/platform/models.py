@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tunery.errors import NotFoundError
 from tunery.store import jobs as job_rows
 from tunery.store.db import Store
@@ -61,7 +63,6 @@ def list_fine_tuned(store: Store, actor: Actor, limit: int = 1000) -> list[FineT
 
 def checkpoint_adapter(run_dir: Path, step: int) -> Path:
     """A PEFT folder made once from a LoRA checkpoint's trainable tensors (for `...:ckpt-step-N`)."""
-    import yaml
     from safetensors.torch import load_file, save_file
 
     target = run_dir / "checkpoint-adapters" / f"step-{step}"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunery.config import read_yaml_mapping
 from tunery.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
@@ -188,7 +189,6 @@ def load_pii_patterns(path: str | Path | None) -> dict[str, str]:
     """User patterns from a YAML file: `patterns: {EMPLOYEE_ID: 'EMP-\\d{6}'}` (none when path is None)."""
     if path is None:
         return {}
-    from tunery.config import read_yaml_mapping
 
     raw = read_yaml_mapping(Path(path))
     unknown = set(raw) - {"patterns"}

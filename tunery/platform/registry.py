@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
+
+import yaml
 
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.registry import Version
+from tunery.store.stats import feedback_counts
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "production"
@@ -97,8 +101,6 @@ def _read_run(run: Path) -> dict:
 
 def _data_files(run: Path) -> dict[str, dict]:
     """The training and validation files the run's config names, with their sha256 (when still there)."""
-    import yaml
-
     config_path = run / "config.yaml"
     data = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data", {}) if config_path.is_file() else {}
     files = {}
@@ -162,7 +164,6 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
 def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], general: bool, out_dir,
               limit: int | None = None) -> dict:
     """Compare candidate with holder on the tasks (and the general-skills file); the gates' verdict."""
-    import tempfile
 
     from tunery.evaluation.compare import compare_models
     from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
@@ -199,8 +200,6 @@ def rollback(store: Store, name: str, *, alias: str = DEFAULT_ALIAS, actor: str 
 
 def describe(store: Store, ref: str) -> dict:
     """A version's record, its aliases, its lineage back to the base, the alias history and its feedback."""
-    from tunery.store.stats import feedback_counts
-
     name, selector = parse_ref(ref)
     version = resolve_version(store, ref) if selector else None
     versions = rows.list_versions(store, name)

@@ -10,6 +10,7 @@ worker never leaves a run behind that would race the next attempt.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -25,10 +26,12 @@ from pathlib import Path
 
 from tunery.config import dump_config
 from tunery.errors import StoreError, TuneryError
+from tunery.models.resolve import resolve_model
 from tunery.paths import tunery_home
 from tunery.platform import jobs as job_service
 from tunery.platform.files import blob_path, save_result_file
 from tunery.platform.job_spec import build_config
+from tunery.platform.registry import register_run
 from tunery.platform.run_follow import (
     RunFollower,
     checkpoint_metrics,
@@ -43,6 +46,8 @@ from tunery.store import job_history
 from tunery.store import jobs as job_rows
 from tunery.store.db import Store
 from tunery.store.owners import Actor
+from tunery.training.auto import auto_learning_rate
+from tunery.training.resources import count_model_parameters
 
 log = logging.getLogger("tunery.worker")
 EXIT_INTERRUPTED = 130
@@ -228,8 +233,6 @@ class JobRun:
 
     def register_version(self) -> None:
         """A succeeded job with a suffix becomes the next registry version SUFFIX@N (never fails the job)."""
-        from tunery.platform.registry import register_run
-
         if not self.row.get("suffix"):
             return
         try:
@@ -258,10 +261,6 @@ def scaled_learning_rate(request, base_ref: str) -> float | None:
         return None
     configured = (request.tunery.get("train") or {}).get("learning_rate", "auto")
     if configured == "auto":
-        from tunery.models.resolve import resolve_model
-        from tunery.training.auto import auto_learning_rate
-        from tunery.training.resources import count_model_parameters
-
         num_params, _ = count_model_parameters(resolve_model(base_ref).path)
         configured = auto_learning_rate(request.tunery.get("method", "lora"), num_params)
     return float(f"{float(configured) * multiplier:.4g}")
@@ -307,6 +306,4 @@ def _log_lines(log_path: Path) -> list[str]:
 def _die_with_parent() -> None:
     """In the child: SIGKILL when the worker dies, so no orphan run outlives its lease."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

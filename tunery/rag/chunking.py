@@ -8,6 +8,7 @@ Every chunk keeps its source, page, lines and character offsets for citations.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from tunery.rag.readers import Section
@@ -134,6 +135,4 @@ def chunk_section(section: Section, tokenizer, *, chunk_tokens: int, overlap_tok
 
 
 def _count_before(positions: list[int], index: int) -> int:
-    from bisect import bisect_left
-
     return bisect_left(positions, index)

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tunery.data import tokenizer_hash
 from tunery.errors import ConfigError, RetrievalError
+from tunery.models import load_tokenizer
 from tunery.rag.chunking import chunk_section
+from tunery.rag.dense import embed_texts
 from tunery.rag.manifest import (
     BM25_DIR,
     CHUNKS,
@@ -25,8 +28,10 @@ from tunery.rag.manifest import (
     MANIFEST,
     library_versions,
     read_manifest,
+    rebuild_command,
     write_manifest,
 )
+from tunery.rag.prompt import TEMPLATE_FILE, check_template
 from tunery.rag.readers import SourceFile, find_sources, read_sections
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -61,10 +66,6 @@ def build_index(inputs: list[str | Path], out_dir: str | Path, *, model: str = D
     `top_k`: how many chunks a `+rag:` reference puts into a prompt; `template`: the prompt
     template (kept as `prompt.txt`, with `{context}` and `{question}`); both can change on update.
     """
-    from tunery.data import tokenizer_hash
-    from tunery.models import load_tokenizer
-    from tunery.rag.prompt import TEMPLATE_FILE, check_template
-
     started = time.perf_counter()
     warnings: list[str] = []
 
@@ -150,8 +151,6 @@ def existing_index(out: Path, *, update: bool, rebuild: bool) -> dict | None:
 
 
 def check_same_settings(old: dict, settings: dict, out: Path) -> None:
-    from tunery.rag.manifest import rebuild_command
-
     before = old.get("settings", {})
     changed = [k for k in ("tokenizer_sha256", "chunk_tokens", "overlap_tokens", "embedding_model")
                if before.get(k) != settings.get(k)]
@@ -212,7 +211,6 @@ def build_bm25(texts: list[str], folder: Path) -> None:
 def write_dense(path: Path, model_dir: str, texts: list[str], old_rows: list[int | None], old_index: Path | None):
     import numpy as np
 
-    from tunery.rag.dense import embed_texts
 
     old = np.load(old_index / DENSE_FILE, allow_pickle=False) if old_index and (old_index / DENSE_FILE).is_file() \
         else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tunery.errors import RetrievalError
@@ -22,8 +23,6 @@ DENSE_FILE = "dense.npy"
 
 def library_versions(dense: bool) -> dict[str, str]:
     """Versions of the libraries whose file formats or scores an index depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     names = ["bm25s"] + (["sentence-transformers"] if dense else [])
     versions = {}
     for name in names:

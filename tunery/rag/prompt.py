@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, DataError
 from tunery.rag.retrieval import Hit, RagIndex, open_index
 
@@ -74,8 +75,6 @@ def question_of(messages: list[dict]) -> str:
 def fit_prompt(messages: list[dict], hits: list[Hit], tokenizer, *, max_prompt_tokens: int,
                template: str = DEFAULT_TEMPLATE) -> RagPrompt:
     """The prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`."""
-    from tunery.data.template import encode_prompt
-
     kept = list(hits)
     while True:
         wrapped = with_context(messages, kept, template)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tunery.data import tokenizer_hash
 from tunery.errors import ConfigError, RetrievalError
+from tunery.rag.dense import embed_texts
 from tunery.rag.manifest import BM25_DIR, CHUNKS, DENSE_FILE, check_tokenizer, read_manifest
 
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al. 2009)
@@ -80,8 +82,6 @@ class RagIndex:
 
     def check_model(self, tokenizer, model_ref: str) -> None:
         """Refuse a model whose tokenizer is not the one the chunks were measured with."""
-        from tunery.data import tokenizer_hash
-
         check_tokenizer(self.manifest, self.path, tokenizer_hash(tokenizer), model_ref)
 
     def search(self, query: str, k: int = 5, mode: str | None = None) -> list[Hit]:
@@ -121,7 +121,6 @@ class RagIndex:
     def _dense(self, query: str, k: int) -> list[tuple[int, float]]:
         import numpy as np
 
-        from tunery.rag.dense import embed_texts
 
         scores = self.vectors @ embed_texts(self.embedding_model, [query])[0]
         top = np.argsort(-scores, kind="stable")[:k]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 from fastapi import Depends, FastAPI, Request
@@ -63,8 +64,6 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send):
-        import json
-
         body = json.dumps(error_body(f"request body larger than {self.max_bytes} bytes", "invalid_request_error",
                                      "body_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError, TuneryError
+from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError, StoreError, TuneryError
 
 log = logging.getLogger("tunery.server")
 _PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?/[\w.\-]+(?:/[\w.\-]*)+")
@@ -46,7 +46,7 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 def tunery_error_status(exc: TuneryError) -> int:
     if isinstance(exc, NotFoundError) or exc.code == "model_not_found":
         return 404
-    if isinstance(exc, ResourceError):
+    if isinstance(exc, ResourceError | StoreError):  # the server's own failure, not the request's
         return 503
     if isinstance(exc, ConfigError | ModelError):
         return 400

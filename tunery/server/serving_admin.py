@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+from tunery.platform.models import list_fine_tuned
 from tunery.server.auth import Caller
 from tunery.server.protocol import CreateKeyRequest, FeedbackRequest, LoadAdapterRequest, ModelCard, ModelList
 from tunery.server.state import ServerState
 from tunery.store import create_key, list_keys, revoke_key
+from tunery.store.owners import Actor
 from tunery.store.requests import record_feedback
 
 
 def list_models(state: ServerState, caller: Caller | None = None) -> ModelList:
     """The base, the adapters loaded at start, and the fine-tuned job models the caller may use."""
-    from tunery.platform.models import list_fine_tuned
-    from tunery.store.owners import Actor
-
     cards = [ModelCard(id=state.base_name, created=state.started_at)]
     for name in state.engine.adapter_names():
         if not name.startswith("ft:"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from tunery.data.template import encode_prompt, encode_text
 from tunery.errors import DataError, StoreError
 from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.platform.metrics import RequestTimer
@@ -86,8 +87,6 @@ def _max_new_tokens(state: ServerState, prompt_len: int, requested: int | None) 
 
 
 def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
-    from tunery.data.template import encode_prompt
-
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
     messages = [{"role": m.template_role, "content": m.text()} for m in req.messages]
@@ -107,8 +106,6 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
 
 
 def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
-    from tunery.data.template import encode_text
-
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
     if req.echo:

@@ -15,6 +15,7 @@ from tunery.server.auth import Caller
 from tunery.server.errors import ApiError
 from tunery.server.state import ServerState
 from tunery.server.uploads import receive_upload
+from tunery.store.files import get_file as get_row
 from tunery.store.owners import Actor
 
 
@@ -36,8 +37,6 @@ async def list_files(state: ServerState, caller: Caller, purpose: str | None, af
 
 
 async def get_file(state: ServerState, caller: Caller, file_id: str) -> dict:
-    from tunery.store.files import get_file as get_row
-
     return file_service.file_object(await asyncio.to_thread(get_row, state.store, actor_of(caller), file_id))
 
 

@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.errors import ConfigError, ModelError, NotFoundError
+from tunery.inference.loaded_engine import load_engine
+from tunery.models import resolve_model
 from tunery.paths import check_name, runs_dir
+from tunery.platform.models import find_fine_tuned
+from tunery.platform.registry import parse_ref, resolve_version
+from tunery.rag import Retriever
 from tunery.server.settings import ServerSettings
 from tunery.store import Store, open_store
+from tunery.store.owners import Actor
 
 log = logging.getLogger("tunery.server")
 
@@ -54,9 +60,6 @@ class ServerState:
 
     def use_fine_tuned(self, model: str, caller) -> None:
         """Load an `ft:` model the caller may use on first use (the engine keeps the most recent ones)."""
-        from tunery.platform.models import find_fine_tuned
-        from tunery.store.owners import Actor
-
         if not model.startswith("ft:"):
             return
         found = find_fine_tuned(self.store, Actor(caller.key_id, caller.admin), model)
@@ -74,9 +77,6 @@ class ServerState:
         at its next request; requests already running keep the version they started with (it stays
         loaded until the adapter cap drops it). Other names come back unchanged.
         """
-        from tunery.models import resolve_model
-        from tunery.platform.registry import parse_ref, resolve_version
-
         if model == self.base_name or model.startswith("ft:") or model in self.configured_runs:
             return model
         try:
@@ -111,8 +111,6 @@ class ServerState:
 
     def load_adapter(self, name: str, run_dir: Path) -> None:
         """Check the run (completed, an adapter, trained on our base) and load it under `name`."""
-        from tunery.models import resolve_model
-
         check_name(name, "adapter name")
         if name == self.base_name:
             raise ConfigError(f"{name!r} is the base model's name", hint="pick another adapter name")
@@ -149,8 +147,6 @@ def default_served_name(resolved) -> str:
 
 def build_state(settings: ServerSettings) -> ServerState:
     """Load the base model (and configured adapters), start the engine, open the store."""
-    from tunery.inference.loaded_engine import load_engine
-
     settings.check_exposure()
     loaded = load_engine(settings.model, dtype=settings.dtype, weights=settings.weights,
                          decode=settings.decode, max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
@@ -181,8 +177,6 @@ def build_state(settings: ServerSettings) -> ServerState:
 
 def attach_retrievers(state: ServerState, indexes: dict[str, str]) -> None:
     """Open each index for the served model it belongs to; its chunks must fit that model's tokenizer."""
-    from tunery.rag import Retriever
-
     for name, index_dir in indexes.items():
         if name not in state.model_names():
             raise ConfigError(f"--rag {name}={index_dir}: no served model is named {name!r}", code="invalid_option",

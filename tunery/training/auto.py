@@ -21,7 +21,10 @@ import math
 from dataclasses import dataclass
 
 from tunery.config import LoraConfig, TrainSettings
+from tunery.data.dataset import read_dataset
+from tunery.data.template import encode_conversation
 from tunery.errors import ConfigError
+from tunery.training.resources import count_model_parameters
 
 # Examples seen in total (epochs x dataset size) that `auto` aims for; clamped to an epoch range.
 TARGET_EXAMPLES_SEEN = 3000
@@ -173,10 +176,6 @@ def mean_trained_tokens(examples) -> float | None:
 def preview_auto(train_path, tokenizer, model_path, *, method: str,
                  settings: TrainSettings | None = None) -> list[AutoChoice]:
     """The `auto` choices a run on `train_path` would make, with their reasons, before anything runs."""
-    from tunery.data.dataset import read_dataset
-    from tunery.data.template import encode_conversation
-    from tunery.training.resources import count_model_parameters
-
     conversations = read_dataset(train_path, min_examples=0).conversations
     examples = [encode_conversation(tokenizer, c) for c in conversations if c.kind == "chat"]
     num_params, model_config = count_model_parameters(model_path)

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 import torch
 
 from tunery.config import DataConfig
+from tunery.data.dataset import load_dataset
+from tunery.data.splits import dataset_version, split_dataset
+from tunery.data.tokenized import tokenize_dataset
 from tunery.errors import ConfigError
+from tunery.rag import Retriever
+from tunery.rag.raft import add_retrieved_context
 from tunery.types import Conversation, TokenizedExample
 
 
@@ -34,10 +39,6 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
     `objective: dpo` takes preference pairs only; `sft` takes every other kind. `data.rag` adds
     retrieved context to every question (`base_model` names the model in a wrong-tokenizer error).
     """
-    from tunery.data.dataset import load_dataset
-    from tunery.data.splits import dataset_version, split_dataset
-    from tunery.data.tokenized import tokenize_dataset
-
     if train_conversations is None:
         if not data.train:
             raise ConfigError("data.train is not set", hint="set data.train: path/to/train.jsonl in the config")
@@ -83,9 +84,6 @@ def check_objective(conversations: Sequence[Conversation], objective: str) -> No
 
 def with_retrieved_context(data: DataConfig, tokenizer, train, validation, *, seed: int, base_model: str):
     """`data.rag`: both splits' questions gain retrieved chunks and distractors (see tunery.rag.raft)."""
-    from tunery.rag import Retriever
-    from tunery.rag.raft import add_retrieved_context
-
     retriever = Retriever.open(data.rag)
     retriever.index.check_model(tokenizer, base_model)
     options = {"k": data.rag_k, "distractors": data.rag_distractors, "max_seq_len": data.max_seq_len}

@@ -6,6 +6,9 @@ train. Knows nothing about data; precision and threads are chosen in `precision.
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 
 from tunery.config import LoraConfig, TrainConfig
@@ -63,8 +66,6 @@ def keep_4bit_weights_trainable(model) -> None:
 
 def quiet_libraries() -> None:
     """Silence load-time chatter (weight-loading bars, optional-kernel notices) a user cannot act on."""
-    import logging
-    import warnings
 
     from transformers.utils import logging as hf_logging
 

@@ -7,6 +7,7 @@ library functions the CLI and the HTTP API call.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,6 @@ def _duration(seconds) -> str:
 
 
 def _when(epoch) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(epoch))) + " UTC" if epoch else ""
 
 

@@ -11,6 +11,10 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
+from tunery.data.check import check_dataset
+from tunery.data.show import show_example
+from tunery.errors import DataError
+from tunery.platform.files import delete_file, file_content_path, file_object, list_file_objects
 from tunery.web.app import UI, render
 from tunery.web.auth import CSRF_FIELD, Forbidden, Viewer, posted_viewer, viewer
 from tunery.web.session import check_csrf
@@ -21,7 +25,6 @@ router = APIRouter()
 async def upload_file(request: Request, who: Viewer) -> dict:
     """Stream a browser upload into the files service as /v1/files does (capped while it streams);
     the form's CSRF token is checked before anything is recorded. Returns the file object."""
-    from tunery.platform.files import file_object
     from tunery.server.uploads import receive_upload
 
     state = request.app.state.tunery
@@ -35,9 +38,6 @@ async def upload_file(request: Request, who: Viewer) -> dict:
 
 def check_report(request: Request, who: Viewer, file_id: str) -> dict:
     """`tunery data check` on a stored file, its problems naming the upload's own name and lines."""
-    from tunery.data.check import check_dataset
-    from tunery.platform.files import file_content_path
-
     row, path = file_content_path(request.app.state.tunery.store, who.caller, file_id)
     report = check_dataset(path, min_examples=1)
     for problem in report["problems"]:
@@ -46,8 +46,6 @@ def check_report(request: Request, who: Viewer, file_id: str) -> dict:
 
 
 def training_files(request: Request, who: Viewer) -> list[dict]:
-    from tunery.platform.files import list_file_objects
-
     return list_file_objects(request.app.state.tunery.store, who.caller, purpose="fine-tune")["data"]
 
 
@@ -64,10 +62,6 @@ async def upload(request: Request, who: Viewer = Depends(viewer)):
 
 @router.get("/datasets/{file_id}")
 def dataset_page(file_id: str, request: Request, index: int = 0, who: Viewer = Depends(viewer)):
-    from tunery.data.show import show_example
-    from tunery.errors import DataError
-    from tunery.platform.files import file_content_path
-
     checked = check_report(request, who, file_id)
     shown, show_error = None, None
     if checked["report"]["summary"]["examples"]:
@@ -82,8 +76,6 @@ def dataset_page(file_id: str, request: Request, index: int = 0, who: Viewer = D
 
 @router.post("/datasets/{file_id}/delete")
 def delete(file_id: str, request: Request, who: Viewer = Depends(posted_viewer)):
-    from tunery.platform.files import delete_file
-
     delete_file(request.app.state.tunery.store, who.caller, file_id)
     return RedirectResponse(f"{UI}/datasets", status_code=303)
 

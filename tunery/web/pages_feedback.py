@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, Request
 
+from tunery.platform.pii import Scrubber
 from tunery.store.feedback_reviews import QUEUES, review_feedback, review_queue
 from tunery.web.app import render, templates
 from tunery.web.auth import Viewer, admin_viewer, posted_admin
@@ -15,8 +16,6 @@ router = APIRouter()
 
 def scrubbed(item) -> dict:
     """The prompt, answer and correction of one item, scrubbed together (one placeholder table)."""
-    from tunery.platform.pii import Scrubber
-
     messages = [m for m in item.completion.messages if isinstance(m.get("content"), str)]
     answer = item.completion.outputs[0] if item.completion.outputs else ""
     correction = (item.review.correction if item.review and item.review.correction else item.feedback.correction) or ""

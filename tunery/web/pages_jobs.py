@@ -13,6 +13,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
 from tunery.errors import ConfigError, TuneryError
+from tunery.models.builtin import BUILTIN_MODELS
+from tunery.platform import jobs
+from tunery.platform.files import file_content_path
+from tunery.platform.run_follow import read_metrics
+from tunery.training.auto import preview_auto
 from tunery.web.app import UI, render
 from tunery.web.auth import Viewer, posted_viewer, viewer
 
@@ -23,8 +28,6 @@ METHODS = ("lora", "qlora", "full")
 
 
 def _service():
-    from tunery.platform import jobs
-
     return jobs
 
 
@@ -39,8 +42,6 @@ def timing(job: dict, now: float | None = None) -> dict:
 
 def curve(run_dir) -> dict:
     """Train and validation loss by step from the run's metrics.jsonl, as aligned series (null = none)."""
-    from tunery.platform.run_follow import read_metrics
-
     train, valid = {}, {}
     for event in read_metrics(run_dir):
         step = event.get("step")
@@ -102,16 +103,11 @@ def job_form_context(request: Request, who: Viewer, training_file: str | None = 
 
 
 def _builtin_names() -> list[str]:
-    from tunery.models.builtin import BUILTIN_MODELS
-
     return list(BUILTIN_MODELS)
 
 
 def _auto_choices(request: Request, who: Viewer, form: dict) -> list:
     """What `auto` would pick for this file on the served base model, with the reasons."""
-    from tunery.platform.files import file_content_path
-    from tunery.training.auto import preview_auto
-
     state = request.app.state.tunery
     if not form["training_file"] or form["model"] != state.base_name:
         return []

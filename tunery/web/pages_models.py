@@ -13,6 +13,9 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
 from tunery.errors import NotFoundError
+from tunery.platform import jobs, registry
+from tunery.platform.registry import describe, register_run
+from tunery.store import registry as rows
 from tunery.web.app import UI, render
 from tunery.web.auth import Viewer, posted_admin, posted_viewer, viewer
 
@@ -22,9 +25,6 @@ GATE_LIMIT = 50  # task rows compared by default before a promotion from the con
 
 def registry_view(store) -> list[dict]:
     """Each registered name with its versions (newest first), their aliases, lineage and stats."""
-    from tunery.platform.registry import describe
-    from tunery.store import registry as rows
-
     names: dict[str, list] = {}
     for version in rows.list_versions(store):
         names.setdefault(version.name, []).append(version)
@@ -38,8 +38,6 @@ def registry_view(store) -> list[dict]:
 
 
 def version_of_job(store, job_id: str):
-    from tunery.store import registry as rows
-
     return next((v for v in rows.list_versions(store) if v.job_id == job_id), None)
 
 
@@ -53,9 +51,6 @@ async def promote(name: str, version: int, request: Request, alias: str = Form("
                   general: bool = Form(False), limit: int = Form(GATE_LIMIT, ge=1, le=10_000),
                   confirm: bool = Form(False), reason: str = Form("", max_length=2000),
                   who: Viewer = Depends(posted_admin)):
-    from tunery.platform import registry
-    from tunery.store import registry as rows
-
     store = request.app.state.tunery.store
     ref = f"{name}@{version}"
     candidate = registry.resolve_version(store, ref)
@@ -76,8 +71,6 @@ async def promote(name: str, version: int, request: Request, alias: str = Form("
 @router.post("/models/{name}/rollback")
 def rollback(name: str, request: Request, alias: str = Form("production", max_length=64),
              who: Viewer = Depends(posted_admin)):
-    from tunery.platform import registry
-
     registry.rollback(request.app.state.tunery.store, name, alias=alias, actor=who.key_id)
     return RedirectResponse(f"{UI}/models#{name}", status_code=303)
 
@@ -85,8 +78,6 @@ def rollback(name: str, request: Request, alias: str = Form("production", max_le
 @router.get("/models/{name}/{version}/report/{index}")
 def report(name: str, version: int, index: int, request: Request, _: Viewer = Depends(viewer)):
     """An attached compare report (the existing HTML report), shown in the page's frame."""
-    from tunery.store import registry as rows
-
     reports = rows.get_version(request.app.state.tunery.store, name, version).reports
     if not 0 <= index < len(reports):
         raise NotFoundError(f"{name}@{version} has no report {index}")
@@ -108,9 +99,6 @@ def _report_path(entry) -> Path:
 @router.post("/jobs/{job_id}/register")
 def register(job_id: str, request: Request, name: str = Form(..., max_length=64), who: Viewer = Depends(posted_viewer)):
     """Register a succeeded job's run as the next version of NAME (as `tunery models register`)."""
-    from tunery.platform import jobs
-    from tunery.platform.registry import register_run
-
     store = request.app.state.tunery.store
     job = jobs.get_job(store, who.caller, job_id)  # the caller's own job (admins: any)
     if version_of_job(store, job_id) is None:

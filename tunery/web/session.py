@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tunery.errors import NotFoundError
 from tunery.paths import tunery_home
+from tunery.store import create_key, list_keys
 
 SESSION_COOKIE = "tunery_session"
 LOGIN_CSRF_COOKIE = "tunery_login_csrf"
@@ -127,8 +128,6 @@ def consume_login_link(token: str, now: float | None = None) -> str:
 def login_link_key(store, key_id: str | None = None):
     """The key a one-time link signs in as: `key_id`, else the oldest active admin key, else a new
     admin key named "console". Returns (key, created)."""
-    from tunery.store import create_key, list_keys
-
     active = [k for k in list_keys(store) if k.revoked_at is None]
     if key_id is not None:
         key = next((k for k in active if k.id == key_id), None)
