@@ -10,12 +10,14 @@ from typer.testing import CliRunner
 import tunery
 from tunery.cli import _register, app
 from tunery.config import TrainConfig
-from tunery.platform.feedback_loop import run_loop
+from tunery.platform.feedback_loop import collect_examples, run_loop
+from tunery.platform.pii import Scrubber
 from tunery.platform.registry import register_run, resolve_version
 from tunery.store import open_store
-from tunery.store.owners import LOCAL_OWNER
+from tunery.store.feedback_reviews import review_feedback
+from tunery.store.owners import LOCAL_OWNER, Actor
 from tunery.store.registry import alias_version
-from tunery.store.requests import LoggedCompletion, log_completion, record_feedback
+from tunery.store.requests import LoggedCompletion, list_rated_completions, log_completion, record_feedback
 
 SMALL = ["train.epochs=1", "train.batch_size=2", "train.precision=fp32", "train.learning_rate=0.01"]
 
@@ -82,3 +84,22 @@ def test_nothing_to_do_all_pii_and_a_failing_candidate(production, tmp_path):
     assert failed.exit_code == 1 and "invalid_config" in failed.output
     assert json.loads((tmp_path / "c" / "report.json").read_text())["status"] == "failed"
     assert resolve_version(store, "helpdesk").ref == "helpdesk@1" and alias_version(store, "helpdesk", "candidate") is None
+
+
+def test_a_reviewed_loop_trains_only_on_approved_feedback_with_the_edits(production):
+    store = production
+    give_feedback(store, {f"Question {i}": f"Answer {i}." for i in range(4)})
+    since = resolve_version(store, "helpdesk").created_at
+    assert len(collect_examples(store, "helpdesk", since, Scrubber())) == 4
+    assert collect_examples(store, "helpdesk", since, Scrubber(), approved_only=True) == []
+    admin = Actor("reviewer", admin=True)
+    ids = {c.messages[0]["content"]: c.id for c, _ in
+           list_rated_completions(store, admin)}
+    review_feedback(store, admin, ids["Question 0"], "approved")
+    review_feedback(store, admin, ids["Question 1"], "approved", correction="Answer one, as reviewed.")
+    review_feedback(store, admin, ids["Question 2"], "rejected")
+    kept = collect_examples(store, "helpdesk", since, Scrubber(), approved_only=True)
+    answers = sorted(example["messages"][-1]["content"] for example in kept)
+    assert answers == ["Answer 0.", "Answer one, as reviewed."]
+    quiet = run_loop(store, "helpdesk", approved_only=True, min_feedback=3)
+    assert quiet.status == "too_little_feedback" and quiet.message.startswith("2 usable")

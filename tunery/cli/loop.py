@@ -29,6 +29,8 @@ def run_command(
     gate: list[str] = typer.Option(None, "--gate", "-g", help="Gate rule (repeatable; default no-regression)."),
     min_feedback: int = typer.Option(1, "--min-feedback", min=1, help="Do nothing below this many new examples."),
     review: bool = typer.Option(False, "--review", help="Leave a passing candidate as `candidate` for a person."),
+    approved_only: bool = typer.Option(False, "--approved-only", help="Train only on feedback a reviewer approved "
+                                       "in the console's review queue (with the reviewer's edits)."),
     general: bool = typer.Option(True, "--general/--no-general", help="Also gate on the general-skills tasks."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the dataset, run and reports "
                                     "(default TUNERY_HOME/loops/NAME/TIME)."),
@@ -37,7 +39,7 @@ def run_command(
 ):
     """One pass: collect feedback, train a candidate from production, compare, promote when the gates pass."""
     result = _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review,
-                       general=general, out_dir=out, limit=limit, overrides=set_ or [])
+                       general=general, out_dir=out, limit=limit, overrides=set_ or [], approved_only=approved_only)
     raise typer.Exit(EXIT.get(result.status, 1))
 
 
@@ -50,6 +52,7 @@ def watch_command(
     gate: list[str] = typer.Option(None, "--gate", "-g", help="Gate rule (repeatable)."),
     min_feedback: int = typer.Option(50, "--min-feedback", min=1, help="Do nothing below this many new examples."),
     review: bool = typer.Option(False, "--review", help="Leave passing candidates for a person."),
+    approved_only: bool = typer.Option(False, "--approved-only", help="Train only on reviewer-approved feedback."),
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many passes."),
 ):
     """Run the loop on a schedule (one pass at a time per NAME)."""
@@ -57,7 +60,7 @@ def watch_command(
     runs = 0
     while max_runs is None or runs < max_runs:
         _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review, general=True,
-                  out_dir=None, limit=None, overrides=[])
+                  out_dir=None, limit=None, overrides=[], approved_only=approved_only)
         runs += 1
         if max_runs is None or runs < max_runs:
             time.sleep(interval)

@@ -31,6 +31,7 @@ from tunery.platform.pii import Scrubber
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.feedback_export import build_example, scrub_row
+from tunery.store.feedback_reviews import apply_reviews
 from tunery.store.owners import LOCAL_OWNER
 from tunery.store.requests import list_rated_completions
 
@@ -55,10 +56,17 @@ class LoopResult:
     timeline: list[dict] = field(default_factory=list)
 
 
-def collect_examples(store: Store, name: str, since: str, scrubber: Scrubber) -> list[dict]:
-    """Chat examples from the feedback on NAME's versions since `since`, scrubbed and deduplicated."""
+def collect_examples(store: Store, name: str, since: str, scrubber: Scrubber, *,
+                     approved_only: bool = False) -> list[dict]:
+    """Chat examples from the feedback on NAME's versions since `since`, scrubbed and deduplicated.
+
+    With `approved_only`, only feedback a reviewer approved counts, with the reviewer's edit in place
+    of the correction given (the console's review queue)."""
     examples, seen = [], set()
-    for entry, feedback in list_rated_completions(store, LOCAL_OWNER, since=since):
+    rated = list_rated_completions(store, LOCAL_OWNER, since=since)
+    if approved_only:
+        rated = apply_reviews(store, rated)
+    for entry, feedback in rated:
         if not entry.model.startswith(f"{name}@"):
             continue
         example = scrub_row(build_example(entry, feedback), scrubber)
@@ -79,7 +87,8 @@ def _teaches(example: dict) -> bool:
 
 def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates: list[str] | tuple[str, ...] = (),
              min_feedback: int = 1, review: bool = False, out_dir: str | Path | None = None, general: bool = True,
-             limit: int | None = None, overrides: list[str] | None = None, seed: int = 0) -> LoopResult:
+             limit: int | None = None, overrides: list[str] | None = None, seed: int = 0,
+             approved_only: bool = False) -> LoopResult:
     """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
     if tasks is not None and not Path(tasks).is_file():
         raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
@@ -88,7 +97,7 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
         out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=True)
         result = LoopResult(name=name, status="failed", message="", production=production.ref)
-        examples = collect_examples(store, name, production.created_at, Scrubber())
+        examples = collect_examples(store, name, production.created_at, Scrubber(), approved_only=approved_only)
         result.timeline.append({"step": "collect", "examples": len(examples), "since": production.created_at})
         if len(examples) < max(min_feedback, 1):
             result.status = "too_little_feedback"
