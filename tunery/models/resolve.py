@@ -86,6 +86,11 @@ def _resolve_with_index(ref: str) -> ResolvedModel:
     return replace(resolve_model(model_ref), ref=ref, rag_index=index_dir.resolve())
 
 
+def looks_like_hub_id(ref: str) -> bool:
+    """True for `owner/name` references that are not an existing local path."""
+    return bool(_HUB_ID.match(ref)) and not ref.startswith(".") and not Path(ref).expanduser().exists()
+
+
 def _resolve_path(ref: str, path: Path) -> ResolvedModel:
     path = path.resolve()
     if path.is_file():

@@ -20,6 +20,8 @@ from tunery import host
 from tunery.config import TrainConfig, dump_config, load_train_config
 from tunery.errors import ConfigError, TrainingError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
+from tunery.models.card import point_adapter_at_hub
+from tunery.models.portable import make_folder_portable
 from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
@@ -166,7 +168,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     if status == "completed":
         state_dict = gather_model_state(model) if dist.sharded else None
         if dist.is_main:
-            result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method, state_dict)
+            result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method, state_dict,
+                                                                    base_ref=source.base_ref or config.base_model)
     else:
         result.resume_command = f"tunery train --resume {shlex.quote(str(run.path))}"
     if dist.is_main:
@@ -236,19 +239,25 @@ def resume_state(trainer: Trainer, run: RunDir, reporter: Reporter) -> TrainStat
 
 
 def export_outputs(run: RunDir, model, tokenizer, method: str,
-                   state_dict: dict | None = None) -> tuple[Path | None, Path | None]:
+                   state_dict: dict | None = None, base_ref: str | None = None) -> tuple[Path | None, Path | None]:
     """adapter/ (PEFT format) or model/ (HF safetensors), plus tokenizer and chat template.
 
     A sharded (FSDP2) model passes its gathered full `state_dict`: its own parameters are shards.
     """
     tokenizer.save_pretrained(run.path)
+    make_folder_portable(run.path)
     if method == "full":
         def write_model(tmp: Path) -> None:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
+            make_folder_portable(tmp)
         publish_folder(write_model, run.model_dir)
         return None, run.model_dir
-    publish_folder(lambda tmp: model.save_pretrained(tmp, safe_serialization=True), run.adapter_dir)
+
+    def write_adapter(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        point_adapter_at_hub(tmp, base_ref)
+    publish_folder(write_adapter, run.adapter_dir)
     return run.adapter_dir, None
 
 
