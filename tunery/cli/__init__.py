@@ -17,6 +17,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import tunery
+
+        typer.echo(f"tunery {tunery.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print tunery's version and exit.")) -> None:
+    """Fine-tune open language models on your own data, evaluate them, serve them, and feed what you
+    learn back into training."""
+
+
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`, in the order `--help` lists them.
     from tunery.cli import data as _data  # noqa: F401, I001  (order: the --help listing)
