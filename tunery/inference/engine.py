@@ -9,6 +9,7 @@ lane) feeds one arriving alone or while others decode in the free rows of the ne
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -22,6 +23,7 @@ import torch
 
 from tunery.errors import ConfigError, NotFoundError, ResourceError
 from tunery.inference.backend import Prompt, Row, open_backend
+from tunery.inference.logits import RowShaper, needs_shaping
 from tunery.inference.lora import read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.inference.sampling import make_generator, sample_token
@@ -52,6 +54,8 @@ class _Sequence:
     generated: int = 0
     aborted: bool = False
     done: bool = False
+    shaper: RowShaper | None = None  # logit_bias, penalties, grammar mask, logprobs (inference/logits.py)
+    logprobs: list[dict] = field(default_factory=list)  # entries not yet sent with an event
 
     def next_row(self) -> Row:
         return Row(self.id, [self.last_token], self.fed, self.slot)
@@ -153,7 +157,7 @@ class Engine:
             seq = _Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=self._slot_of(adapter),
                             on_event=on_event, tracker=TextTracker(self.tokenizer, params.stop),
                             generator=make_generator(params.seed), draft=self.drafts.new_state(),
-                            history=list(prompt_ids))
+                            history=list(prompt_ids), shaper=self._shaper(params))
             self._pending.append(seq)
             self._cond.notify_all()
         return seq.id
@@ -169,11 +173,13 @@ class Engine:
                  timeout_s: float = 600) -> GenerationEvent:
         """Blocking convenience: the whole output as one event (text joined, final counts)."""
         pieces: list[str] = []
+        logprobs: list[dict] = []
         done = threading.Event()
         final: list[GenerationEvent] = []
 
         def on_event(event: GenerationEvent) -> None:
             pieces.append(event.text)
+            logprobs.extend(event.logprobs)
             if event.finish_reason is not None:
                 final.append(event)
                 done.set()
@@ -184,7 +190,8 @@ class Engine:
             self.abort(request_id)
             done.wait(5)
         last = final[0] if final else GenerationEvent(finish_reason="abort")
-        return GenerationEvent("".join(pieces), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return GenerationEvent("".join(pieces), last.finish_reason, last.prompt_tokens, last.completion_tokens,
+                               tuple(logprobs))
 
     # ---- adapters --------------------------------------------------------------------------
     def load_adapter(self, name: str, adapter_dir: Path) -> None:
@@ -359,9 +366,22 @@ class Engine:
             self.backend.rewind(seq.id, seq.fed)  # the cache keeps what was accepted
 
     # ---- sampling, stops, streaming ---------------------------------------------------------
+    def _shaper(self, params: SamplingParams) -> RowShaper | None:
+        if not needs_shaping(params):
+            return None
+        vocab_size = int(self.model.config.vocab_size)
+        return RowShaper(params, self.tokenizer, sorted(self.stop_token_ids), vocab_size)
+
     def _pick(self, seq: _Sequence, logits: torch.Tensor) -> int:
         """The one place a request's next token is chosen from its logits [vocab] (drafts included)."""
-        return sample_token(logits, seq.params, seq.generator)
+        if seq.shaper is None:
+            return sample_token(logits, seq.params, seq.generator)
+        logits = seq.shaper.apply(logits)
+        token = sample_token(logits, seq.params, seq.generator)
+        if seq.params.logprobs is not None:
+            seq.logprobs.append(seq.shaper.logprob_entry(logits, token, self.tokenizer))
+        seq.shaper.accept(token)
+        return token
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
@@ -397,6 +417,9 @@ class Engine:
                                         completion_tokens=seq.generated))
 
     def _emit(self, seq: _Sequence, event: GenerationEvent) -> None:
+        if seq.logprobs:
+            event = dataclasses.replace(event, logprobs=tuple(seq.logprobs))
+            seq.logprobs = []
         try:
             seq.on_event(event)
         except Exception:  # a broken consumer must not stop the batch

@@ -18,6 +18,11 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False  # benchmarks only: generate exactly max_new_tokens
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: not asked; N: the picked token's log-probability and the top N
+    grammar: str | None = None  # an llguidance grammar (inference/grammar.py) the output must match
 
 
 @dataclass(frozen=True)
@@ -28,3 +33,4 @@ class GenerationEvent:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[dict, ...] = ()  # OpenAI logprobs entries of the tokens since the previous event

@@ -132,6 +132,10 @@ def _add_routes(app: FastAPI) -> None:
     async def models(request: Request, caller: Caller = Depends(require_key)):
         return serving_admin.list_models(state_of(request), caller)
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request, caller: Caller = Depends(require_key)):
+        return serving_admin.get_model(state_of(request), model_id, caller)
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(require_key)):
         await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tunery.errors import NotFoundError
 from tunery.platform.models import list_fine_tuned
 from tunery.server.auth import Caller
 from tunery.server.protocol import CreateKeyRequest, FeedbackRequest, LoadAdapterRequest, ModelCard, ModelList
@@ -25,6 +26,13 @@ def list_models(state: ServerState, caller: Caller | None = None) -> ModelList:
             if model.base == state.base_name:
                 cards.append(ModelCard(id=model.name, created=model.created, parent=state.base_name))
     return ModelList(data=cards)
+
+
+def get_model(state: ServerState, model_id: str, caller: Caller | None = None) -> ModelCard:
+    for card in list_models(state, caller).data:
+        if card.id == model_id:
+            return card
+    raise NotFoundError(f"no model named {model_id!r} is served", code="model_not_found")
 
 
 async def load_adapter(state: ServerState, req: LoadAdapterRequest) -> dict:

@@ -32,14 +32,17 @@ from tunery.server.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatLogprobs,
     Completion,
     CompletionChoice,
     CompletionRequest,
     DeltaMessage,
+    DeltaToolCall,
     TuneryExtension,
     Usage,
 )
 from tunery.server.state import ServerState
+from tunery.server.structured import completion_logprobs, parse_tool_calls, plan_structure
 from tunery.store.requests import LoggedCompletion, log_completion
 
 log = logging.getLogger("tunery.server")
@@ -60,6 +63,8 @@ class Plan:
     include_usage: bool
     created: int
     citations: list[dict] | None = None  # the chunks a retrieval model's prompt holds
+    tools: list[dict] | None = None  # function definitions: the answer's tool calls are parsed out
+    logprobs: bool = False
 
 
 def _check_caps(state: ServerState, req) -> list[str]:
@@ -89,7 +94,8 @@ def _max_new_tokens(state: ServerState, prompt_len: int, requested: int | None) 
 def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
-    messages = [{"role": m.template_role, "content": m.text()} for m in req.messages]
+    structure = plan_structure(req)
+    messages = structure.messages
     citations = None
     try:
         retriever = state.retrievers.get(req.model)
@@ -101,8 +107,9 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
             prompt_ids = encode_prompt(state.tokenizer, messages)
     except DataError as exc:
         raise ApiError(400, exc.message, param="messages", code=exc.code) from None
-    plan = _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages, req.requested_max_tokens())
-    return replace(plan, citations=citations)
+    plan = _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages, req.requested_max_tokens(),
+                 grammar=structure.grammar, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    return replace(plan, citations=citations, tools=structure.tools or None, logprobs=req.logprobs)
 
 
 def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
@@ -117,13 +124,21 @@ def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
     prompt_ids = encode_text(state.tokenizer, text)
     if not prompt_ids:
         raise ApiError(400, "the prompt is empty", param="prompt")
-    return _plan(state, req, "text", "cmpl-", adapter, prompt_ids, stops, [{"role": "user", "content": text}],
-                 req.max_tokens)
+    plan = _plan(state, req, "text", "cmpl-", adapter, prompt_ids, stops, [{"role": "user", "content": text}],
+                 req.max_tokens, logprobs=req.logprobs)
+    return replace(plan, logprobs=req.logprobs is not None)
 
 
-def _plan(state, req, kind, prefix, adapter, prompt_ids, stops, logged, requested) -> Plan:
+def _plan(state, req, kind, prefix, adapter, prompt_ids, stops, logged, requested, *, grammar=None,
+          logprobs=None) -> Plan:
+    try:
+        bias = req.logit_bias_pairs()
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="logit_bias") from None
     params = SamplingParams(max_new_tokens=_max_new_tokens(state, len(prompt_ids), requested),
-                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(stops))
+                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(stops),
+                            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                            logit_bias=bias, logprobs=logprobs, grammar=grammar)
     return Plan(id=prefix + secrets.token_hex(12), kind=kind, model=req.model, adapter=adapter,
                 prompt_ids=prompt_ids, params=params, n=req.n, logged_messages=logged, stream=req.stream,
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
@@ -209,11 +224,12 @@ def log_scrubber(patterns_file) -> Scrubber:
 
 async def _collect(submitted: Submitted) -> tuple[list[str], list[GenerationEvent | None]]:
     plan = submitted.plan
-    texts, finals = [""] * plan.n, [None] * plan.n
+    texts, finals, logprobs = [""] * plan.n, [None] * plan.n, [[] for _ in range(plan.n)]
     async for index, event in submitted.events():
         texts[index] += event.text
+        logprobs[index].extend(event.logprobs)
         if event.finish_reason is not None:
-            finals[index] = event
+            finals[index] = replace(event, logprobs=tuple(logprobs[index]))
     return texts, finals
 
 
@@ -235,14 +251,38 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     texts, finals = await _collect_unless_disconnected(state, plan, request)
     _raise_for_failure(finals)
     _log(state, plan, caller, texts, finals, started_s)
-    choices = [ChatChoice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=finals[i].finish_reason)
-               for i in range(plan.n)]
+    choices = [_chat_choice(plan, i, texts[i], finals[i]) for i in range(plan.n)]
     completion = ChatCompletion(id=plan.id, created=plan.created, model=plan.model, choices=choices,
                                 usage=_usage(plan, finals), tunery=_extension(plan))
     body = completion.model_dump()
     if body["tunery"] is None:
         del body["tunery"]
     return body
+
+
+def _chat_choice(plan: Plan, index: int, text: str, final: GenerationEvent) -> ChatChoice:
+    logprobs = ChatLogprobs(content=list(final.logprobs)) if plan.logprobs else None
+    if plan.tools:
+        content, calls = parse_tool_calls(text, plan.tools)
+        if calls:
+            return ChatChoice(index=index, message=AssistantMessage(content=content, tool_calls=calls),
+                              finish_reason="tool_calls", logprobs=logprobs)
+    return ChatChoice(index=index, message=AssistantMessage(content=text), finish_reason=final.finish_reason,
+                      logprobs=logprobs)
+
+
+def _tool_chunks(plan: Plan, index: int, text: str, final: GenerationEvent):
+    """A tool-using answer is streamed once whole: its calls (or its text) and the finish reason."""
+    content, calls = parse_tool_calls(text, plan.tools or [])
+    if calls:
+        deltas = [DeltaToolCall(index=i, id=c.id, type="function",
+                                function={"name": c.function.name, "arguments": c.function.arguments})
+                  for i, c in enumerate(calls)]
+        delta, reason = DeltaMessage(content=content, tool_calls=deltas), "tool_calls"
+    else:
+        delta, reason = DeltaMessage(content=text or None), final.finish_reason
+    return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
+                               choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=reason)])
 
 
 def _extension(plan: Plan) -> TuneryExtension | None:
@@ -256,7 +296,9 @@ async def create_completion(state: ServerState, req: CompletionRequest, caller: 
     texts, finals = await _collect_unless_disconnected(state, plan, request)
     _raise_for_failure(finals)
     _log(state, plan, caller, texts, finals, started_s)
-    choices = [CompletionChoice(index=i, text=texts[i], finish_reason=finals[i].finish_reason) for i in range(plan.n)]
+    choices = [CompletionChoice(index=i, text=texts[i], finish_reason=finals[i].finish_reason,
+                                logprobs=completion_logprobs(list(finals[i].logprobs)) if plan.logprobs else None)
+               for i in range(plan.n)]
     return Completion(id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=_usage(plan, finals))
 
 
@@ -275,7 +317,8 @@ def _chat_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: U
         return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
                                    choices=[ChatChunkChoice(index=index, delta=delta)], tunery=_extension(plan))
     choice = ChatChunkChoice(index=index, delta=DeltaMessage(content=event.text or None),
-                             finish_reason=event.finish_reason)
+                             finish_reason=event.finish_reason,
+                             logprobs=ChatLogprobs(content=list(event.logprobs)) if plan.logprobs else None)
     return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model, choices=[choice])
 
 
@@ -285,7 +328,9 @@ def _text_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: U
     if event is None:
         return None
     return Completion(id=plan.id, created=plan.created, model=plan.model,
-                      choices=[CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason)])
+                      choices=[CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason,
+                                                logprobs=completion_logprobs(list(event.logprobs))
+                                                if plan.logprobs else None)])
 
 
 def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, make_chunk) -> StreamingResponse:
@@ -304,6 +349,10 @@ def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, ma
                 return
             if event.finish_reason is not None:
                 finals[index] = event
+            if plan.tools:  # calls are parsed from the whole answer, then sent
+                if event.finish_reason is not None:
+                    yield _sse(_tool_chunks(plan, index, texts[index], event))
+                continue
             if event.text or event.finish_reason:
                 yield _sse(make_chunk(plan, index, event))
         if plan.include_usage:

@@ -1,0 +1,151 @@
+"""Structured outputs and tools through the official `openai` client (and LangChain) over real HTTP:
+JSON schemas always validate, tool calls round-trip, logprobs, penalties, logit_bias, one model by id."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+TICKET = {"type": "object",
+          "properties": {"category": {"type": "string", "enum": ["network", "hardware", "access", "email"]},
+                         "priority": {"type": "string", "enum": ["P1", "P2", "P3", "P4"]},
+                         "summary": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"},
+                         "tags": {"type": "array", "items": {"type": "string", "enum": ["vpn", "printer", "mail"]},
+                                  "maxItems": 2}},
+          "required": ["category", "priority", "summary", "tags"], "additionalProperties": False}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]{1,12}$"},
+                                                    "unit": {"type": "string", "enum": ["c", "f"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "Printer on floor 3 is offline, please triage."}]
+
+
+def schema_format(strict: bool = True) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "ticket", "schema": TICKET, "strict": strict}}
+
+
+def test_fifty_json_schema_answers_all_validate(live):
+    client = live.client()
+    answers = []
+    for seed in range(50):
+        result = client.chat.completions.create(model=live.base, messages=ASK, response_format=schema_format(),
+                                                temperature=1.0, seed=seed, max_tokens=400)
+        assert result.choices[0].finish_reason == "stop", result.choices[0].message.content
+        answers.append(json.loads(result.choices[0].message.content))
+    for answer in answers:
+        jsonschema.validate(answer, TICKET)
+    assert len({json.dumps(a, sort_keys=True) for a in answers}) > 5  # sampled, not one fixed answer
+
+
+def test_json_object_mode_on_the_adapter_streams_an_object(live):
+    client = live.client()
+    finished = 0
+    for seed in range(4):
+        stream = client.chat.completions.create(model="support", messages=ASK, response_format={"type": "json_object"},
+                                                temperature=0.8, seed=seed, max_tokens=300, stream=True)
+        text, reason = "", None
+        for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                reason = chunk.choices[0].finish_reason or reason
+        assert text.startswith("{")
+        if reason == "stop":  # a random tiny model may also run out of tokens inside a string
+            assert isinstance(json.loads(text), dict)
+            finished += 1
+    assert finished
+
+
+@pytest.mark.parametrize("schema, words", [
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}, "required"),
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}, "additionalProperties"),
+    ({"type": "object", "properties": {"a": {"type": "string", "if": {}}}, "required": ["a"],
+      "additionalProperties": False}, "'if'"),
+])
+def test_unsupported_strict_schemas_are_a_clear_400(live, schema, words):
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client().chat.completions.create(
+            model=live.base, messages=ASK, max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}})
+    assert words in caught.value.body["message"] and caught.value.body["param"] == "response_format"
+
+
+def test_named_tool_call_round_trip(live):
+    client = live.client()
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=80,
+                                           tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                           temperature=0.7, seed=1)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18})}]
+    second = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], tool_choice="none",
+                                            max_tokens=12, temperature=0)
+    assert second.choices[0].message.tool_calls is None and second.choices[0].message.content
+
+
+def test_required_parallel_tool_calls_stream(live):
+    client = live.client()
+    stream = client.chat.completions.create(model=live.base, messages=[{"role": "user", "content": "Weather?"}],
+                                            tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.7,
+                                            seed=2, stream=True)
+    calls, reasons = [], []
+    for chunk in stream:
+        for choice in chunk.choices:
+            calls += choice.delta.tool_calls or []
+            reasons.append(choice.finish_reason)
+    assert calls and reasons[-1] == "tool_calls"
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+
+
+def test_logprobs_penalties_and_logit_bias(live):
+    client = live.client()
+    x_id = live.state.tokenizer.convert_tokens_to_ids("x")
+    result = client.chat.completions.create(model=live.base, messages=ASK, max_tokens=4, temperature=0,
+                                            logprobs=True, top_logprobs=2, logit_bias={str(x_id): 100},
+                                            presence_penalty=0.5, frequency_penalty=0.5)
+    content = result.choices[0].logprobs.content
+    assert result.choices[0].message.content == "xxxx" and len(content) == 4
+    assert content[0].token == "x" and len(content[0].top_logprobs) == 2 and content[0].logprob <= 0
+    text = client.completions.create(model=live.base, prompt="The printer", max_tokens=3, temperature=0, logprobs=2)
+    assert len(text.choices[0].logprobs.tokens) == 3 and len(text.choices[0].logprobs.top_logprobs[0]) == 2
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=live.base, messages=ASK, max_tokens=2, logit_bias={"x": 5})
+
+
+def test_one_model_by_id(live):
+    client = live.client()
+    assert client.models.retrieve("support").parent == live.base
+    assert client.models.retrieve(live.base).id == live.base
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_langchain_with_structured_output(live, method):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class Ticket(BaseModel):
+        """A triaged helpdesk ticket."""
+
+        category: str = Field(description="network, hardware or access", pattern="^(network|hardware|access)$")
+        urgent: bool
+
+    llm = ChatOpenAI(model=live.base, base_url=live.url + "/v1", api_key=live.user_key, temperature=0.5, seed=1,
+                     max_tokens=80, max_retries=0)
+    if method == "json_mode":
+        structured = llm.with_structured_output(Ticket.model_json_schema(), method="json_mode")
+        answer = structured.invoke("Triage as JSON with keys category and urgent: the VPN is down.")
+        assert isinstance(answer, dict)
+        return
+    answer = llm.with_structured_output(Ticket, method=method, strict=True).invoke("The VPN is down for everyone.")
+    assert isinstance(answer, Ticket) and answer.category in ("network", "hardware", "access")

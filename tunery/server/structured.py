@@ -1,0 +1,122 @@
+"""Structured chat requests: `response_format`, `tools` / `tool_choice` and `logprobs` turned into a
+grammar, prompt messages and sampling fields; and tool calls parsed back out of the model's text.
+
+Tools reach the model as a system message in the Hermes format (`<tool_call>{...}</tool_call>`),
+which any chat template renders; a `required` or named choice is enforced by the grammar.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from tunery.inference.grammar import GrammarError, compile_schema, json_object_grammar, tool_call_grammar
+from tunery.server.errors import ApiError
+from tunery.server.protocol import ChatCompletionRequest, ResponseFunctionCall, ResponseToolCall
+
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_CALL = re.compile(re.escape(TOOL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CLOSE), re.S)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a chat request's structure fields ask of the prompt, the sampler and the answer."""
+
+    messages: list[dict]
+    grammar: str | None = None
+    tools: list[dict] = field(default_factory=list)  # function definitions calls may name
+
+
+def plan_structure(req: ChatCompletionRequest) -> Structure:
+    messages = [template_message(m) for m in req.messages]
+    tools = [t.function.model_dump(exclude_none=True) for t in req.tools or []]
+    choice = req.tool_choice or ("auto" if tools else "none")
+    try:
+        if choice != "none" and not tools:
+            raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+        if tools and choice != "none":
+            if req.response_format is not None and req.response_format.type != "text" and choice != "auto":
+                raise ApiError(400, "response_format cannot be combined with a required tool call",
+                               param="response_format")
+            named = [t for t in tools if not isinstance(choice, str) and t["name"] == choice.function.name]
+            if not isinstance(choice, str) and not named:
+                raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not in tools",
+                               param="tool_choice")
+            for tool in tools:
+                if tool.get("strict") and tool.get("parameters"):
+                    compile_schema(tool["parameters"], strict=True, name=tool["name"])
+            messages = [{"role": "system", "content": tools_prompt(tools, req.parallel_tool_calls)}, *messages] \
+                if messages[0]["role"] != "system" else \
+                [{"role": "system", "content": messages[0]["content"] + "\n\n" + tools_prompt(tools, req.parallel_tool_calls)},
+                 *messages[1:]]
+            if choice == "auto":
+                return Structure(messages, response_grammar(req), tools)
+            allowed = named or tools
+            grammar = tool_call_grammar(allowed, parallel=req.parallel_tool_calls and not named,
+                                        open_tag=TOOL_OPEN, close_tag=TOOL_CLOSE)
+            return Structure(messages, grammar, tools)
+        return Structure(messages, response_grammar(req))
+    except GrammarError as exc:
+        raise ApiError(400, exc.message, param="tools" if tools else "response_format", code=exc.code) from None
+
+
+def response_grammar(req: ChatCompletionRequest) -> str | None:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_object_grammar()
+    spec = fmt.json_schema
+    return compile_schema(spec.schema_ or {"type": "object"}, strict=bool(spec.strict), name=spec.name)
+
+
+def template_message(message) -> dict:
+    """A request message as the chat template sees it: tool calls and results written out as text."""
+    if message.role == "tool":
+        return {"role": "user", "content": f"<tool_response>\n{message.text()}\n</tool_response>"}
+    text = message.text()
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError:
+            raise ApiError(400, f"the arguments of tool call {call.id!r} are not JSON", param="messages") from None
+        text += TOOL_OPEN + json.dumps({"name": call.function.name, "arguments": arguments}) + TOOL_CLOSE
+    return {"role": message.template_role, "content": text}
+
+
+def tools_prompt(tools: list[dict], parallel: bool) -> str:
+    listed = "\n".join(json.dumps({"type": "function", "function": t}) for t in tools)
+    many = "one or more calls, each" if parallel else "one call"
+    return ("You may call functions to answer. The functions are:\n<tools>\n" + listed + "\n</tools>\n"
+            f"To call, reply with {many} as {TOOL_OPEN}{{\"name\": NAME, \"arguments\": {{...}}}}{TOOL_CLOSE}.")
+
+
+def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[ResponseToolCall]]:
+    """(content left over, tool calls) from the model's text; malformed calls stay as content."""
+    names = {t["name"] for t in tools}
+    calls, kept = [], text
+    for match in TOOL_CALL.finditer(text):
+        try:
+            call = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if not isinstance(call, dict) or call.get("name") not in names:
+            continue
+        arguments = call.get("arguments", {})
+        calls.append(ResponseToolCall(id="call_" + secrets.token_hex(12), function=ResponseFunctionCall(
+            name=call["name"], arguments=json.dumps(arguments) if not isinstance(arguments, str) else arguments)))
+        kept = kept.replace(match.group(0), "", 1)
+    return (kept.strip() or None) if calls else text, calls
+
+
+def completion_logprobs(entries: list[dict], start_offset: int = 0) -> dict:
+    """The legacy completions `logprobs` object from chat-style entries."""
+    offsets, position = [], start_offset
+    for entry in entries:
+        offsets.append(position)
+        position += len(entry["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
