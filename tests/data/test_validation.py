@@ -54,7 +54,28 @@ LINE_CASES = {
                          "messages[1].role"),
     "lone_surrogate": ('{"text": "bad \\ud800 escape"}', "invalid_unicode", "text"),
     "text_not_string": ('{"text": ["a"]}', "wrong_type", "text"),
+    "sharegpt_unknown_speaker": (json.dumps({"conversations": [{"from": "bot", "value": "hi"}]}), "unknown_role",
+                                 "conversations[0].from"),
+    "sharegpt_tool_speaker": (json.dumps({"conversations": [{"from": "human", "value": "hi"},
+                                                            {"from": "tool", "value": "{}"}]}), "unknown_role",
+                              "conversations[1].from"),
+    "sharegpt_missing_value": (json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}),
+                               "missing_key", "conversations[1].value"),
+    "sharegpt_null_value": (json.dumps({"conversations": [{"from": "human", "value": None}]}), "null_content",
+                            "conversations[0].value"),
+    "sharegpt_not_a_list": ('{"conversations": "hi"}', "wrong_type", "conversations"),
 }
+
+
+def test_sharegpt_reads_as_the_same_conversation_as_chat(tmp_path):
+    turns = [("system", "Be brief."), ("human", "Reset my VPN token"), ("gpt", "Done."), ("human", "Thanks"),
+             ("gpt", "You're welcome.")]
+    share = write_lines(tmp_path / "share.jsonl", [json.dumps({"id": "a1", "conversations": [
+        {"from": who, "value": text} for who, text in turns]})])
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    chat = write_lines(tmp_path / "chat.jsonl", [_msgs(*[{"role": roles[w], "content": t} for w, t in turns])])
+    (from_share,), (from_chat,) = read_dataset([share]).conversations, read_dataset([chat]).conversations
+    assert from_share.turns == from_chat.turns and [t.train for t in from_share.turns] == [0, 0, 1, 0, 1]
 
 
 @pytest.mark.parametrize("name", sorted(LINE_CASES))

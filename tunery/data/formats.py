@@ -18,6 +18,8 @@ from tunery.types import ROLES, Conversation, Location, Turn
 # format -> (required keys, optional keys)
 FORMAT_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "chat": (frozenset({"messages"}), frozenset()),
+    # ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]} (FastChat, Axolotl).
+    "sharegpt": (frozenset({"conversations"}), frozenset()),
     "instruction": (frozenset({"instruction", "output"}), frozenset({"input"})),
     "prompt_completion": (frozenset({"prompt", "completion"}), frozenset()),
     "text": (frozenset({"text"}), frozenset()),
@@ -81,6 +83,8 @@ def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Co
     location = Location(record.file, record.line)
     if fmt == "chat":
         return _convert_chat(value["messages"], location, state, log)
+    if fmt == "sharegpt":
+        return _convert_sharegpt(value["conversations"], location, state, log)
     if fmt == "preference":
         return _convert_preference(value, location, state, log)
     if fmt == "text":
@@ -127,6 +131,40 @@ def _convert_chat(messages: Any, location: Location, state: FormatState, log: Pr
                     field="messages", **where)
         return None
     return Conversation(tuple(turns), "chat", location)
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "system": "system"}
+
+
+def _convert_sharegpt(turns: Any, location: Location, state: FormatState, log: ProblemLog) -> Conversation | None:
+    """ShareGPT turns (`from`, `value`) as chat messages, each problem located at conversations[i]."""
+    where = {"file": location.file, "line": location.line}
+    if not isinstance(turns, list):
+        log.error("wrong_type", f"'conversations' must be a list of turns, found {_type_name(turns)}",
+                  field="conversations", **where)
+        return None
+    messages = []
+    for index, turn in enumerate(turns):
+        path = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            log.error("wrong_type", f"a turn must be an object, found {_type_name(turn)}", field=path, **where)
+            return None
+        for key in sorted({"from", "value"} - set(turn)):
+            log.error("missing_key", f"turn has no {key!r}", field=f"{path}.{key}", **where)
+            return None
+        speaker = turn["from"]
+        if speaker not in SHAREGPT_ROLES:
+            hint = "tool turns need the OpenAI chat format (messages with tool_calls and role tool)" \
+                if speaker in ("tool", "function_call", "observation") else \
+                f"'from' must be one of: {', '.join(sorted(SHAREGPT_ROLES))}"
+            log.error("unknown_role", f"unknown speaker {speaker!r}", field=f"{path}.from", hint=hint, **where)
+            return None
+        text = _check_text(turn["value"], f"{path}.value", log, **where)
+        if text is None:
+            return None
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": text})
+    return _convert_chat(messages, location, state, log)
 
 
 def _convert_preference(value: dict, location: Location, state: FormatState, log: ProblemLog) -> Conversation | None:
