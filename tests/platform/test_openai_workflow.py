@@ -59,6 +59,7 @@ def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"),
     raise AssertionError(f"job {job_id} still {job.status}")
 
 
+@pytest.mark.timeout(1800)
 def test_the_openai_client_fine_tunes_and_chats_with_the_result(platform):
     alice, bob = platform["alice"], platform["bob"]
     uploaded = alice.files.create(file=("train.jsonl", chat_lines()), purpose="fine-tune")
