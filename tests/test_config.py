@@ -75,7 +75,7 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
         load_train_config(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_train_config(overrides=["method"])
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_train_config(tmp_path / "missing.yaml")
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunery.errors import ConfigError
+from tunery.safeio import read_text
 
 Auto = Literal["auto"]
 # Every number has its range here, in the model, so `config validate`, `train` and every later caller
@@ -138,10 +139,9 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping; YAML errors carry the line."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}", code="config_not_found")
+    text = read_text(path, what="config file", error=ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -248,8 +248,8 @@ def suggest_key(loc: tuple) -> str | None:
 def find_yaml_line(path: Path, loc: tuple[str, ...]) -> int | None:
     """1-based line of the key at `loc` in a YAML file, or None when it is not there (an override)."""
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        node = yaml.compose(read_text(path, error=ConfigError))
+    except (ConfigError, yaml.YAMLError):
         return None
     line = None
     for part in loc:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tunery.errors import ConfigError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# fullmatch, not `$`: `$` also matches before a final newline, and "name\n" must not become a folder.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def tunery_home() -> Path:
@@ -51,9 +52,9 @@ def database_path() -> Path:
 
 def check_name(name: str, what: str = "name") -> str:
     """Return `name` if it is a safe identifier (letters, digits, `._-`, no path parts)."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in {".", ".."} or ".." in name:
-        raise ConfigError(
-            f"invalid {what} {name!r}",
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(  # the value is not repeated: it may be 5,000 characters or come from a request
+            f"invalid {what}",
             code="invalid_name",
             hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )

@@ -30,11 +30,12 @@ def feedback_export(
                                "placeholders (<EMAIL_1>) before writing."),
     pii_patterns: Path | None = typer.Option(None, "--pii-patterns", help="YAML file of extra patterns to scrub: "
                                              "`patterns: {EMPLOYEE_ID: 'EMP-\\d{6}'}`."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out/--pairs files that already exist."),
 ):
     """Write rated answers as training examples: corrections replace answers, thumbs-down without one are left out."""
     scrubber = Scrubber(load_pii_patterns(pii_patterns)) if scrub else None
     summary = export_feedback(open_store(), LOCAL_OWNER, out, since=since, model=model, pairs_out=pairs,
-                              scrubber=scrubber)
+                              scrubber=scrubber, overwrite=overwrite)
     console.print(f"wrote {summary.examples} examples to {out}" + (f" and {summary.pairs} pairs to {pairs}"
                                                                    if pairs else "")
                   + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))

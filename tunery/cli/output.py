@@ -4,25 +4,48 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 
 import typer
 from rich.console import Console
 
-from tunery.errors import TuneryError
+from tunery.errors import DataError, TuneryError
+from tunery.safeio import os_error
+from tunery.store.errors import store_error
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def as_tunery_error(exc: BaseException) -> TuneryError | None:
+    """The boundary: OS, decoding and database failures that escaped a library become clear errors."""
+    if isinstance(exc, TuneryError):
+        return exc
+    if isinstance(exc, OSError):
+        return os_error(exc, what="path", error=TuneryError)
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from "):  # Path.resolve() on a loop
+        return DataError(f"{str(exc).removeprefix('Symlink loop from ')} is a symbolic link loop", code="file_error",
+                         hint="point the link at a real file")
+    if isinstance(exc, UnicodeError):
+        return DataError(f"a file or argument is not valid UTF-8 text ({type(exc).__name__}: {exc.reason})",
+                         code="not_utf8", hint="save files as UTF-8 text; binary files cannot be read here")
+    if isinstance(exc, sqlite3.Error) or type(exc).__module__.split(".")[0] == "psycopg":  # without importing it
+        return store_error(exc)
+    return None
+
+
 def handle_errors(fn):
-    """Decorator: a TuneryError prints its message and hint and exits with its code, no traceback."""
+    """Decorator: a TuneryError (or an OS, text or database error) prints a message and hint and exits."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TuneryError as exc:
+        except Exception as raised:
+            exc = as_tunery_error(raised)
+            if exc is None:  # a bug: keep its traceback
+                raise
             err_console.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
             if exc.hint:
                 err_console.print(f"  [yellow]hint[/]: {exc.hint}", highlight=False)

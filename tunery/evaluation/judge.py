@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunery.errors import ConfigError
 from tunery.models import load_model
+from tunery.safeio import read_text
 
 VERDICT = re.compile(r"\b(PASS|FAIL)\b", re.IGNORECASE)
 JUDGE_SYSTEM = ("You are a strict grader. Decide whether the answer satisfies the rubric. Reply on one line: "
@@ -39,10 +40,7 @@ def read_rubric(value: str | None) -> str:
     if not value:
         return DEFAULT_RUBRIC
     if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise ConfigError(f"rubric file {path} does not exist", code="file_not_found")
-        return path.read_text(encoding="utf-8").strip()
+        return read_text(Path(value[1:]), what="rubric file", error=ConfigError).strip()
     return value.strip()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.errors import DataError
+from tunery.safeio import read_lines
 from tunery.types import Location
 
 ROLES = ("system", "user", "assistant")
@@ -36,20 +37,16 @@ class TaskExample:
 def load_tasks(path: str | Path, known_metrics: set[str] | None = None) -> list[TaskExample]:
     """Read a JSONL task file; every bad row is reported with its line in one DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"task file {path} does not exist", code="file_not_found",
-                        hint="pass a JSONL file with one {\"prompt\": ..., \"reference\": ...} per line")
     examples: list[TaskExample] = []
     problems: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            location = Location(str(path), line_no)
-            try:
-                examples.append(parse_row(line, location, known_metrics))
-            except ValueError as exc:
-                problems.append(f"{location}: {exc}")
+    for line_no, line in read_lines(path, what="task file"):  # strict UTF-8, bounded lines, located errors
+        if not line.strip():
+            continue
+        location = Location(str(path), line_no)
+        try:
+            examples.append(parse_row(line, location, known_metrics))
+        except ValueError as exc:
+            problems.append(f"{location}: {exc}")
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

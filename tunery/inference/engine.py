@@ -211,7 +211,7 @@ class Engine:
     def unload_adapter(self, name: str) -> None:
         def remove() -> None:
             if name not in self.adapters:
-                raise NotFoundError(f"no adapter named {name!r} is loaded")
+                raise NotFoundError("no adapter by that name is loaded")
             self._retire(name)
 
         self._call_on_engine(remove)

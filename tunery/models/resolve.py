@@ -13,7 +13,7 @@ from pathlib import Path
 from tunery.errors import ModelError, RetrievalError
 from tunery.models.builtin import BUILTIN_MODELS, builtin_model_dir
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: no final newline
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _HUB_FILES = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
@@ -63,7 +63,7 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
         raise ModelError(f"model reference {ref_str!r} names a registry version, and the model registry "
                          "is not available in this version of tunery", code="model_not_found",
                          hint="pass the run directory of that version instead")
-    if _HUB_ID.match(ref_str) and not ref_str.startswith("."):
+    if _HUB_ID.fullmatch(ref_str) and not ref_str.startswith("."):
         return _resolve_hub(ref_str)
     raise ModelError(
         f"model {ref_str!r} not found: it is not a built-in alias, an existing file or folder, or a hub id",

@@ -62,7 +62,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return "the request body is not valid JSON", None
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = "field required"
     elif first.get("type") == "extra_forbidden":
@@ -80,7 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _tunery_error(_: Request, exc: TuneryError):
         status = tunery_error_status(exc)
         type_ = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
-        message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        if isinstance(exc, StoreError):  # the cause is logged; the client learns only that the store failed
+            log.error("store error: %s", exc.message)
+            message = "the server's database is unavailable; retry later"
+        else:
+            message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         return error_response(status, message, type_, exc.code, getattr(exc, "param", None))
 
     @app.exception_handler(RequestValidationError)

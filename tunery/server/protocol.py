@@ -1,7 +1,8 @@
 """Request and response models of the OpenAI API subset tunery serves, with OpenAI's field names.
 
-Requests are strict: unknown fields and wrong types are 400s. Caps that depend on server
-settings (n, stop, max_tokens) are checked by the handlers, which know them.
+Requests are strict: unknown fields, wrong types (no coercion: `true` is not 1, "5" is not 5) and
+text with NULs or lone surrogates are 400s. Caps that depend on server settings (n, stop,
+max_tokens) are checked by the handlers, which know them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,34 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunery.safeio import check_text
+
+
+def _find_unclean_text(value, path: str = "") -> str | None:
+    if isinstance(value, str):
+        problem = check_text(value)
+        return f"{path or 'body'}: text {problem}" if problem else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        found = (_find_unclean_text(key, where) if isinstance(key, str) else None) or _find_unclean_text(item, where)
+        if found:
+            return found
+    return None
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_text(cls, data):
+        # Every string of every request, new fields included: a lone surrogate cannot reach the
+        # tokenizer or the store (where it was a 500), a NUL cannot reach a C string.
+        problem = _find_unclean_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class TextPart(_Request):
@@ -279,9 +305,17 @@ class ModelList(BaseModel):
 
 class FeedbackRequest(_Request):
     completion_id: str = Field(min_length=1, max_length=200)
-    rating: Literal[1, -1]
+    rating: int = Field(description="1 (good) or -1 (bad); a JSON integer, not `true`.")
     correction: str | None = Field(None, max_length=100_000)
     comment: str | None = Field(None, max_length=10_000)
+
+    @field_validator("rating")
+    @classmethod
+    def _one_or_minus_one(cls, rating: int) -> int:
+        # Literal[1, -1] would let `true` and `1.0` through (they compare equal to 1).
+        if rating not in (1, -1):
+            raise ValueError("rating must be 1 or -1")
+        return rating
 
 
 class LoadAdapterRequest(_Request):

@@ -51,7 +51,7 @@ class ServerState:
             return None
         if model in self.engine.adapter_names():
             return model
-        raise NotFoundError(f"the model {model!r} does not exist", code="model_not_found",
+        raise NotFoundError("the requested model does not exist", code="model_not_found",
                             hint="GET /v1/models lists the models this server serves")
 
     def fine_tunable_models(self) -> dict[str, str]:
@@ -113,16 +113,16 @@ class ServerState:
         """Check the run (completed, an adapter, trained on our base) and load it under `name`."""
         check_name(name, "adapter name")
         if name == self.base_name:
-            raise ConfigError(f"{name!r} is the base model's name", hint="pick another adapter name")
+            raise ConfigError("the adapter name is the base model's name", hint="pick another adapter name")
         status = _run_status(run_dir)
         if status not in (None, "completed"):
-            raise ConfigError(f"run {run_dir.name!r} is {status}, not completed", code="run_incomplete")
+            raise ConfigError(f"the run is {status}, not completed", code="run_incomplete")
         resolved = resolve_model(run_dir)
         if resolved.adapter_path is None:
-            raise ConfigError(f"run {run_dir.name!r} holds a full model, not an adapter",
+            raise ConfigError("the run holds a full model, not an adapter",
                               hint="serve a fully fine-tuned run with `tunery serve --model RUN_DIR`")
         if Path(resolved.path).resolve() != self.base_path.resolve():
-            raise ModelError(f"run {run_dir.name!r} was trained on another base model than {self.base_name!r}",
+            raise ModelError(f"the run was trained on another base model than {self.base_name!r}",
                              code="adapter_mismatch")
         self.engine.load_adapter(name, resolved.adapter_path)
         self.adapter_created[name] = int(time.time())
@@ -132,7 +132,7 @@ def _run_status(run_dir: Path) -> str | None:
     try:
         return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status")
     except (OSError, ValueError):
-        raise ModelError(f"run {run_dir.name!r} has no readable run.json", code="bad_run_dir") from None
+        raise ModelError("the run has no readable run.json", code="bad_run_dir") from None
 
 
 def default_served_name(resolved) -> str:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from tunery.errors import StoreError
 from tunery.paths import database_path
+from tunery.store.errors import store_error
 
 log = logging.getLogger("tunery.store")
 BUSY_TIMEOUT_MS = 5000
@@ -89,11 +90,12 @@ class Store:
                 path = self.engine.url.database
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    if Path(path).exists() and not Path(path).is_file():  # a folder, or a link to /dev/null
+                        raise StoreError(f"the database {path} is not a regular file", hint="move it aside")
             with self.engine.connect():
                 pass
         except (exc.SQLAlchemyError, OSError) as error:
-            raise StoreError(f"cannot open the database {redact_url(url)}: {_reason(error)}",
-                             hint="check TUNERY_DATABASE_URL (or TUNERY_HOME) and that the database is running") from None
+            raise store_error(error, redact_url(url)) from None
         if migrate:
             from tunery.store.migrations import migrate as apply_migrations
 
@@ -120,7 +122,7 @@ class Store:
         except exc.SQLAlchemyError as error:
             if is_transient(error):
                 raise
-            raise StoreError(f"database error: {_reason(error)}") from error
+            raise store_error(error) from error
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -138,8 +140,7 @@ class Store:
                     return work(conn)
             except exc.SQLAlchemyError as error:
                 if not is_transient(error) or time.monotonic() > deadline:
-                    raise StoreError(f"database unavailable: {_reason(error)}",
-                                     hint="check that the database is running and reachable") from None
+                    raise store_error(error) from None
                 log.warning("database busy or unreachable (%s); retrying in %.2f s", type(error).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -177,11 +178,6 @@ class Record(dict):
 
 def _params(params: tuple | Mapping) -> Any:
     return params if isinstance(params, Mapping) else tuple(params)
-
-
-def _reason(error: BaseException) -> str:
-    inner = getattr(error, "orig", None) or error
-    return str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
 
 
 def _create_engine(url: str, schema: str | None) -> sa.Engine:

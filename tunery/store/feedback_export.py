@@ -14,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from tunery.errors import ConfigError
+from tunery.safeio import writable_target, write_private_text
 from tunery.store.db import Store
 from tunery.store.owners import Actor
 from tunery.store.requests import Feedback, LoggedCompletion, list_rated_completions
@@ -80,9 +81,16 @@ def scrub_row(row: dict | None, scrubber) -> dict | None:
 
 
 def export_feedback(store: Store, actor: Actor, out: Path, *, since: str | None = None, model: str | None = None,
-                    pairs_out: Path | None = None, scrubber=None) -> ExportSummary:
-    """Write the examples (and optionally the pairs) of what `actor` may see as JSONL; returns how many of each."""
-    rated = list_rated_completions(store, actor, since=parse_since(since), model=model)
+                    pairs_out: Path | None = None, scrubber=None, overwrite: bool = False) -> ExportSummary:
+    """Write the examples (and optionally the pairs) of what `actor` may see as JSONL; returns how many of each.
+
+    An existing file is replaced only with `overwrite`; a folder or device never. Files are 0600:
+    they hold users' prompts and answers.
+    """
+    since_ts = parse_since(since)
+    targets = [writable_target(p, overwrite=overwrite, what="--out" if p == out else "--pairs")
+               for p in (out, pairs_out) if p is not None]
+    rated = list_rated_completions(store, actor, since=since_ts, model=model)
     examples, pairs, seen = [], [], set()
     for entry, feedback in rated:
         example = scrub_row(build_example(entry, feedback), scrubber)
@@ -93,16 +101,11 @@ def export_feedback(store: Store, actor: Actor, out: Path, *, since: str | None 
         pair = scrub_row(build_pair(entry, feedback), scrubber)
         if pair is not None:
             pairs.append(pair)
-    _write_jsonl(Path(out), examples)
+    write_private_text(targets[0], _jsonl(examples), what="--out")
     if pairs_out is not None:
-        _write_jsonl(Path(pairs_out), pairs)
+        write_private_text(targets[1], _jsonl(pairs), what="--pairs")
     return ExportSummary(examples=len(examples), pairs=len(pairs), skipped=len(rated) - len(examples))
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

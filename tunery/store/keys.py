@@ -57,9 +57,9 @@ def revoke_key(store: Store, key_id: str) -> ApiKey:
                             (utc_now(), key_id))
     row = store.query_one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
     if row is None:
-        raise NotFoundError(f"no API key with id {key_id!r}", hint="see `tunery keys list`")
+        raise NotFoundError("no API key with this id", hint="see `tunery keys list`")
     if not changed and row["revoked_at"] is None:
-        raise NotFoundError(f"API key {key_id!r} could not be revoked")
+        raise NotFoundError("the API key could not be revoked")
     return _row_to_key(row)
 
 

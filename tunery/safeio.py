@@ -1,0 +1,151 @@
+"""The boundary for user files: strict text decoding, located errors for every OS failure, bounded
+line reads, no silent overwrite, owner-only files for what holds prompts and answers.
+
+Knows nothing about formats (JSON, YAML, CSV): callers parse the text this module hands back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from tunery.errors import ConfigError, DataError, TuneryError
+
+MAX_LINE_BYTES = 8 * 1024 * 1024  # one JSONL row / YAML line; past it a located error, never a 10 GB read
+MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024  # configs and task files read whole
+# Lone surrogates (what JSON `\ud800` escapes decode to) cannot be encoded as UTF-8; NUL ends C strings.
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+_OS_REASONS = {
+    errno.ENOENT: ("does not exist", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "pass a file"),
+    errno.ENOTDIR: ("has a file where a folder is expected", "check the path"),
+    errno.ELOOP: ("is a symbolic link loop", "point the link at a real file"),
+    errno.EACCES: ("is not readable/writable by this user", "check the file's permissions"),
+    errno.EPERM: ("is not permitted", "check the file's permissions"),
+    errno.ENOSPC: ("cannot be written: the disk is full", "free some space"),
+    errno.EROFS: ("is on a read-only file system", "choose a writable location"),
+    errno.ENAMETOOLONG: ("has a name that is too long", "use a shorter path"),
+}
+
+
+def os_error(exc: OSError, path: str | Path | None = None, *, what: str = "file",
+             error: type[TuneryError] = DataError) -> TuneryError:
+    """A TuneryError naming the file and the real cause of an OSError, with a hint."""
+    where = path if path is not None else (exc.filename or "")
+    reason, hint = _OS_REASONS.get(exc.errno or -1, (exc.strerror or type(exc).__name__, "check the path"))
+    return error(f"{what} {where} {reason}", code="file_error", hint=hint)
+
+
+def check_text(value: str) -> str | None:
+    """Why `value` is not clean text (a lone surrogate or a NUL), or None when it is."""
+    match = _BAD_CHARS.search(value)
+    if match is None:
+        return None
+    kind = "a NUL character" if match.group() == "\x00" else "a lone UTF-16 surrogate (not encodable as UTF-8)"
+    return f"contains {kind} at character {match.start() + 1}"
+
+
+def regular_file(path: str | Path, *, what: str = "file", error: type[TuneryError] = DataError) -> Path:
+    """`path` if it is an existing regular file (not a folder, device, FIFO or link loop), else a located error."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise os_error(exc, path, what=what, error=error) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {path} is a folder, not a file", code="file_error", hint="pass a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (a device, pipe or socket)", code="file_error",
+                    hint="pass a file")
+    return path
+
+
+def decode_line(raw: bytes, where: str, error: type[TuneryError] = DataError) -> str:
+    """Strict UTF-8 of one line; bad bytes, NULs and surrogates are an error naming line and column."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
+        raise error(f"{where}: not UTF-8 text (column {column})", code="not_utf8",
+                    hint="save the file as UTF-8; a binary file cannot be read here") from None
+    problem = check_text(text)
+    if problem:
+        raise error(f"{where}: {problem}", code="invalid_text", hint="save the file as plain UTF-8 text")
+    return text
+
+
+def read_text(path: str | Path, *, what: str = "file", error: type[TuneryError] = DataError,
+              max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
+    """A whole small text file (configs, task lists), strictly decoded, with located errors."""
+    lines = read_lines(path, what=what, error=error, max_total_bytes=max_bytes)
+    return "".join(line for _, line in lines).removeprefix("\ufeff")
+
+
+def read_lines(path: str | Path, *, what: str = "file", error: type[TuneryError] = DataError,
+               max_line_bytes: int = MAX_LINE_BYTES, max_total_bytes: int | None = None,
+               ) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its newline), streamed: memory stays within `max_line_bytes`."""
+    path = regular_file(path, what=what, error=error)
+    total = 0
+    try:
+        with path.open("rb") as handle:
+            line_no = 0
+            while True:
+                raw = handle.readline(max_line_bytes + 1)
+                if not raw:
+                    return
+                line_no += 1
+                if len(raw) > max_line_bytes:
+                    raise error(f"{path}:{line_no}: line longer than {max_line_bytes:,} bytes", code="line_too_long",
+                                hint="one record per line; split the file or fix a missing newline")
+                total += len(raw)
+                if max_total_bytes is not None and total > max_total_bytes:
+                    raise error(f"{what} {path} is larger than {max_total_bytes:,} bytes", code="file_too_large",
+                                hint="split the file")
+                yield line_no, decode_line(raw, f"{path}:{line_no}", error)
+    except OSError as exc:
+        raise os_error(exc, path, what=what, error=error) from None
+
+
+def writable_target(path: str | Path, *, overwrite: bool = False, what: str = "output",
+                    flag: str = "--overwrite", error: type[TuneryError] = ConfigError) -> Path:
+    """`path` as a file target: refused if it is a folder or not a regular file, or exists without `overwrite`."""
+    path = Path(path)
+    try:
+        info = path.lstat() if path.is_symlink() else path.stat()
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise os_error(exc, path, what=what, error=error) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {path} is a folder", code="target_is_folder", hint="pass a file path inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file", code="target_not_file", hint="pass a file path")
+    if not overwrite:
+        raise error(f"{what} {path} already exists", code="target_exists",
+                    hint=f"pass {flag} to replace it, or choose another path")
+    return path
+
+
+def write_private_text(path: str | Path, text: str, *, what: str = "output",
+                       error: type[TuneryError] = ConfigError) -> None:
+    """Write atomically (temp file then rename) with mode 0600; no temp file is left on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path, what=what, error=error) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
