@@ -43,7 +43,7 @@ def test_a_folder_as_out_is_a_clear_error_and_leaves_no_temp_file(tmp_path):
     folder = tmp_path / "exports"
     folder.mkdir()
     result = CliRunner().invoke(app, ["feedback", "export", "--out", str(folder), "--overwrite"])
-    assert result.exit_code == 2 and "is a folder" in result.output
+    assert result.exit_code == 2 and "target_is_folder" in result.output
     assert list(tmp_path.rglob("*.tmp")) == [] and list(folder.iterdir()) == []
 
 

@@ -25,7 +25,8 @@ CASES = {
     "compare": [["compare", "{P:}", "{TINY}", "--tasks", "{DATA}", "--out", "{OUT}"],
                 ["compare", "{TINY}", "{TINY}", "--tasks", "{P:.jsonl}", "--out", "{OUT}"]],
     "export": [["export", "{P:}", "--format", "adapter", "--out", "{OUT}"]],
-    "serve": [["serve", "--model", "{P:}", "--port", "1"], ["serve", "--adapter", "a={P:}", "--port", "1"]],
+    "serve": [["serve", "--model", "{P:}", "--port", "1"],
+              ["serve", "--model", "{TINY}", "--adapter", "a={P:}", "--port", "1"]],
     "chat": [["chat", "{P:}"]],
     "train": [["train", "{P:.yaml}"], ["train", "--resume", "{P:}"]],
     "demo": [],  # takes no path
@@ -39,6 +40,9 @@ CASES = {
     "feedback export": [["feedback", "export", "--out", "{P:.jsonl}"], ["feedback", "export", "--out", "{OUT}"]],
     "config validate": [["config", "validate", "{P:.yaml}"]],
     "config show": [["config", "show", "{P:.yaml}"]],
+    "rag index": [["rag", "index", "{P:}", "--out", "{OUT}"], ["rag", "index", "{DATA}", "--out", "{P:}"]],
+    "rag search": [["rag", "search", "{P:}", "hello"]],
+    "ui-login": [],  # takes no path
 }
 USES_DATABASE = {"keys create", "keys list", "keys revoke", "feedback export", "models list"}
 

@@ -95,7 +95,7 @@ class Store:
             with self.engine.connect():
                 pass
         except (exc.SQLAlchemyError, OSError) as error:
-            raise store_error(error, redact_url(url)) from None
+            raise store_error(error, redact_url(url), opening=True) from None
         if migrate:
             from tunery.store.migrations import migrate as apply_migrations
 

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from tunery.errors import NotFoundError
 from tunery.store.db import Store
-from tunery.store.jobs import new_id, visible
-from tunery.store.owners import Actor
+from tunery.store.jobs import new_id
+from tunery.store.owners import Actor, visible
 from tunery.store.schema import files
 
 

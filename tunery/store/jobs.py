@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from tunery.errors import ConfigError, NotFoundError
 from tunery.store.db import Store
-from tunery.store.owners import Actor
+from tunery.store.owners import Actor, visible
 from tunery.store.schema import job_events, jobs, workers
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -25,11 +25,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def visible(column: sa.ColumnElement, actor: Actor) -> sa.ColumnElement:
-    """The condition that limits a query to the rows `actor` may see (all of them for an admin)."""
-    return sa.true() if actor.admin else column == actor.key_id
 
 
 def add_event(conn: Connection, job_id: str, message: str, *, level: str = "info", type_: str = "message",

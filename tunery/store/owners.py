@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from tunery.store.db import Store, utc_now
 
 
@@ -27,10 +29,15 @@ LOCAL_OWNER = Actor(key_id=None, admin=True)
 
 
 def owned_by(actor: Actor, column: str = "key_id") -> tuple[str, tuple]:
-    """The SQL condition (and its parameters) that limits a query to the rows `actor` may touch."""
+    """The raw-SQL condition (and its parameters) that limits a query to the rows `actor` may touch."""
     if actor.admin:
         return "1 = 1", ()
     return f"{column} = ?", (actor.key_id,)
+
+
+def visible(column: sa.ColumnElement, actor: Actor) -> sa.ColumnElement:
+    """The same rule for SQLAlchemy Core queries (files, jobs, models)."""
+    return sa.true() if actor.admin else column == actor.key_id
 
 
 def audit(store: Store, actor: Actor, action: str, object_type: str, object_id: str, owner_key_id: str | None,
