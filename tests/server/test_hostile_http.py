@@ -7,6 +7,7 @@ repeats a value the request sent.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from urllib.parse import quote
 
@@ -86,7 +87,7 @@ def test_a_malformed_content_length_never_reaches_a_handler(live):
 
 
 def _route_path(path: str, draw_text) -> str:
-    return path.replace("{name}", draw_text).replace("{key_id}", draw_text)
+    return re.sub(r"\{[a-z_]+\}", lambda _: draw_text, path)
 
 
 JSON_VALUES = st.recursive(

@@ -18,6 +18,7 @@ from tunery.store.requests import count_completions, get_completion, list_rated_
 # (method, path) -> "public" | "any key" | "admin" | "owned"
 ROUTES = {
     ("GET", "/health"): "public",
+    ("GET", "/metrics"): "admin",
     ("GET", "/v1/models"): "any key",
     ("POST", "/v1/chat/completions"): "any key",
     ("POST", "/v1/completions"): "any key",
@@ -28,6 +29,19 @@ ROUTES = {
     ("GET", "/v1/keys"): "admin",
     ("POST", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("POST", "/v1/files"): "any key",
+    ("GET", "/v1/files"): "owned",
+    ("GET", "/v1/files/{file_id}"): "owned",
+    ("GET", "/v1/files/{file_id}/content"): "owned",
+    ("DELETE", "/v1/files/{file_id}"): "owned",
+    ("POST", "/v1/fine_tuning/jobs"): "any key",
+    ("GET", "/v1/fine_tuning/jobs"): "owned",
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): "owned",
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): "owned",
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/pause"): "owned",
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/resume"): "owned",
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): "owned",
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): "owned",
 }
 
 
@@ -110,3 +124,31 @@ def test_an_admin_may_rate_any_completion_and_the_audit_says_who(live, keys):
     entries = [e for e in list_audit(live.state.store) if e["object_id"] == mine]
     assert entries and entries[0]["actor_key_id"] == key_id(keys["admin"]) and entries[0]["action"] == "feedback.record"
     assert json.loads(entries[0]["detail_json"]) == {}
+
+
+def test_every_owned_route_answers_another_keys_id_like_a_missing_one(live, keys):
+    lines = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": f"a{i}"}]}) + "\n" for i in range(12))
+    uploaded = httpx.post(live.url + "/v1/files", headers={"Authorization": f"Bearer {keys['a']}"}, timeout=60,
+                          data={"purpose": "fine-tune"}, files={"file": ("train.jsonl", lines.encode())})
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    job = call(live, "POST", "/v1/fine_tuning/jobs", keys["a"], {"model": "tiny", "training_file": file_id})
+    assert job.status_code == 200, job.text
+    ids = {"{file_id}": (file_id, "file-000000000000000000000000"),
+           "{job_id}": (job.json()["id"], "ftjob-000000000000000000000000")}
+    for (method, path), rule in ROUTES.items():
+        if rule != "owned" or path == "/v1/feedback":  # feedback: see the tests above
+            continue
+        if "{" not in path:  # a listing: another key's objects are simply not in it
+            listing = call(live, method, path, keys["b"])
+            assert listing.status_code == 200, (path, listing.text)
+            listed = listing.json()["data"]
+            assert file_id not in json.dumps(listed) and job.json()["id"] not in json.dumps(listed), path
+            continue
+        placeholder = next(p for p in ids if p in path)
+        theirs, missing = (call(live, method, path.replace(placeholder, value), keys["b"]) for value in ids[placeholder])
+        assert theirs.status_code == missing.status_code == 404, (method, path, theirs.text)
+        assert theirs.json()["error"]["type"] == missing.json()["error"]["type"], (method, path)
+    assert call(live, "GET", f"/v1/files/{file_id}", keys["a"]).status_code == 200  # B deleted nothing
+    assert call(live, "GET", f"/v1/fine_tuning/jobs/{job.json()['id']}", keys["a"]).json()["status"] != "cancelled"

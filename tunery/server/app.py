@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from tunery.platform.metrics import ServerMetrics
 from tunery.server import monitoring, serving_admin, serving_chat, serving_registry
 from tunery.server.auth import Caller, require_admin, require_key
-from tunery.server.errors import error_body, install_error_handlers
+from tunery.server.errors import REQUEST_BODY_KEY, error_body, install_error_handlers
 from tunery.server.platform_routes import add_platform_routes
 from tunery.server.protocol import (
     ChatCompletionRequest,
@@ -57,6 +57,8 @@ class BodyLimit:
                 return await self._refuse(send)
             if not message.get("more_body"):
                 break
+
+        scope[REQUEST_BODY_KEY] = b"".join(m.get("body", b"") for m in messages)  # for the no-echo rule in errors.py
 
         async def replay():
             return messages.pop(0) if messages else await receive()

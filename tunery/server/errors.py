@@ -6,6 +6,7 @@ so keys, file paths and tracebacks are never echoed.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -23,6 +24,40 @@ _PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?/[\w.\-]+(?:/[\w.\-]*)+")
 def scrub_paths(text: str) -> str:
     """Library messages name files for the CLI user; a remote client gets `<path>` instead."""
     return _PATH.sub("<path>", text)
+
+
+REQUEST_BODY_KEY = "tunery.request_body"  # where the body-size middleware leaves the (bounded) body
+
+
+def request_values(request: Request) -> set[str]:
+    """Every string the client sent: path and query parameters and the JSON body's keys and values."""
+    values = {str(v) for v in request.path_params.values()} | set(request.query_params.values())
+    body = request.scope.get(REQUEST_BODY_KEY)
+    if body:
+        try:
+            stack = [json.loads(body)]
+        except ValueError:
+            stack = []
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                values.add(item)
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return {v for v in values if v}
+
+
+def without_request_values(message: str, values: set[str]) -> str:
+    """Library messages name values for the CLI user; a remote client never gets its own values back
+    (they may be 5,000 characters, or another user's id): quoted ones, and any of 4+ characters, go."""
+    for value in sorted(values, key=len, reverse=True):
+        message = message.replace(repr(value), "(the given value)")
+        if len(value) >= 4:
+            message = message.replace(value, "(the given value)")
+    return message
 
 
 class ApiError(Exception):
@@ -77,7 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
 
     @app.exception_handler(TuneryError)
-    async def _tunery_error(_: Request, exc: TuneryError):
+    async def _tunery_error(request: Request, exc: TuneryError):
         status = tunery_error_status(exc)
         type_ = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
         if isinstance(exc, StoreError):  # the cause is logged; the client learns only that the store failed
@@ -85,6 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "the server's database is unavailable; retry later"
         else:
             message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        message = without_request_values(message, request_values(request))
         return error_response(status, message, type_, exc.code, getattr(exc, "param", None))
 
     @app.exception_handler(RequestValidationError)
