@@ -30,7 +30,7 @@ REQUEST_BODY_KEY = "tunery.request_body"  # where the body-size middleware leave
 
 
 def request_values(request: Request) -> set[str]:
-    """Every string the client sent: path and query parameters and the JSON body's keys and values."""
+    """Every string value the client sent: path and query parameters and the JSON body's strings."""
     values = {str(v) for v in request.path_params.values()} | set(request.query_params.values())
     body = request.scope.get(REQUEST_BODY_KEY)
     if body:
@@ -42,8 +42,7 @@ def request_values(request: Request) -> set[str]:
             item = stack.pop()
             if isinstance(item, str):
                 values.add(item)
-            elif isinstance(item, dict):
-                stack.extend(item.keys())
+            elif isinstance(item, dict):  # keys are field names, not values
                 stack.extend(item.values())
             elif isinstance(item, list):
                 stack.extend(item)
@@ -52,10 +51,10 @@ def request_values(request: Request) -> set[str]:
 
 def without_request_values(message: str, values: set[str]) -> str:
     """Library messages name values for the CLI user; a remote client never gets its own values back
-    (they may be 5,000 characters, or another user's id): quoted ones, and any of 4+ characters, go."""
+    (they may be 5,000 characters, or another user's id): quoted ones, and long ones anywhere, go."""
     for value in sorted(values, key=len, reverse=True):
         message = message.replace(repr(value), "(the given value)")
-        if len(value) >= 4:
+        if len(value) >= 16:
             message = message.replace(value, "(the given value)")
     return message
 
