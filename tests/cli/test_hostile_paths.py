@@ -43,6 +43,13 @@ CASES = {
     "rag index": [["rag", "index", "{P:}", "--out", "{OUT}"], ["rag", "index", "{DATA}", "--out", "{P:}"]],
     "rag search": [["rag", "search", "{P:}", "hello"]],
     "ui-login": [],  # takes no path
+    "files upload": [["files", "upload", "{P:.jsonl}"]],
+    "models register": [["models", "register", "{P:}", "--name", "x"]],
+    "loop run": [["loop", "run", "x", "--tasks", "{P:.jsonl}"]],
+    # No path among their arguments (ids and names only); `worker` and `loop watch` run until stopped.
+    **{name: [] for name in ("files list", "files rm", "files show", "jobs cancel", "jobs create", "jobs events",
+                             "jobs list", "jobs pause", "jobs resume", "jobs show", "loop watch", "models promote",
+                             "models rollback", "models show", "worker")},
 }
 USES_DATABASE = {"keys create", "keys list", "keys revoke", "feedback export", "models list"}
 
