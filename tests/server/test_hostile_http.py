@@ -87,7 +87,7 @@ def test_a_malformed_content_length_never_reaches_a_handler(live):
 
 
 def _route_path(path: str, draw_text) -> str:
-    return re.sub(r"\{[a-z_]+\}", lambda _: draw_text, path)
+    return re.sub(r"\{[^}]+\}", lambda _: draw_text, path)
 
 
 JSON_VALUES = st.recursive(

@@ -6,6 +6,7 @@ Every route is listed in ROUTES with the rule it follows, so a new route cannot 
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ ROUTES = {
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "admin",
     ("GET", "/v1/models"): "any key",
+    ("GET", "/v1/models/{model_id:path}"): "any key",  # another key's ft: model: tests/platform/test_openai_workflow
     ("POST", "/v1/chat/completions"): "any key",
     ("POST", "/v1/completions"): "any key",
     ("POST", "/v1/feedback"): "owned",
@@ -29,6 +31,10 @@ ROUTES = {
     ("GET", "/v1/keys"): "admin",
     ("POST", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("GET", "/v1/registry/models"): "admin",
+    ("GET", "/v1/registry/models/{ref}"): "admin",
+    ("POST", "/v1/registry/promote"): "admin",
+    ("POST", "/v1/registry/models/{name}/rollback"): "admin",
     ("POST", "/v1/files"): "any key",
     ("GET", "/v1/files"): "owned",
     ("GET", "/v1/files/{file_id}"): "owned",
@@ -76,7 +82,7 @@ def test_every_route_has_an_ownership_rule(live):
 def test_admin_routes_refuse_a_plain_key(live, keys):
     for (method, path), rule in ROUTES.items():
         if rule == "admin":
-            response = call(live, method, path.replace("{name}", "x").replace("{key_id}", "x"), keys["b"], {})
+            response = call(live, method, re.sub(r"\{[^}]+\}", "x", path), keys["b"], {})
             assert response.status_code == 403, (method, path)
 
 
