@@ -76,7 +76,7 @@ def test_unsupported_strict_schemas_are_a_clear_400(live, schema, words):
 def test_named_tool_call_round_trip(live):
     client = live.client()
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=80,
+    first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=200,
                                            tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                            temperature=0.7, seed=1)
     choice = first.choices[0]
@@ -142,10 +142,19 @@ def test_langchain_with_structured_output(live, method):
 
     llm = ChatOpenAI(model=live.base, base_url=live.url + "/v1", api_key=live.user_key, temperature=0.5, seed=1,
                      max_tokens=80, max_retries=0)
-    if method == "json_mode":
-        structured = llm.with_structured_output(Ticket.model_json_schema(), method="json_mode")
-        answer = structured.invoke("Triage as JSON with keys category and urgent: the VPN is down.")
-        assert isinstance(answer, dict)
+    if method == "json_mode":  # any JSON object: a random tiny model may run out of tokens inside a string
+        finished = 0
+        for seed in range(4):
+            structured = llm.model_copy(update={"seed": seed, "max_tokens": 300}).with_structured_output(
+                Ticket.model_json_schema(), method="json_mode", include_raw=True)
+            try:
+                result = structured.invoke("Triage as JSON with keys category and urgent: the VPN is down.")
+            except openai.LengthFinishReasonError:  # the client's own signal that max_tokens cut the answer
+                continue
+            assert result["raw"].response_metadata["finish_reason"] == "stop"
+            assert isinstance(result["parsed"], dict) and result["parsing_error"] is None
+            finished += 1
+        assert finished
         return
     answer = llm.with_structured_output(Ticket, method=method, strict=True).invoke("The VPN is down for everyone.")
     assert isinstance(answer, Ticket) and answer.category in ("network", "hardware", "access")
