@@ -225,11 +225,11 @@ class JobRun:
         result = save_result_file(self.store, owner, f"{self.row['id']}-metrics.csv", metrics_csv(self.run_dir))
         info = read_run_json(self.run_dir)
         tokens = (info.get("metrics") or {}).get("tokens_seen") or self.follower.train_tokens
+        self.register_version()  # before the final event, so "successfully completed" stays the newest, as in OpenAI
         self.worker._finish(self.row, "succeeded", "The job has successfully completed",
                             fine_tuned_model=job_service.fine_tuned_name(self.row),
                             result_files_json=json.dumps([result["id"]]), trained_tokens=tokens,
                             estimated_finish=None, step=info.get("steps", self.row["step"]))
-        self.register_version()
 
     def register_version(self) -> None:
         """A succeeded job with a suffix becomes the next registry version SUFFIX@N (never fails the job)."""
