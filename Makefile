@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN ?= torch==2.13.0
+# The ecosystem's own tools, in their own environment: llama.cpp (llama-cpp-python) and transformers 4.x.
+ECO_VENV := .venv-ecosystem
+LLAMA_CPP_PIN ?= llama-cpp-python==0.3.36
 
-.PHONY: setup demo test test-fast sanitize lint bench clean
+.PHONY: setup demo test test-fast test-ecosystem sanitize lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +26,24 @@ demo: setup
 	$(VENV)/bin/tunery demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --ignore=tests/ecosystem tests
 
 test-fast: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" --ignore=tests/ecosystem tests
+
+$(ECO_VENV)/.installed: Makefile
+	test -x $(ECO_VENV)/bin/python || $(PYTHON) -m venv $(ECO_VENV)
+	$(ECO_VENV)/bin/pip install --quiet --upgrade pip
+	$(ECO_VENV)/bin/python -c "import torch" 2>/dev/null || $(ECO_VENV)/bin/pip install --quiet "$(TORCH_PIN)"
+	# Built from source for this CPU family, not this CPU, without the multimodal library (a third of the
+	# build); pip keeps the built wheel, so only the first run compiles.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(ECO_VENV)/bin/pip install --quiet "$(LLAMA_CPP_PIN)"
+	$(ECO_VENV)/bin/pip install --quiet "transformers>=4.56,<5" "peft>=0.17,<1" "safetensors>=0.4" "jinja2>=3.1"
+	touch $@
+
+# Every export of a freshly trained run, opened by llama.cpp and by transformers 4.x and 5.x.
+test-ecosystem: setup $(ECO_VENV)/.installed
+	TUNERY_ECOSYSTEM_PYTHON=$(CURDIR)/$(ECO_VENV)/bin/python $(PY) -m pytest -q -p no:cacheprovider tests/ecosystem
 
 # The fast lane's C file built with AddressSanitizer and UBSan (TUNERY_LANE_SANITIZE=1), and the lane's
 # parity and boundary tests run against that build. Python needs libasan preloaded to load it, and
@@ -49,4 +66,4 @@ bench: setup
 	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(ECO_VENV) build *.egg-info
