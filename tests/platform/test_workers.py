@@ -104,7 +104,8 @@ def test_a_killed_worker_s_job_resumes_elsewhere_and_ends_like_an_uninterrupted_
     with shared_store(backend, tmp_path) as (store, env):
         file = save_upload(store, LOCAL_OWNER, [chat_lines(24)], filename="t.jsonl", purpose="fine-tune")
         body = tiny_job_body(str(tiny_model_dir), file["id"], seed=3)
-        body["tunery"]["train"].update(max_steps=10, save_every_steps=2, batch_size=2)
+        # Long enough that the kill lands mid-run, not after the run finished on its own.
+        body["tunery"]["train"].update(max_steps=120, save_every_steps=4, batch_size=2)
         killed_job = jobs.create_job(store, LOCAL_OWNER, body)["id"]
         first = start_worker(env, "--lease-s", "3")
         try:
@@ -125,7 +126,7 @@ def test_a_killed_worker_s_job_resumes_elsewhere_and_ends_like_an_uninterrupted_
         assert any("stopped sending heartbeats" in m for m in messages)
         assert any(m.startswith("Resuming from the last checkpoint") for m in messages)
         run = json.loads((jobs.run_dir_of(killed_job) / "run.json").read_text())
-        assert run["status"] == "completed" and run["steps"] == 10
+        assert run["status"] == "completed" and run["steps"] == 120
         resumed, straight = adapter_tensors(jobs.run_dir_of(killed_job)), adapter_tensors(jobs.run_dir_of(straight_job))
         assert resumed.keys() == straight.keys()
         for name in straight:
