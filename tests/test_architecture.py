@@ -22,7 +22,7 @@ import tunery
 PACKAGE = Path(tunery.__file__).resolve().parent
 
 # Layers, bottom up. Each area may import its own layer's foundation and the layers below it.
-FOUNDATION = frozenset({"config", "errors", "types", "paths", "host"})
+FOUNDATION = frozenset({"config", "errors", "types", "paths", "host", "safeio"})
 ML_CORE = frozenset({"data", "models", "training", "evaluation", "export", "inference", "rag"})
 ENTRY_POINTS = frozenset({"cli", "server", "web"})
 LIFECYCLE = frozenset({"platform"})
@@ -51,6 +51,7 @@ DEFERRED_LIBRARIES = frozenset({
     "accelerate", "fastapi", "starlette", "uvicorn", "httpx", "jinja2", "huggingface_hub", "openai", "trl",
     "mlflow", "tensorboard", "psycopg", "psycopg_pool", "psycopg2", "bm25s", "playwright", "pypdf", "docx",
     "multipart", "python_multipart", "sentence_transformers", "scipy", "sklearn", "pandas", "llama_cpp",
+    "llguidance",  # optional grammar engine; its torch helpers load torch
 })
 # Never imported by the foundation or the store, even inside a function.
 ML_LIBRARIES = frozenset({"torch", "transformers", "peft", "bitsandbytes", "numpy", "safetensors", "gguf"})
@@ -59,6 +60,10 @@ ML_LIBRARIES = frozenset({"torch", "transformers", "peft", "bitsandbytes", "nump
 CYCLES = [
     ("tunery.cli", "tunery.cli.", "each command module adds itself to the `app` defined in tunery.cli"),
     ("tunery.store.db", "tunery.store.migrations", "migrations run on a Store, which runs them when it opens"),
+    ("tunery.models.builtin", "tunery.models.portable", "the converted built-in folder gets the fields other tools "
+     "read, and portable names the built-in model's hub id"),
+    ("tunery.models.portable", "tunery.models.", "portable reads the built-in model and the resolver, which "
+     "import it"),
 ]
 
 

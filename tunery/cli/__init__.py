@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+import tunery
+
 app = typer.Typer(
     name="tunery",
     help="Fine-tune open language models on your own data, evaluate them, serve them, and feed "
@@ -19,8 +21,6 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        import tunery
-
         typer.echo(f"tunery {tunery.__version__}")
         raise typer.Exit()
 

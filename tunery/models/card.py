@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunery.models.portable import base_hub_id, base_license
+from tunery.models.portable import base_hub_id, base_license, write_json_atomic
 
 LIBRARY_BY_KIND = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 SHOWN_METRICS = ("train_loss", "val_loss", "best_val_loss", "initial_val_loss", "tokens_seen")
@@ -71,8 +71,6 @@ def read_run_info(run_dir: Path) -> dict:
 def point_adapter_at_hub(adapter_dir: Path, base_ref: str | None) -> None:
     """Name the base by its hub id in adapter_config.json (PEFT reads it); keep the local path in
     tunery-adapter.json, tunery's own record."""
-    from tunery.models.portable import write_json_atomic
-
     path = Path(adapter_dir) / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     local = config.get("base_model_name_or_path")
