@@ -6,13 +6,11 @@ by the data checks), a fifth held out as a "feedback" task; add a replay sample 
 training data; train a candidate from production's adapter with `auto` settings; register it as
 NAME@N+1 `candidate`; compare it with production on the user's tasks, the feedback task and the
 general-skills tasks; promote it when the gates pass (unless `review`). A report (JSON and HTML)
-records the timeline either way. One loop per NAME at a time (a lock file under TUNERY_HOME).
+records the timeline either way. One loop per NAME at a time, across machines (a lease in the store).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import html
 import json
 import random
@@ -27,6 +25,7 @@ from tunery.data import load_dataset
 from tunery.errors import ConfigError, TuneryError
 from tunery.paths import tunery_home
 from tunery.platform import registry
+from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
 from tunery.store import registry as rows
 from tunery.store.db import Store
@@ -92,7 +91,8 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
     """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
     if tasks is not None and not Path(tasks).is_file():
         raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
-    with _loop_lock(name):
+    registry.parse_ref(name)
+    with loop_lock(store, name) as lease:
         production = registry.resolve_version(store, name)
         out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=True)
@@ -105,14 +105,14 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
                               f"registered; the loop needs {max(min_feedback, 1)}: nothing to do")
             return _finish(result, out)
         try:
-            _train_and_gate(store, name, production, examples, result, out, tasks=tasks, gates=gates,
+            _train_and_gate(store, name, production, examples, result, out, lease, tasks=tasks, gates=gates,
                             general=general, limit=limit, overrides=overrides or [], review=review, seed=seed)
         except TuneryError as exc:  # a failed candidate leaves production as it was
             result.status, result.message = "failed", f"{exc.code}: {exc.message}"
         return _finish(result, out)
 
 
-def _train_and_gate(store, name, production, examples, result, out, *, tasks, gates, general, limit, overrides,
+def _train_and_gate(store, name, production, examples, result, out, lease, *, tasks, gates, general, limit, overrides,
                     review, seed) -> None:
     rng = random.Random(seed)
     rng.shuffle(examples)
@@ -153,6 +153,7 @@ def _train_and_gate(store, name, production, examples, result, out, *, tasks, ga
     elif review:
         result.status, result.message = "candidate", f"{candidate.ref} passed the gates; left as candidate for review"
     else:
+        lease.check()
         registry.promote(store, candidate.ref, actor="loop", reason="loop: gates passed")
         result.status, result.message = "promoted", f"{candidate.ref} passed the gates and is production"
     result.timeline.append({"step": "decide", "status": result.status})
@@ -172,19 +173,6 @@ def _write_jsonl(path: Path, rows_: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_), encoding="utf-8")
     path.chmod(0o600)  # prompts and answers: owner-only
     return path
-
-
-@contextlib.contextmanager
-def _loop_lock(name: str):
-    registry.parse_ref(name)
-    path = tunery_home() / "locks" / f"loop-{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"a loop for {name} is already running", code="loop_running") from None
-        yield
 
 
 def _finish(result: LoopResult, out: Path) -> LoopResult:

@@ -200,6 +200,18 @@ MIGRATIONS: list[str] = [
         reviewed_at TEXT NOT NULL
     );
     """,
+    # 6: loop leases: the one loop pass running for a model NAME, on whichever machine, until its lease
+    # runs out (a holder that died stops renewing, and the next loop takes the name over).
+    """
+    CREATE TABLE loop_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        acquired_at {float} NOT NULL,
+        expires_at {float} NOT NULL
+    );
+    """,
 ]
 
 

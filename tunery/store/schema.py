@@ -137,3 +137,13 @@ feedback_reviews = sa.Table(
     sa.Column("reviewer_key_id", sa.Text),
     sa.Column("reviewed_at", sa.Text, nullable=False),
 )
+
+loop_leases = sa.Table(
+    "loop_leases", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),  # host-pid-token of the loop pass
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # renewed while the pass runs
+)
