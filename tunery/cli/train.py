@@ -25,6 +25,9 @@ def train_command(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. method=qlora train.max_steps=30.",
                                           show_default=False),
     resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train into an output_dir that is not empty: replace an "
+                                   "earlier run there (its own files only) or write beside your files (never "
+                                   "replacing one)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or tables."),
     json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per line on stdout (for scripts)."),
 ):
@@ -33,14 +36,16 @@ def train_command(
     Under `torchrun --nproc_per_node N` the same command trains data-parallel (only rank 0 writes).
     """
     if resume is not None:
-        if config is not None or overrides:
-            raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides",
+        if config is not None or overrides or overwrite:
+            raise ConfigError("--resume continues a run with its saved config; do not pass a config, overrides "
+                              "or --overwrite",
                               hint=f"tunery train --resume {resume}")
         result = tunery.train(resume=resume, quiet=quiet, json_logs=json_logs)
     else:
         if config is None:
             raise ConfigError("no config given", hint="tunery train CONFIG.yaml [KEY=VALUE ...], or --resume RUN_DIR")
-        result = tunery.train(load_train_config(config, overrides or []), quiet=quiet, json_logs=json_logs)
+        result = tunery.train(load_train_config(config, overrides or []), overwrite=overwrite, quiet=quiet,
+                              json_logs=json_logs)
     if result.status == "interrupted":
         err_console.print(f"interrupted at step {result.steps}; resume with:\n  {result.resume_command}",
                           highlight=False)

@@ -48,6 +48,7 @@ from tunery.store.db import Store
 from tunery.store.owners import Actor
 from tunery.training.auto import auto_learning_rate
 from tunery.training.resources import count_model_parameters
+from tunery.training.runlock import lock_holder
 
 log = logging.getLogger("tunery.worker")
 EXIT_INTERRUPTED = 130
@@ -122,6 +123,8 @@ class JobRun:
     def run(self) -> None:
         if read_run_json(self.run_dir).get("status") == "completed":  # finished before its worker died
             return self.succeed()
+        if not self.wait_for_run_lock():
+            return  # the lease was lost while waiting
         command = self.command()
         log_path = jobs_dir() / f"{self.row['id']}.log"
         resumed = "--resume" in command
@@ -140,6 +143,21 @@ class JobRun:
             if not following:
                 return  # the lease was lost: another worker owns the job now
         self.conclude(child.returncode, log_path)
+
+    def wait_for_run_lock(self) -> bool:
+        """An earlier attempt's trainer may still be stopping: wait for the run lock, heartbeating.
+
+        Past one lease the run starts anyway and `tunery train` refuses with the holder's pid and
+        host, so the job fails with that message rather than two trainers writing one run.
+        """
+        s = self.worker.settings
+        waited_s = 0.0
+        while waited_s < s.lease_s and lock_holder(self.run_dir) is not None:
+            if job_rows.heartbeat(self.store, self.row["id"], self.worker.id, s.lease_s) is None:
+                return False
+            self.worker.stopping.wait(s.heartbeat_s)
+            waited_s += s.heartbeat_s
+        return True
 
     def command(self) -> list[str]:
         s = self.worker.settings

@@ -42,7 +42,8 @@ from tunery.training.precision import choose_precision, set_threads
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.run_data import prepare_data
-from tunery.training.rundir import RunDir, publish_folder
+from tunery.training.rundir import OutputPlan, RunDir, plan_output_dir, publish_folder
+from tunery.training.runlock import RunLock
 from tunery.training.sinks import open_metric_sinks
 from tunery.training.trainable_model import load_for_training, trainable_parameters
 from tunery.types import Conversation
@@ -62,14 +63,35 @@ class RunResult:
 
 
 def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path | None = None,
-          train_conversations: Sequence[Conversation] | None = None,
+          overwrite: bool = False, train_conversations: Sequence[Conversation] | None = None,
           val_conversations: Sequence[Conversation] | None = None,
           quiet: bool = False, json_logs: bool = False, reporter: Reporter | None = None,
           on_event: Callable[[dict], None] | None = None) -> RunResult:
-    """Train from a config (object or YAML path), or continue the run directory `resume`."""
+    """Train from a config (object or YAML path), or continue the run directory `resume`.
+
+    A fresh run needs a new or empty `output_dir`; `overwrite` replaces an earlier run there (its own
+    files only) or writes beside the user's files (never replacing one). The run directory is
+    locked (`runlock.py`) while this runs, so a second trainer on it is refused.
+    """
     dist = setup_distributed()
     reporter = reporter or (make_reporter(quiet=quiet, json_logs=json_logs) if dist.is_main else Reporter())
-    run, config = open_run(config, resume, is_main=dist.is_main)
+    run, config = open_run(config, resume)
+    if not dist.is_main:  # rank 0 holds the lock and prepares the folder for all
+        return run_training(run, config, resume=resume, plan=None, dist=dist, reporter=reporter,
+                            train_conversations=train_conversations, val_conversations=val_conversations,
+                            on_event=on_event)
+    with RunLock(run.path):
+        plan = None if resume is not None else plan_output_dir(run.path, overwrite=overwrite)
+        if plan is not None and plan.describe(run.path):
+            reporter.message(plan.describe(run.path))
+        return run_training(run, config, resume=resume, plan=plan, dist=dist, reporter=reporter,
+                            train_conversations=train_conversations, val_conversations=val_conversations,
+                            on_event=on_event)
+
+
+def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan | None, dist, reporter: Reporter,
+                 train_conversations, val_conversations, on_event) -> RunResult:
+    """Everything after the run directory is chosen (and locked): data, model, loop, outputs."""
     check_fsdp_config(config, dist)
     if dist.enabled:  # every process must write into rank 0's run directory (its name has a timestamp)
         run = RunDir(Path(dist.broadcast_text(str(run.path))))
@@ -114,6 +136,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
         params = trainable_parameters(model)
     optimizer = build_optimizer(params, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)
     if dist.is_main:
+        if plan is not None:
+            plan.apply(run.path)
         run.create()
         run.config_path.write_text(dump_config(config), encoding="utf-8")
     events: list[dict] = []
@@ -184,7 +208,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
     return result
 
 
-def open_run(config, resume, *, is_main: bool = True) -> tuple[RunDir, TrainConfig]:
+def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
     """The run directory and its config: a new one from `config`, or an existing one to resume."""
     if resume is not None:
         run = RunDir(Path(resume).expanduser().resolve())
@@ -203,11 +227,7 @@ def open_run(config, resume, *, is_main: bool = True) -> tuple[RunDir, TrainConf
     name = config.name or f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name, "run name")
     path = Path(config.output_dir).expanduser().resolve() if config.output_dir else runs_dir() / name
-    run = RunDir(path)
-    if is_main and (run.run_json_path.exists() or run.checkpoints_dir.exists()):
-        raise ConfigError(f"run directory {path} already holds a run", code="run_exists",
-                          hint=f"continue it with `tunery train --resume {path}`, or choose another name/output_dir")
-    return run, config.model_copy(update={"name": name, "output_dir": str(path)})
+    return RunDir(path), config.model_copy(update={"name": name, "output_dir": str(path)})
 
 
 def preflight(config: TrainConfig, num_params: int, model_config: dict, precision, run_path: Path) -> None:
