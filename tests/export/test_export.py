@@ -12,6 +12,7 @@ from evaluation.adapter_runs import make_adapter_run
 from tunery.data.template import encode_prompt, stop_token_ids
 from tunery.errors import ConfigError, ExportError
 from tunery.export import export_run
+from tunery.export.run import MANIFEST
 
 PROMPTS = ([{"role": "user", "content": "Reset my VPN token please."}],
            [{"role": "system", "content": "JSON only"}, {"role": "user", "content": "Printer offline, floor 3"}])
@@ -125,6 +126,38 @@ def test_existing_output_and_bad_options_are_refused(run_dir, tmp_path):
         export_run(run_dir, "gguf", tmp_path / "o", dtype="q4_k")
     with pytest.raises(ConfigError, match="--ollama needs"):
         export_run(run_dir, "merged", tmp_path / "o", ollama=True)
+
+
+def test_an_existing_target_is_replaced_only_with_overwrite_and_never_a_folder_of_other_files(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunery.cli import _register, app
+
+    _register()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "notes.txt").write_text("mine")
+    args = ["export", str(run_dir), "--format", "adapter"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(exports / "notes.txt")])
+    assert refused.exit_code == 1 and "output_exists" in refused.output and "--overwrite" in refused.output
+    assert "Traceback" not in refused.output and (exports / "notes.txt").read_text() == "mine"
+    replaced = CliRunner().invoke(app, [*args, "--out", str(exports / "notes.txt"), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (exports / "notes.txt" / MANIFEST).is_file()  # the file gave way to a complete, verified export
+    export_run(run_dir, "adapter", exports / "v1")
+    with pytest.raises(ExportError, match="earlier export") as info:
+        export_run(run_dir, "adapter", exports / "v1")
+    assert info.value.code == "output_exists" and "--overwrite" in info.value.hint
+    before = (exports / "v1" / MANIFEST).stat().st_ino
+    export_run(run_dir, "adapter", exports / "v1", overwrite=True)
+    assert (exports / "v1" / MANIFEST).stat().st_ino != before and (exports / "v1" / "adapter_config.json").is_file()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    with pytest.raises(ExportError, match="not a tunery export"):
+        export_run(run_dir, "adapter", theirs, overwrite=True)
+    assert [p.name for p in theirs.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in exports.iterdir()) == ["notes.txt", "v1"]  # no temp or old siblings left
 
 
 def test_drift_is_an_error_and_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):

@@ -61,15 +61,19 @@ class ExportResult:
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str | None = None,
-               ollama: bool = False) -> ExportResult:
-    """Export a completed run as `adapter`, `merged` or `gguf` into `out_dir`, verified."""
+               ollama: bool = False, overwrite: bool = False) -> ExportResult:
+    """Export a completed run as `adapter`, `merged` or `gguf` into `out_dir`, verified.
+
+    An existing `out_dir` (other than an empty folder) is replaced only with `overwrite`, and only
+    when it is a file or an earlier tunery export: a folder of other files is never deleted.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}", code="invalid_format",
                           hint=f"use one of: {', '.join(FORMATS)}")
     if ollama and fmt != "gguf":
         raise ConfigError("--ollama needs --format gguf", code="invalid_option")
     source = read_run(run_dir)
-    out = check_out_dir(Path(out_dir))
+    out = check_out_dir(Path(out_dir), overwrite=overwrite)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -81,9 +85,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str
                     "lineage": source.info.get("lineage") or {}, "gated": last_gate(source.run_dir),
                     "verification": verification.as_dict()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,13 +103,47 @@ def last_gate(run_dir: Path) -> dict | None:
         return None
 
 
-def check_out_dir(out: Path) -> Path:
-    out = out.expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists and is not an empty folder", code="output_exists",
-                          hint="pass a new --out folder; tunery never overwrites an export")
-    out.parent.mkdir(parents=True, exist_ok=True)
+def check_out_dir(out: Path, *, overwrite: bool = False) -> Path:
+    """`out` when an export may be published there: new, an empty folder, or replaceable with `overwrite`."""
+    out = Path(os.path.abspath(out.expanduser()))  # not resolve(): a link at --out is replaced, not followed
+    if out.is_symlink() or out.is_file():
+        kind = "file"
+    elif out.is_dir():
+        if not any(out.iterdir()):
+            return out
+        kind = "export" if (out / MANIFEST).is_file() else "folder"
+    elif out.exists():
+        raise ExportError(f"{out} exists and is not a file or folder", code="output_exists", hint="choose another --out")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+    if kind == "folder":
+        raise ExportError(f"{out} already exists and holds files that are not a tunery export", code="output_exists",
+                          hint="choose a new --out folder; --overwrite replaces only a file or an earlier export")
+    if not overwrite:
+        raise ExportError(f"{out} already exists ({'an earlier export' if kind == 'export' else 'a file'})",
+                          code="output_exists", hint="pass --overwrite to replace it, or choose a new --out")
     return out
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` to `out`; a target being replaced moves aside first and goes only after."""
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # the earlier target comes back as it was
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def published_dtype(source: RunSource) -> str:
