@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,26 @@ class Location:
 
 @dataclass(frozen=True)
 class Turn:
-    """One message. `train` is True on assistant turns whose tokens carry loss."""
+    """One message. `train` is True on assistant turns whose tokens carry loss.
+
+    `tool_calls` are an assistant's function calls in OpenAI's shape with `arguments` as an object
+    (what chat templates render); a `tool` turn answers the call named by `tool_call_id`.
+    """
 
     role: str
     content: str
     train: bool = False
+    tool_calls: tuple[dict, ...] = ()
+    tool_call_id: str | None = None
+
+    def message(self) -> dict:
+        """The OpenAI-style message dict a chat template consumes."""
+        message: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 @dataclass(frozen=True)
@@ -40,25 +55,29 @@ class Conversation:
     `kind="text"`: a single raw document (continued pre-training), every token trained.
     `kind="preference"`: `turns` is the prompt plus the preferred answer, `rejected` the same prompt
     plus the answer not preferred (both answers trained, for DPO).
+    `tools` are the OpenAI function tools (`{"type": "function", "function": {...}}`) the turns may call.
     """
 
     turns: tuple[Turn, ...]
     kind: Literal["chat", "text", "preference"] = "chat"
     location: Location | None = None
     rejected: tuple[Turn, ...] = ()
+    tools: tuple[dict, ...] = ()
+    parallel_tool_calls: bool = True
 
     @property
     def text(self) -> str:
         """The document text of a `kind="text"` example."""
         return self.turns[0].content if self.turns else ""
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict]:
         """OpenAI-style message dicts (what chat templates consume)."""
-        return [{"role": t.role, "content": t.content} for t in self.turns]
+        return [t.message() for t in self.turns]
 
     def preference_sides(self) -> tuple[Conversation, Conversation]:
         """(preferred, not preferred) of a preference example, each as a chat conversation."""
-        return (Conversation(self.turns, "chat", self.location), Conversation(self.rejected, "chat", self.location))
+        return (Conversation(self.turns, "chat", self.location, tools=self.tools),
+                Conversation(self.rejected, "chat", self.location, tools=self.tools))
 
 
 @dataclass

@@ -158,3 +158,33 @@ def test_langchain_with_structured_output(live, method):
         return
     answer = llm.with_structured_output(Ticket, method=method, strict=True).invoke("The VPN is down for everyone.")
     assert isinstance(answer, Ticket) and answer.category in ("network", "hardware", "access")
+
+
+def test_tools_reach_a_template_that_renders_them(live):
+    """A template with its own tool handling gets `tools` and the history's calls and results as they are."""
+    from tests.data.test_tool_data import QWEN_STYLE
+    from tunery.data.template import encode_prompt
+
+    tokenizer = live.state.tokenizer
+    plain = tokenizer.chat_template
+    tokenizer.chat_template = QWEN_STYLE
+    try:
+        client = live.client()
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=200,
+                                               tool_choice="required", temperature=0.7, seed=1)
+        call = first.choices[0].message.tool_calls[0]
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+        messages += [first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "{\"temperature\": 18}"}]
+        second = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=1,
+                                                temperature=0)
+        for message in messages:
+            for each in message.get("tool_calls", []):
+                each["function"]["arguments"] = json.loads(each["function"]["arguments"])
+        expected = tokenizer.apply_chat_template(messages, tools=[WEATHER], tokenize=False, add_generation_prompt=True)
+        assert "<tool_call>\n{\"name\": \"get_weather\"" in expected and "<tool_response>" in expected
+        prompt_ids = encode_prompt(tokenizer, messages, tools=[WEATHER])  # contents tokenized apart, as in training
+        assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
+    finally:
+        tokenizer.chat_template = plain

@@ -57,10 +57,20 @@ class DatasetReport:
 
 def example_key(conv: Conversation) -> str:
     """The normalised form of an example: what it teaches, not where it came from."""
-    key = [conv.kind, [[t.role, t.content, t.train] for t in conv.turns]]
+    key = [conv.kind, [_turn_key(t) for t in conv.turns]]
     if conv.rejected:
-        key.append([[t.role, t.content, t.train] for t in conv.rejected])
+        key.append([_turn_key(t) for t in conv.rejected])
+    if conv.tools:
+        key.append(["tools", list(conv.tools), conv.parallel_tool_calls])
     return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+
+
+def _turn_key(turn) -> list:
+    """A turn as JSON; tool fields only where present, so keys of plain chat data stay as they were."""
+    key = [turn.role, turn.content, turn.train]
+    if turn.tool_calls or turn.tool_call_id is not None:
+        key.append([list(turn.tool_calls), turn.tool_call_id])
+    return key
 
 
 def read_dataset(paths: str | Path | Iterable[str | Path], *, min_examples: int = MIN_EXAMPLES) -> DatasetReport:

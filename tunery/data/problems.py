@@ -7,7 +7,7 @@ nothing about formats or files, only how to record, count and cap.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
@@ -34,7 +34,7 @@ HINTS: dict[str, str] = {
     "unknown_key": "remove the key or fix its spelling",
     "wrong_type": "fix the value's type",
     "no_messages": "a conversation needs at least a user and an assistant message",
-    "unknown_role": "role must be one of: system, user, assistant",
+    "unknown_role": "role must be one of: system, user, assistant, tool",
     "null_content": "content must be a string, not null",
     "empty_content": "content must contain text",
     "invalid_unicode": "the text holds a lone surrogate escape (e.g. \\ud800); fix the exporter",
@@ -51,6 +51,13 @@ HINTS: dict[str, str] = {
     "cross_file_duplicate": "an example in two files (e.g. train and validation) makes validation look better than it is",
     "too_long": "set max_seq_len higher, or choose too_long=truncate or too_long=drop in the training config",
     "blank_lines": "blank lines are skipped",
+    "invalid_tool": "a tool is {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}",
+    "invalid_tool_call": "a call is {\"id\": ..., \"type\": \"function\", \"function\": {\"name\": ..., "
+                         "\"arguments\": \"{...}\"}}, on assistant messages",
+    "invalid_tool_arguments": "arguments are a JSON object, written as text as OpenAI does: \"{\\\"city\\\": \\\"Paris\\\"}\"",
+    "unknown_tool": "call only functions the example's tools list, or add the function to tools",
+    "tool_without_call": "put the tool message right after the assistant message whose call it answers",
+    "unknown_tool_call_id": "tool_call_id must be the id of one of the calls in the assistant message before it",
 }
 
 
@@ -120,3 +127,10 @@ def summarise_problems(problems: list[Problem], limit: int = 20) -> str:
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more")
     return "\n".join(lines)
+
+
+def type_name(value: Any) -> str:
+    """How a problem message names a JSON value's type."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

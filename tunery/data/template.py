@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from tunery.data.tools import render_tool_messages
 from tunery.errors import DataError
 from tunery.types import Conversation, TokenizedExample
 
@@ -32,7 +33,8 @@ def encode_conversation(tokenizer, conv: Conversation, max_seq_len: int | None =
             ids.append(tokenizer.eos_token_id)
         example = TokenizedExample(ids, list(ids), conv.location)
     else:
-        ids, labels = _encode_chat(tokenizer, conv.messages(), [t.train for t in conv.turns], False, conv)
+        ids, labels = _encode_chat(tokenizer, conv.messages(), [t.train for t in conv.turns], False, conv,
+                                   tools=list(conv.tools) or None, parallel=conv.parallel_tool_calls)
         example = TokenizedExample(ids, labels, conv.location)
     example.meta["num_tokens"] = len(example.input_ids)
     if max_seq_len is not None and len(example.input_ids) > max_seq_len:
@@ -42,9 +44,14 @@ def encode_conversation(tokenizer, conv: Conversation, max_seq_len: int | None =
     return example
 
 
-def encode_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a chat prompt, ending with the assistant header when asked."""
-    ids, _ = _encode_chat(tokenizer, messages, [False] * len(messages), add_generation_prompt, None)
+def encode_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                  tools: list[dict] | None = None, parallel_tool_calls: bool = True) -> list[int]:
+    """Token ids of a chat prompt, ending with the assistant header when asked.
+
+    `tools` are OpenAI function tools; messages may carry `tool_calls` and role `tool` (`tools.py`).
+    """
+    ids, _ = _encode_chat(tokenizer, messages, [False] * len(messages), add_generation_prompt, None,
+                          tools=tools, parallel=parallel_tool_calls)
     return ids
 
 
@@ -76,19 +83,29 @@ def _special_tokens(tokenizer) -> set[str]:
     return tokens
 
 
-def _encode_chat(tokenizer, messages, train_flags, add_generation_prompt, conv):
+def _encode_chat(tokenizer, messages, train_flags, add_generation_prompt, conv, *, tools=None, parallel=True):
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the tokenizer has no chat template, so chat data cannot be rendered",
                         code="no_chat_template",
                         hint="use a text dataset ({\"text\": ...}) or a model that ships a chat template")
-    placeholders = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
-    try:
-        rendered = tokenizer.apply_chat_template(placeholders, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
-    except Exception as exc:  # a template may raise on role order (e.g. strict alternation)
-        where = f" ({conv.location})" if conv is not None and conv.location else ""
-        raise DataError(f"the chat template rejected this conversation{where}: {exc}",
-                        code="template_error", hint="check the order of roles in the messages") from None
+    rendered_messages, tools = render_tool_messages(tokenizer, messages, tools, parallel)
+    # The Hermes form may put a system message in front: it is prompt, never trained.
+    train_flags = [False] * (len(rendered_messages) - len(messages)) + list(train_flags)
+    messages = rendered_messages
+    # A message with no content (an assistant's tool calls, rendered by the template) has no
+    # sentinel to find; it starts where the prompt up to it, with the assistant header, ends.
+    placeholders = [{**m, "content": _SENTINEL.format(i)} if m.get("content") else {**m, "content": ""}
+                    for i, m in enumerate(messages)]
+    rendered = _render(tokenizer, placeholders, add_generation_prompt, tools, conv)
+    marks = [(match.start(), match.end(), int(match.group(1))) for match in _SENTINEL_RE.finditer(rendered)]
+    for index, message in enumerate(placeholders):
+        if not message["content"] and train_flags[index]:
+            prefix = _render(tokenizer, placeholders[:index], True, tools, conv)
+            if not rendered.startswith(prefix):
+                raise DataError(f"the chat template renders message {index} differently in a prompt, so tunery "
+                                "cannot find its tool calls to train on", code="template_error")
+            marks.append((len(prefix), len(prefix), index))
+    marks.sort()
     special_ids = set(tokenizer.all_special_ids) | {
         i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
     }
@@ -97,23 +114,32 @@ def _encode_chat(tokenizer, messages, train_flags, add_generation_prompt, conv):
     pending_stop = False  # after a trained turn, train on the scaffold up to its end-of-turn token
     seen: set[int] = set()
     pos = 0
-    for match in _SENTINEL_RE.finditer(rendered):
-        pending_stop = _append_scaffold(tokenizer, rendered[pos:match.start()], ids, labels, special_ids, pending_stop)
-        index = int(match.group(1))
+    for start, end, index in marks:
+        pending_stop = _append_scaffold(tokenizer, rendered[pos:start], ids, labels, special_ids, pending_stop)
         if index in seen:
             raise DataError("the chat template repeats a message; tunery cannot mask it", code="template_error")
         seen.add(index)
-        content_ids = encode_text(tokenizer, messages[index]["content"])
+        content_ids = encode_text(tokenizer, messages[index]["content"]) if end > start else []
         trained = bool(train_flags[index])
         ids.extend(content_ids)
         labels.extend(content_ids if trained else [IGNORE_INDEX] * len(content_ids))
         pending_stop = trained
-        pos = match.end()
+        pos = end
     _append_scaffold(tokenizer, rendered[pos:], ids, labels, special_ids, pending_stop)
     dropped = [i for i, flag in enumerate(train_flags) if flag and i not in seen]
     if dropped:
         raise DataError(f"the chat template dropped trained message {dropped[0]}", code="template_error")
     return ids, labels
+
+
+def _render(tokenizer, messages, add_generation_prompt, tools, conv) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # a template may raise on role order (e.g. strict alternation)
+        where = f" ({conv.location})" if conv is not None and conv.location else ""
+        raise DataError(f"the chat template rejected this conversation{where}: {exc}",
+                        code="template_error", hint="check the order of roles in the messages") from None
 
 
 def _append_scaffold(tokenizer, text, ids, labels, special_ids, pending_stop) -> bool:

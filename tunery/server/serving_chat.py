@@ -94,7 +94,7 @@ def _max_new_tokens(state: ServerState, prompt_len: int, requested: int | None) 
 def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
     adapter = state.adapter_for(req.model)
     stops = _check_caps(state, req)
-    structure = plan_structure(req)
+    structure = plan_structure(req, state.tokenizer)
     messages = structure.messages
     citations = None
     try:
@@ -104,7 +104,8 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
             prompt = retriever.prompt(messages, state.tokenizer, max_prompt_tokens=state.engine.max_context - room)
             prompt_ids, citations = prompt.prompt_ids, prompt.citations()
         else:
-            prompt_ids = encode_prompt(state.tokenizer, messages)
+            prompt_ids = encode_prompt(state.tokenizer, messages, tools=structure.prompt_tools,
+                                       parallel_tool_calls=req.parallel_tool_calls)
     except DataError as exc:
         raise ApiError(400, exc.message, param="messages", code=exc.code) from None
     plan = _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages, req.requested_max_tokens(),

@@ -1,8 +1,9 @@
 """Structured chat requests: `response_format`, `tools` / `tool_choice` and `logprobs` turned into a
 grammar, prompt messages and sampling fields; and tool calls parsed back out of the model's text.
 
-Tools reach the model as a system message in the Hermes format (`<tool_call>{...}</tool_call>`),
-which any chat template renders; a `required` or named choice is enforced by the grammar.
+Tools reach the model through its chat template (`tunery.data.tools`: the template's own `tools`
+argument where it renders them, else a Hermes system message), exactly as tool-calling data is
+trained; a `required` or named choice is enforced by the grammar, in the template's call tags.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from tunery.data.tools import TOOL_CLOSE, TOOL_OPEN, tool_call_tags
 from tunery.inference.grammar import GrammarError, compile_schema, json_object_grammar, tool_call_grammar
 from tunery.server.errors import ApiError
 from tunery.server.protocol import ChatCompletionRequest, ResponseFunctionCall, ResponseToolCall
 
-TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 TOOL_CALL = re.compile(re.escape(TOOL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CLOSE), re.S)
 
 
@@ -27,11 +28,12 @@ class Structure:
     messages: list[dict]
     grammar: str | None = None
     tools: list[dict] = field(default_factory=list)  # function definitions calls may name
+    prompt_tools: list[dict] | None = None  # the tools the chat template is given (none for tool_choice none)
 
 
-def plan_structure(req: ChatCompletionRequest) -> Structure:
+def plan_structure(req: ChatCompletionRequest, tokenizer) -> Structure:
     messages = [template_message(m) for m in req.messages]
-    tools = [t.function.model_dump(exclude_none=True) for t in req.tools or []]
+    tools = [t.function.model_dump(exclude_none=True, exclude_unset=True) for t in req.tools or []]  # as sent
     choice = req.tool_choice or ("auto" if tools else "none")
     try:
         if choice != "none" and not tools:
@@ -47,16 +49,13 @@ def plan_structure(req: ChatCompletionRequest) -> Structure:
             for tool in tools:
                 if tool.get("strict") and tool.get("parameters"):
                     compile_schema(tool["parameters"], strict=True, name=tool["name"])
-            messages = [{"role": "system", "content": tools_prompt(tools, req.parallel_tool_calls)}, *messages] \
-                if messages[0]["role"] != "system" else \
-                [{"role": "system", "content": messages[0]["content"] + "\n\n" + tools_prompt(tools, req.parallel_tool_calls)},
-                 *messages[1:]]
+            prompt_tools = [{"type": "function", "function": t} for t in tools]
             if choice == "auto":
-                return Structure(messages, response_grammar(req), tools)
-            allowed = named or tools
-            grammar = tool_call_grammar(allowed, parallel=req.parallel_tool_calls and not named,
-                                        open_tag=TOOL_OPEN, close_tag=TOOL_CLOSE)
-            return Structure(messages, grammar, tools)
+                return Structure(messages, response_grammar(req), tools, prompt_tools)
+            open_tag, close_tag = tool_call_tags(tokenizer)
+            grammar = tool_call_grammar(named or tools, parallel=req.parallel_tool_calls and not named,
+                                        open_tag=open_tag, close_tag=close_tag)
+            return Structure(messages, grammar, tools, prompt_tools)
         return Structure(messages, response_grammar(req))
     except GrammarError as exc:
         raise ApiError(400, exc.message, param="tools" if tools else "response_format", code=exc.code) from None
@@ -73,24 +72,21 @@ def response_grammar(req: ChatCompletionRequest) -> str | None:
 
 
 def template_message(message) -> dict:
-    """A request message as the chat template sees it: tool calls and results written out as text."""
-    if message.role == "tool":
-        return {"role": "user", "content": f"<tool_response>\n{message.text()}\n</tool_response>"}
-    text = message.text()
+    """A request message as a chat template takes it: call arguments as objects (`tunery.data.tools`)."""
+    rendered: dict = {"role": message.template_role, "content": message.text()}
+    calls = []
     for call in message.tool_calls or []:
         try:
             arguments = json.loads(call.function.arguments or "{}")
         except ValueError:
             raise ApiError(400, f"the arguments of tool call {call.id!r} are not JSON", param="messages") from None
-        text += TOOL_OPEN + json.dumps({"name": call.function.name, "arguments": arguments}) + TOOL_CLOSE
-    return {"role": message.template_role, "content": text}
-
-
-def tools_prompt(tools: list[dict], parallel: bool) -> str:
-    listed = "\n".join(json.dumps({"type": "function", "function": t}) for t in tools)
-    many = "one or more calls, each" if parallel else "one call"
-    return ("You may call functions to answer. The functions are:\n<tools>\n" + listed + "\n</tools>\n"
-            f"To call, reply with {many} as {TOOL_OPEN}{{\"name\": NAME, \"arguments\": {{...}}}}{TOOL_CLOSE}.")
+        calls.append({"id": call.id, "type": "function", "function": {"name": call.function.name,
+                                                                      "arguments": arguments}})
+    if calls:
+        rendered["tool_calls"] = calls
+    if message.role == "tool" and message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
 
 
 def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[ResponseToolCall]]:
