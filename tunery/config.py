@@ -38,6 +38,7 @@ class DataConfig(_Strict):
     max_seq_len: int = Field(1024, gt=8, description="Maximum tokens per example; longer examples are handled by `too_long`.")
     packing: bool = Field(True, description="Concatenate the examples of a micro-batch into one row with per-example positions and no attention across examples (no padding compute).")
     too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="What to do with an example longer than `max_seq_len`: cut it, skip it, or stop with an error naming it.")
+    chat_template: str | None = Field(None, description="The chat template that renders chat data, instead of the model's own (for a base model without one, or a team's own format): a Jinja file (relative to the config file), the Jinja text inline, or `chatml`. Checked before training; the run saves it with its tokenizer, so evaluation, serving and exports of the run use it too.")
     rag: str | None = Field(None, description="Index folder from `tunery rag index`: each training question's prompt also holds the chunks retrieved for it and random distractor chunks (retrieval-aware fine-tuning, as in RAFT), so the model learns to answer from context; serve the result as RUN+rag:INDEX_DIR.")
     rag_k: int = Field(3, ge=1, le=50, description="With `rag`: chunks retrieved for each training question.")
     rag_distractors: int = Field(2, ge=0, le=50, description="With `rag`: random chunks added to each training prompt besides the retrieved ones.")
@@ -267,9 +268,11 @@ def find_yaml_line(path: Path, loc: tuple[str, ...]) -> int | None:
 
 def resolve_relative_paths(config: TrainConfig, base_dir: Path) -> TrainConfig:
     """Make data paths absolute, relative to the config file's folder."""
-    data = config.data.model_copy(
-        update={k: _absolute(getattr(config.data, k), base_dir) for k in ("train", "validation", "rag")}
-    )
+    paths = ["train", "validation", "rag"]
+    template = config.data.chat_template
+    if template is not None and "{{" not in template and "{%" not in template and template != "chatml":
+        paths.append("chat_template")  # a file, not inline Jinja or a known name
+    data = config.data.model_copy(update={k: _absolute(getattr(config.data, k), base_dir) for k in paths})
     return config.model_copy(update={"data": data})
 
 

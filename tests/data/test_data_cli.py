@@ -140,3 +140,16 @@ def test_show_colours_trained_tokens_on_a_terminal(tmp_path, tiny_model_dir, mon
     coloured = result.output.split("answer 1")[0].rsplit("\x1b[", 1)[-1]
     assert coloured == "1;30;42m"  # bold black on green starts right at the answer
     assert "highlighted" in result.output
+
+
+def test_show_renders_with_an_overriding_chat_template(tmp_path, tiny_model_dir):
+    template = tmp_path / "team.jinja"
+    template.write_text("{% for m in messages %}{{ '### ' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                        "{% endfor %}")
+    path = write_lines(tmp_path / "d.jsonl", chat_lines(1))
+    result = runner.invoke(app, ["data", "show", str(path), "--model", str(tiny_model_dir),
+                                 "--chat-template", str(template)])
+    assert result.exit_code == 0, result.output
+    assert "### user\n" in result.output and "<|im_start|>" not in result.output
+    bad = runner.invoke(app, ["data", "show", str(path), "--model", str(tiny_model_dir), "--chat-template", "{{ x"])
+    assert bad.exit_code != 0 and "invalid_chat_template" in bad.output

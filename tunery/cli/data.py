@@ -11,6 +11,7 @@ from rich.text import Text
 
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors, print_json
+from tunery.data.chat_templates import apply_chat_template_override
 from tunery.data.check import check_dataset
 from tunery.data.show import show_example
 from tunery.models import load_tokenizer
@@ -30,6 +31,9 @@ def check_command(
                                                            "and chat template."),
     max_seq_len: int = typer.Option(2048, "--max-seq-len", min=2, help="With --model: list examples longer "
                                                                        "than this many tokens."),
+    chat_template: str | None = typer.Option(None, "--chat-template", help="With --model: render with this chat "
+                                             "template instead (a .jinja file, inline Jinja, or chatml), as "
+                                             "data.chat_template does in training."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     max_problems: int = typer.Option(50, "--max-problems", min=1, help="Show at most this many problems."),
 ):
@@ -40,6 +44,7 @@ def check_command(
     tokenizer = None
     if model:
         tokenizer = load_tokenizer(model)
+        apply_chat_template_override(tokenizer, chat_template)
     report = check_dataset(files, tokenizer=tokenizer, max_seq_len=max_seq_len)
     if json_output:
         print_json(report)
@@ -115,9 +120,14 @@ def show_command(
     file: Path = typer.Argument(..., help="Dataset file or folder."),
     model: str = typer.Option(..., "--model", help="Model reference whose tokenizer and chat template to use."),
     index: int = typer.Option(0, "--index", min=0, help="Which usable example to show (0-based)."),
+    chat_template: str | None = typer.Option(None, "--chat-template", help="Render with this chat template "
+                                             "instead (a .jinja file, inline Jinja, or chatml), as "
+                                             "data.chat_template does in training."),
 ):
     """Print one example as the model sees it; trained tokens highlighted (`[[...]]` when piped)."""
-    shown = show_example(file, load_tokenizer(model), index)
+    tokenizer = load_tokenizer(model)
+    apply_chat_template_override(tokenizer, chat_template)
+    shown = show_example(file, tokenizer, index)
     where = f" ({shown.location})" if shown.location else ""
     console.print(Text(f"example {index}{where}, {shown.kind}"), soft_wrap=True)
     if console.is_terminal:

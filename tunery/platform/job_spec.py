@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunery.config import TrainConfig, validate_train_config
+from tunery.data.chat_templates import is_template_path
 from tunery.data.formats import detect_format
 from tunery.errors import ConfigError
 
@@ -150,6 +151,11 @@ def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path:
         if beta not in (None, "auto"):
             raw.setdefault("dpo", {})["beta"] = beta
     data = raw.setdefault("data", {}) if isinstance(raw.get("data", {}), dict) else raw["data"]
+    if isinstance(data, dict) and isinstance(data.get("chat_template"), str) and is_template_path(data["chat_template"]):
+        error = ConfigError("tunery.data.chat_template names a file; a job's template is inline Jinja or a known name",
+                            code="invalid_request", hint="put the template's text in the field")
+        error.param = "tunery.data.chat_template"
+        raise error
     if isinstance(data, dict):
         data["train"] = str(train_path)
         if validation_path is not None:

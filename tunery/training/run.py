@@ -18,6 +18,7 @@ import torch
 import tunery
 from tunery import host
 from tunery.config import TrainConfig, dump_config, load_train_config
+from tunery.data.chat_templates import apply_chat_template_override
 from tunery.errors import ConfigError, TrainingError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.models.card import point_adapter_at_hub
@@ -102,6 +103,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
     tokenizer = load_tokenizer(source)
+    apply_chat_template_override(tokenizer, config.data.chat_template)
     data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
                         val_conversations=val_conversations, objective=config.objective,
                         base_model=config.base_model)

@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from tunery.config import LoraConfig, TrainConfig
+from tunery.data.chat_templates import apply_chat_template_override
 from tunery.errors import ConfigError, ModelError
 from tunery.models import load_model, resolve_model
 from tunery.models.load import default_device
@@ -29,6 +30,7 @@ def load_for_training(config: TrainConfig, precision: Precision, device: str | N
     dtype = precision.weights if not quantize else precision.compute
     model, tokenizer = load_model(source, dtype=dtype, load_in_4bit=quantize, device=device,
                                   with_adapter=config.method != "full", is_trainable=True)
+    apply_chat_template_override(tokenizer, config.data.chat_template)
     if quantize:
         keep_4bit_weights_trainable(model)
     if hasattr(model, "peft_config"):
