@@ -97,12 +97,22 @@ def test_cli_keys_and_feedback_export(home_store, tmp_path):
             outputs=[f"a{i}"], finish_reason="stop", prompt_tokens=3, completion_tokens=2, latency_ms=1))
     record_feedback(home_store, LOCAL_OWNER, "c0", 1)
     record_feedback(home_store, LOCAL_OWNER, "c1", -1, correction="better")
-    out = tmp_path / "fb.jsonl"
-    result = runner.invoke(app, ["feedback", "export", "--out", str(out), "--model", "tiny",
-                                 "--pairs", str(tmp_path / "p.jsonl")])
-    assert result.exit_code == 0, result.output
-    assert "data check passes" in result.stdout
+    out, pairs = tmp_path / "fb.jsonl", tmp_path / "p.jsonl"
+    result = runner.invoke(app, ["feedback", "export", "--out", str(out), "--model", "tiny", "--pairs", str(pairs)])
+    # Two examples: `data check` refuses the file (too few to fine-tune on), and so does the export's own check.
     assert [json.loads(x)["messages"][-1]["content"] for x in out.read_text().splitlines()] == ["a0", "better"]
+    assert result.exit_code == 1 and f"data check FAILS on {out}" in result.stdout
+    assert "too_few_examples" in result.stdout
+    assert runner.invoke(app, ["data", "check", str(out)]).exit_code == 1
+    for i in range(3, 13):
+        log_completion(home_store, LoggedCompletion(
+            id=f"c{i}", model="tiny", kind="chat", messages=[{"role": "user", "content": f"q{i}"}],
+            outputs=[f"a{i}"], finish_reason="stop", prompt_tokens=3, completion_tokens=2, latency_ms=1))
+        record_feedback(home_store, LOCAL_OWNER, f"c{i}", 1)
+    result = runner.invoke(app, ["feedback", "export", "--out", str(out), "--model", "tiny", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert f"data check passes on {out}" in result.stdout
+    assert runner.invoke(app, ["data", "check", str(out)]).exit_code == 0
     bad_since = runner.invoke(app, ["feedback", "export", "--out", str(out), "--since", "soon"])
     assert bad_since.exit_code == 2 and "since" in bad_since.output
 

@@ -9,6 +9,7 @@ import typer
 from tunery.cli import app
 from tunery.cli.output import console, handle_errors
 from tunery.data.check import check_dataset
+from tunery.data.problems import Problem
 from tunery.platform.pii import Scrubber, load_pii_patterns
 from tunery.store import open_store
 from tunery.store.feedback_export import export_feedback
@@ -40,9 +41,14 @@ def feedback_export(
                                                                    if pairs else "")
                   + (f" ({summary.skipped} thumbs-down without a correction left out)" if summary.skipped else ""))
     if summary.examples:
-        report = check_dataset(out, min_examples=1)
-        state = "passes" if report["ok"] else "FAILS"
-        console.print(f"data check {state}: {report['summary']['warnings']} warnings, "
-                      f"{report['summary']['errors']} errors")
-        if not report["ok"]:
+        # The very checks `tunery data check FILE` runs, defaults included (e.g. its minimum of examples),
+        # so the verdict printed here is the one that command gives on the file.
+        reports = [(out, check_dataset(out))] + ([(pairs, check_dataset(pairs))] if pairs and summary.pairs else [])
+        for path, report in reports:
+            state = "passes" if report["ok"] else "FAILS"
+            console.print(f"data check {state} on {path}: {report['summary']['warnings']} warnings, "
+                          f"{report['summary']['errors']} errors", soft_wrap=True)
+            for problem in [p for p in report["problems"] if p["severity"] == "error"][:5]:
+                console.print(f"  {Problem(**problem)}", soft_wrap=True, markup=False)
+        if not all(report["ok"] for _, report in reports):
             raise typer.Exit(1)
