@@ -17,6 +17,11 @@ from tunery.errors import ConfigError, DataError, TuneryError
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one JSONL row / YAML line; past it a located error, never a 10 GB read
 MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024  # configs and task files read whole
+MAX_FILE_BYTES = 1024 * 1024 * 1024  # a dataset file read whole (a JSON array, a CSV, a document)
+MAX_EXAMPLE_CHARS = 8 * 1024 * 1024  # one example's text, before it is tokenized
+# Each cap can be raised (or lowered) for one command with its environment variable.
+CAP_ENV = {"line": "TUNERY_MAX_LINE_BYTES", "file": "TUNERY_MAX_FILE_BYTES", "example": "TUNERY_MAX_EXAMPLE_CHARS"}
+_CAP_DEFAULTS = {"line": MAX_LINE_BYTES, "file": MAX_FILE_BYTES, "example": MAX_EXAMPLE_CHARS}
 # Lone surrogates (what JSON `\ud800` escapes decode to) cannot be encoded as UTF-8; NUL ends C strings.
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 
@@ -31,6 +36,39 @@ _OS_REASONS = {
     errno.EROFS: ("is on a read-only file system", "choose a writable location"),
     errno.ENAMETOOLONG: ("has a name that is too long", "use a shorter path"),
 }
+
+
+def cap(kind: str) -> int:
+    """The `line`, `file` or `example` cap: its environment variable when set, else the default."""
+    name = CAP_ENV[kind]
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return _CAP_DEFAULTS[kind]
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name} must be a positive whole number", code="invalid_setting",
+                          hint=f"e.g. {name}={_CAP_DEFAULTS[kind] * 4}")
+    return int(raw)
+
+
+def cap_hint(kind: str, value: int) -> str:
+    """How to raise a cap, for the hint of the error it caused."""
+    return f"to allow more, set {CAP_ENV[kind]} (now {value:,}), e.g. {CAP_ENV[kind]}={value * 4}"
+
+
+def first_long_line(path: str | Path, max_bytes: int, chunk_bytes: int = 1 << 20) -> int | None:
+    """The 1-based number of the first line longer than `max_bytes`, streamed in chunks; None if none is."""
+    line_no, length = 1, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                if length + end - start > max_bytes:
+                    return line_no
+                line_no, length, start = line_no + 1, 0, end + 1
+            length += len(chunk) - start
+            if length > max_bytes:
+                return line_no
+    return None
 
 
 def os_error(exc: OSError, path: str | Path | None = None, *, what: str = "file",
@@ -87,10 +125,11 @@ def read_text(path: str | Path, *, what: str = "file", error: type[TuneryError] 
 
 
 def read_lines(path: str | Path, *, what: str = "file", error: type[TuneryError] = DataError,
-               max_line_bytes: int = MAX_LINE_BYTES, max_total_bytes: int | None = None,
+               max_line_bytes: int | None = None, max_total_bytes: int | None = None,
                ) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line with its newline), streamed: memory stays within `max_line_bytes`."""
+    """(1-based line number, line with its newline), streamed: memory stays within the line cap."""
     path = regular_file(path, what=what, error=error)
+    max_line_bytes = max_line_bytes or cap("line")
     total = 0
     try:
         with path.open("rb") as handle:
@@ -102,7 +141,7 @@ def read_lines(path: str | Path, *, what: str = "file", error: type[TuneryError]
                 line_no += 1
                 if len(raw) > max_line_bytes:
                     raise error(f"{path}:{line_no}: line longer than {max_line_bytes:,} bytes", code="line_too_long",
-                                hint="one record per line; split the file or fix a missing newline")
+                                hint="one record per line (a missing newline?); " + cap_hint("line", max_line_bytes))
                 total += len(raw)
                 if max_total_bytes is not None and total > max_total_bytes:
                     raise error(f"{what} {path} is larger than {max_total_bytes:,} bytes", code="file_too_large",

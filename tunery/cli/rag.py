@@ -10,6 +10,7 @@ from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
 from tunery.errors import ConfigError
 from tunery.rag import build_index, open_index
+from tunery.safeio import read_text
 
 rag_app = typer.Typer(help="Index documents for retrieval and search them; use an index with MODEL+rag:INDEX_DIR.",
                       no_args_is_help=True)
@@ -55,10 +56,7 @@ def index_command(
 
 
 def read_text_file(path: Path, option: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{option} file {path} cannot be read: {exc}", code="invalid_option") from None
+    return read_text(path, what=f"{option} file", error=ConfigError)  # strict UTF-8, size-capped, located errors
 
 
 @rag_app.command("search")

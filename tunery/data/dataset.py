@@ -15,6 +15,7 @@ from tunery.data.formats import FORMAT_KEYS, FormatState, convert_record, detect
 from tunery.data.problems import Problem, ProblemLog, summarise_problems, with_severity
 from tunery.data.readers import FileStats, list_dataset_files, read_file
 from tunery.errors import DataError
+from tunery.safeio import cap, cap_hint
 from tunery.types import Conversation, Location
 
 MIN_EXAMPLES = 10
@@ -105,6 +106,10 @@ def load_dataset(paths: str | Path | Iterable[str | Path], *, min_examples: int 
     return report.conversations
 
 
+def example_chars(conv: Conversation) -> int:
+    return sum(len(t.content) for t in conv.turns) + sum(len(t.content) for t in conv.rejected or ())
+
+
 def _read_one_file(path: Path, out: list[Conversation], log: ProblemLog) -> FileReport:
     records, stats = read_file(path, log)
     report = FileReport(stats)
@@ -114,9 +119,13 @@ def _read_one_file(path: Path, out: list[Conversation], log: ProblemLog) -> File
     if stats.columns is not None and not _columns_name_a_format(stats, log):
         return report
     state = FormatState()
+    example_cap = cap("example")
     for record in records:
         conv = convert_record(record, state, log)
-        if conv is not None:
+        if conv is not None and example_chars(conv) > example_cap:  # tokenizing it would take gigabytes
+            log.error("example_too_long", f"example holds {example_chars(conv):,} characters, over the "
+                      f"{example_cap:,} cap", file=record.file, line=record.line, hint=cap_hint("example", example_cap))
+        elif conv is not None:
             out.append(conv)
             report.examples += 1
     report_ignored_keys(stats.file, state, log)

@@ -17,6 +17,7 @@ from typing import Any
 from tunery.data.decoding import DecodedText, decode_bytes
 from tunery.data.jsonparse import DECODER, JsonProblem, check_depth, describe_decode_error, parse_json
 from tunery.data.problems import ProblemLog
+from tunery.safeio import cap, cap_hint, first_long_line
 
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                  ".parquet": "parquet", ".pq": "parquet"}
@@ -87,6 +88,8 @@ def read_file(path: Path, log: ProblemLog) -> tuple[list[RawRecord], FileStats]:
         stats.records = len(records)
         return records, stats
     try:
+        if not within_caps(path, file_type, log):
+            return [], stats
         raw = path.read_bytes()
     except OSError as exc:
         log.error("file_not_found", f"cannot read file: {exc.strerror or exc}", file=file)
@@ -112,6 +115,25 @@ def read_file(path: Path, log: ProblemLog) -> tuple[list[RawRecord], FileStats]:
         records = _read_jsonl(decoded, file, stats, log)
     stats.records = len(records)
     return records, stats
+
+
+def within_caps(path: Path, file_type: str, log: ProblemLog) -> bool:
+    """Refuse, before reading it whole, a file over the file cap or (but a JSON array) with a line over the line cap."""
+    file = str(path)
+    size, file_cap = path.stat().st_size, cap("file")
+    if size > file_cap:
+        log.error("file_too_large", f"file is {size:,} bytes, over the {file_cap:,}-byte cap", file=file,
+                  hint="split it into several files; " + cap_hint("file", file_cap))
+        return False
+    if file_type == "json":  # a JSON array may be one long line; the file cap bounds it
+        return True
+    line_cap = cap("line")
+    long_line = first_long_line(path, line_cap)
+    if long_line is not None:
+        log.error("line_too_long", f"line longer than the {line_cap:,}-byte cap", file=file, line=long_line,
+                  hint="one example per line (a missing newline?); " + cap_hint("line", line_cap))
+        return False
+    return True
 
 
 def _is_one_multiline_object(text: str) -> bool:

@@ -27,6 +27,7 @@ from tunery.paths import tunery_home
 from tunery.platform import registry
 from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
+from tunery.safeio import read_lines
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.feedback_export import build_example, scrub_row
@@ -165,7 +166,7 @@ def _replay_rows(production, count: int, rng: random.Random) -> list[dict]:
     path = Path(train.get("path") or "")
     if count <= 0 or not path.is_file() or path.suffix not in (".jsonl", ".ndjson"):
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for _, line in read_lines(path, what="training file") if line.strip()]  # line-capped
     return [json.loads(line) for line in rng.sample(lines, min(count, len(lines)))]
 
 
