@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from typer.testing import CliRunner
@@ -10,9 +11,11 @@ from typer.testing import CliRunner
 import tunery
 from tunery.cli import _register, app
 from tunery.config import TrainConfig
+from tunery.platform import jobs
 from tunery.platform.feedback_loop import collect_examples, run_loop
 from tunery.platform.pii import Scrubber
 from tunery.platform.registry import register_run, resolve_version
+from tunery.platform.worker import Worker, WorkerSettings
 from tunery.store import open_store
 from tunery.store.feedback_reviews import review_feedback
 from tunery.store.owners import LOCAL_OWNER, Actor
@@ -23,7 +26,18 @@ SMALL = ["train.epochs=1", "train.batch_size=2", "train.precision=fp32", "train.
 
 
 @pytest.fixture
-def production(tiny_model_dir, tmp_path):
+def worker():
+    """A worker claiming jobs from the test's store (TUNERY_HOME's), in a thread; its runs are child processes."""
+    running = Worker(open_store(), WorkerSettings(poll_s=0.1, heartbeat_s=0.2))
+    thread = threading.Thread(target=running.run_forever, daemon=True)
+    thread.start()
+    yield running
+    running.stopping.set()
+    thread.join(120)
+
+
+@pytest.fixture
+def production(tiny_model_dir, tmp_path, worker):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is part {i}?"},
                                                      {"role": "assistant", "content": f"Part {i} is TX-{i}."}]}) + "\n"
@@ -54,9 +68,19 @@ def test_a_pass_trains_registers_and_gates_a_candidate(production, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"prompt": f"What is part {i}?", "reference": f"Part {i} is TX-{i}."}) + "\n"
                              for i in range(3)))
+    events = []
     result = run_loop(store, "helpdesk", tasks=tasks, review=True, out_dir=tmp_path / "loop", limit=3,
-                      overrides=SMALL, gates=["no-regression:1"])
+                      overrides=SMALL, gates=["no-regression:1"], on_event=events.append, poll_s=0.1)
     assert result.status in ("candidate", "gate_failed"), result.message
+    # The candidate was trained as a job on the queue, claimed by the worker, continuing production's adapter.
+    job = jobs.get_job(store, LOCAL_OWNER, result.job)
+    assert job["status"] == "succeeded" and job["tunery"]["worker_id"] is None and job["metadata"] == {
+        "tunery_loop": "helpdesk", "production": "helpdesk@1"}
+    messages = [e["message"] for e in events]
+    assert messages[0].startswith(f"Queued the candidate's training as job {result.job}")
+    assert "Fine-tuning job started" in messages and messages[-1] == "The job has successfully completed"
+    assert resolve_version(store, "helpdesk@2").parent == "helpdesk@1"
+    assert resolve_version(store, "helpdesk@2").job_id == result.job
     assert (result.examples, result.held_out, result.replayed) == (8, 2, 8)
     assert result.candidate == "helpdesk@2" and alias_version(store, "helpdesk", "candidate") == 2
     assert resolve_version(store, "helpdesk").ref == "helpdesk@1"  # review: production untouched
@@ -64,6 +88,7 @@ def test_a_pass_trains_registers_and_gates_a_candidate(production, tmp_path):
     assert "ana" not in train and "<EMAIL_1>" in train and "not counted" not in train
     report = json.loads((tmp_path / "loop" / "report.json").read_text())
     assert [e["step"] for e in report["timeline"]] == ["collect", "dataset", "train", "compare", "decide"]
+    assert report["timeline"][2]["job"] == result.job and report["job"] == result.job
     tasks_compared = {c["tasks"] for c in report["gate"]["comparisons"]}
     assert str(tmp_path / "loop" / "feedback_tasks.jsonl") in tasks_compared and len(tasks_compared) == 3
     assert (tmp_path / "loop" / "report.html").is_file()
@@ -103,3 +128,19 @@ def test_a_reviewed_loop_trains_only_on_approved_feedback_with_the_edits(product
     assert answers == ["Answer 0.", "Answer one, as reviewed."]
     quiet = run_loop(store, "helpdesk", approved_only=True, min_feedback=3)
     assert quiet.status == "too_little_feedback" and quiet.message.startswith("2 usable")
+
+
+def test_a_cancelled_candidate_job_fails_the_pass_and_leaves_production(production, tmp_path):
+    store = production
+    give_feedback(store, {f"Question {i}": f"Answer {i}." for i in range(6)})
+
+    def cancel_when_queued(event):
+        if event["message"].startswith("Queued the candidate's training as job"):
+            job_id = event["message"].split("job ")[1].split(";")[0]
+            jobs.cancel_job(store, LOCAL_OWNER, job_id)
+
+    result = run_loop(store, "helpdesk", out_dir=tmp_path / "c", general=False, overrides=SMALL,
+                      on_event=cancel_when_queued, poll_s=0.1)
+    assert result.status == "failed" and "cancelled" in result.message, result.message
+    assert jobs.get_job(store, LOCAL_OWNER, result.job)["status"] == "cancelled"
+    assert resolve_version(store, "helpdesk").ref == "helpdesk@1" and alias_version(store, "helpdesk", "candidate") is None

@@ -37,7 +37,8 @@ def run_command(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N rows of each task file."),
     set_: list[str] = typer.Option(None, "--set", help="Training config override KEY=VALUE (repeatable)."),
 ):
-    """One pass: collect feedback, train a candidate from production, compare, promote when the gates pass."""
+    """One pass: collect feedback, train a candidate from production as a job on the queue (a worker runs it:
+    `tunery worker`, or `tunery serve --workers N`), compare, promote when the gates pass."""
     result = _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review,
                        general=general, out_dir=out, limit=limit, overrides=set_ or [], approved_only=approved_only)
     raise typer.Exit(EXIT.get(result.status, 1))
@@ -55,7 +56,7 @@ def watch_command(
     approved_only: bool = typer.Option(False, "--approved-only", help="Train only on reviewer-approved feedback."),
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many passes."),
 ):
-    """Run the loop on a schedule (one pass at a time per NAME)."""
+    """Run the loop on a schedule (one pass at a time per NAME, each training through the queue)."""
     interval = parse_every(every)
     runs = 0
     while max_runs is None or runs < max_runs:
@@ -74,8 +75,13 @@ def parse_every(text: str) -> float:
 
 
 def _run_once(name, **kwargs):
-    result = run_loop(open_store(), name, **kwargs)
-    line = f"{result.name}: {result.status}: {result.message}"
+    result = run_loop(open_store(), name, on_event=_print_event, **kwargs)
+    line = f"{result.name}: {result.status}: {result.message}" + (f" (job {result.job})" if result.job else "")
     (err_console if result.status in ("failed", "gate_failed") else console).print(line, highlight=False)
     console.print(f"report: {result.report}", highlight=False)
     return result
+
+
+def _print_event(event: dict) -> None:
+    """A line per job event (steps, losses, checkpoints): the candidate's training as it happens."""
+    err_console.print(f"  {event['message']}", highlight=False, markup=False)

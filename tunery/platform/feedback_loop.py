@@ -3,8 +3,9 @@
 One pass (`run_loop`): collect the feedback given on NAME's versions since production was
 registered; corrections and thumbs-up answers become examples (scrubbed of PII, deduplicated, checked
 by the data checks), a fifth held out as a "feedback" task; add a replay sample of production's own
-training data; train a candidate from production's adapter with `auto` settings; register it as
-NAME@N+1 `candidate`; compare it with production on the user's tasks, the feedback task and the
+training data; train a candidate from production's adapter with `auto` settings as a job on the
+queue (run by any worker sharing the store; this process waits, reporting its events); register it
+as NAME@N+1 `candidate`; compare it with production on the user's tasks, the feedback task and the
 general-skills tasks; promote it when the gates pass (unless `review`). A report (JSON and HTML)
 records the timeline either way. One loop per NAME at a time, across machines (a lease in the store).
 """
@@ -16,15 +17,15 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tunery
-from tunery.config import load_train_config
 from tunery.data import load_dataset
 from tunery.errors import ConfigError, TuneryError
 from tunery.paths import tunery_home
-from tunery.platform import registry
+from tunery.platform import jobs, registry
+from tunery.platform.loop_job import submit_candidate, wait_for_job
 from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
 from tunery.safeio import read_lines
@@ -48,6 +49,7 @@ class LoopResult:
     message: str
     production: str | None = None
     candidate: str | None = None
+    job: str | None = None
     examples: int = 0
     held_out: int = 0
     replayed: int = 0
@@ -88,7 +90,8 @@ def _teaches(example: dict) -> bool:
 def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates: list[str] | tuple[str, ...] = (),
              min_feedback: int = 1, review: bool = False, out_dir: str | Path | None = None, general: bool = True,
              limit: int | None = None, overrides: list[str] | None = None, seed: int = 0,
-             approved_only: bool = False) -> LoopResult:
+             approved_only: bool = False, on_event: Callable[[dict], None] | None = None, poll_s: float = 1.0,
+             job_timeout_s: float | None = None) -> LoopResult:
     """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
     if tasks is not None and not Path(tasks).is_file():
         raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
@@ -107,14 +110,15 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
             return _finish(result, out)
         try:
             _train_and_gate(store, name, production, examples, result, out, lease, tasks=tasks, gates=gates,
-                            general=general, limit=limit, overrides=overrides or [], review=review, seed=seed)
+                            general=general, limit=limit, overrides=overrides or [], review=review, seed=seed,
+                            on_event=on_event, poll_s=poll_s, job_timeout_s=job_timeout_s)
         except TuneryError as exc:  # a failed candidate leaves production as it was
             result.status, result.message = "failed", f"{exc.code}: {exc.message}"
         return _finish(result, out)
 
 
 def _train_and_gate(store, name, production, examples, result, out, lease, *, tasks, gates, general, limit, overrides,
-                    review, seed) -> None:
+                    review, seed, on_event, poll_s, job_timeout_s) -> None:
     rng = random.Random(seed)
     rng.shuffle(examples)
     held = examples[:len(examples) // 5] if len(examples) >= 5 else []
@@ -127,16 +131,22 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
         {"messages": row["messages"][:-1], "reference": row["messages"][-1]["content"]} for row in held]) \
         if held else None
     result.timeline.append({"step": "dataset", "train": len(train_rows), "replay": len(replay), "held_out": len(held)})
-    config = load_train_config(None, [f"base_model={production.base_model}", f"init_from={production.run_dir}",
-                                      f"data.train={train_path}", "data.val_fraction=0",
-                                      f"output_dir={out / 'run'}", f"name={name}-loop", *overrides])
-    run = tunery.train(config, quiet=True)
-    if run.status != "completed":
-        raise ConfigError(f"the candidate run stopped ({run.status})", code="candidate_incomplete")
-    candidate = registry.register_run(store, run.run_dir, name, created_by="loop", alias="candidate")
+    job = submit_candidate(store, name, production, train_path, overrides=overrides, seed=seed)
+    result.job = job["id"]
+    if on_event is not None:
+        on_event({"message": f"Queued the candidate's training as job {job['id']}; waiting for a worker "
+                             "(`tunery worker`, or `tunery serve --workers N`)", "data": {}})
+    job = wait_for_job(store, job["id"], on_event=on_event, poll_s=poll_s, timeout_s=job_timeout_s)
+    if job["status"] != "succeeded":
+        error = job["error"] or {}
+        raise ConfigError(f"the candidate job {job['id']} {job['status']}"
+                          + (f": {error.get('code')}: {error.get('message')}" if error.get("message") else ""),
+                          code="candidate_incomplete")
+    run_dir = jobs.run_dir_of(job["id"])
+    candidate = registry.register_run(store, run_dir, name, job_id=job["id"], created_by="loop", alias="candidate")
     result.candidate = candidate.ref
-    result.timeline.append({"step": "train", "run": str(run.run_dir), "version": candidate.ref,
-                            "metrics": run.metrics})
+    result.timeline.append({"step": "train", "job": job["id"], "run": str(run_dir), "version": candidate.ref,
+                            "trained_tokens": job["trained_tokens"], "steps": job["tunery"]["step"]})
     report = registry.run_gates(production, candidate, tasks=tasks, gates=list(gates) or ["no-regression"],
                                 general=general, out_dir=out / "compare", limit=limit)
     if feedback_tasks is not None:

@@ -132,7 +132,8 @@ def check_file_fits_method(request: JobRequest, train_path: Path, filename: str)
 
 
 def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path: Path,
-                 validation_path: Path | None, run_dir: Path, learning_rate: float | None = None) -> TrainConfig:
+                 validation_path: Path | None, run_dir: Path, learning_rate: float | None = None,
+                 init_from: str | None = None) -> TrainConfig:
     """The `tunery train` config of a job; unknown `tunery` keys fail with the closest valid key."""
     raw = copy.deepcopy(request.tunery)
     for key in RESERVED_KEYS:
@@ -145,6 +146,8 @@ def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path:
             error.param = "tunery." + ".".join(key)
             raise error
     raw.update(name=job_id, base_model=base_ref, output_dir=str(run_dir))
+    if init_from:
+        raw["init_from"] = init_from
     if request.method_type == "dpo":
         raw["objective"] = "dpo"
         beta = request.hyper.beta

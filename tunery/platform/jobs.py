@@ -26,8 +26,11 @@ from tunery.store.owners import Actor
 MAX_LIST_LIMIT = 1000
 
 
-def create_job(store: Store, actor: Actor, body: dict, *, base_models: dict[str, str] | None = None) -> dict:
-    """Check the request, its files and its config (exactly as the worker will build it); queue the job."""
+def create_job(store: Store, actor: Actor, body: dict, *, base_models: dict[str, str] | None = None,
+               init_from: str | None = None) -> dict:
+    """Check the request, its files and its config (exactly as the worker will build it); queue the job.
+
+    `init_from` (the loop's candidate, never a client's request) continues a registered run's adapter."""
     request = parse_job_request(body)
     base_ref = resolve_base(request.model, base_models)
     train_row = _training_file(store, actor, request.training_file, "training_file")
@@ -36,7 +39,8 @@ def create_job(store: Store, actor: Actor, body: dict, *, base_models: dict[str,
     check_file_fits_method(request, blob_path(train_row["sha256"]), train_row["filename"])
     job_id = job_rows.new_id("ftjob")
     build_config(request, job_id=job_id, base_ref=base_ref, train_path=blob_path(train_row["sha256"]),
-                 validation_path=blob_path(valid_row["sha256"]) if valid_row else None, run_dir=run_dir_of(job_id))
+                 validation_path=blob_path(valid_row["sha256"]) if valid_row else None, run_dir=run_dir_of(job_id),
+                 init_from=init_from)
     method = {"type": request.method_type,
               request.method_type: {"hyperparameters": request.hyper.model_dump(exclude_none=True)}}
     row = job_rows.insert_job(store, {
@@ -44,7 +48,8 @@ def create_job(store: Store, actor: Actor, body: dict, *, base_models: dict[str,
         "validation_file": request.validation_file, "suffix": request.suffix,
         "seed": request.seed if request.seed is not None else 42,
         "metadata_json": json.dumps(request.metadata) if request.metadata is not None else None,
-        "method_json": json.dumps(method), "tunery_json": json.dumps({"base_ref": base_ref, **request.tunery}),
+        "method_json": json.dumps(method), "tunery_json": json.dumps({"base_ref": base_ref, **request.tunery,
+                                                         **({"init_from": init_from} if init_from else {})}),
         "hyperparameters_json": json.dumps(request.hyper.model_dump(exclude_none=True)),
         "status": "queued", "run_dir": str(run_dir_of(job_id)),
     }, message=f"Validated training file: {train_row['filename']} ({train_row['examples']} examples)")
@@ -55,11 +60,17 @@ def request_of(row: dict) -> tuple[JobRequest, str]:
     """The stored job as its request again, and the base model reference it resolved to."""
     extra = json.loads(row["tunery_json"])
     base_ref = extra.pop("base_ref")
+    extra.pop("init_from", None)  # see init_from_of
     method = json.loads(row["method_json"])
     request = JobRequest(model=row["model"], training_file=row["training_file"],
                          validation_file=row["validation_file"], suffix=row["suffix"], seed=row["seed"],
                          method=method, tunery=extra)
     return request, base_ref
+
+
+def init_from_of(row: dict) -> str | None:
+    """The run whose adapter the job continues (set only by the loop), if any."""
+    return json.loads(row["tunery_json"]).get("init_from")
 
 
 def resolve_base(model: str, base_models: dict[str, str] | None) -> str:

@@ -177,7 +177,7 @@ class JobRun:
         learning_rate = scaled_learning_rate(request, base_ref)
         return build_config(request, job_id=self.row["id"], base_ref=base_ref, train_path=blob_path(train["sha256"]),
                             validation_path=blob_path(valid["sha256"]) if valid else None, run_dir=self.run_dir,
-                            learning_rate=learning_rate)
+                            learning_rate=learning_rate, init_from=job_service.init_from_of(self.row))
 
     def follow(self, child: subprocess.Popen) -> bool:
         """Heartbeat, report progress and pass on stop requests until the child exits; False if the lease was lost."""
