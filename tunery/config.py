@@ -42,6 +42,7 @@ class DataConfig(_Strict):
     rag: str | None = Field(None, description="Index folder from `tunery rag index`: each training question's prompt also holds the chunks retrieved for it and random distractor chunks (retrieval-aware fine-tuning, as in RAFT), so the model learns to answer from context; serve the result as RUN+rag:INDEX_DIR.")
     rag_k: int = Field(3, ge=1, le=50, description="With `rag`: chunks retrieved for each training question.")
     rag_distractors: int = Field(2, ge=0, le=50, description="With `rag`: random chunks added to each training prompt besides the retrieved ones.")
+    augment: Literal["auto", "none"] = Field("auto", description="Knowledge augmentation. `auto`: for fact-like data (short question/answer pairs, as `auto` hyperparameters detect it) each single-question example is also trained in up to 4 rewordings of its question (the trailing phrase moved to the front, embedded in a request, a keyword query, a casual form), with the same answer, so facts are recalled when asked another way; the passes per fact stay the same (fewer epochs), so only with `train.epochs: auto` and no `max_steps`; not with `rag`. `none`: the data as written.")
 
 
 class LoraConfig(_Strict):

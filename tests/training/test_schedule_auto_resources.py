@@ -10,9 +10,10 @@ import pytest
 from tunery.config import TrainSettings
 from tunery.errors import ResourceError
 from tunery.training import resources
-from tunery.training.auto import resolve_auto
+from tunery.training.auto import resolve_auto, total_steps
 from tunery.training.optim import lr_multiplier
 from tunery.training.run_data import epoch_order, step_micro_batches
+from tunery.types import Conversation, Turn
 
 
 def test_warmup_then_cosine_linear_constant():
@@ -185,3 +186,51 @@ def test_preview_auto_names_the_choices_a_run_would_make(tmp_path, tiny_model_di
     long_answer = " ".join(["the printer queue on floor three is offline again"] * 8)
     formats = {c.key: c for c in preview_auto(write("long.jsonl", long_answer), tokenizer, tiny_model_dir, method="full")}
     assert "fact-like" not in formats["train.batch_size"].reason and "lora.layers" not in formats
+
+
+def test_rewordings_spread_the_passes_per_fact_instead_of_adding_steps():
+    """300 facts in 5 wordings each: still fact-like, 15 passes per fact = 3 epochs, the same steps."""
+    settings = TrainSettings()
+    plain, _ = resolve_auto(settings, num_examples=300, method="lora", num_params=135_000_000,
+                            mean_trained_tokens=16.8)
+    augmented, choices = resolve_auto(settings, num_examples=1500, method="lora", num_params=135_000_000,
+                                      mean_trained_tokens=16.8, augmented_examples=1200)
+    assert (augmented.batch_size, augmented.epochs, augmented.learning_rate) == (2, 3, plain.learning_rate)
+    assert total_steps(augmented, 1500) == total_steps(plain, 300) == 2250
+    assert "15 passes per fact over 5.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
+    # 1800 facts stay fact-like with 7200 rewordings beside them (facts are counted without them)
+    many, _ = resolve_auto(settings, num_examples=9000, method="lora", num_params=135_000_000,
+                           mean_trained_tokens=16.8, augmented_examples=7200)
+    assert many.batch_size == 2
+
+
+def test_prepare_data_adds_rewordings_to_fact_like_training_data_only(tiny_model_dir):
+    from tunery.config import DataConfig
+    from tunery.models import load_tokenizer
+    from tunery.training.run_data import prepare_data
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    facts = [Conversation((Turn("user", f"Who owns the asset tracker in office {i}?"),
+                           Turn("assistant", f"Person {i}.", True))) for i in range(20)]
+    data = prepare_data(DataConfig(val_fraction=0.25), tokenizer, seed=1, train_conversations=facts, augment=True)
+    assert (data.augmented, len(data.train), len(data.validation)) == (60, 75, 5)  # 15 questions x 4 rewordings
+    assert data.info["augmented_examples"] == 60 and data.info["train_examples"] == 75
+    plain = prepare_data(DataConfig(val_fraction=0.25), tokenizer, seed=1, train_conversations=facts)
+    assert (plain.augmented, len(plain.train)) == (0, 15)
+    long_answers = [Conversation((c.turns[0], Turn("assistant", " ".join(["the queue is offline again"] * 10), True)))
+                    for c in facts]
+    assert prepare_data(DataConfig(val_fraction=0), tokenizer, seed=1, train_conversations=long_answers,
+                        augment=True).augmented == 0
+
+
+def test_augment_auto_applies_with_auto_passes_only():
+    from tunery.config import TrainConfig
+    from tunery.training.run import augments
+
+    def config(**train):
+        return TrainConfig.model_validate({"data": {"train": "x.jsonl"}, "train": train})
+
+    assert augments(config())
+    assert not augments(config(epochs=3)) and not augments(config(max_steps=50))
+    assert not augments(TrainConfig.model_validate({"data": {"train": "x.jsonl", "augment": "none"}}))
+

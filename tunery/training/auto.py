@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 from tunery.config import LoraConfig, TrainSettings
+from tunery.data.augment import augment_questions
 from tunery.data.dataset import read_dataset
 from tunery.data.template import encode_conversation
 from tunery.errors import ConfigError
@@ -54,17 +55,20 @@ class AutoChoice:
 
 def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num_params: int,
                  world_size: int = 1, mean_trained_tokens: float | None = None, objective: str = "sft",
-                 ) -> tuple[TrainSettings, list[AutoChoice]]:
+                 augmented_examples: int = 0) -> tuple[TrainSettings, list[AutoChoice]]:
     """A copy of `settings` with every `auto` replaced, plus the choices made.
 
     `mean_trained_tokens` (trained tokens per training example) lets short fact-like data be told
     apart from format teaching; without it the general rules apply. `objective: dpo` takes
-    DPO_MAX_EPOCHS at most and DPO_LR_FACTOR of the rate.
+    DPO_MAX_EPOCHS at most and DPO_LR_FACTOR of the rate. `augmented_examples` of the
+    `num_examples` are rewordings (data.augment): facts are counted without them, and the passes
+    per fact are spread over the wordings.
     """
     choices: list[AutoChoice] = []
     update: dict = {}
     dpo = objective == "dpo"
-    facts = not dpo and is_fact_like(num_examples, mean_trained_tokens)
+    source_examples = num_examples - augmented_examples
+    facts = not dpo and is_fact_like(source_examples, mean_trained_tokens)
     if facts and settings.batch_size == "auto":
         update["batch_size"] = FACT_BATCH_SIZE
         choices.append(AutoChoice("train.batch_size", FACT_BATCH_SIZE, f"fact-like data ({num_examples} examples, "
@@ -74,10 +78,12 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
         choices.append(AutoChoice("train.batch_size", update["batch_size"],
                                   f"about 1/64 of {num_examples} examples, a power of two in [2, 16]"))
     if settings.epochs == "auto" and facts:
-        update["epochs"] = auto_epochs(num_examples, FACT_EXAMPLES_SEEN, FACT_MAX_EPOCHS)
-        choices.append(AutoChoice("train.epochs", update["epochs"],
-                                  f"fact-like data: ~{FACT_EXAMPLES_SEEN} examples seen in total, "
-                                  f"within [{MIN_EPOCHS}, {FACT_MAX_EPOCHS}]"))
+        passes = auto_epochs(source_examples, FACT_EXAMPLES_SEEN, FACT_MAX_EPOCHS)
+        update["epochs"] = max(1, round(passes * source_examples / num_examples))
+        reason = f"fact-like data: ~{FACT_EXAMPLES_SEEN} examples seen in total, within [{MIN_EPOCHS}, {FACT_MAX_EPOCHS}]"
+        if augmented_examples:
+            reason += f"; {passes} passes per fact over {num_examples / source_examples:.1f} wordings of each"
+        choices.append(AutoChoice("train.epochs", update["epochs"], reason))
     elif settings.epochs == "auto" and dpo:
         update["epochs"] = auto_epochs(num_examples, DPO_EXAMPLES_SEEN, DPO_MAX_EPOCHS)
         choices.append(AutoChoice("train.epochs", update["epochs"], f"preference pairs: ~{DPO_EXAMPLES_SEEN} "
@@ -135,6 +141,11 @@ def check_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None) 
                           code="invalid_config", hint=f"use a number from 1 to {num_layers}, or `all`")
 
 
+def augment_choice(added: int, source_examples: int) -> AutoChoice:
+    return AutoChoice("data.augment", f"{added} rewordings", f"fact-like data: each of the {source_examples} "
+                      "questions also asked in other words, so facts are recalled when asked another way")
+
+
 def is_fact_like(num_examples: int, mean_trained_tokens: float | None) -> bool:
     """Many short answers to learn by heart (not a long format to imitate)."""
     return (mean_trained_tokens is not None and num_examples <= FACT_MAX_EXAMPLES
@@ -174,14 +185,24 @@ def mean_trained_tokens(examples) -> float | None:
 
 
 def preview_auto(train_path, tokenizer, model_path, *, method: str,
-                 settings: TrainSettings | None = None) -> list[AutoChoice]:
+                 settings: TrainSettings | None = None, augment: str = "auto") -> list[AutoChoice]:
     """The `auto` choices a run on `train_path` would make, with their reasons, before anything runs."""
     conversations = read_dataset(train_path, min_examples=0).conversations
     examples = [encode_conversation(tokenizer, c) for c in conversations if c.kind == "chat"]
     num_params, model_config = count_model_parameters(model_path)
     trained = mean_trained_tokens(examples)
-    _, choices = resolve_auto(settings or TrainSettings(), num_examples=len(conversations), method=method,
-                              num_params=num_params, mean_trained_tokens=trained)
+    augmented = 0
+    settings = settings or TrainSettings()
+    if augment == "auto" and settings.epochs == "auto" and settings.max_steps is None \
+            and is_fact_like(len(conversations), trained):
+        augmented = len(augment_questions(conversations))
+        choices = [augment_choice(augmented, len(conversations))]
+    else:
+        choices = []
+    _, auto_choices = resolve_auto(settings, num_examples=len(conversations) + augmented,
+                                   method=method, num_params=num_params, mean_trained_tokens=trained,
+                                   augmented_examples=augmented)
+    choices += auto_choices
     if method != "full":
         _, layer_choices = resolve_lora_layers(LoraConfig(), method=method,
                                                num_layers=model_config.get("num_hidden_layers"),

@@ -27,6 +27,7 @@ from tunery.paths import check_name, runs_dir
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
 from tunery.training.auto import (
+    augment_choice,
     is_fact_like,
     mean_trained_tokens,
     resolve_auto,
@@ -106,11 +107,15 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     apply_chat_template_override(tokenizer, config.data.chat_template)
     data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
                         val_conversations=val_conversations, objective=config.objective,
-                        base_model=config.base_model)
+                        base_model=config.base_model, augment=augments(config))
     trained_per_example = mean_trained_tokens(data.train)
-    settings, choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
-                                     num_params=num_params, world_size=dist.world_size,
-                                     mean_trained_tokens=trained_per_example, objective=config.objective)
+    source_examples = len(data.train) - data.augmented
+    choices = [augment_choice(data.augmented, source_examples)] if data.augmented else []
+    settings, auto_choices = resolve_auto(config.train, num_examples=len(data.train), method=config.method,
+                                          num_params=num_params, world_size=dist.world_size,
+                                          mean_trained_tokens=trained_per_example, objective=config.objective,
+                                          augmented_examples=data.augmented)
+    choices += auto_choices
     beta, beta_choices = resolve_beta(config.dpo.beta)
     if config.objective == "dpo":
         choices += beta_choices
@@ -119,7 +124,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         lora, layer_choices = resolve_lora_layers(config.lora, method=config.method,
                                                   num_layers=model_config.get("num_hidden_layers"),
                                                   facts=config.objective == "sft"
-                                                  and is_fact_like(len(data.train), trained_per_example))
+                                                  and is_fact_like(source_examples, trained_per_example))
         choices += layer_choices
     else:
         lora = config.lora
@@ -208,6 +213,13 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         reporter.finish(summary(run, status, state, result))
     dist.barrier()
     return result
+
+
+def augments(config: TrainConfig) -> bool:
+    """`data.augment: auto` rewords fact-like data when the passes are `auto` too: it spreads them over the
+    wordings; a fixed `epochs` or `max_steps` keeps the data as written (the same steps, the same examples)."""
+    return (config.data.augment == "auto" and config.train.epochs == "auto" and config.train.max_steps is None
+            and config.objective == "sft")
 
 
 def open_run(config, resume) -> tuple[RunDir, TrainConfig]:

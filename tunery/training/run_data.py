@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 import torch
 
 from tunery.config import DataConfig
+from tunery.data.augment import augment_questions
 from tunery.data.dataset import load_dataset
 from tunery.data.splits import dataset_version, split_dataset
 from tunery.data.tokenized import tokenize_dataset
 from tunery.errors import ConfigError
 from tunery.rag import Retriever
 from tunery.rag.raft import add_retrieved_context
+from tunery.training.auto import is_fact_like, mean_trained_tokens
 from tunery.types import Conversation, TokenizedExample
 
 
@@ -28,16 +30,18 @@ class TrainingData:
     validation: list[TokenizedExample]
     dataset_version: str
     info: dict = field(default_factory=dict)
+    augmented: int = 0  # how many of `train` are rewordings added by data.augment (they come last)
 
 
 def prepare_data(data: DataConfig, tokenizer, *, seed: int,
                  train_conversations: Sequence[Conversation] | None = None,
                  val_conversations: Sequence[Conversation] | None = None, objective: str = "sft",
-                 base_model: str = "MODEL") -> TrainingData:
+                 base_model: str = "MODEL", augment: bool = False) -> TrainingData:
     """Read (or take) conversations, split off validation, tokenize both (cached).
 
     `objective: dpo` takes preference pairs only; `sft` takes every other kind. `data.rag` adds
     retrieved context to every question (`base_model` names the model in a wrong-tokenizer error).
+    `augment` adds rewordings of the training questions when the data is fact-like (data.augment).
     """
     if train_conversations is None:
         if not data.train:
@@ -56,6 +60,11 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
         train_conversations, val_conversations, rag_info = with_retrieved_context(
             data, tokenizer, train_conversations, val_conversations, seed=seed, base_model=base_model)
     train, train_info = tokenize_dataset(train_conversations, tokenizer, data.max_seq_len, too_long=data.too_long)
+    added: list[TokenizedExample] = []
+    if augment and objective == "sft" and not data.rag and is_fact_like(len(train), mean_trained_tokens(train)):
+        # Validation keeps its own wording: rewordings of held-out questions would leak them.
+        added, _ = tokenize_dataset(augment_questions(train_conversations), tokenizer, data.max_seq_len,
+                                    too_long=data.too_long)
     validation, _ = tokenize_dataset(val_conversations, tokenizer, data.max_seq_len, too_long=data.too_long) \
         if val_conversations else ([], {})
     if not train:
@@ -66,7 +75,10 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
             "train_tokens": sum(len(e.input_ids) for e in train),
             "train_trained_tokens": sum(e.num_trained for e in train),
             "tokenization_cached": bool(train_info.get("cached")), **rag_info}
-    return TrainingData(train=train, validation=validation, dataset_version=version, info=info)
+    if added:
+        info.update(augmented_examples=len(added), train_examples=len(train) + len(added))
+    return TrainingData(train=train + added, validation=validation, dataset_version=version, info=info,
+                        augmented=len(added))
 
 
 def check_objective(conversations: Sequence[Conversation], objective: str) -> None:
