@@ -89,22 +89,34 @@ class MatmulPeak:
         return asdict(self)
 
 
+def device_and_sync():
+    """Where peaks are measured (the GPU when there is one, as training runs there) and its wait."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.synchronize
+    return "cpu", lambda: None
+
+
 def measure_matmul_peak(dtype_name: str = "bf16", sizes: tuple[int, ...] = (1024, 2048, 4096),
                         min_time_s: float = 0.5) -> MatmulPeak:
     """Time square `torch.matmul` at a few sizes; the best rate is the peak (others share the CPU)."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    device, sync = device_and_sync()
     best = MatmulPeak(dtype_name, 0, 0.0)
     for n in sizes:
-        a = torch.randn(n, n, dtype=dtype)
-        b = torch.randn(n, n, dtype=dtype)
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
         torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel on the first call
+        sync()
         best_s = float("inf")
         spent = 0.0
         while spent < min_time_s:
             start = time.perf_counter()
             torch.matmul(a, b)
+            sync()
             elapsed = time.perf_counter() - start
             best_s = min(best_s, elapsed)
             spent += elapsed
@@ -112,3 +124,39 @@ def measure_matmul_peak(dtype_name: str = "bf16", sizes: tuple[int, ...] = (1024
         if rate > best.flops_per_s:
             best = MatmulPeak(dtype_name, n, rate)
     return best
+
+
+def measure_linear_peak(dtype_name: str, linear_shapes: list[tuple[str, int, int]] | list[list],
+                        tokens: int = 256, min_time_s: float = 0.5) -> MatmulPeak:
+    """The rate of `F.linear` at the model's own shapes: every decoder linear over a `tokens`-row micro-batch.
+
+    One pass runs each distinct (in, out) shape as often as the decoder has it; the best pass
+    (others share the CPU) gives the rate a training step's matmuls can reach here, which square
+    `matmul` overstates for narrow models (576 wide: the inner dimension is small).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    counts: dict[tuple[int, int], int] = {}
+    for _, fan_in, fan_out in linear_shapes:
+        counts[(fan_in, fan_out)] = counts.get((fan_in, fan_out), 0) + 1
+    device, sync = device_and_sync()
+    operands = [(torch.randn(tokens, i, dtype=dtype, device=device), torch.randn(o, i, dtype=dtype, device=device), n)
+                for (i, o), n in counts.items()]
+    flops = sum(2 * tokens * x.shape[1] * w.shape[0] * n for x, w, n in operands)
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for x, w, n in operands:
+            for _ in range(n):
+                F.linear(x, w)
+        sync()
+        return time.perf_counter() - start
+
+    one_pass()  # warm-up: kernel selection
+    best_s, spent = float("inf"), 0.0
+    while spent < min_time_s or best_s == float("inf"):
+        elapsed = one_pass()
+        best_s, spent = min(best_s, elapsed), spent + elapsed
+    return MatmulPeak(dtype_name, tokens, flops / best_s)

@@ -1,7 +1,10 @@
 """`make bench`: tunery against TRL SFTTrainer + PEFT on the same LoRA work, then LoRA vs QLoRA vs full.
 
-Each training run is its own process (peak RSS from its rusage); the two sides alternate over
-several repetitions; the report gives medians with min-max spreads and writes docs/benchmarks.md.
+Each training run is its own process (peak RSS from its rusage); the sides alternate over several
+repetitions (seeds); TRL runs with bf16 autocast and in fp32, and the faster is the baseline; tunery
+runs with `precision: auto`. The peaks (bf16 and fp32, square matmul and `F.linear` at the model's
+own shapes) are measured before and after. The report gives medians with min-max spreads and
+writes docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m-instruct", help="Base model reference (tunery alias or folder).")
     p.add_argument("--data", default=str(REPO / "examples" / "helpdesk"),
                    help="Folder with train.jsonl and validation.jsonl (chat format).")
-    p.add_argument("--steps", type=int, default=20, help="Optimizer steps per training run.")
-    p.add_argument("--batch-size", type=int, default=8, help="Examples per micro-batch.")
+    p.add_argument("--steps", type=int, default=100,
+                   help="Optimizer steps per training run (a full run: at least 100; each example is seen once).")
+    p.add_argument("--batch-size", type=int, default=4, help="Examples per micro-batch.")
     p.add_argument("--grad-accum", type=int, default=1, help="Micro-batches per optimizer step.")
     p.add_argument("--max-seq-len", type=int, default=512, help="Longest example kept (longer ones are skipped).")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank.")
@@ -49,8 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads for both sides (default: each side's own choice; tunery's `auto` "
                         "looks at the load, torch's default is one per core).")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="tunery train.precision.")
-    p.add_argument("--baseline-precision", default="bf16", choices=["bf16", "fp32"],
-                   help="Baseline: bf16 autocast (TRL's default) or fp32.")
+    p.add_argument("--baseline-precision", default="both", choices=["both", "bf16", "fp32"],
+                   help="Baseline: TRL with bf16 autocast (its default) and in fp32, the faster one being the "
+                        "baseline (`both`), or only one of them.")
     p.add_argument("--methods", default="qlora,full",
                    help="tunery methods to compare with its LoRA (comma list; empty for none).")
     p.add_argument("--extra-tunery", action="append", default=[], metavar="KEY=VALUE",
@@ -58,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-examples", type=int, default=60, help="Validation examples for the final loss.")
     p.add_argument("--eval-all", action="store_true", help="Evaluate every repetition (default: the first of each side).")
     p.add_argument("--no-baseline", action="store_true", help="Skip the TRL runs (tunery only).")
+    p.add_argument("--throughput-only", action="store_true",
+                   help="Measure speed and memory only: no validation-loss evaluation (bench/gpu.sh's random-weight model).")
     p.add_argument("--quick", action="store_true",
                    help="Reduced run: 5 steps of batch 4, 2 repetitions, 16 validation examples.")
     p.add_argument("--work-dir", default=None, help="Where runs and data subsets go (default: a temp folder).")
@@ -177,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     session = {"started": time.time(), "load_start": os.getloadavg(), "argv": argv, "peaks": [],
                "code_start": code_version(),
-               "runs": {"tunery-lora": [], "trl-lora": []}, "failures": {}}
+               "runs": {"tunery-lora": [], **{name: [] for name, _ in baseline_rows(args.baseline_precision)}},
+               "failures": {}}
     session["prepared"] = prepare(args, work_dir)
     work, train_stats = session["prepared"][0], session["prepared"][1]
     print(f"[bench] work dir {work_dir}; {train_stats.examples} train examples, {train_stats.tokens} tokens "
@@ -189,26 +197,34 @@ def main(argv: list[str] | None = None) -> int:
         session["runs"].setdefault(name, []).append(result)
         save_results(args, session, work_dir, final=False)  # a stopped bench still leaves what it measured
 
-    session["peaks"].append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-0", args.job_timeout_s))
-    baseline_work = type(work)(**{**asdict(work), "precision": args.baseline_precision})
+    peak_spec = {"dtypes": ["bf16", "fp32"], "tokens": 256,
+                 "linear_shapes": session["prepared"][3].linear_shapes}  # tunery's micro_batch_tokens
+    session["peaks"].append(run_job("peak", peak_spec, work_dir, "peak-0", args.job_timeout_s))
+    sides = [("tunery", "tunery-lora", work)] + ([] if args.no_baseline else [
+        ("trl", name, replace(work, precision=precision)) for name, precision in baseline_rows(args.baseline_precision)])
     for rep in range(args.repetitions):
         seed = args.seed + rep if args.vary_seed else args.seed
-        for side in (["tunery", "trl"] if rep % 2 == 0 else ["trl", "tunery"]):
-            if not (side == "trl" and args.no_baseline):
-                row_work = replace(work if side == "tunery" else baseline_work, seed=seed)
-                train(side, f"{side}-lora", row_work, f"{side}-lora-{rep}",
-                      evaluate=args.eval_all or args.vary_seed or rep == 0)
+        for side, name, side_work in (sides if rep % 2 == 0 else sides[::-1]):
+            train(side, name, replace(side_work, seed=seed), f"{name}-{rep}",
+                  evaluate=not args.throughput_only and (args.eval_all or args.vary_seed or rep == 0))
     for name, row_work in extra_rows(args, work):
         try:
-            train("tunery", name, row_work, f"{name}-0", evaluate=True)
+            train("tunery", name, row_work, f"{name}-0", evaluate=not args.throughput_only)
         except RuntimeError as exc:  # a failed extra row is reported, not fatal to the comparison
             session["failures"][name] = str(exc).splitlines()[-1][:300]
             print(f"[bench] {name} failed: {session['failures'][name]}", flush=True)
-    session["peaks"].append(run_job("peak", {"dtypes": ["bf16", "fp32"]}, work_dir, "peak-1", args.job_timeout_s))
+    session["peaks"].append(run_job("peak", peak_spec, work_dir, "peak-1", args.job_timeout_s))
     data = save_results(args, session, work_dir, final=True)
     print(report.render_summary(data), flush=True)
     print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
     return 0
+
+
+def baseline_rows(precision: str) -> list[tuple[str, str]]:
+    """(row name, TRL precision) of the baseline runs: both precisions, the faster one counting, or one."""
+    if precision == "both":
+        return [("trl-lora-bf16", "bf16"), ("trl-lora-fp32", "fp32")]
+    return [("trl-lora", precision)]
 
 
 def code_version() -> str:

@@ -70,7 +70,7 @@ def run_trl(work: Workload, output_dir: Path) -> dict:
         output_dir=str(output_dir), max_steps=work.steps, per_device_train_batch_size=work.batch_size,
         gradient_accumulation_steps=work.grad_accum, learning_rate=work.learning_rate,
         lr_scheduler_type=work.lr_schedule, warmup_steps=work.warmup_steps, weight_decay=0.0,
-        max_grad_norm=1.0, seed=work.seed, data_seed=work.seed, bf16=bf16, use_cpu=True,
+        max_grad_norm=1.0, seed=work.seed, data_seed=work.seed, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False, padding_free=True, max_length=None, assistant_only_loss=True,
         chat_template_path=str(template) if template else None, report_to="none", logging_steps=1,
         save_strategy="no", eval_strategy="no", dataloader_num_workers=0, disable_tqdm=True,

@@ -1,7 +1,7 @@
 """One measured job in its own process: `python -m bench.worker JOB SPEC.json OUT.json`.
 
 JOB is `tunery` or `trl` (train), `eval` (validation loss of a trained result) or `peak` (matmul
-peaks). The parent reads peak RSS from the process's own rusage (`os.wait4`), so each job is alone.
+peaks: square `matmul`, and `F.linear` at the model's shapes when the spec lists them). The parent reads peak RSS from the process's own rusage (`os.wait4`), so each job is alone.
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def main(argv: list[str]) -> int:
         from bench.evaluate import validation_loss
         result = validation_loss(**spec)
     elif job == "peak":
-        from bench.flops import measure_matmul_peak
-        result = {name: measure_matmul_peak(name).to_dict() for name in spec.get("dtypes", ["bf16", "fp32"])}
+        from bench.flops import measure_linear_peak, measure_matmul_peak
+        dtypes = spec.get("dtypes", ["bf16", "fp32"])
+        result = {name: measure_matmul_peak(name).to_dict() for name in dtypes}
+        if spec.get("linear_shapes"):  # the peak at the model's own shapes (what MFU is taken against)
+            result.update({f"linear_{name}": measure_linear_peak(name, spec["linear_shapes"],
+                                                                 spec.get("tokens", 256)).to_dict()
+                           for name in dtypes})
     else:
         print(f"unknown job {job!r}", file=sys.stderr)
         return 2

@@ -234,3 +234,16 @@ def test_augment_auto_applies_with_auto_passes_only():
     assert not augments(config(epochs=3)) and not augments(config(max_steps=50))
     assert not augments(TrainConfig.model_validate({"data": {"train": "x.jsonl", "augment": "none"}}))
 
+
+def test_auto_precision_decides_on_two_measured_rates_and_records_them(monkeypatch):
+    from tunery import host
+    from tunery.models.load import BF16_MIN_SPEEDUP
+    from tunery.training.precision import choose_precision
+
+    monkeypatch.setattr(host, "cpu_has_fast_bf16", lambda: True)
+    chosen = choose_precision("auto", "lora", "cpu", (64, 128))
+    rates = chosen.measured_flops_per_s
+    assert rates["fp32"] > 0 and rates["bf16"] > 0 and "measured" in chosen.reason
+    assert chosen.name == ("bf16" if rates["bf16"] / rates["fp32"] >= BF16_MIN_SPEEDUP else "fp32")
+    assert set(chosen.to_dict()["measured_gflops_per_s"]) == {"fp32", "bf16"}
+    assert "measured_gflops_per_s" not in choose_precision("fp32", "lora", "cpu").to_dict()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tunery import host
-from tunery.models.load import BF16_MIN_SPEEDUP, measure_bf16_speedup
+from tunery.models.load import BF16_MIN_SPEEDUP, measure_linear_rates
 
 
 @dataclass
@@ -20,14 +20,26 @@ class Precision:
     compute: torch.dtype
     weights: torch.dtype
     reason: str
+    measured_flops_per_s: dict[str, float] | None = None  # `auto`'s measurement, fp32 and bf16
+
+    def to_dict(self) -> dict:
+        """What run.json records: the choice, why, and the two rates it was decided on (if measured)."""
+        out = {"compute": self.name, "reason": self.reason}
+        if self.measured_flops_per_s:
+            out["measured_gflops_per_s"] = {k: round(v / 1e9, 1) for k, v in self.measured_flops_per_s.items()}
+        return out
 
     @property
     def name(self) -> str:
         return "bf16" if self.compute == torch.bfloat16 else "fp32"
 
 
-def choose_precision(choice: str, method: str, device: str) -> Precision:
-    """`auto` → bf16 on CUDA with bf16 or CPUs with AMX/AVX512-BF16, else fp32."""
+def choose_precision(choice: str, method: str, device: str, shape: tuple[int, int] | None = None) -> Precision:
+    """`auto` → bf16 on CUDA with bf16, or on CPUs with AMX/AVX512-BF16 where bf16 `F.linear` measures faster.
+
+    `shape` (hidden, intermediate size) is where the CPU is measured: the model's own MLP projection.
+    """
+    rates = None
     if choice == "fp32":
         return Precision(torch.float32, torch.float32, "fp32 requested")
     if choice == "bf16":
@@ -37,17 +49,18 @@ def choose_precision(choice: str, method: str, device: str) -> Precision:
     elif device == "cpu" and host.cpu_has_fast_bf16():
         # The flags say bf16 units exist; whether torch's kernels make them faster here (AMX is often
         # hidden in VMs, AVX512-BF16 alone can lose to fp32) is measured, not assumed.
-        speedup = measure_bf16_speedup()
+        rates = measure_linear_rates(512, *(shape or (576, 1536)))
+        speedup = rates["bf16"] / rates["fp32"]
         if speedup < BF16_MIN_SPEEDUP:
             return Precision(torch.float32, torch.float32,
-                             f"auto: CPU has bf16 units but bf16 matmuls measured {speedup:.2f}x fp32 here")
+                             f"auto: CPU has bf16 units but bf16 matmuls measured {speedup:.2f}x fp32 here", rates)
         reason = f"auto: CPU bf16 matmuls measured {speedup:.1f}x faster than fp32"
     else:
         return Precision(torch.float32, torch.float32, "auto: no fast bf16 on this hardware")
     # Full fine-tuning keeps fp32 master weights (bf16 updates lose small steps); adapters train in
     # fp32 while the frozen base can sit in bf16.
     weights = torch.float32 if method == "full" else torch.bfloat16
-    return Precision(torch.bfloat16, weights, reason)
+    return Precision(torch.bfloat16, weights, reason, rates)
 
 
 def set_threads(threads: int | None, processes: int = 1) -> int:

@@ -100,9 +100,9 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         config = config.model_copy(update={"name": run.path.name, "output_dir": str(run.path)})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = set_threads(config.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
-    precision = choose_precision(config.train.precision, config.method, device)
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
+    precision = choose_precision(config.train.precision, config.method, device, mlp_shape(model_config))
     tokenizer = load_tokenizer(source)
     apply_chat_template_override(tokenizer, config.data.chat_template)
     data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
@@ -179,7 +179,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                      "base_weights_sha256": weights_sha256(source.path), "dataset_version": data.dataset_version,
                      "tunery_version": tunery.__version__, "torch_version": torch.__version__, "seed": settings.seed},
             hyperparameters=settings.model_dump(mode="json"), auto_choices=[asdict(c) for c in choices],
-            precision={"compute": precision.name, "reason": precision.reason}, threads=threads,
+            precision=precision.to_dict(), threads=threads,
             world_size=dist.world_size, data=data.info, total_steps=steps, pid=os.getpid(),
             reused_frozen_layers=prefix.start if prefix else 0,
         )
@@ -220,6 +220,12 @@ def augments(config: TrainConfig) -> bool:
     wordings; a fixed `epochs` or `max_steps` keeps the data as written (the same steps, the same examples)."""
     return (config.data.augment == "auto" and config.train.epochs == "auto" and config.train.max_steps is None
             and config.objective == "sft")
+
+
+def mlp_shape(model_config: dict) -> tuple[int, int] | None:
+    """(hidden, intermediate) size: where `precision: auto` measures bf16 against fp32."""
+    hidden, intermediate = model_config.get("hidden_size"), model_config.get("intermediate_size")
+    return (hidden, intermediate) if hidden and intermediate else None
 
 
 def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
