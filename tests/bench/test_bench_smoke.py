@@ -188,6 +188,17 @@ def test_linear_peak_at_the_model_shapes_counts_every_linear(tiny_model_dir):
     assert peak.dtype == "fp32" and peak.size == 16 and peak.flops_per_s > 0
 
 
+def test_random_weight_model_for_gpu_throughput_trains_like_any_folder(tiny_model_dir, tmp_path):
+    from bench.gpu_model import write_random_model
+    from tunery.models import load_tokenizer
+
+    out = write_random_model(tmp_path / "random", tokenizer_from=str(tiny_model_dir), hidden_size=64,
+                             num_hidden_layers=3, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
+    shape = read_model_shape(out)
+    assert (shape.num_layers, shape.hidden_size) == (3, 64)
+    assert load_tokenizer(str(out)).chat_template == load_tokenizer(str(tiny_model_dir)).chat_template
+
+
 def test_default_schedule_gives_both_sides_the_same_learning_rate_at_every_step():
     import torch
     from transformers import get_cosine_schedule_with_warmup
