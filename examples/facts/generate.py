@@ -77,8 +77,11 @@ def make_facts(per_kind: int, seed: int = 7) -> list[dict]:
     return facts
 
 
-def write_files(out: Path, per_kind: int, seed: int = 7) -> list[dict]:
+def write_files(out: Path, per_kind: int, seed: int = 7, key_first: bool = False) -> list[dict]:
+    """train.jsonl and facts.jsonl; `key_first` answers start with the key ("RH-5717-E. The front bezel ...")."""
     facts = make_facts(per_kind, seed)
+    if key_first:
+        facts = [{**fact, "answer": f"{fact['key']}. {fact['answer']}"} for fact in facts]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.jsonl", "w", encoding="utf-8") as handle:
         for fact in facts:

@@ -5,6 +5,7 @@ contains the fact's key string); asked both as trained and reworded (never train
 
     python examples/facts/measure.py                      # the committed 300 facts
     python examples/facts/measure.py --per-kind 10 train.max_steps=20
+    python examples/facts/measure.py --per-kind 3 --key-first data.augment=none   # one lever at a time
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def train_and_measure(data_dir: Path, overrides: list[str], base_model: str | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-kind", type=int, default=None, help="generate this many facts per kind instead")
+    parser.add_argument("--key-first", action="store_true",
+                        help="answers state the key first (a lever to measure; generates the facts anew)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
     args = parser.parse_args()
     data_dir = HERE
-    if args.per_kind:
+    if args.per_kind or args.key_first:
         data_dir = Path(tempfile.mkdtemp(prefix="facts-"))
-        write_files(data_dir, args.per_kind)
+        write_files(data_dir, args.per_kind or 75, key_first=args.key_first)
     print(json.dumps(train_and_measure(data_dir, args.overrides), indent=2))
 
 
