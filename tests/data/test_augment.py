@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tunery.data.augment import augment_questions, reword_question
 from tunery.types import Conversation, Turn
 
@@ -38,3 +40,5 @@ def test_augment_questions_keeps_answers_and_system_turns_and_skips_dialogues():
     assert len(added) == 4
     assert {c.turns[0] for c in added} == {single.turns[0]} and {c.turns[2] for c in added} == {single.turns[2]}
     assert {c.turns[1].content for c in added} == set(reword_question(single.turns[1].content))
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    assert augment_questions([replace(single, tools=(tool,))]) == []  # tool use is not reworded

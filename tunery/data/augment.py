@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
-from tunery.types import Conversation, Turn
+from tunery.types import Conversation
 
 # Words a keyword-style query leaves out ("part number front bezel Crane UPS?").
 FUNCTION_WORDS = frozenset(
@@ -63,9 +64,13 @@ def keyword_query(question: str) -> str | None:
 
 
 def single_question(conv: Conversation) -> int | None:
-    """Index of the user turn of a one-question, one-answer chat (a system turn allowed); else None."""
+    """Index of the user turn of a one-question, one-answer chat (a system turn allowed); else None.
+
+    Tool use is left alone: a question whose answer is a function call is not a fact to reword.
+    """
     roles = [t.role for t in conv.turns]
-    if conv.kind != "chat" or roles not in (["user", "assistant"], ["system", "user", "assistant"]):
+    if conv.kind != "chat" or roles not in (["user", "assistant"], ["system", "user", "assistant"]) \
+            or conv.tools or conv.turns[-1].tool_calls:
         return None
     return len(roles) - 2
 
@@ -80,6 +85,6 @@ def augment_questions(conversations: Sequence[Conversation]) -> list[Conversatio
         user = conv.turns[index]
         for reworded in reword_question(user.content):
             turns = list(conv.turns)
-            turns[index] = Turn(user.role, reworded, user.train)
-            added.append(Conversation(tuple(turns), conv.kind, conv.location))
+            turns[index] = replace(user, content=reworded)
+            added.append(replace(conv, turns=tuple(turns)))
     return added
