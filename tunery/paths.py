@@ -16,9 +16,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def tunery_home() -> Path:
-    """The root folder for models, caches, runs and the database; created on first use."""
+    """The root folder for models, caches, runs and the database; created (0700) on first use."""
     home = Path(os.environ.get("TUNERY_HOME") or Path.home() / ".tunery").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    if not home.is_dir():  # owner-only: it holds the database of prompts and answers, uploads and weights
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return home
 
 

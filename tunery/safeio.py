@@ -188,3 +188,28 @@ def write_private_text(path: str | Path, text: str, *, what: str = "output",
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def open_private(path: str | Path, mode: str = "w", **kwargs):
+    """`open(path, mode)` for a file holding prompts, answers or weights: created (or made) 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def make_private(path: str | Path) -> None:
+    """Owner-only, recursively: folders 0700, files 0600 (links are left alone)."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        path.chmod(0o700)
+        for child in path.iterdir():
+            make_private(child)
+    elif path.exists():
+        path.chmod(0o600)

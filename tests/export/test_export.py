@@ -151,6 +151,8 @@ def test_an_existing_target_is_replaced_only_with_overwrite_and_never_a_folder_o
     before = (exports / "v1" / MANIFEST).stat().st_ino
     export_run(run_dir, "adapter", exports / "v1", overwrite=True)
     assert (exports / "v1" / MANIFEST).stat().st_ino != before and (exports / "v1" / "adapter_config.json").is_file()
+    assert (exports / "v1").stat().st_mode & 0o777 == 0o700  # weights trained on private data: owner-only
+    assert {p.stat().st_mode & 0o777 for p in (exports / "v1").rglob("*") if p.is_file()} == {0o600}
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "thesis.tex").write_text("years of work")

@@ -18,6 +18,7 @@ from tunery.evaluation.retrieved import usage_summary
 from tunery.evaluation.statistics import bootstrap_mean
 from tunery.evaluation.tasks import TaskExample, load_tasks
 from tunery.models import load_model, resolve_model
+from tunery.safeio import open_private
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -225,7 +226,7 @@ def add_judge_scores(rows, examples, plan, judge: JudgeSpec, *, batch_size: int,
 def save_result(result: EvalResult, out_dir: Path) -> None:
     """predictions.jsonl (every row with its prediction and scores) and scores.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as handle:
+    with open_private(out_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:  # prompts and answers
         for row in result.rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out_dir / "scores.json").write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n",

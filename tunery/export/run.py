@@ -26,6 +26,7 @@ from tunery.export.verify import (
 from tunery.models import load_model, resolve_model
 from tunery.models.card import model_card, point_adapter_at_hub
 from tunery.paths import GATES_FILE
+from tunery.safeio import make_private
 
 FORMATS = ("adapter", "merged", "gguf")
 MANIFEST = "tunery-export.json"
@@ -85,6 +86,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, *, dtype: str
                     "lineage": source.info.get("lineage") or {}, "gated": last_gate(source.run_dir),
                     "verification": verification.as_dict()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        make_private(tmp)  # weights trained on private data: owner-only until the user shares them
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,7 @@ from tunery.platform import jobs, registry
 from tunery.platform.loop_job import submit_candidate, wait_for_job
 from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
-from tunery.safeio import read_lines
+from tunery.safeio import read_lines, write_private_text
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.feedback_export import build_example, scrub_row
@@ -181,8 +181,7 @@ def _replay_rows(production, count: int, rng: random.Random) -> list[dict]:
 
 
 def _write_jsonl(path: Path, rows_: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_), encoding="utf-8")
-    path.chmod(0o600)  # prompts and answers: owner-only
+    write_private_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_))  # prompts, answers
     return path
 
 

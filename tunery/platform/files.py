@@ -17,6 +17,7 @@ from pathlib import Path
 from tunery.data.check import check_dataset
 from tunery.errors import ConfigError, NotFoundError
 from tunery.paths import tunery_home
+from tunery.safeio import open_private
 from tunery.store import files as file_rows
 from tunery.store.db import Store
 from tunery.store.owners import Actor
@@ -57,7 +58,7 @@ class UploadWriter:
     def __init__(self, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20):
         self.max_bytes, self.size, self.digest = max_bytes, 0, hashlib.sha256()
         self.tmp = files_dir() / f".upload-{secrets.token_hex(8)}"
-        self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self.out = open_private(self.tmp, "wb")  # training data: owner-only; closed by commit/abort
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -41,6 +41,7 @@ from tunery.platform.run_follow import (
     should_report,
 )
 from tunery.platform.webhooks import WebhookSender
+from tunery.safeio import open_private
 from tunery.store import files as file_rows
 from tunery.store import job_history
 from tunery.store import jobs as job_rows
@@ -131,7 +132,7 @@ class JobRun:
         job_rows.update_job(self.store, self.row["id"], event=(
             f"Resuming from the last checkpoint (attempt {self.row['attempts']})" if resumed
             else "Fine-tuning job started"))
-        with open(log_path, "ab") as log_file:
+        with open_private(log_path, "ab") as log_file:
             child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=child_env(), preexec_fn=_die_with_parent)
             try:

@@ -92,6 +92,7 @@ class Store:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                     if Path(path).exists() and not Path(path).is_file():  # a folder, or a link to /dev/null
                         raise StoreError(f"the database {path} is not a regular file", hint="move it aside")
+                    make_owner_only(Path(path))
             with self.engine.connect():
                 pass
         except (exc.SQLAlchemyError, OSError) as error:
@@ -178,6 +179,16 @@ class Record(dict):
 
 def _params(params: tuple | Mapping) -> Any:
     return params if isinstance(params, Mapping) else tuple(params)
+
+
+def make_owner_only(path: Path) -> None:
+    """The SQLite file holds every prompt and answer: 0600 (SQLite gives its -wal and -shm the same mode)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o600)
+        except PermissionError:  # another user's file: opening it decides
+            pass
 
 
 def _create_engine(url: str, schema: str | None) -> sa.Engine:
