@@ -89,8 +89,18 @@ def test_a_pass_trains_registers_and_gates_a_candidate(production, tmp_path):
     report = json.loads((tmp_path / "loop" / "report.json").read_text())
     assert [e["step"] for e in report["timeline"]] == ["collect", "dataset", "train", "compare", "decide"]
     assert report["timeline"][2]["job"] == result.job and report["job"] == result.job
-    tasks_compared = {c["tasks"] for c in report["gate"]["comparisons"]}
-    assert str(tmp_path / "loop" / "feedback_tasks.jsonl") in tasks_compared and len(tasks_compared) == 3
+    # The gate: the trained corrections reproduced; no regression beyond the tolerance elsewhere.
+    kinds = {c["kind"]: c["tasks"] for c in report["gate"]["comparisons"]}
+    assert kinds == {"trained feedback": str(tmp_path / "loop" / "feedback_trained.jsonl"),
+                     "held-out feedback": str(tmp_path / "loop" / "feedback_held_out.jsonl"),
+                     "your tasks": str(tasks), "general skills": kinds["general skills"]}
+    rules = {g["kind"]: g["rule"] for g in report["gate"]["gates"]}
+    assert rules == {"trained feedback": "contains>=0.8", "held-out feedback": "no-regression:0.05",
+                     "your tasks": "no-regression:1", "general skills": "no-regression:0.05"}
+    trained = [json.loads(line) for line in (tmp_path / "loop" / "feedback_trained.jsonl").read_text().splitlines()]
+    assert len(trained) == 8 and all(row["reference"].startswith("Printer ") for row in trained)
+    passed = report["gate"]["passed"] == all(g["passed"] for g in report["gate"]["gates"])
+    assert passed and (result.status == "gate_failed") == (not report["gate"]["passed"])
     assert (tmp_path / "loop" / "report.html").is_file()
 
 

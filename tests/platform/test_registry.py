@@ -76,3 +76,22 @@ def test_bad_references_and_nothing_to_roll_back(runs, tmp_path):
     assert no_file.exit_code == 2 and "file_not_found" in no_file.output
     assert cli("models", "register", tmp_path, "--name", "x").exit_code == 2  # not a run directory
     assert cli("models", "show", "bad name!").exit_code == 2
+
+
+def test_a_gate_report_against_a_version_that_no_longer_holds_the_alias_is_refused(runs):
+    from tunery.platform.registry import PromotionConflict, promote
+
+    first, second, _ = runs
+    store = open_store()
+    register_run(store, first, "helpdesk", alias="production")
+    register_run(store, second, "helpdesk")
+    register_run(store, first, "helpdesk")
+    promote(store, "helpdesk@3", actor="ops")  # production moved to 3 while the loop gated 2 against 1
+    with pytest.raises(PromotionConflict):
+        promote(store, "helpdesk@2", actor="loop", gate_report={"passed": True, "baseline": "helpdesk@1"})
+    assert resolve_version(store, "helpdesk").version == 3
+    last = describe(store, "helpdesk")["history"][-1]
+    assert (last["outcome"], last["to_version"], last["gate"]["baseline"]) == ("refused", 2, "helpdesk@1")
+    moved = promote(store, "helpdesk@2", actor="loop", gate_report={"passed": True, "baseline": "helpdesk@3"})
+    assert moved["gate"]["baseline"] == "helpdesk@3"
+    assert describe(store, "helpdesk")["history"][-1]["gate"] == {"passed": True, "baseline": "helpdesk@3"}

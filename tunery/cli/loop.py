@@ -12,6 +12,7 @@ from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.errors import ConfigError
 from tunery.platform.feedback_loop import run_loop
+from tunery.platform.loop_gate import FEEDBACK_GATE, TOLERANCE
 from tunery.store import open_store
 
 loop_app = typer.Typer(help="Close the loop: feedback becomes the next version, promoted past the gates.",
@@ -32,6 +33,10 @@ def run_command(
     approved_only: bool = typer.Option(False, "--approved-only", help="Train only on feedback a reviewer approved "
                                        "in the console's review queue (with the reviewer's edits)."),
     general: bool = typer.Option(True, "--general/--no-general", help="Also gate on the general-skills tasks."),
+    feedback_gate: str = typer.Option(FEEDBACK_GATE, "--feedback-gate", help="Rule on the feedback the candidate "
+                                      "trained on (default: at least 80% of the corrected answers reproduced)."),
+    tolerance: float = typer.Option(TOLERANCE, "--tolerance", min=0, help="How far below production the candidate "
+                                    "may score on held-out feedback, general skills (and your tasks without --gate)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the dataset, run and reports "
                                     "(default TUNERY_HOME/loops/NAME/TIME)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N rows of each task file."),
@@ -40,7 +45,8 @@ def run_command(
     """One pass: collect feedback, train a candidate from production as a job on the queue (a worker runs it:
     `tunery worker`, or `tunery serve --workers N`), compare, promote when the gates pass."""
     result = _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review,
-                       general=general, out_dir=out, limit=limit, overrides=set_ or [], approved_only=approved_only)
+                       general=general, out_dir=out, limit=limit, overrides=set_ or [], approved_only=approved_only,
+                       feedback_gate=feedback_gate, tolerance=tolerance)
     raise typer.Exit(EXIT.get(result.status, 1))
 
 
@@ -55,13 +61,16 @@ def watch_command(
     review: bool = typer.Option(False, "--review", help="Leave passing candidates for a person."),
     approved_only: bool = typer.Option(False, "--approved-only", help="Train only on reviewer-approved feedback."),
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many passes."),
+    feedback_gate: str = typer.Option(FEEDBACK_GATE, "--feedback-gate", help="Rule on the feedback trained on."),
+    tolerance: float = typer.Option(TOLERANCE, "--tolerance", min=0, help="Allowed drop below production."),
 ):
     """Run the loop on a schedule (one pass at a time per NAME, each training through the queue)."""
     interval = parse_every(every)
     runs = 0
     while max_runs is None or runs < max_runs:
         _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review, general=True,
-                  out_dir=None, limit=None, overrides=[], approved_only=approved_only)
+                  out_dir=None, limit=None, overrides=[], approved_only=approved_only, feedback_gate=feedback_gate,
+                  tolerance=tolerance)
         runs += 1
         if max_runs is None or runs < max_runs:
             time.sleep(interval)

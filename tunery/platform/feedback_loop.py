@@ -5,8 +5,9 @@ registered; corrections and thumbs-up answers become examples (scrubbed of PII, 
 by the data checks), a fifth held out as a "feedback" task; add a replay sample of production's own
 training data; train a candidate from production's adapter with `auto` settings as a job on the
 queue (run by any worker sharing the store; this process waits, reporting its events); register it
-as NAME@N+1 `candidate`; compare it with production on the user's tasks, the feedback task and the
-general-skills tasks; promote it when the gates pass (unless `review`). A report (JSON and HTML)
+as NAME@N+1 `candidate`; gate it against production (tunery.platform.loop_gate: the corrections it
+trained on reproduced, no regression beyond a tolerance on held-out feedback, general skills and the
+user's tasks); promote it when the gates pass (unless `review`). A report (JSON and HTML)
 records the timeline either way. One loop per NAME at a time, across machines (a lease in the store).
 """
 
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from tunery.data import load_dataset
 from tunery.errors import ConfigError, TuneryError
+from tunery.evaluation.gates import parse_gate
 from tunery.paths import tunery_home
 from tunery.platform import jobs, registry
+from tunery.platform.loop_gate import FEEDBACK_GATE, TOLERANCE, gate_candidate, write_feedback_tasks
 from tunery.platform.loop_job import submit_candidate, wait_for_job
 from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
@@ -37,7 +40,6 @@ from tunery.store.owners import LOCAL_OWNER
 from tunery.store.requests import list_rated_completions
 
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
-FEEDBACK_GATE = "token_f1.delta>0"
 
 
 @dataclass
@@ -91,8 +93,13 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
              min_feedback: int = 1, review: bool = False, out_dir: str | Path | None = None, general: bool = True,
              limit: int | None = None, overrides: list[str] | None = None, seed: int = 0,
              approved_only: bool = False, on_event: Callable[[dict], None] | None = None, poll_s: float = 1.0,
-             job_timeout_s: float | None = None) -> LoopResult:
+             job_timeout_s: float | None = None, feedback_gate: str = FEEDBACK_GATE,
+             tolerance: float = TOLERANCE) -> LoopResult:
     """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
+    for rule in (feedback_gate, *gates):
+        parse_gate(rule)  # a malformed rule fails before any training
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be 0 or more, got {tolerance:g}", code="invalid_gate")
     if tasks is not None and not Path(tasks).is_file():
         raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
     registry.parse_ref(name)
@@ -111,14 +118,15 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
         try:
             _train_and_gate(store, name, production, examples, result, out, lease, tasks=tasks, gates=gates,
                             general=general, limit=limit, overrides=overrides or [], review=review, seed=seed,
-                            on_event=on_event, poll_s=poll_s, job_timeout_s=job_timeout_s)
+                            on_event=on_event, poll_s=poll_s, job_timeout_s=job_timeout_s,
+                            feedback_gate=feedback_gate, tolerance=tolerance)
         except TuneryError as exc:  # a failed candidate leaves production as it was
             result.status, result.message = "failed", f"{exc.code}: {exc.message}"
         return _finish(result, out)
 
 
 def _train_and_gate(store, name, production, examples, result, out, lease, *, tasks, gates, general, limit, overrides,
-                    review, seed, on_event, poll_s, job_timeout_s) -> None:
+                    review, seed, on_event, poll_s, job_timeout_s, feedback_gate, tolerance) -> None:
     rng = random.Random(seed)
     rng.shuffle(examples)
     held = examples[:len(examples) // 5] if len(examples) >= 5 else []
@@ -127,9 +135,8 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
     result.examples, result.held_out, result.replayed = len(train_rows), len(held), len(replay)
     train_path = _write_jsonl(out / "train.jsonl", train_rows + replay)
     load_dataset(train_path, min_examples=1)  # the data checks: a bad example stops here, located
-    feedback_tasks = _write_jsonl(out / "feedback_tasks.jsonl", [
-        {"messages": row["messages"][:-1], "reference": row["messages"][-1]["content"]} for row in held]) \
-        if held else None
+    trained = write_feedback_tasks(out / "feedback_trained.jsonl", train_rows)
+    held_out = write_feedback_tasks(out / "feedback_held_out.jsonl", held) if held else None
     result.timeline.append({"step": "dataset", "train": len(train_rows), "replay": len(replay), "held_out": len(held)})
     job = submit_candidate(store, name, production, train_path, overrides=overrides, seed=seed)
     result.job = job["id"]
@@ -147,13 +154,8 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
     result.candidate = candidate.ref
     result.timeline.append({"step": "train", "job": job["id"], "run": str(run_dir), "version": candidate.ref,
                             "trained_tokens": job["trained_tokens"], "steps": job["tunery"]["step"]})
-    report = registry.run_gates(production, candidate, tasks=tasks, gates=list(gates) or ["no-regression"],
-                                general=general, out_dir=out / "compare", limit=limit)
-    if feedback_tasks is not None:
-        better = registry.run_gates(production, candidate, tasks=feedback_tasks, gates=[FEEDBACK_GATE],
-                                    general=False, out_dir=out / "compare-feedback")
-        report = {**report, "passed": report["passed"] and better["passed"], "gates": report["gates"] + better["gates"],
-                  "comparisons": report["comparisons"] + better["comparisons"]} if report["comparisons"] else better
+    report = gate_candidate(production, candidate, trained=trained, held_out=held_out, tasks=tasks, gates=list(gates),
+                            general=general, out_dir=out, feedback_gate=feedback_gate, tolerance=tolerance, limit=limit)
     result.gate = report
     rows.attach_report(store, name, candidate.version, {"kind": "loop", "gate": report})
     result.timeline.append({"step": "compare", "passed": report["passed"]})
@@ -165,7 +167,7 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
         result.status, result.message = "candidate", f"{candidate.ref} passed the gates; left as candidate for review"
     else:
         lease.check()
-        registry.promote(store, candidate.ref, actor="loop", reason="loop: gates passed")
+        registry.promote(store, candidate.ref, actor="loop", reason="loop: gates passed", gate_report=report)
         result.status, result.message = "promoted", f"{candidate.ref} passed the gates and is production"
     result.timeline.append({"step": "decide", "status": result.status})
 

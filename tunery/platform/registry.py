@@ -129,8 +129,11 @@ def _parent_of(store: Store, init_from: str | None) -> str | None:
 
 def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Path | None = None,
             gates: list[str] | tuple[str, ...] = (), general: bool = False, out_dir: str | Path | None = None,
-            force: bool = False, reason: str | None = None, actor: str | None = None, limit: int | None = None) -> dict:
-    """Move `to` to the version `ref` names, after the gates pass on `tasks` (against the alias's holder)."""
+            force: bool = False, reason: str | None = None, actor: str | None = None, limit: int | None = None,
+            gate_report: dict | None = None) -> dict:
+    """Move `to` to the version `ref` names, after the gates pass on `tasks` (against the alias's holder).
+
+    `gate_report`: gates already passed by the caller (the loop's), recorded in the audit as they are."""
     if force and not (reason or "").strip():
         raise ConfigError("--force needs --reason: the audit records why a gate was overridden", code="reason_required")
     if not NAME.match(to):
@@ -139,7 +142,12 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
     current = rows.alias_version(store, version.name, to)
     if current == version.version:
         raise ConfigError(f"{version.name}@{to} is already {version.ref}", code="already_promoted")
-    gate_report = None
+    if gate_report is not None and gate_report.get("baseline") != f"{version.name}@{current}":
+        rows.record_refusal(store, version.name, to, current, version.version, actor=actor, action="promote",
+                            gate=gate_report, reason=f"gated against {gate_report.get('baseline')}, which no longer "
+                            f"holds {to}")
+        raise PromotionConflict(f"{version.name}@{to} moved while {version.ref} was being gated against "
+                                f"{gate_report.get('baseline')}", hint="run the loop again")
     if current is not None and (tasks is not None or general):
         holder = rows.get_version(store, version.name, current)
         if holder.base_model != version.base_model:
