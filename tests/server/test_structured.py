@@ -91,19 +91,43 @@ def test_named_tool_call_round_trip(live):
     assert second.choices[0].message.tool_calls is None and second.choices[0].message.content
 
 
-def test_required_parallel_tool_calls_stream(live):
+def test_required_parallel_tool_calls_stream_in_openai_chunks(live):
+    """Each call streams as OpenAI's do: a first piece with id, type and name (arguments ""), then argument
+    pieces carrying only the index; the official client's stream helper assembles them."""
     client = live.client()
-    stream = client.chat.completions.create(model=live.base, messages=[{"role": "user", "content": "Weather?"}],
-                                            tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.7,
-                                            seed=2, stream=True)
-    calls, reasons = [], []
-    for chunk in stream:
-        for choice in chunk.choices:
-            calls += choice.delta.tool_calls or []
-            reasons.append(choice.finish_reason)
-    assert calls and reasons[-1] == "tool_calls"
-    for call in calls:
-        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    with client.chat.completions.stream(model=live.base, messages=[{"role": "user", "content": "Weather?"}],
+                                        tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.7,
+                                        seed=2) as stream:
+        pieces, done = [], []
+        for event in stream:
+            if event.type == "chunk" and event.chunk.choices:
+                pieces += [c.model_dump(exclude_unset=True) for c in event.chunk.choices[0].delta.tool_calls or []]
+            elif event.type == "tool_calls.function.arguments.done":
+                done.append((event.name, json.loads(event.arguments)))
+        final = stream.get_final_completion()
+    assert pieces and pieces[0]["function"] == {"name": "get_weather", "arguments": ""} and pieces[0]["id"]
+    assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces[1::2])
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == len(done) == len(pieces) // 2
+    for call, (name, arguments) in zip(choice.message.tool_calls, done):
+        assert call.function.name == name == "get_weather" and call.type == "function"
+        assert json.loads(call.function.arguments) == arguments
+        jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+
+
+def test_tool_stream_passes_content_through_and_holds_back_a_tag():
+    from tunery.server.structured import ToolCallStream
+
+    stream = ToolCallStream([WEATHER["function"]])
+    pieces = [stream.feed(t) for t in ["Let me", " check. <tool", '_call>{"name": "get_weather", ',
+                                       '"arguments": {"city": "Oslo"}}</tool_call>\n', "<tool_call>{bad}</tool_call>"]]
+    pieces.append(stream.finish())
+    shown = [[d.model_dump(exclude_none=True) for d in step] for step in pieces]
+    assert shown[0] == [{"content": "Let me"}] and shown[1] == [{"content": " check. "}] and shown[2] == []
+    call = shown[3]
+    assert call[0]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert call[1]["tool_calls"][0] == {"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}
+    assert shown[4] == [{"content": "\n<tool_call>{bad}</tool_call>"}] and stream.calls == 1
 
 
 def test_logprobs_penalties_and_logit_bias(live):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from tunery.safeio import check_text
 
@@ -255,6 +255,12 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+
+    @field_serializer("tool_calls")
+    def _calls_without_nulls(self, calls: list[DeltaToolCall] | None):
+        # As OpenAI streams them: a later piece of a call carries only `index` and its argument text.
+        # Stream helpers merge pieces key by key, so a null `type` would erase the first piece's.
+        return None if calls is None else [c.model_dump(exclude_none=True) for c in calls]
 
 
 class ChatChunkChoice(BaseModel):

@@ -37,12 +37,11 @@ from tunery.server.protocol import (
     CompletionChoice,
     CompletionRequest,
     DeltaMessage,
-    DeltaToolCall,
     TuneryExtension,
     Usage,
 )
 from tunery.server.state import ServerState
-from tunery.server.structured import completion_logprobs, parse_tool_calls, plan_structure
+from tunery.server.structured import ToolCallStream, completion_logprobs, parse_tool_calls, plan_structure
 from tunery.store.requests import LoggedCompletion, log_completion
 
 log = logging.getLogger("tunery.server")
@@ -272,18 +271,17 @@ def _chat_choice(plan: Plan, index: int, text: str, final: GenerationEvent) -> C
                       logprobs=logprobs)
 
 
-def _tool_chunks(plan: Plan, index: int, text: str, final: GenerationEvent):
-    """A tool-using answer is streamed once whole: its calls (or its text) and the finish reason."""
-    content, calls = parse_tool_calls(text, plan.tools or [])
-    if calls:
-        deltas = [DeltaToolCall(index=i, id=c.id, type="function",
-                                function={"name": c.function.name, "arguments": c.function.arguments})
-                  for i, c in enumerate(calls)]
-        delta, reason = DeltaMessage(content=content, tool_calls=deltas), "tool_calls"
-    else:
-        delta, reason = DeltaMessage(content=text or None), final.finish_reason
-    return ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
-                               choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=reason)])
+def _tool_chunks(plan: Plan, index: int, stream: ToolCallStream, event: GenerationEvent):
+    """The chunks one generation event makes in a tool-using answer: content, call pieces, the finish."""
+    deltas = stream.feed(event.text) + (stream.finish() if event.finish_reason is not None else [])
+    if event.finish_reason is not None:
+        reason = "tool_calls" if stream.calls else event.finish_reason
+        deltas.append(DeltaMessage())
+    chunks = [ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
+                                  choices=[ChatChunkChoice(index=index, delta=delta)]) for delta in deltas]
+    if event.finish_reason is not None:
+        chunks[-1].choices[0].finish_reason = reason
+    return chunks
 
 
 def _extension(plan: Plan) -> TuneryExtension | None:
@@ -339,6 +337,7 @@ def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, ma
 
     async def events():
         texts, finals = [""] * plan.n, [None] * plan.n
+        streams = [ToolCallStream(plan.tools) for _ in range(plan.n)] if plan.tools else []
         for index in range(plan.n):
             opening = make_chunk(plan, index, None)
             if opening is not None:
@@ -350,9 +349,9 @@ def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, ma
                 return
             if event.finish_reason is not None:
                 finals[index] = event
-            if plan.tools:  # calls are parsed from the whole answer, then sent
-                if event.finish_reason is not None:
-                    yield _sse(_tool_chunks(plan, index, texts[index], event))
+            if plan.tools:
+                for chunk in _tool_chunks(plan, index, streams[index], event):
+                    yield _sse(chunk)
                 continue
             if event.text or event.finish_reason:
                 yield _sse(make_chunk(plan, index, event))

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from tunery.data.tools import TOOL_CLOSE, TOOL_OPEN, tool_call_tags
 from tunery.inference.grammar import GrammarError, compile_schema, json_object_grammar, tool_call_grammar
 from tunery.server.errors import ApiError
-from tunery.server.protocol import ChatCompletionRequest, ResponseFunctionCall, ResponseToolCall
+from tunery.server.protocol import (
+    ChatCompletionRequest,
+    DeltaMessage,
+    DeltaToolCall,
+    ResponseFunctionCall,
+    ResponseToolCall,
+)
 
 TOOL_CALL = re.compile(re.escape(TOOL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CLOSE), re.S)
 
@@ -105,6 +111,63 @@ def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[Res
             name=call["name"], arguments=json.dumps(arguments) if not isinstance(arguments, str) else arguments)))
         kept = kept.replace(match.group(0), "", 1)
     return (kept.strip() or None) if calls else text, calls
+
+
+class ToolCallStream:
+    """One streamed choice of a request with tools, as OpenAI streams it: content passes through as it
+    arrives (holding back what may be the start of a call tag); each call, once its close tag is in,
+    goes out as a piece with its id and name, then a piece with its arguments. Malformed calls and
+    calls to unknown functions stay content, as in `parse_tool_calls`."""
+
+    def __init__(self, tools: list[dict]):
+        self.tools = tools
+        self.calls = 0
+        self._pending = ""
+        self._space = ""  # whitespace held back: between calls it is not content
+
+    def feed(self, text: str) -> list[DeltaMessage]:
+        self._pending += text
+        out: list[DeltaMessage] = []
+        while True:
+            start = self._pending.find(TOOL_OPEN)
+            if start < 0:
+                held = next((n for n in range(len(TOOL_OPEN) - 1, 0, -1) if self._pending.endswith(TOOL_OPEN[:n])), 0)
+                out += self._content(self._pending[:len(self._pending) - held])
+                self._pending = self._pending[len(self._pending) - held:]
+                return out
+            end = self._pending.find(TOOL_CLOSE, start)
+            out += self._content(self._pending[:start])
+            if end < 0:
+                self._pending = self._pending[start:]
+                return out
+            block, self._pending = self._pending[start:end + len(TOOL_CLOSE)], self._pending[end + len(TOOL_CLOSE):]
+            _, calls = parse_tool_calls(block, self.tools)
+            if not calls:
+                out += self._content(block)
+                continue
+            call, self._space = calls[0], ""
+            out.append(DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls, id=call.id, type="function",
+                                                              function={"name": call.function.name, "arguments": ""})]))
+            out.append(DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls,
+                                                              function={"arguments": call.function.arguments})]))
+            self.calls += 1
+
+    def finish(self) -> list[DeltaMessage]:
+        """What is still held back, as content; trailing whitespace after calls is dropped."""
+        out = self._content(self._pending)
+        self._pending = ""
+        if self._space and not self.calls:
+            out.append(DeltaMessage(content=self._space))
+        return out
+
+    def _content(self, text: str) -> list[DeltaMessage]:
+        if not text:
+            return []
+        if not text.strip():
+            self._space += text
+            return []
+        text, self._space = self._space + text, ""
+        return [DeltaMessage(content=text)]
 
 
 def completion_logprobs(entries: list[dict], start_offset: int = 0) -> dict:
