@@ -257,3 +257,71 @@ def test_dense_and_hybrid_retrieval_with_an_embedding_model(tmp_path, tiny_model
     build_index([docs], bm25_only, model=str(tiny_model_dir))
     with pytest.raises(ConfigError, match="no dense vectors"):
         open_index(bm25_only).search(query, mode="dense")
+
+
+def test_a_damaged_index_is_a_clear_error_never_a_crash(tmp_path, tiny_model_dir):
+    import shutil
+
+    (tmp_path / "a.txt").write_text("The Wren printer toner is part MX-3333-D.", encoding="utf-8")
+    good = tmp_path / "good"
+    build_index([tmp_path / "a.txt"], good, model=str(tiny_model_dir))
+
+    def damaged(name: str, damage) -> Path:
+        folder = shutil.copytree(good, tmp_path / name)
+        damage(folder)
+        return folder
+
+    cases = {
+        "index_corrupt": [damaged("garbage", lambda f: (f / "manifest.json").write_text("{not json", encoding="utf-8")),
+                          damaged("no-chunks", lambda f: (f / "chunks.jsonl").unlink()),
+                          damaged("no-bm25", lambda f: shutil.rmtree(f / "bm25")),
+                          damaged("bad-chunks", lambda f: (f / "chunks.jsonl").write_text("[1]\n{", encoding="utf-8"))],
+        "index_version": [damaged("a-list", lambda f: (f / "manifest.json").write_text("[1, 2]", encoding="utf-8")),
+                          damaged("no-libraries", lambda f: (f / "manifest.json").write_text(
+                              json.dumps({"format": 1, "libraries": "bm25s"}), encoding="utf-8"))],
+    }
+    for code, folders in cases.items():
+        for folder in folders:
+            with pytest.raises(RetrievalError) as error:
+                open_index(folder)
+            assert error.value.code == code, (folder.name, error.value)
+            assert "--rebuild" in error.value.hint, folder.name
+
+
+def test_empty_files_and_broken_pdfs_are_skipped_with_a_warning(tmp_path, tiny_model_dir, make_pdf):
+    from pypdf import PdfWriter
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "empty.md").write_text("", encoding="utf-8")
+    (docs / "blank.txt").write_text("\n\n   \n", encoding="utf-8")
+    (docs / "empty.jsonl").write_text("\n", encoding="utf-8")
+    make_pdf(docs / "cut.pdf", [["The Ibis scanner lamp is part RV-4444-B."]])
+    (docs / "cut.pdf").write_bytes((docs / "cut.pdf").read_bytes()[:60])  # a download that stopped
+    writer = PdfWriter(clone_from=make_pdf(tmp_path / "plain.pdf", [["The secret room is B7."]]))
+    writer.encrypt("password", algorithm="RC4-128")
+    with (docs / "locked.pdf").open("wb") as handle:
+        writer.write(handle)
+    warnings: list[str] = []
+    with pytest.raises(RetrievalError) as nothing:
+        build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), warn=warnings.append)
+    assert nothing.value.code == "no_documents"
+    text = "\n".join(warnings)
+    assert "locked.pdf: skipped: the PDF is encrypted" in text and "cut.pdf" in text, text
+    (docs / "real.md").write_text("The Wren printer toner is part MX-3333-D.\n", encoding="utf-8")
+    report = build_index([docs], tmp_path / "idx", model=str(tiny_model_dir), warn=lambda _: None)
+    assert report.chunks == 1 and open_index(tmp_path / "idx").search("Wren toner", k=5)[0].source == "docs/real.md"
+
+
+def test_a_question_longer_than_the_context_is_a_located_error_in_eval(tmp_path, tiny_model_dir):
+    from tunery.errors import EvaluationError
+    from tunery.evaluation.compare import compare_models
+
+    (tmp_path / "kb.md").write_text("The Wren printer toner is part MX-3333-D.\n", encoding="utf-8")
+    build_index([tmp_path / "kb.md"], tmp_path / "idx", model=str(tiny_model_dir))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"prompt": "Wren toner part?", "reference": "MX"}) + "\n"
+                     + json.dumps({"prompt": "why " * 5000, "reference": "MX"}) + "\n", encoding="utf-8")
+    with pytest.raises(EvaluationError) as too_long:
+        compare_models([f"{tiny_model_dir}+rag:{tmp_path / 'idx'}"], tasks, tmp_path / "report", dtype="fp32")
+    assert too_long.value.code == "context_length_exceeded" and f"{tasks}:2" in too_long.value.message

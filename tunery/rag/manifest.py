@@ -35,8 +35,11 @@ def library_versions(dense: bool) -> dict[str, str]:
 
 def rebuild_command(manifest: dict, index_dir: Path | str) -> str:
     """The `tunery rag index` command that rebuilds this index from its recorded inputs and settings."""
-    settings = manifest.get("settings", {})
-    parts = ["tunery", "rag", "index", *manifest.get("inputs", ["DOCS..."]), "--out", str(index_dir)]
+    settings = manifest.get("settings")
+    settings = settings if isinstance(settings, dict) else {}
+    inputs = manifest.get("inputs")
+    inputs = [str(i) for i in inputs] if isinstance(inputs, list) and inputs else ["DOCS..."]
+    parts = ["tunery", "rag", "index", *inputs, "--out", str(index_dir)]
     parts += ["--model", str(settings.get("model", "MODEL"))]
     parts += ["--chunk-tokens", str(settings.get("chunk_tokens")), "--overlap-tokens",
               str(settings.get("overlap_tokens"))]
@@ -63,15 +66,18 @@ def read_manifest(index_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise RetrievalError(f"{index_dir} has index format {found!r}; this tunery reads format {INDEX_FORMAT}",
-                          code="index_version", hint=f"rebuild it: {rebuild_command(manifest, index_dir)}")
+                          code="index_version",
+                          hint=f"rebuild it: {rebuild_command(manifest if isinstance(manifest, dict) else {}, index_dir)}")
     check_libraries(manifest, index_dir)
     return manifest
 
 
 def check_libraries(manifest: dict, index_dir: Path) -> None:
     """Refuse an index whose bm25s (or sentence-transformers) major.minor differs from the installed one."""
-    built = manifest.get("libraries", {})
-    installed = library_versions(dense=bool(manifest.get("settings", {}).get("embedding_model")))
+    built = manifest.get("libraries")
+    settings = manifest.get("settings")
+    built = built if isinstance(built, dict) else {}  # a hand-edited manifest: refused as another version
+    installed = library_versions(dense=bool(isinstance(settings, dict) and settings.get("embedding_model")))
     for name, now in installed.items():
         then = built.get(name)
         if then is None or _major_minor(then) != _major_minor(now):

@@ -14,7 +14,7 @@ from pathlib import Path
 from tunery.data import tokenizer_hash
 from tunery.errors import ConfigError, RetrievalError
 from tunery.rag.dense import embed_texts
-from tunery.rag.manifest import BM25_DIR, CHUNKS, DENSE_FILE, check_tokenizer, read_manifest
+from tunery.rag.manifest import BM25_DIR, CHUNKS, DENSE_FILE, check_tokenizer, read_manifest, rebuild_command
 
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al. 2009)
 MODES = ("bm25", "dense", "hybrid")
@@ -62,19 +62,28 @@ class RagIndex:
 
         self.path = Path(path).expanduser()
         self.manifest = read_manifest(self.path)
+        settings = self.manifest.get("settings")
+        self.embedding_model = settings.get("embedding_model") if isinstance(settings, dict) else None
+        self.vectors = None
         try:
             with (self.path / CHUNKS).open(encoding="utf-8") as handle:
                 self.chunks = [json.loads(line) for line in handle]
+            if not isinstance(settings, dict) or not all(isinstance(c, dict) and {"text", "source"} <= c.keys()
+                                                         for c in self.chunks):
+                raise ValueError("a chunk record or the settings are not what tunery writes")
+            if len(self.chunks) != self.manifest.get("num_chunks", len(self.chunks)):
+                raise ValueError(f"{len(self.chunks)} chunks, and the manifest says {self.manifest['num_chunks']}")
             self.bm25 = bm25s.BM25.load(str(self.path / BM25_DIR), show_progress=False)
+            if self.embedding_model:
+                import numpy as np
+
+                self.vectors = np.load(self.path / DENSE_FILE, allow_pickle=False)
+                if len(self.vectors) != len(self.chunks):
+                    raise ValueError(f"{len(self.vectors)} dense vectors for {len(self.chunks)} chunks")
         except (OSError, ValueError, KeyError) as exc:
             raise RetrievalError(f"index {self.path} is incomplete or damaged ({type(exc).__name__}: {exc})",
-                                 code="index_corrupt", hint="rebuild it with `tunery rag index ... --rebuild`") from None
-        self.embedding_model = self.manifest["settings"].get("embedding_model")
-        self.vectors = None
-        if self.embedding_model:
-            import numpy as np
-
-            self.vectors = np.load(self.path / DENSE_FILE, allow_pickle=False)
+                                 code="index_corrupt",
+                                 hint=f"rebuild it: {rebuild_command(self.manifest, self.path)}") from None
 
     @property
     def default_mode(self) -> str:
