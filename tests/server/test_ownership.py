@@ -24,6 +24,7 @@ ROUTES = {
     ("GET", "/v1/models/{model_id:path}"): "any key",  # another key's ft: model: tests/platform/test_openai_workflow
     ("POST", "/v1/chat/completions"): "any key",
     ("POST", "/v1/completions"): "any key",
+    ("POST", "/v1/embeddings"): "any key",
     ("POST", "/v1/feedback"): "owned",
     ("GET", "/v1/adapters"): "admin",
     ("POST", "/v1/adapters"): "admin",

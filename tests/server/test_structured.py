@@ -212,3 +212,31 @@ def test_tools_reach_a_template_that_renders_them(live):
         assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
     finally:
         tokenizer.chat_template = plain
+
+
+def test_embeddings_through_the_openai_client(live):
+    """Mean-pooled, unit-length hidden states in OpenAI's shape (the client asks for base64 by default)."""
+    import math
+
+    client = live.client()
+    texts = ["The VPN is down.", "Printer offline on floor 3", "The VPN is down."]
+    result = client.embeddings.create(model=live.base, input=texts)
+    vectors = [item.embedding for item in result.data]
+    hidden = live.state.engine.model.config.hidden_size
+    assert [item.index for item in result.data] == [0, 1, 2] and all(len(v) == hidden for v in vectors)
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in vectors)
+    assert vectors[0] == vectors[2] and vectors[0] != vectors[1]
+    tokens = [len(live.state.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert result.usage.prompt_tokens == result.usage.total_tokens == sum(tokens) and result.model == live.base
+    floats = client.embeddings.create(model=live.base, input="The VPN is down.", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vectors[0])) < 1e-6
+    adapted = client.embeddings.create(model="support", input="The VPN is down.").data[0].embedding
+    assert adapted != vectors[0]  # the adapter's own hidden states
+    ids = live.state.tokenizer("The VPN is down.", add_special_tokens=False)["input_ids"]
+    assert client.embeddings.create(model=live.base, input=ids).data[0].embedding == vectors[0]
+    for bad, param in (([""], "input"), ([[10 ** 9]], "input")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(model=live.base, input=bad)
+        assert caught.value.body["param"] == param
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")

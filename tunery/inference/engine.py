@@ -23,6 +23,7 @@ import torch
 
 from tunery.errors import ConfigError, NotFoundError, ResourceError
 from tunery.inference.backend import Prompt, Row, open_backend
+from tunery.inference.embedding import embed_ids
 from tunery.inference.logits import RowShaper, needs_shaping
 from tunery.inference.lora import read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
@@ -192,6 +193,15 @@ class Engine:
         last = final[0] if final else GenerationEvent(finish_reason="abort")
         return GenerationEvent("".join(pieces), last.finish_reason, last.prompt_tokens, last.completion_tokens,
                                tuple(logprobs))
+
+    def embed(self, token_lists: list[list[int]], adapter: str | None = None) -> list[list[float]]:
+        """Each token list's mean-pooled, unit-length last hidden state, on the model `adapter` names."""
+        def run() -> list[list[float]]:
+            slot = self._slot_of(adapter)
+            return [embed_ids(self.model, self.backend.slots, ids, slot) for ids in token_lists]
+
+        self.start()
+        return self._call_on_engine(run)
 
     # ---- adapters --------------------------------------------------------------------------
     def load_adapter(self, name: str, adapter_dir: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 from fastapi import Depends, FastAPI, Request
 
 from tunery.platform.metrics import ServerMetrics
-from tunery.server import monitoring, serving_admin, serving_chat, serving_registry
+from tunery.server import monitoring, serving_admin, serving_chat, serving_embeddings, serving_registry
 from tunery.server.auth import Caller, require_admin, require_key
 from tunery.server.errors import REQUEST_BODY_KEY, error_body, install_error_handlers
 from tunery.server.platform_routes import add_platform_routes
@@ -21,6 +21,7 @@ from tunery.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     CreateKeyRequest,
+    EmbeddingRequest,
     FeedbackRequest,
     LoadAdapterRequest,
 )
@@ -149,6 +150,12 @@ def _add_routes(app: FastAPI) -> None:
         await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
         body.model = await asyncio.to_thread(state_of(request).use_registered, body.model)
         return await serving_chat.create_completion(state_of(request), body, caller, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request, caller: Caller = Depends(require_key)):
+        await asyncio.to_thread(state_of(request).use_fine_tuned, body.model, caller)
+        body.model = await asyncio.to_thread(state_of(request).use_registered, body.model)
+        return await serving_embeddings.create_embeddings(state_of(request), body)
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, request: Request, caller: Caller = Depends(require_key)):
