@@ -129,13 +129,14 @@ def chat_command(
     model: str = typer.Argument(..., help="Model reference or run directory (+rag:INDEX_DIR to answer from an "
                                 "index and show the sources)."),
     system: str | None = typer.Option(None, "--system", help="System message."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature; 0 "
+                                      "(the default) is greedy, the answers `tunery eval` scores."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens per answer."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32."),
     weights: str = typer.Option("full", "--weights", help=WEIGHTS_HELP),
     decode: str = typer.Option("auto", "--decode", envvar="TUNERY_DECODE", help=DECODE_HELP),
 ):
-    """Chat with a model or run in the terminal, answers streamed. /reset clears, /exit quits."""
+    """Chat with a model or run in the terminal, answers streamed. /help lists the commands."""
     loaded = load_engine(model, dtype=dtype, weights=weights, decode=decode, max_batch_size=1)
     console.print(loaded.quantization.summary(), highlight=False)
     console.print(loaded.decode_summary, highlight=False)
@@ -145,21 +146,24 @@ def chat_command(
         retriever.index.check_model(loaded.tokenizer, model)
     engine = loaded.engine.start()
     history = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]/reset clears the conversation, /exit (or Ctrl-D) quits[/]")
+    console.print("[dim]/help lists the commands; end a line with \\ to go on to the next[/]")
     try:
         while True:
-            try:
-                line = console.input("[bold green]you>[/] ")
-            except EOFError:
+            message = read_message(lambda more: console.input("[bold green]...>[/] " if more else "[bold green]you>[/] "))
+            if message is None or message.strip() in ("/exit", "/quit"):
                 break
-            if line.strip() in ("/exit", "/quit"):
-                break
-            if line.strip() == "/reset":
+            command = message.strip()
+            if command == "/reset":
                 history = history[:1] if system else []
+                console.print("[dim]conversation cleared[/]")
                 continue
-            if not line.strip():
+            if command.startswith("/") and " " not in command and "\n" not in command:
+                console.print(CHAT_HELP if command == "/help" else f"unknown command {command}; /help lists them",
+                              highlight=False, markup=False)
                 continue
-            history.append({"role": "user", "content": line})
+            if not command:
+                continue
+            history.append({"role": "user", "content": message})
             try:
                 prompt, sources = _chat_prompt(loaded.tokenizer, history, retriever,
                                                engine.max_context - min(max_tokens, engine.max_context // 4))
@@ -180,6 +184,38 @@ def chat_command(
                               + "[/]", highlight=False)
     finally:
         engine.stop()
+
+
+CHAT_HELP = """/reset   clear the conversation (the --system message stays)
+/help    this list
+/exit    quit (or /quit, or Ctrl-D)
+A line ending in \\ goes on to the next line; a line of three double quotes (\"\"\") starts a block
+(pasted text, say) that the next such line ends. The message is sent when it is complete."""
+BLOCK = '"""'
+
+
+def read_message(read_line) -> str | None:
+    """One message from `read_line(more)` (more: a continuation): lines joined by a trailing backslash,
+    or a block between lines of three double quotes. None at end of input."""
+    lines: list[str] = []
+    in_block = False
+    while True:
+        try:
+            line = read_line(bool(lines) or in_block)
+        except EOFError:
+            return "\n".join(lines) if lines else None
+        if line.strip() == BLOCK:
+            if in_block or lines:
+                return "\n".join(lines)
+            in_block = True
+            continue
+        if in_block:
+            lines.append(line)
+        elif line.endswith("\\"):
+            lines.append(line[:-1])
+        else:
+            lines.append(line)
+            return "\n".join(lines)
 
 
 def _chat_prompt(tokenizer, history: list[dict], retriever, max_prompt_tokens: int):
