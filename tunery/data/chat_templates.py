@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunery.errors import ConfigError
+from tunery.safeio import read_text
 
 # ChatML as SmolLM2, Qwen and Hermes write it, with no default system prompt.
 KNOWN_TEMPLATES = {
@@ -41,7 +42,7 @@ def load_chat_template(value: str) -> str:
             raise ConfigError(f"data.chat_template: {value!r} is neither a file, a known name nor inline Jinja",
                               code="invalid_chat_template",
                               hint=f"give a .jinja file, inline Jinja, or one of: {', '.join(KNOWN_TEMPLATES)}")
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        text, origin = read_text(path, what="chat template", error=ConfigError), str(path)  # strict UTF-8, capped
     check_chat_template(text, origin)
     return text
 

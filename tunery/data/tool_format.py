@@ -13,7 +13,7 @@ from typing import Any
 from tunery.data.problems import ProblemLog, type_name
 from tunery.types import Turn
 
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` would pass "name\n"
 
 
 def check_tools(value: Any, log: ProblemLog, **where) -> tuple[dict, ...] | None:
@@ -36,7 +36,7 @@ def check_tools(value: Any, log: ProblemLog, **where) -> tuple[dict, ...] | None
             log.error("invalid_tool", "a tool must be {\"type\": \"function\", \"function\": {...}}", field=path, **where)
             return None
         name = function.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.match(name):
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             log.error("invalid_tool", f"the function name {name!r} must be 1-64 letters, digits, _ or -",
                       field=f"{path}.function.name", **where)
             return None

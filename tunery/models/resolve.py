@@ -88,7 +88,7 @@ def _resolve_with_index(ref: str) -> ResolvedModel:
 
 def looks_like_hub_id(ref: str) -> bool:
     """True for `owner/name` references that are not an existing local path."""
-    return bool(_HUB_ID.match(ref)) and not ref.startswith(".") and not Path(ref).expanduser().exists()
+    return bool(_HUB_ID.fullmatch(ref)) and not ref.startswith(".") and not Path(ref).expanduser().exists()
 
 
 def _resolve_path(ref: str, path: Path) -> ResolvedModel:

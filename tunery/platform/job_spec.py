@@ -21,7 +21,7 @@ from tunery.data.chat_templates import is_template_path
 from tunery.data.formats import detect_format
 from tunery.errors import ConfigError
 
-SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: `$` would pass "suffix\n"
 # Set by the job itself; a `tunery` block may not move them.
 RESERVED_KEYS = {("name",), ("base_model",), ("output_dir",), ("init_from",), ("data", "train"),
                  ("data", "validation")}
@@ -71,7 +71,7 @@ class JobRequest(_Strict):
     tunery: dict[str, Any] = Field(default_factory=dict)
 
     def model_post_init(self, _context) -> None:
-        if self.suffix is not None and not SUFFIX_PATTERN.match(self.suffix):
+        if self.suffix is not None and not SUFFIX_PATTERN.fullmatch(self.suffix):
             raise ValueError("suffix must be 1-64 letters, digits, '-' or '_' (no '/', '.' or ':')")
         if self.metadata is not None:
             if len(self.metadata) > 16:

@@ -18,7 +18,7 @@ from tunery.store import jobs as job_rows
 from tunery.store.db import Store
 from tunery.store.owners import Actor
 
-CHECKPOINT = re.compile(r"^(ft:.+):ckpt-step-(\d+)$")
+CHECKPOINT = re.compile(r"(ft:.+):ckpt-step-(\d+)")  # fullmatch: no final newline
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def find_fine_tuned(store: Store, actor: Actor, name: str) -> FineTunedModel:
     """The adapter folder behind an `ft:` name the caller may use; NotFound otherwise."""
     unknown = NotFoundError(f"the model {name!r} does not exist", code="model_not_found",
                             hint="GET /v1/models lists the models you can use")
-    match = CHECKPOINT.match(name)
+    match = CHECKPOINT.fullmatch(name)
     job_name, step = (match.group(1), int(match.group(2))) if match else (name, None)
     row = job_rows.job_by_model(store, actor, job_name)
     if row is None or not row["run_dir"]:

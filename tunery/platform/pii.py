@@ -19,7 +19,7 @@ from pathlib import Path
 from tunery.config import read_yaml_mapping
 from tunery.errors import ConfigError
 
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
+_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")  # fullmatch: `$` would pass "NAME\n"
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class Scrubber:
 
 
 def _user_detector(name: str, regex: str, source: str) -> Detector:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"{source}: pattern name {name!r} must be upper-case letters, digits and _ (e.g. EMPLOYEE_ID)",
                           code="invalid_pii_pattern")
     try:

@@ -23,7 +23,7 @@ from tunery.store.db import Store
 from tunery.store.registry import Version
 from tunery.store.stats import feedback_counts
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would pass "name\n"
 DEFAULT_ALIAS = "production"
 DEFAULT_GATES = ("no-regression",)
 
@@ -45,7 +45,7 @@ class PromotionConflict(TuneryError):
 def parse_ref(text: str) -> tuple[str, str | None]:
     """`NAME` or `NAME@N` / `NAME@ALIAS` -> (name, selector or None)."""
     name, _, selector = str(text).strip().partition("@")
-    if not NAME.match(name) or (selector and not NAME.match(selector)):
+    if not NAME.fullmatch(name) or (selector and not NAME.fullmatch(selector)):
         raise ConfigError(f"{text!r} is not a registry reference", code="invalid_model_ref",
                           hint="write NAME, NAME@N or NAME@ALIAS (letters, digits, ._-)")
     return name, selector or None
@@ -68,7 +68,7 @@ def resolve_version(store: Store, text: str, default_alias: str = DEFAULT_ALIAS)
 def register_run(store: Store, run_dir: str | Path, name: str, *, job_id: str | None = None,
                  created_by: str | None = None, alias: str | None = None) -> Version:
     """Record a completed run as NAME@N+1 with its lineage; optionally point `alias` at it."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r} must be letters, digits and ._- (at most 64)", code="invalid_model_ref")
     run = Path(run_dir).expanduser().resolve()
     info = _read_run(run)
@@ -136,7 +136,7 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
     `gate_report`: gates already passed by the caller (the loop's), recorded in the audit as they are."""
     if force and not (reason or "").strip():
         raise ConfigError("--force needs --reason: the audit records why a gate was overridden", code="reason_required")
-    if not NAME.match(to):
+    if not NAME.fullmatch(to):
         raise ConfigError(f"alias {to!r} must be letters, digits and ._-", code="invalid_model_ref")
     version = resolve_version(store, ref)
     current = rows.alias_version(store, version.name, to)
