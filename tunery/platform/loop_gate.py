@@ -37,10 +37,12 @@ def gate_candidate(production: Version, candidate: Version, *, trained: Path, he
     """Every comparison the loop gates on, merged into one report (`passed`, `gates`, `comparisons`)."""
     keep = f"no-regression:{tolerance:g}"
     parts = [("trained feedback", run_gates(production, candidate, tasks=trained, gates=[feedback_gate],
-                                            general=False, out_dir=out_dir / "compare-trained"))]
+                                            general=False, out_dir=out_dir / "compare-trained",
+                                            max_new_tokens=answer_budget(trained)))]
     if held_out is not None:
         parts.append(("held-out feedback", run_gates(production, candidate, tasks=held_out, gates=[keep],
-                                                     general=False, out_dir=out_dir / "compare-held-out")))
+                                                     general=False, out_dir=out_dir / "compare-held-out",
+                                                     max_new_tokens=answer_budget(held_out))))
     if tasks is not None:
         parts.append(("your tasks", run_gates(production, candidate, tasks=tasks, gates=list(gates) or [keep],
                                               general=False, out_dir=out_dir / "compare", limit=limit)))
@@ -51,3 +53,9 @@ def gate_candidate(production: Version, candidate: Version, *, trained: Path, he
     return {"passed": all(report["passed"] for _, report in parts), "baseline": production.ref,
             "candidate": candidate.ref, "gates": [{**g, "kind": kind} for kind, report in parts for g in report["gates"]],
             "comparisons": comparisons, "feedback_gate": feedback_gate, "tolerance": tolerance}
+
+
+def answer_budget(task_file: Path) -> int:
+    """Room for the longest corrected answer and some (a reply that rambles past it is wrong anyway)."""
+    words = max(len(json.loads(line)["reference"].split()) for line in task_file.read_text(encoding="utf-8").splitlines())
+    return min(256, 16 + 4 * words)

@@ -170,7 +170,7 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
 
 
 def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], general: bool, out_dir,
-              limit: int | None = None) -> dict:
+              limit: int | None = None, max_new_tokens: int | None = None) -> dict:
     """Compare candidate with holder on the tasks (and the general-skills file); the gates' verdict."""
 
     from tunery.evaluation.compare import compare_models
@@ -184,7 +184,7 @@ def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], g
     results = []
     for index, path in enumerate(task_files):
         summary = compare_models([holder.run_dir, candidate.run_dir], path, out / f"tasks-{index}", gates=gates,
-                                 limit=limit)
+                                 limit=limit, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
         results.append({"tasks": str(path), "report": summary.report_path, "passed": summary.passed,
                         "gates": [g.as_dict() for g in summary.gates]})
     return {"passed": all(r["passed"] for r in results), "baseline": holder.ref, "candidate": candidate.ref,
