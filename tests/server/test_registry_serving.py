@@ -103,3 +103,49 @@ def test_admin_registry_routes(tiny_model_dir, tmp_path):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_http_promotion_runs_the_gates_refuses_with_409_and_the_report_and_force_is_audited(tiny_model_dir,
+                                                                                              tmp_path):
+    import httpx
+
+    from tunery.platform.registry import describe, register_run, resolve_version
+    from tunery.server.settings import ServerSettings
+    from tunery.store import create_key, open_store
+
+    db = tmp_path / "tunery.db"
+    store = open_store(db)
+    _, admin = create_key(store, "admin", admin=True)
+    register_run(store, save_lora_run(tiny_model_dir, tmp_path / "run1", seed=1), "desk", alias="production")
+    register_run(store, save_lora_run(tiny_model_dir, tmp_path / "run2", seed=2), "desk")
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", database=db, port=free_port(), dtype="fp32")
+    _, server, thread = start_server(settings)
+    tasks = [{"prompt": f"Say {word}", "reference": word} for word in ("yes", "no", "ok")]
+
+    def promote(**body):
+        return httpx.post(f"http://127.0.0.1:{settings.port}/v1/registry/promote", json={"version": "desk@2", **body},
+                          headers={"Authorization": f"Bearer {admin}"}, timeout=600)
+
+    try:
+        refused = promote(tasks=tasks, gates=["exact_match>=2"])
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["error"]["code"] == "gate_failed" and body["error"]["type"] == "conflict_error"
+        assert body["gate"]["passed"] is False and body["gate"]["baseline"] == "desk@1"
+        assert [g["rule"] for g in body["gate"]["gates"]] == ["exact_match>=2"]
+        assert str(tmp_path) not in refused.text and "/tmp" not in refused.text  # no server paths
+        assert resolve_version(store, "desk").version == 1
+        assert promote(tasks=tasks, gates=["exact_match>=2"], force=True).status_code == 400  # force needs a reason
+        forced = promote(tasks=tasks, gates=["exact_match>=2"], force=True, reason="ops approved")
+        assert forced.status_code == 200 and forced.json()["gate"]["passed"] is False
+        assert resolve_version(store, "desk").version == 2
+        history = describe(store, "desk")["history"]
+        assert [(m["action"], m["outcome"]) for m in history] == [("register", "moved"), ("promote", "refused"),
+                                                                   ("promote", "moved")]
+        assert history[1]["actor"] == history[2]["actor"] and history[1]["actor"].startswith("key:")
+        assert history[2]["reason"] == "ops approved" and history[2]["gate"]["passed"] is False
+        # The CLI's gates, refused the same way: a task row the evaluation cannot read is a 400, not a move.
+        assert promote(version="desk@1", tasks=[{"nothing": 1}]).status_code == 400
+    finally:
+        server.should_exit = True
+        thread.join(30)

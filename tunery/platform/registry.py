@@ -159,8 +159,10 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
             rows.record_refusal(store, version.name, to, current, version.version, actor=actor, action="promote",
                                 gate=gate_report)
             failed = "; ".join(f"{g['rule']}: {g['detail']}" for g in gate_report["gates"] if not g["passed"])
-            raise GateFailed(f"{version.ref} did not pass the gates against {holder.ref}: {failed}",
-                             hint="see the report; --force --reason TEXT promotes anyway (audited)")
+            error = GateFailed(f"{version.ref} did not pass the gates against {holder.ref}: {failed}",
+                               hint="see the report; --force --reason TEXT promotes anyway (audited)")
+            error.report = gate_report
+            raise error
     moved = rows.move_alias(store, version.name, to, version.version, expected=current, actor=actor,
                             action="promote", reason=reason, gate=gate_report)
     if not moved:

@@ -122,8 +122,9 @@ def _add_routes(app: FastAPI) -> None:
         return serving_registry.show_version(state_of(request), ref)
 
     @app.post("/v1/registry/promote")
-    async def registry_promote(body: serving_registry.PromoteRequest, request: Request,
-                               caller: Caller = Depends(require_admin)):
+    def registry_promote(body: serving_registry.PromoteRequest, request: Request,
+                         caller: Caller = Depends(require_admin)):
+        # a sync route: the gates generate with both versions in a worker thread, not on the event loop
         return serving_registry.promote(state_of(request), body, caller)
 
     @app.post("/v1/registry/models/{name}/rollback")

@@ -77,9 +77,14 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse(error_body(message, type_, code, param), status_code=status)
 
 
+CONFLICTS = ("gate_failed", "promotion_conflict", "loop_running")  # the request was fine; the state refused it
+
+
 def tunery_error_status(exc: TuneryError) -> int:
     if isinstance(exc, NotFoundError) or exc.code == "model_not_found":
         return 404
+    if exc.code in CONFLICTS:
+        return 409
     if isinstance(exc, ResourceError | StoreError):  # the server's own failure, not the request's
         return 503
     if isinstance(exc, ConfigError | ModelError):
@@ -113,14 +118,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TuneryError)
     async def _tunery_error(request: Request, exc: TuneryError):
         status = tunery_error_status(exc)
-        type_ = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
+        type_ = {404: "not_found_error", 409: "conflict_error", 503: "server_error"}.get(status, "invalid_request_error")
         if isinstance(exc, StoreError):  # the cause is logged; the client learns only that the store failed
             log.error("store error: %s", exc.message)
             message = "the server's database is unavailable; retry later"
         else:
             message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         message = without_request_values(message, request_values(request))
-        return error_response(status, message, type_, exc.code, getattr(exc, "param", None))
+        response = error_body(message, type_, exc.code, getattr(exc, "param", None))
+        if getattr(exc, "public_report", None) is not None:  # a refused promotion: the gates' numbers, no paths
+            response["gate"] = exc.public_report
+        return JSONResponse(response, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
