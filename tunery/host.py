@@ -117,7 +117,10 @@ def process_start_ticks(pid: int) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this machine (ours or another user's)."""
+    """True when a process with this pid runs on this machine (ours or another user's); a zombie is dead.
+
+    A trainer killed with its worker may stay a zombie where PID 1 does not reap (containers).
+    """
     if pid <= 0:
         return False
     try:
@@ -125,5 +128,9 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in ("Z", "X")

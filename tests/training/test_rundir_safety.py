@@ -151,3 +151,13 @@ def test_the_lock_is_created_exclusively_and_owner_only(tmp_path):
             RunLock(tmp_path / "run").acquire()
         assert "this process" in info.value.message
     assert not (tmp_path / "run").exists()  # created for the lock, nothing written: removed
+
+
+def test_a_zombie_holder_is_dead():
+    from tunery.host import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie, as a trainer
+    assert not process_alive(child.pid)  # killed with its worker stays where PID 1 does not reap
+    child.wait()
+    assert process_alive(os.getpid())
