@@ -57,6 +57,7 @@ sanitize: setup
 
 lint: setup
 	$(VENV)/bin/ruff check tunery tests bench examples
+	$(VENV)/bin/mypy
 
 bench: setup
 	# BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS=--quick` (see python -m bench.run --help).

@@ -7,8 +7,9 @@ Every field carries a description (it becomes `--help` text and docs/training.md
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +18,16 @@ from tunery.errors import ConfigError
 from tunery.safeio import read_text
 
 Auto = Literal["auto"]
+T = TypeVar("T")
+
+
+def resolved(value: T | Auto) -> T:
+    """`value` once `tunery.training.auto` has filled it in: an `auto` left here is a bug, not a user error."""
+    if value == "auto":
+        raise RuntimeError("an `auto` setting reached code that needs it resolved (call resolve_auto first)")
+    return value
+
+
 # Every number has its range here, in the model, so `config validate`, `train` and every later caller
 # refuse the same values with the same message. NaN and infinities are refused everywhere.
 PositiveCount = Annotated[int, Field(ge=1)]
@@ -192,7 +203,7 @@ def validate_train_config(raw: dict[str, Any], *, source: str = "<config>", yaml
         ) from None
 
 
-def _one_per_key(errors: list[dict]) -> list[dict]:
+def _one_per_key(errors: Iterable[Mapping[str, Any]]) -> list[dict]:
     # A union field (int | "auto") fails once per member: one message per key, naming every option.
     seen: dict[tuple, dict] = {}
     for err in errors:
@@ -200,7 +211,7 @@ def _one_per_key(errors: list[dict]) -> list[dict]:
         if key in seen and err["type"] != "extra_forbidden":
             seen[key] = {**seen[key], "msg": f"{seen[key]['msg']}, or {err['msg'][0].lower()}{err['msg'][1:]}"}
         else:
-            seen.setdefault(key, err)
+            seen.setdefault(key, dict(err))
     return list(seen.values())
 
 

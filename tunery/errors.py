@@ -26,6 +26,7 @@ class TuneryError(Exception):
 
     code: str = "tunery_error"
     exit_code: int = 1
+    param: str | None = None  # the request field at fault, where there is one (OpenAI's error.param)
 
     def __init__(self, message: str, *, code: str | None = None, hint: str | None = None):
         super().__init__(message)

@@ -84,29 +84,30 @@ def _summary_table(report: dict, model: str | None) -> Table:
     table = Table(title="summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
-    add_row = table.add_row
-    table.add_row = lambda what, value: add_row(what, Text(value))  # values hold paths: no markup
+
+    def add_row(what: str, value: str) -> None:
+        table.add_row(what, Text(value))  # values hold paths: no markup
     for f in report["files"]:
-        table.add_row("file", f"{f['file']} ({f['file_type']}, {f['format'] or 'no format'}, "
-                              f"{f['examples']} examples, {f['blank_lines']} blank lines)")
-    table.add_row("format", ", ".join(s["formats"]) or "-")
-    table.add_row("examples", f"{s['examples']} ({s['documents']} documents)" if s["documents"] else str(s["examples"]))
-    table.add_row("turns", f"{s['turns']} ({s['trained_turns']} trained)")
+        add_row("file", f"{f['file']} ({f['file_type']}, {f['format'] or 'no format'}, "
+                        f"{f['examples']} examples, {f['blank_lines']} blank lines)")
+    add_row("format", ", ".join(s["formats"]) or "-")
+    add_row("examples", f"{s['examples']} ({s['documents']} documents)" if s["documents"] else str(s["examples"]))
+    add_row("turns", f"{s['turns']} ({s['trained_turns']} trained)")
     if s["length_chars"]:
-        table.add_row("length (chars)", _format_percentiles(s["length_chars"]))
+        add_row("length (chars)", _format_percentiles(s["length_chars"]))
     tokens = s["tokens"]
     if tokens:
         share = f"{100 * tokens['trained'] / tokens['total']:.0f}%" if tokens["total"] else "-"
-        table.add_row("tokens", f"{tokens['total']} total, {tokens['trained']} trained ({share}) with {model}")
+        add_row("tokens", f"{tokens['total']} total, {tokens['trained']} trained ({share}) with {model}")
         if tokens["length"]:
-            table.add_row("length (tokens)", _format_percentiles(tokens["length"]))
-        table.add_row("too long", f"{tokens['too_long']} example(s) > {tokens['max_seq_len']} tokens")
+            add_row("length (tokens)", _format_percentiles(tokens["length"]))
+        add_row("too long", f"{tokens['too_long']} example(s) > {tokens['max_seq_len']} tokens")
         if tokens["text_chunks"]:
-            table.add_row("text chunks", f"{tokens['text_chunks']} windows of <= {tokens['max_seq_len']} tokens")
+            add_row("text chunks", f"{tokens['text_chunks']} windows of <= {tokens['max_seq_len']} tokens")
     else:
-        table.add_row("tokens", "pass --model to count tokens")
-    table.add_row("warnings", str(s["warnings"]))
-    table.add_row("errors", str(s["errors"]))
+        add_row("tokens", "pass --model to count tokens")
+    add_row("warnings", str(s["warnings"]))
+    add_row("errors", str(s["errors"]))
     return table
 
 
@@ -138,6 +139,6 @@ def show_command(
     else:
         sys.stdout.write("".join(f"[[{p}]]" if trained else p for p, trained in shown.spans) + "\n")
         sys.stdout.flush()
-    total, trained = shown.total_tokens, shown.trained_tokens
-    console.print(f"tokens: {total} total, {trained} trained, {total - trained} masked "
+    total, trained_count = shown.total_tokens, shown.trained_tokens
+    console.print(f"tokens: {total} total, {trained_count} trained, {total - trained_count} masked "
                   f"({'highlighted' if console.is_terminal else 'in [[...]]'}: trained)", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -26,7 +27,7 @@ def list_command(json_output: bool = typer.Option(False, "--json", help="Print J
     rows = list_models()
     store = open_store()
     held = aliases(store)
-    versions = [{"name": v.ref, "kind": "version", "aliases": sorted(a for (n, a), num in held.items()
+    versions: list[dict[str, Any]] = [{"name": v.ref, "kind": "version", "aliases": sorted(a for (n, a), num in held.items()
                                                                      if n == v.name and num == v.version),
                  "base_model": v.base_model, "run_dir": v.run_dir, "created_at": v.created_at}
                 for v in list_versions(store)]

@@ -28,7 +28,7 @@ def as_tunery_error(exc: BaseException) -> TuneryError | None:
         return DataError(f"{str(exc).removeprefix('Symlink loop from ')} is a symbolic link loop", code="file_error",
                          hint="point the link at a real file")
     if isinstance(exc, UnicodeError):
-        return DataError(f"a file or argument is not valid UTF-8 text ({type(exc).__name__}: {exc.reason})",
+        return DataError(f"a file or argument is not valid UTF-8 text ({type(exc).__name__}: {getattr(exc, 'reason', exc)})",
                          code="not_utf8", hint="save files as UTF-8 text; binary files cannot be read here")
     if isinstance(exc, sqlite3.Error) or type(exc).__module__.split(".")[0] == "psycopg":  # without importing it
         return store_error(exc)

@@ -112,7 +112,7 @@ def serve_command(
 
     if webhook and not webhook_secret:
         raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
-    if webhook:
+    if webhook and webhook_secret:
         os.environ["TUNERY_WEBHOOK_SECRET"] = webhook_secret  # the workers sign; the secret never goes on a command line
     pool = start_workers(workers, extra_args=["--webhook", webhook] if webhook else [])
     if workers:

@@ -53,7 +53,8 @@ def check_chat_template(text: str, origin: str) -> None:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     try:
-        rendered, _ = render_jinja_template(conversations=[_PROBE], chat_template=text, add_generation_prompt=True)
+        rendered = render_jinja_template(conversations=[_PROBE], chat_template=text,
+                                         add_generation_prompt=True)[0]  # (texts, generation indices)
     except (TemplateError, TypeError, ValueError) as exc:
         raise ConfigError(f"data.chat_template ({origin}) does not render: {exc}", code="invalid_chat_template",
                           hint="check the Jinja syntax; the template gets `messages` and `add_generation_prompt`") \

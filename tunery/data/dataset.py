@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunery.data.formats import FORMAT_KEYS, FormatState, convert_record, detect_format, report_ignored_keys
 from tunery.data.problems import Problem, ProblemLog, summarise_problems, with_severity
@@ -58,7 +59,7 @@ class DatasetReport:
 
 def example_key(conv: Conversation) -> str:
     """The normalised form of an example: what it teaches, not where it came from."""
-    key = [conv.kind, [_turn_key(t) for t in conv.turns]]
+    key: list[Any] = [conv.kind, [_turn_key(t) for t in conv.turns]]
     if conv.rejected:
         key.append([_turn_key(t) for t in conv.rejected])
     if conv.tools:
@@ -165,7 +166,7 @@ def _check_duplicates(conversations: Sequence[Conversation], log: ProblemLog) ->
 
 def find_shared_examples(a: Sequence[Conversation], b: Sequence[Conversation]) -> list[tuple[Location | None, Location | None]]:
     """Pairs (location in a, location in b) of examples present in both (e.g. train and validation)."""
-    in_a = {}
+    in_a: dict[str, Location | None] = {}
     for conv in a:
         in_a.setdefault(example_key(conv), conv.location)
     return [(in_a[k], conv.location) for conv in b if (k := example_key(conv)) in in_a]

@@ -62,7 +62,7 @@ def detect_format(keys: set[str]) -> tuple[str | None, str, str]:
 
 def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Conversation | None:
     """One raw record to a Conversation, or None with every problem in it logged."""
-    where = {"file": record.file, "line": record.line}
+    where: dict[str, Any] = {"file": record.file, "line": record.line}
     value = record.value
     if not isinstance(value, dict):
         log.error("not_an_object", f"expected a JSON object, found {type_name(value)}", **where)
@@ -111,7 +111,7 @@ def convert_record(record: RawRecord, state: FormatState, log: ProblemLog) -> Co
 
 def _convert_chat(messages: Any, location: Location, state: FormatState, log: ProblemLog,
                   record: dict | None = None, path: str = "messages") -> Conversation | None:
-    where = {"file": location.file, "line": location.line}
+    where: dict[str, Any] = {"file": location.file, "line": location.line}
     record = record or {}
     tools = check_tools(record["tools"], log, **where) if "tools" in record else ()
     parallel = record.get("parallel_tool_calls", True)
@@ -156,7 +156,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def _convert_sharegpt(turns: Any, location: Location, state: FormatState, log: ProblemLog,
                       record: dict) -> Conversation | None:
     """ShareGPT turns (`from`, `value`) as chat messages, each problem located at conversations[i]."""
-    where = {"file": location.file, "line": location.line}
+    where: dict[str, Any] = {"file": location.file, "line": location.line}
     if not isinstance(turns, list):
         log.error("wrong_type", f"'conversations' must be a list of turns, found {type_name(turns)}",
                   field="conversations", **where)
@@ -197,7 +197,7 @@ def _convert_sharegpt(turns: Any, location: Location, state: FormatState, log: P
 
 def _convert_preference(value: dict, location: Location, state: FormatState, log: ProblemLog) -> Conversation | None:
     """`input.messages` is the prompt; each output is a list of assistant messages (OpenAI's shape)."""
-    where = {"file": location.file, "line": location.line}
+    where: dict[str, Any] = {"file": location.file, "line": location.line}
     errors_before = log.error_count
     source = value["input"]
     if not isinstance(source, dict) or "messages" not in source:
@@ -211,19 +211,19 @@ def _convert_preference(value: dict, location: Location, state: FormatState, log
     prompt = [_convert_message(m, f"input.messages[{i}]", state, log, **where) for i, m in enumerate(messages)]
     prompt = [replace(t, train=False) for t in prompt]
     tools = check_tools(source["tools"], log, **where) if "tools" in source else ()
-    sides = [_preference_output(value[key], key, state, log, **where)
-             for key in ("preferred_output", "non_preferred_output")]
-    if log.error_count > errors_before or None in sides or tools is None:
+    chosen, rejected = (_preference_output(value[key], key, state, log, **where)
+                        for key in ("preferred_output", "non_preferred_output"))
+    if log.error_count > errors_before or chosen is None or rejected is None or tools is None:
         return None
     if prompt[-1].role == "assistant":
         log.error("prompt_ends_with_assistant", "the last input message must not be the assistant's: the outputs answer it",
                   field=f"input.messages[{len(prompt) - 1}].role", **where)
         return None
-    if [t.content for t in sides[0]] == [t.content for t in sides[1]]:
+    if [t.content for t in chosen] == [t.content for t in rejected]:
         log.error("same_outputs", "preferred_output and non_preferred_output are the same, so nothing is preferred",
                   field="non_preferred_output", **where)
         return None
-    return Conversation(tuple(prompt) + sides[0], "preference", location, rejected=tuple(prompt) + sides[1],
+    return Conversation(tuple(prompt) + chosen, "preference", location, rejected=tuple(prompt) + rejected,
                         tools=tools)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv":
                  ".parquet": "parquet", ".pq": "parquet"}
 DOCUMENT_SUFFIXES = {".txt", ".md", ".markdown"}
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_whitespace(text: str, pos: int) -> int:
+    """The first position at or after `pos` that is not JSON whitespace."""
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos  # the pattern matches the empty string, so always
 
 
 @dataclass
@@ -176,10 +183,10 @@ def _read_json_array(decoded: DecodedText, file: str, log: ProblemLog) -> list[R
         log.error(problem.code, problem.message, file=file)
         return []
     records: list[RawRecord] = []
-    pos = _WHITESPACE.match(text, 0).end() + 1  # past "["
-    pos = _WHITESPACE.match(text, pos).end()
+    pos = _skip_whitespace(text, 0) + 1  # past "["
+    pos = _skip_whitespace(text, pos)
     if text.startswith("]", pos):
-        pos = _WHITESPACE.match(text, pos + 1).end()
+        pos = _skip_whitespace(text, pos + 1)
         if pos < len(text):
             log.error("invalid_json", "text after the closing ']'", file=file, line=line_at(pos))
         return records
@@ -190,7 +197,7 @@ def _read_json_array(decoded: DecodedText, file: str, log: ProblemLog) -> list[R
             log.error(problem.code, problem.message, file=file, line=line_at(pos))
             return records
         except ValueError as exc:  # JSONDecodeError and digit-limit errors
-            message = describe_decode_error(exc) if hasattr(exc, "pos") else str(exc)
+            message = describe_decode_error(exc) if isinstance(exc, json.JSONDecodeError) else str(exc)
             where = getattr(exc, "pos", pos)
             log.error("invalid_json", message, file=file, line=line_at(where))
             return records
@@ -198,12 +205,12 @@ def _read_json_array(decoded: DecodedText, file: str, log: ProblemLog) -> list[R
             log.error("too_deep", "JSON nested too deeply", file=file, line=line_at(pos))
             return records
         records.append(RawRecord(value, file, line_at(pos)))
-        pos = _WHITESPACE.match(text, end).end()
+        pos = _skip_whitespace(text, end)
         if text.startswith(",", pos):
-            pos = _WHITESPACE.match(text, pos + 1).end()
+            pos = _skip_whitespace(text, pos + 1)
             continue
         if text.startswith("]", pos):
-            rest = _WHITESPACE.match(text, pos + 1).end()
+            rest = _skip_whitespace(text, pos + 1)
             if rest < len(text):
                 log.error("invalid_json", "text after the closing ']'", file=file, line=line_at(rest))
             return records

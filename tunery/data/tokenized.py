@@ -134,7 +134,7 @@ def _save_cache(folder: Path, key: str, examples: list[TokenizedExample], info: 
     from safetensors.numpy import save_file
 
     lengths = [len(e.input_ids) for e in examples]
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "input_ids": np.array([t for e in examples for t in e.input_ids], dtype=np.int32),
         "labels": np.array([t for e in examples for t in e.labels], dtype=np.int32),
         "offsets": np.cumsum([0, *lengths], dtype=np.int64),

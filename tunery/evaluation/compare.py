@@ -89,7 +89,8 @@ class Summary:
 
 
 def unique_labels(model_refs: list[str]) -> list[str]:
-    labels, seen = [], {}
+    labels: list[str] = []
+    seen: dict[str, int] = {}
     for ref in model_refs:
         base = label_for(ref)
         seen[base] = seen.get(base, 0) + 1

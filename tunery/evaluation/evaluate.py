@@ -156,7 +156,7 @@ def evaluate_model(model_ref: str, tasks: str | Path | list[TaskExample], *, met
         if retrieval is not None:
             row["retrieval"] = retrieval[index]
             row["latency_ms"] = round(row["latency_ms"] + retrieval[index]["retrieval_ms"], 1)
-    if needs_judge:
+    if needs_judge and judge is not None:  # checked above: a judge task without a judge was refused
         add_judge_scores(rows, examples, plan, judge, batch_size=batch_size, dtype=dtype)
     result = EvalResult(model_ref=str(model_ref), label=label or label_for(model_ref),
                         metrics=aggregate_scores(rows), rows=rows,

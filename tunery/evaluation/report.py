@@ -79,9 +79,9 @@ def render_metric_table(summary) -> str:
         rows.append(f"<tr><td>{escape(name)}</td>{''.join(cells)}</tr>")
     for key in ("loss", "perplexity"):
         if any(m.loss for m in summary.models):
-            cells = "".join(f"<td class='num'>{m.loss[key]:.4f}</td>" if m.loss else "<td>-</td>"
-                            for m in summary.models)
-            rows.append(f"<tr><td>{key}</td>{cells}</tr>")
+            loss_cells = "".join(f"<td class='num'>{m.loss[key]:.4f}</td>" if m.loss else "<td>-</td>"
+                                 for m in summary.models)
+            rows.append(f"<tr><td>{key}</td>{loss_cells}</tr>")
     main = [n for n in names if not n.startswith("json_field.")]
     series = [(m.label, [(m.metrics[n]["mean"], m.metrics[n]["low"], m.metrics[n]["high"]) if n in m.metrics
                          else (0.0, 0.0, 0.0) for n in main]) for m in summary.models]

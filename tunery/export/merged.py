@@ -29,7 +29,7 @@ def default_merged_dtype(model) -> str:
     for key, value in MERGED_DTYPES.items():
         if value == name:
             return key
-    return by_torch.get(configured, "fp32")
+    return by_torch.get(configured, "fp32") if isinstance(configured, torch.dtype) else "fp32"
 
 
 def write_generation_config(model, tokenizer, folder: Path) -> None:

@@ -41,7 +41,7 @@ class Verification:
 
 def fixed_prompt_ids(tokenizer) -> list[list[int]]:
     """Token ids of the fixed prompts under this tokenizer and its chat template."""
-    ids = []
+    ids: list[list[int]] = []
     if getattr(tokenizer, "chat_template", None):
         ids.extend(list(encode_prompt(tokenizer, messages)) for messages in CHAT_PROMPTS)
     ids.append(encode_text(tokenizer, TEXT_PROMPT))

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tunery.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunery.inference.lora import AdapterSlots
 
 DECODE_CHOICES = ("auto", "torch", "lane")
 DECODE_HELP = ("auto (default: the compiled fast lane where it applies, else torch), torch, or lane (refused, with "
@@ -47,16 +52,17 @@ class Backend(Protocol):
     name: str  # "torch" or "lane"
     max_rows: int | None  # token rows one step takes (None: any number)
     chunked_prefill: bool  # a prompt may be fed in chunks by `step`, beside other sequences' tokens
+    slots: AdapterSlots  # the adapters installed on the model, by slot
     draft_lengths: tuple[int, int]  # prompt-lookup drafts: first and longest length (its cost per token)
     max_context: int
 
     def describe(self) -> str:
         """A few words for the start banner (threads, build)."""
 
-    def prefill(self, prompts: list[Prompt]) -> object:
+    def prefill(self, prompts: list[Prompt]) -> torch.Tensor:
         """Run the prompts as new sequences; logits [len(prompts), vocab] of each one's last position."""
 
-    def step(self, rows: list[Row]) -> object:
+    def step(self, rows: list[Row]) -> torch.Tensor:
         """One pass; logits [sum of rows' `logits`, vocab], in row order."""
 
     def rewind(self, key: int, length: int) -> None:

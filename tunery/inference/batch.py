@@ -11,7 +11,9 @@ from transformers import DynamicCache
 
 
 def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    # Every layer of a cache the model has written holds both tensors (transformers types them optional,
+    # and its layer union includes linear-attention layers, which the decoders served here do not have).
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr, misc]
 
 
 def _pad_left(tensor: torch.Tensor, amount: int) -> torch.Tensor:
@@ -33,19 +35,25 @@ class BatchCache:
     def num_rows(self) -> int:
         return 0 if self.mask is None else self.mask.shape[0]
 
+    def held(self) -> tuple[DynamicCache, torch.Tensor]:
+        """The cache and mask, for the operations that need rows in the batch."""
+        assert self.cache is not None and self.mask is not None, "no rows in the batch"
+        return self.cache, self.mask
+
     def append_rows(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
         """Add prefilled sequences (their cache tensors and [rows, width] mask) as the last rows."""
         if self.cache is None:
             self.cache, self.mask = DynamicCache(layers), mask
             return
-        width, length = self.mask.shape[1], mask.shape[1]
-        old, new_pad, old_pad = cache_tensors(self.cache), max(0, width - length), max(0, length - width)
+        cache, held_mask = self.held()
+        width, length = held_mask.shape[1], mask.shape[1]
+        old, new_pad, old_pad = cache_tensors(cache), max(0, width - length), max(0, length - width)
         merged = [
             (torch.cat([_pad_left(k0, old_pad), _pad_left(k1, new_pad)]),
              torch.cat([_pad_left(v0, old_pad), _pad_left(v1, new_pad)]))
             for (k0, v0), (k1, v1) in zip(old, layers, strict=True)
         ]
-        old_mask = torch.cat([self.mask.new_zeros(self.num_rows, old_pad), self.mask], dim=1)
+        old_mask = torch.cat([held_mask.new_zeros(self.num_rows, old_pad), held_mask], dim=1)
         new_mask = torch.cat([mask.new_zeros(mask.shape[0], new_pad), mask], dim=1)
         self.cache, self.mask = DynamicCache(merged), torch.cat([old_mask, new_mask])
 
@@ -54,21 +62,24 @@ class BatchCache:
         if not rows:
             self.cache, self.mask = None, None
             return
-        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
+        cache, held_mask = self.held()
+        index = torch.tensor(rows, dtype=torch.long, device=held_mask.device)
+        mask = held_mask.index_select(0, index)
         shared_pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min().item())
         layers = [(k.index_select(0, index)[:, :, shared_pad:], v.index_select(0, index)[:, :, shared_pad:])
-                  for k, v in cache_tensors(self.cache)]
+                  for k, v in cache_tensors(cache)]
         self.cache, self.mask = DynamicCache(layers), mask[:, shared_pad:]
 
     def extend_mask(self, columns: int = 1) -> torch.Tensor:
         """The mask for a decode step: `columns` more real columns for every row."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.num_rows, columns)], dim=1)
+        _, held_mask = self.held()
+        self.mask = torch.cat([held_mask, held_mask.new_ones(self.num_rows, columns)], dim=1)
         return self.mask
 
     def drop_last_columns(self, columns: int) -> None:
         """Forget the newest `columns` positions of every row (rejected speculative tokens)."""
         if columns <= 0:
             return
-        layers = [(k[:, :, :-columns], v[:, :, :-columns]) for k, v in cache_tensors(self.cache)]
-        self.cache, self.mask = DynamicCache(layers), self.mask[:, :-columns]
+        cache, held_mask = self.held()
+        layers = [(k[:, :, :-columns], v[:, :, :-columns]) for k, v in cache_tensors(cache)]
+        self.cache, self.mask = DynamicCache(layers), held_mask[:, :-columns]

@@ -343,8 +343,8 @@ class Engine:
                 self._accept(seq, self._pick(seq, logits[0]))
             self._accept_rows(shared, logits[int(ends):])
         for start in range(0, len(rows), limit):
-            chunk = rows[start:start + limit]
-            self._accept_rows(chunk, self.backend.step([seq.next_row() for seq in chunk]))
+            batch = rows[start:start + limit]
+            self._accept_rows(batch, self.backend.step([seq.next_row() for seq in batch]))
 
     def _accept_rows(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Each request fed its last token; it gets the token picked from its row of `logits`."""

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -45,6 +46,10 @@ STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the p
 # Keys and values are kept in fp16: half the bytes a long context's attention reads (it is bound
 # by reading them), for a rounding error far below the int8 activations'.
 CACHE_DTYPE = torch.float16
+# A transformers causal LM of the Llama family, read by attribute (model.model.layers[i].self_attn,
+# config.num_key_value_heads): _check_model checks that layout at run time, where nn.Module's
+# __getattr__ would give every step the static type Tensor | Module.
+DecoderModel = Any
 
 
 log = logging.getLogger("tunery.inference")
@@ -68,7 +73,8 @@ class _Layer(ctypes.Structure):
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in
+    # ctypes' stubs cannot type a list joined from two kinds of field: the ignore is for that join only.
+    _fields_ = [(name, ctypes.c_int32) for name in  # type: ignore[assignment]
                 ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "intermediate", "vocab", "max_pos")] + [
         ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("final_norm", ctypes.c_void_p),
         ("head", ctypes.c_void_p), ("head_scale", ctypes.c_void_p), ("rope_cos", ctypes.c_void_p),
@@ -180,7 +186,7 @@ def _layout() -> list[int]:
     return numbers
 
 
-def _base(module: nn.Module) -> nn.Module:
+def _base(module: Any) -> Any:
     """The quantized layer inside an adapter wrapper (MultiLoraLinear keeps it as `.base`)."""
     return getattr(module, "base", module)
 
@@ -188,7 +194,7 @@ def _base(module: nn.Module) -> nn.Module:
 class FastLane:
     """Decode passes through the compiled model; holds the KV cache of every sequence loaded into it."""
 
-    def __init__(self, model: nn.Module, max_context: int, library: Path | None = None):
+    def __init__(self, model: DecoderModel, max_context: int, library: Path | None = None):
         self.model = model
         self._keep: list[torch.Tensor] = []  # tensors the C structures point into
         _check_model(model)
@@ -224,7 +230,7 @@ class FastLane:
             layers[i].post_norm = self._ptr(block.post_attention_layernorm.weight)
             lengths += [block.input_layernorm.weight.numel(), block.post_attention_layernorm.weight.numel()]
             for j, (part, name) in enumerate(PROJECTIONS):
-                layer: Int4Linear = _base(getattr(getattr(block, part), name))
+                layer = cast(Int4Linear, _base(getattr(getattr(block, part), name)))  # as _check_model found
                 sz = layer.scales_and_zeros.float()  # [groups, n, 2]: scale, zero with w = (q - 8) * scale + zero
                 scale, zero = sz[..., 0].T, sz[..., 1].T
                 scales, mins = scale.half().contiguous(), (zero - 8 * scale).half().contiguous()
@@ -256,7 +262,7 @@ class FastLane:
         """Rows with `slot` add `scale * B(A(x))` at (layer, projection) for each entry of `deltas`;
         the library checks every A and B against the projection it adapts."""
         entries = self.n_layers * len(PROJECTIONS)
-        table, tensors, rank = (_Lora * entries)(), [], 0
+        table, tensors, rank = (_Lora * entries)(), list[torch.Tensor](), 0
         a_lengths, b_lengths = (ctypes.c_int64 * entries)(), (ctypes.c_int64 * entries)()
         for (i, j), (lora_a, lora_b, scale) in deltas.items():
             rank, at = max(rank, lora_a.shape[0]), i * len(PROJECTIONS) + j
@@ -362,7 +368,7 @@ def _rope_tables(rotary: nn.Module, positions: int) -> tuple[torch.Tensor, torch
     return cos[0].float(), sin[0].float()
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_model(model: DecoderModel) -> None:
     """Raise FastLaneUnavailable unless the model is a decoder the C pass computes exactly."""
     config = model.config
     if config.model_type not in MODEL_TYPES:
@@ -383,7 +389,7 @@ def _check_model(model: nn.Module) -> None:
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     for block in decoder.layers:
-        attention = getattr(block, "self_attn", None)
+        attention: Any = getattr(block, "self_attn", None)
         if not all(hasattr(block, name) for name in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")):
             raise FastLaneUnavailable("a decoder layer is not laid out as attention, MLP and two RMSNorms")
         if abs(getattr(attention, "scaling", head_dim ** -0.5) - head_dim ** -0.5) > 1e-9 or n_heads % n_kv:

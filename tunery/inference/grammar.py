@@ -9,11 +9,12 @@ No torch here.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tunery.errors import ConfigError
 
 # Compact JSON, as OpenAI's structured outputs write it: no free whitespace for the model to loop in.
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # Keywords OpenAI's strict mode accepts (https://platform.openai.com/docs/guides/structured-outputs).
 STRICT_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf",
                    "$ref", "$defs", "definitions", "description", "title", "pattern", "format", "minimum",

@@ -25,7 +25,7 @@ def threads_text(threads: int) -> str:
 
 class LaneBackend:
     name = "lane"
-    max_rows = MAX_ROWS
+    max_rows: int | None = MAX_ROWS
     chunked_prefill = True
     draft_lengths = (1, MAX_DRAFT)
 
@@ -71,7 +71,11 @@ class LaneBackend:
         return logits
 
     def step(self, rows: list[Row]) -> torch.Tensor:
-        keys, tokens, positions, slots, wanted = [], [], [], [], []
+        keys: list[int] = []
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        wanted: list[int] = []
         for row in rows:
             if not self.lane.holds(row.key):
                 if row.start:

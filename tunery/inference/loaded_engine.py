@@ -9,22 +9,30 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunery.data.template import stop_token_ids
 from tunery.inference.backend import decode_choice
 from tunery.models import load_model, resolve_model
 from tunery.paths import check_name
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tunery.inference.engine import Engine
+    from tunery.inference.quant import QuantizationReport
+    from tunery.models.resolve import ResolvedModel
+
 log = logging.getLogger("tunery.inference")
 
 
 @dataclass
 class LoadedEngine:
-    engine: object  # tunery.inference.Engine
-    tokenizer: object  # for encoding prompts; the engine decodes with its own copy
-    resolved: object  # tunery.models.ResolvedModel
+    engine: Engine
+    tokenizer: PreTrainedTokenizerBase  # for encoding prompts; the engine decodes with its own copy
+    resolved: ResolvedModel
     adapter: str | None  # the adapter a LoRA run was loaded as (its run folder name)
-    quantization: object  # tunery.inference.quant.QuantizationReport
+    quantization: QuantizationReport
 
     @property
     def decode_summary(self) -> str:
@@ -56,8 +64,8 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
                     max_batch_size=max_batch_size,
                     max_adapters=max_adapters, small_decode_threads=1 if weights != "full" else None)
     adapter = None
-    if resolved.adapter_path is not None:
-        adapter = check_name(Path(resolved.run_dir).name, "adapter name")
+    if resolved.adapter_path is not None and resolved.run_dir is not None:  # a run's adapter (the resolver sets both)
+        adapter = check_name(resolved.run_dir.name, "adapter name")
         engine.load_adapter(adapter, resolved.adapter_path)
     return LoadedEngine(engine=engine, tokenizer=tokenizer, resolved=resolved, adapter=adapter,
                         quantization=quantization)

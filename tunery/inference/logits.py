@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 
 from tunery.inference.params import SamplingParams
+
+if TYPE_CHECKING:
+    import llguidance
 
 
 @functools.lru_cache(maxsize=4)
@@ -32,8 +36,8 @@ class RowShaper:
     """One request's logit changes and grammar state, advanced token by token."""
 
     def __init__(self, params: SamplingParams, tokenizer, stop_ids: list[int], vocab_size: int):
-        self.params, self.counts = params, Counter()
-        self.matcher = None
+        self.params, self.counts = params, Counter[int]()
+        self.matcher: llguidance.LLMatcher | None = None
         if params.grammar:
             import llguidance
 
@@ -62,6 +66,7 @@ class RowShaper:
         return logits
 
     def allowed(self, vocab_size: int) -> torch.Tensor:
+        assert self.matcher is not None, "only a request with a grammar has allowed tokens"
         words = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.int32)
         bits = (words.unsqueeze(1) >> torch.arange(32, dtype=torch.int32)) & 1
         allowed = bits.flatten().bool()[:vocab_size]

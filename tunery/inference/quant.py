@@ -7,12 +7,15 @@ Knows torch's CPU kernels and nn.Linear; nothing about engines, adapters or file
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from tunery.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 WeightFormat = Literal["full", "int8", "int4"]
 WEIGHT_FORMATS: dict[str, str] = {
@@ -29,6 +32,8 @@ DEQUANT_MIN_ROWS = 128
 
 class QuantizedLinear(nn.Module):
     """Shared surface of the quantized layers: in/out features, bias, the layer's activation dtype."""
+
+    bias: torch.Tensor | None  # a buffer
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
         super().__init__()
@@ -59,6 +64,10 @@ class QuantizedLinear(nn.Module):
 
 class Int4Linear(QuantizedLinear):
     """Asymmetric int4 weights, one (scale, min) per group of 32 inputs: w = q * scale + min, q in 0..15."""
+
+    packed: torch.Tensor  # buffers
+    scales_and_zeros: torch.Tensor
+    codes: torch.Tensor
 
     def __init__(self, linear: nn.Linear, group_size: int = GROUP_SIZE):
         n, k = linear.out_features, linear.in_features
@@ -115,6 +124,9 @@ def unpack_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
 class Int8Linear(QuantizedLinear):
     """Symmetric int8 weights with one scale per output channel: w = q * scale, q in -127..127."""
 
+    weight_int8: torch.Tensor  # buffers
+    scales: torch.Tensor
+
     def __init__(self, linear: nn.Linear):
         super().__init__(linear.in_features, linear.out_features, linear.bias)
         w = linear.weight.detach().float()
@@ -164,7 +176,7 @@ def check_weight_format(weights: str) -> None:
                           hint=f"choose one of {', '.join(WEIGHT_FORMATS)}")
 
 
-def quantize_model(model: nn.Module, weights: str) -> QuantizationReport:
+def quantize_model(model: PreTrainedModel, weights: str) -> QuantizationReport:
     """Swap the decoder's linear layers and the output head for quantized ones, in place.
 
     `int4`: decoder int4, head int8; `int8`: both int8. The head is untied from the input embedding,

@@ -53,7 +53,7 @@ def forward_prompts(model, slots: AdapterSlots, prompts: list[Prompt]):
 
 class TorchBackend:
     name = "torch"
-    max_rows = None
+    max_rows: int | None = None
     chunked_prefill = False
     draft_lengths = (MAX_DRAFT, MAX_DRAFT)
 
@@ -94,8 +94,8 @@ class TorchBackend:
         width = len(rows[0].tokens)
         if width > 1 and len(rows) > 1:
             raise ValueError("only a lone sequence takes several tokens in a torch step")
-        small = self.small_decode_threads and len(rows) <= SMALL_DECODE_ROWS
-        self._use_threads(self.small_decode_threads if small else self.default_threads)
+        small = self.small_decode_threads is not None and len(rows) <= SMALL_DECODE_ROWS
+        self._use_threads(self.small_decode_threads if self.small_decode_threads and small else self.default_threads)
         route(self.slots, [row.slot for row in rows], self.device)
         input_ids = torch.tensor([row.tokens for row in rows], device=self.device)
         positions = torch.tensor([list(range(row.start, row.start + width)) for row in rows], device=self.device)
@@ -108,7 +108,8 @@ class TorchBackend:
     def rewind(self, key: int, length: int) -> None:
         if self._keys != [key]:
             raise ValueError("only a lone sequence rewinds")
-        self._batch.drop_last_columns(int(self._batch.mask[0].sum()) - length)
+        _, mask = self._batch.held()
+        self._batch.drop_last_columns(int(mask[0].sum()) - length)
 
     def free(self, keys: list[int]) -> None:
         gone = set(keys)

@@ -109,8 +109,9 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
     # The weights are de-quantised already; the GGUF quantizer marker makes save_pretrained refuse.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # Attributes transformers sets on the model at load time, which its types do not declare.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

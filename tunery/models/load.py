@@ -12,17 +12,20 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tunery import host
 from tunery.errors import ModelError
 from tunery.models.resolve import ResolvedModel, resolve_model
 
+if TYPE_CHECKING:
+    import torch
+
 Precision = Literal["auto", "bf16", "fp32"]
 
 
-def select_dtype(precision: Precision = "auto", device: str | None = None):
-    """Map a precision choice to a torch dtype; `auto` is bf16 where the hardware runs it fast."""
+def select_dtype(precision: str = "auto", device: str | None = None):
+    """Map a precision choice (a `Precision`) to a torch dtype; `auto` is bf16 where the hardware runs it fast."""
     import torch
 
     if precision == "fp32":
@@ -85,7 +88,7 @@ def load_tokenizer(ref: str | Path | ResolvedModel):
 
     resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
     source = resolved.tokenizer_source
-    kwargs = {"trust_remote_code": False}
+    kwargs: dict[str, object] = {"trust_remote_code": False}
     if resolved.gguf_file and resolved.tokenizer_path is None:
         kwargs["gguf_file"] = resolved.gguf_file
     try:
@@ -100,7 +103,7 @@ def load_tokenizer(ref: str | Path | ResolvedModel):
 def load_model(
     ref: str | Path | ResolvedModel,
     *,
-    dtype: Precision | object = "auto",
+    dtype: str | torch.dtype = "auto",
     load_in_4bit: bool = False,
     device: str | None = None,
     with_adapter: bool = True,
@@ -129,7 +132,7 @@ def load_model(
     except Exception as exc:
         raise ModelError(f"cannot load model {resolved.ref!r}: {exc}", code="model_load_error") from None
     if not load_in_4bit:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator on `to` hides its signature
     else:
         release_file_mapping(model)
     if with_adapter and resolved.adapter_path is not None:

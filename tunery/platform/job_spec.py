@@ -88,7 +88,7 @@ class JobRequest(_Strict):
 
     @property
     def hyper(self) -> Hyperparameters:
-        chosen = self.method and getattr(self.method, self.method.type)
+        chosen = getattr(self.method, self.method.type) if self.method else None
         if chosen is not None:
             return chosen.hyperparameters
         return self.hyperparameters or Hyperparameters()
@@ -137,7 +137,7 @@ def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path:
     """The `tunery train` config of a job; unknown `tunery` keys fail with the closest valid key."""
     raw = copy.deepcopy(request.tunery)
     for key in RESERVED_KEYS:
-        node = raw
+        node: Any = raw
         for part in key[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and key[-1] in node:

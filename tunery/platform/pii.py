@@ -204,7 +204,7 @@ def load_pii_patterns(path: str | Path | None) -> dict[str, str]:
 
 def scrub_messages(scrubber: Scrubber, messages: list[dict], outputs: list[str]) -> tuple[list[dict], list[str], Counter]:
     """A logged request's messages and answers scrubbed together (one placeholder table)."""
-    contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
+    contents = [content if isinstance(content := m.get("content"), str) else "" for m in messages]
     result = scrubber.scrub_example(contents + list(outputs))
     scrubbed = [{**m, "content": text} if isinstance(m.get("content"), str) else m
                 for m, text in zip(messages, result.texts[:len(messages)], strict=True)]

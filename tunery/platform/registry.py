@@ -14,6 +14,7 @@ import json
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,6 +34,8 @@ class GateFailed(TuneryError):
 
     code = "gate_failed"
     exit_code = 3
+    report: dict  # the gate report (set where raised)
+    public_report: dict | None = None  # the same without server paths, set by the HTTP route
 
 
 class PromotionConflict(TuneryError):
@@ -183,10 +186,11 @@ def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], g
     for path in task_files:
         if not path.is_file():
             raise ConfigError(f"task file {path} does not exist", code="file_not_found")
-    results = []
+    results: list[dict[str, Any]] = []
     for index, path in enumerate(task_files):
+        extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         summary = compare_models([holder.run_dir, candidate.run_dir], path, out / f"tasks-{index}", gates=gates,
-                                 limit=limit, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
+                                 limit=limit, **extra)
         results.append({"tasks": str(path), "report": summary.report_path, "passed": summary.passed,
                         "gates": [g.as_dict() for g in summary.gates]})
     return {"passed": all(r["passed"] for r in results), "baseline": holder.ref, "candidate": candidate.ref,

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,7 +57,7 @@ class IndexReport:
         return dict(self.__dict__)
 
 
-def build_index(inputs: list[str | Path], out_dir: str | Path, *, model: str = DEFAULT_MODEL,
+def build_index(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str = DEFAULT_MODEL,
                 chunk_tokens: int = 256, overlap_tokens: int = 32, embedding_model: str | Path | None = None,
                 top_k: int = 5, template: str | None = None, update: bool = False, rebuild: bool = False,
                 warn: Callable[[str], None] | None = None) -> IndexReport:
@@ -216,7 +216,7 @@ def write_dense(path: Path, model_dir: str, texts: list[str], old_rows: list[int
         else None
     fresh = [i for i, row in enumerate(old_rows) if old is None or row is None]
     vectors = embed_texts(model_dir, [texts[i] for i in fresh])
-    dim = vectors.shape[1] if len(fresh) else old.shape[1]
+    dim = vectors.shape[1] if fresh or old is None else old.shape[1]
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if fresh:
         out[fresh] = vectors

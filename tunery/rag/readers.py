@@ -69,7 +69,7 @@ def find_sources(inputs: list[str | Path], warn: Warn) -> list[SourceFile]:
             found += [(p, str(Path(path.resolve().name) / p.relative_to(path))) for p in files]
         else:
             found.append((path, path.name))
-    sources, names = [], {}
+    sources, names = [], dict[str, Path]()
     for path, name in found:
         if name in names:
             raise DataError(f"{path} and {names[name]} would both be cited as {name!r}", code="duplicate_source",

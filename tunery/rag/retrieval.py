@@ -131,6 +131,7 @@ class RagIndex:
         import numpy as np
 
 
+        assert self.embedding_model is not None, "only an index with an embedding model searches densely"
         scores = self.vectors @ embed_texts(self.embedding_model, [query])[0]
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(r), float(scores[r])) for r in top]

@@ -85,7 +85,8 @@ def create_app(settings: ServerSettings, state: ServerState | None = None) -> Fa
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        pruner = asyncio.create_task(_prune_forever(state)) if settings.log_retention_days else None
+        retention_days = settings.log_retention_days
+        pruner = asyncio.create_task(_prune_forever(state, retention_days)) if retention_days else None
         try:
             yield
         finally:
@@ -194,13 +195,12 @@ def _mount_console(app: FastAPI, state: ServerState) -> None:
     app.mount(UI, create_console(state))
 
 
-async def _prune_forever(state: ServerState) -> None:
+async def _prune_forever(state: ServerState, retention_days: float) -> None:
     while True:
         try:
-            deleted = await asyncio.to_thread(prune_completions, state.store, state.settings.log_retention_days)
+            deleted = await asyncio.to_thread(prune_completions, state.store, retention_days)
             if deleted:
-                log.info("pruned %d logged completions older than %s days", deleted,
-                         state.settings.log_retention_days)
+                log.info("pruned %d logged completions older than %s days", deleted, retention_days)
         except Exception as exc:  # keep serving; try again next round
             log.warning("log pruning failed: %s", type(exc).__name__)
         await asyncio.sleep(PRUNE_EVERY_S)

@@ -126,8 +126,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         message = without_request_values(message, request_values(request))
         response = error_body(message, type_, exc.code, getattr(exc, "param", None))
-        if getattr(exc, "public_report", None) is not None:  # a refused promotion: the gates' numbers, no paths
-            response["gate"] = exc.public_report
+        gate = getattr(exc, "public_report", None)
+        if gate is not None:  # a refused promotion: the gates' numbers, no paths
+            response["gate"] = gate
         return JSONResponse(response, status_code=status)
 
     @app.exception_handler(RequestValidationError)

@@ -150,7 +150,8 @@ class Submitted:
 
     def __init__(self, state: ServerState, plan: Plan):
         loop = asyncio.get_running_loop()
-        self.state, self.plan, self.queue, self.request_ids = state, plan, asyncio.Queue(), []
+        self.state, self.plan, self.request_ids = state, plan, list[int]()
+        self.queue: asyncio.Queue[tuple[int, GenerationEvent]] = asyncio.Queue()
         self.timer = RequestTimer(state.metrics, plan.model)
         self.completion_tokens = 0
         try:
@@ -158,11 +159,15 @@ class Submitted:
                 seed = None if plan.params.seed is None else plan.params.seed + index
                 self.request_ids.append(state.engine.submit(
                     plan.prompt_ids, replace(plan.params, seed=seed),
-                    lambda event, i=index: loop.call_soon_threadsafe(self.queue.put_nowait, (i, event)),
+                    functools.partial(self._deliver, loop, index),
                     plan.adapter))
         except Exception:
             self.abort()
             raise
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, index: int, event: GenerationEvent) -> None:
+        """Called on the engine thread: hand the event to the request's event loop."""
+        loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
     def abort(self) -> None:
         for request_id in self.request_ids:
@@ -224,7 +229,9 @@ def log_scrubber(patterns_file) -> Scrubber:
 
 async def _collect(submitted: Submitted) -> tuple[list[str], list[GenerationEvent | None]]:
     plan = submitted.plan
-    texts, finals, logprobs = [""] * plan.n, [None] * plan.n, [[] for _ in range(plan.n)]
+    texts = [""] * plan.n
+    finals: list[GenerationEvent | None] = [None] * plan.n
+    logprobs: list[list[dict]] = [[] for _ in range(plan.n)]
     async for index, event in submitted.events():
         texts[index] += event.text
         logprobs[index].extend(event.logprobs)

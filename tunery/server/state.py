@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunery.errors import ConfigError, ModelError, NotFoundError
 from tunery.inference.loaded_engine import load_engine
@@ -23,14 +24,20 @@ from tunery.server.settings import ServerSettings
 from tunery.store import Store, open_store
 from tunery.store.owners import Actor
 
+if TYPE_CHECKING:  # the engine and the tokenizer load torch
+    from transformers import PreTrainedTokenizerBase
+
+    from tunery.inference.engine import Engine
+    from tunery.platform.metrics import ServerMetrics
+
 log = logging.getLogger("tunery.server")
 
 
 @dataclass
 class ServerState:
     settings: ServerSettings
-    engine: object  # tunery.inference.Engine (imported lazily: torch is heavy)
-    tokenizer: object
+    engine: Engine
+    tokenizer: PreTrainedTokenizerBase
     store: Store
     base_name: str
     base_path: Path
@@ -39,8 +46,8 @@ class ServerState:
     adapter_created: dict[str, int] = field(default_factory=dict)
     weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
     decode_summary: str = ""  # which path decode steps take (the fast lane or the torch model)
-    retrievers: dict[str, object] = field(default_factory=dict)  # served name -> tunery.rag.Retriever
-    metrics: object = None  # tunery.platform.metrics.ServerMetrics, set by create_app
+    retrievers: dict[str, Retriever] = field(default_factory=dict)  # served name -> its index
+    metrics: ServerMetrics = field(init=False)  # set by create_app, over the store and the engine
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
@@ -163,8 +170,8 @@ def build_state(settings: ServerSettings) -> ServerState:
                         store=open_store(settings.database), base_name=base_name,
                         base_path=Path(resolved.path), configured_runs=configured,
                         weights_summary=loaded.quantization.summary(), decode_summary=loaded.decode_summary)
-    if loaded.adapter:
-        state.configured_runs.setdefault(loaded.adapter, Path(resolved.run_dir))
+    if loaded.adapter and resolved.run_dir is not None:  # loaded.adapter comes from a run directory
+        state.configured_runs.setdefault(loaded.adapter, resolved.run_dir)
         state.adapter_created[loaded.adapter] = state.started_at
     for name, run_dir in state.configured_runs.items():
         if name not in loaded.engine.adapter_names():

@@ -74,6 +74,7 @@ def response_grammar(req: ChatCompletionRequest) -> str | None:
     if fmt.type == "json_object":
         return json_object_grammar()
     spec = fmt.json_schema
+    assert spec is not None  # the request model refuses type json_schema without one
     return compile_schema(spec.schema_ or {"type": "object"}, strict=bool(spec.strict), name=spec.name)
 
 

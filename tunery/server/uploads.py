@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import Request
 
@@ -28,7 +29,7 @@ async def receive_upload(request: Request, max_bytes: int) -> tuple[UploadWriter
         raise ApiError(413, f"the file is larger than the {max_bytes / 2**20:g} MB upload limit",
                        code="file_too_large", param="file")
     writer = await asyncio.to_thread(UploadWriter, max_bytes)
-    state = {"headers": {}, "field": b"", "value": b"", "name": None, "filename": None, "buffer": b""}
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "name": None, "filename": None, "buffer": b""}
     fields: dict[str, str] = {}
     found: dict[str, str | None] = {"filename": None, "file": None}
 

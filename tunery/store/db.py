@@ -105,7 +105,8 @@ class Store:
     @property
     def path(self) -> Path | None:
         """The SQLite file (None on PostgreSQL)."""
-        return Path(self.engine.url.database) if self.dialect == "sqlite" else None
+        database = self.engine.url.database
+        return Path(database) if self.dialect == "sqlite" and database else None
 
     @property
     def schema_version(self) -> int:

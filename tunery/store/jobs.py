@@ -12,6 +12,7 @@ import secrets
 import time
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from tunery.errors import ConfigError, NotFoundError
@@ -45,7 +46,7 @@ def insert_job(store: Store, row: dict, *, message: str = "Validating training f
         add_event(conn, row["id"], f"Created fine-tuning job: {row['id']}")
         if message:
             add_event(conn, row["id"], message)
-        return _one(conn, jobs.c.id == row["id"])
+        return _written(conn, row["id"])
 
     return store.retrying(work)
 
@@ -92,7 +93,7 @@ def _metadata_value(dialect: str, key: str) -> sa.ColumnElement:
         raise ConfigError(f"metadata key {key!r} cannot be filtered on", code="invalid_metadata",
                           hint="metadata keys are at most 64 characters, without quotes or backslashes")
     if dialect == "postgresql":
-        return sa.cast(jobs.c.metadata_json, sa.dialects.postgresql.JSONB)[key].astext
+        return sa.cast(jobs.c.metadata_json, postgresql.JSONB)[key].astext
     return sa.func.json_extract(jobs.c.metadata_json, f'$."{key}"')
 
 
@@ -126,12 +127,12 @@ def request_stop(store: Store, actor: Actor, job_id: str, kind: str) -> dict:
             add_event(conn, job_id, f"{'Cancellation' if kind == 'cancel' else 'Pause'} requested: the run stops "
                                     "after its current step and keeps its last checkpoint")
         else:
-            values = {"status": target, "stop_request": None}
+            values: dict[str, object] = {"status": target, "stop_request": None}
             if target == "cancelled":
                 values["finished_at"] = int(time.time())
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
             add_event(conn, job_id, f"Job {target}")
-        return _one(conn, jobs.c.id == job_id)
+        return _written(conn, job_id)
 
     return store.retrying(work)
 
@@ -147,7 +148,7 @@ def resume_job(store: Store, actor: Actor, job_id: str) -> dict:
                               code="job_not_resumable")
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(status="queued", stop_request=None))
         add_event(conn, job_id, "Job resumed: queued again, continuing from its last checkpoint")
-        return _one(conn, jobs.c.id == job_id)
+        return _written(conn, job_id)
 
     return store.retrying(work)
 
@@ -230,3 +231,10 @@ def list_workers(store: Store) -> list[dict]:
 def _one(conn: Connection, condition) -> dict | None:
     row = conn.execute(sa.select(jobs).where(condition)).mappings().first()
     return dict(row) if row is not None else None
+
+
+def _written(conn: Connection, job_id: str) -> dict:
+    """A job this transaction has just inserted or updated (so it exists)."""
+    row = _one(conn, jobs.c.id == job_id)
+    assert row is not None, job_id
+    return row

@@ -8,6 +8,7 @@ over by the next loop. Knows nothing of what a loop does.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,7 +17,8 @@ from sqlalchemy.engine import Connection
 from tunery.store.db import Store
 from tunery.store.schema import loop_leases
 
-INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# Both dialects' INSERT ... ON CONFLICT builders (a dict of the two functions types as their common base).
+INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def take_lease(store: Store, name: str, holder: str, *, host: str, pid: int, lease_s: float) -> dict:

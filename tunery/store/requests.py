@@ -74,7 +74,8 @@ def get_completion(store: Store, actor: Actor, completion_id: str) -> LoggedComp
 
 def count_completions(store: Store, actor: Actor) -> int:
     condition, params = owned_by(actor)
-    return int(store.query_one(f"SELECT COUNT(*) AS n FROM completions WHERE {condition}", params)["n"])
+    rows = store.query(f"SELECT COUNT(*) AS n FROM completions WHERE {condition}", params)
+    return int(rows[0]["n"])
 
 
 def record_feedback(store: Store, actor: Actor, completion_id: str, rating: int, correction: str | None = None,
@@ -93,6 +94,7 @@ def record_feedback(store: Store, actor: Actor, completion_id: str, rating: int,
     )
     audit_if_foreign(store, actor, "feedback.record", "completion", completion_id, completion.key_id)
     row = store.query_one("SELECT * FROM feedback WHERE completion_id = ?", (completion_id,))
+    assert row is not None, completion_id  # written just above
     return Feedback(completion_id=row["completion_id"], rating=row["rating"], correction=row["correction"],
                     comment=row["comment"], created_at=row["created_at"], updated_at=row["updated_at"])
 
@@ -109,14 +111,14 @@ def list_rated_completions(store: Store, actor: Actor, since: str | None = None,
            " FROM completions c JOIN feedback f ON f.completion_id = c.id"
            f" WHERE {condition} AND (f.key_id IS NOT DISTINCT FROM c.key_id OR f.key_id IS NULL"
            "  OR f.key_id IN (SELECT id FROM api_keys WHERE admin = 1))")
-    params = list(params)
+    args = list(params)
     if since:
         sql += " AND c.created_at >= ?"
-        params.append(since)
+        args.append(since)
     if model:
         sql += " AND c.model = ?"
-        params.append(model)
-    rows = store.query(sql + " ORDER BY c.created_at, c.id", tuple(params))
+        args.append(model)
+    rows = store.query(sql + " ORDER BY c.created_at, c.id", tuple(args))
     return [(_row_to_completion(r), Feedback(completion_id=r["id"], rating=r["rating"], correction=r["correction"],
                                              comment=r["comment"], created_at=r["f_created"],
                                              updated_at=r["f_updated"])) for r in rows]

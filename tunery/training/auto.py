@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tunery.config import LoraConfig, TrainSettings
+from tunery.config import LoraConfig, TrainSettings, resolved
 from tunery.data.augment import augment_questions
 from tunery.data.dataset import read_dataset
 from tunery.data.template import encode_conversation
@@ -167,14 +167,14 @@ def auto_learning_rate(method: str, num_params: int) -> float:
 
 
 def steps_per_epoch(settings: TrainSettings, num_examples: int, world_size: int = 1) -> int:
-    global_batch = settings.batch_size * settings.grad_accum * world_size
+    global_batch = resolved(settings.batch_size) * settings.grad_accum * world_size
     return max(1, math.ceil(num_examples / global_batch))
 
 
 def total_steps(settings: TrainSettings, num_examples: int, world_size: int = 1) -> int:
     if settings.max_steps is not None:
         return settings.max_steps
-    return settings.epochs * steps_per_epoch(settings, num_examples, world_size)
+    return resolved(settings.epochs) * steps_per_epoch(settings, num_examples, world_size)
 
 
 def mean_trained_tokens(examples) -> float | None:

@@ -111,7 +111,8 @@ def decoder_hidden_states(model, causal_lm, inputs: dict) -> torch.Tensor:
     from torch.distributed.fsdp import FSDPModule
 
     decoder = causal_lm.get_decoder()
-    if not isinstance(model, FSDPModule):
+    sharded = isinstance(model, FSDPModule)  # a flag, not a narrowing: the model stays a callable nn.Module
+    if not sharded:
         return decoder(**inputs).last_hidden_state
     captured = []
     handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))

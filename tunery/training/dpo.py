@@ -169,7 +169,7 @@ def evaluate_pairs(trainer, autocast: Callable) -> dict:
     examples, dist = trainer.data.validation, trainer.dist
     mine = list(range(len(examples)))[dist.rank::dist.world_size]
     trainer.model.eval()
-    loss_sum, totals = 0.0, {}
+    loss_sum, totals = 0.0, dict[str, float]()
     for start in range(0, len(mine), EVAL_PAIRS):
         with autocast():
             sums = pair_sums(trainer.model, trainer.dpo, [examples[i] for i in mine[start:start + EVAL_PAIRS]],

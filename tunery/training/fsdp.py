@@ -9,6 +9,8 @@ writes), so a sharded run resumes from them and `model/` loads with `from_pretra
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -69,7 +71,7 @@ def shard_model(model: torch.nn.Module, dist: Distributed, device: str) -> torch
 
 def gather_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every process calls this; rank 0 gets the full weights on CPU, the others an empty dict."""
-    return get_model_state_dict(model, options=GATHER)
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(model, options=GATHER))  # full tensors: GATHER
 
 
 def gather_training_state(model, optimizer, params: list[tuple[str, torch.nn.Parameter]]
@@ -77,7 +79,7 @@ def gather_training_state(model, optimizer, params: list[tuple[str, torch.nn.Par
     """(trainable weights, AdamW state as `name::key`) in full on rank 0; empty dicts elsewhere."""
     trainable = {name for name, _ in params}
     weights = {k: v for k, v in gather_model_state(model).items() if k in trainable}
-    optim = get_optimizer_state_dict(model, optimizer, options=GATHER)
+    optim: dict[str, Any] = get_optimizer_state_dict(model, optimizer, options=GATHER)
     tensors = {f"{name}::{key}": torch.as_tensor(value).detach().clone().contiguous()
                for name, state in optim.get("state", {}).items() for key, value in state.items()}
     return weights, tensors
@@ -91,7 +93,8 @@ def scatter_training_state(model, optimizer, params: list[tuple[str, torch.nn.Pa
     if first_missing:
         raise TrainingError(f"checkpoint lacks trainable tensors (e.g. {first_missing})", code="checkpoint_mismatch",
                             hint="the run's config changed since the checkpoint was written")
-    set_model_state_dict(model, weights if dist.is_main else {}, options=SCATTER)
+    model_state: dict[str, Any] = dict(weights) if dist.is_main else {}
+    set_model_state_dict(model, model_state, options=SCATTER)
     if dist.is_main:
         names = {id(p): n for n, p in params}
         state: dict[str, dict] = {}
@@ -100,7 +103,7 @@ def scatter_training_state(model, optimizer, params: list[tuple[str, torch.nn.Pa
             state.setdefault(name, {})[field] = value
         groups = [{**{k: v for k, v in group.items() if k != "params"},
                    "params": [names[id(p)] for p in group["params"]]} for group in optimizer.param_groups]
-        full = {"state": state, "param_groups": groups}
+        full: dict[str, Any] = {"state": state, "param_groups": groups}
     else:
         full = {}
     set_optimizer_state_dict(model, optimizer, full, options=SCATTER)

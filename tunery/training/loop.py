@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from tunery.config import TrainSettings
+from tunery.config import TrainSettings, resolved
 from tunery.data.packing import make_batch
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
@@ -69,7 +70,7 @@ class Trainer:
     autocast_dtype: torch.dtype | None
     device: str
     total_steps: int
-    checkpoints_dir: object
+    checkpoints_dir: Path
     dist: Distributed
     emit: Callable[[dict], None]
     loss_impl: str = "chunked"
@@ -78,7 +79,7 @@ class Trainer:
 
     @property
     def global_batch(self) -> int:
-        return self.settings.batch_size * self.settings.grad_accum * self.dist.world_size
+        return resolved(self.settings.batch_size) * self.settings.grad_accum * self.dist.world_size
 
 
 def train_loop(trainer: Trainer, state: TrainState) -> str:
@@ -94,8 +95,8 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
                 state.epoch, state.epoch_position = state.epoch + 1, 0
             order = epoch_order(num_examples, s.seed, state.epoch)
             indices = order[state.epoch_position:state.epoch_position + trainer.global_batch]
-            lr = s.learning_rate * lr_multiplier(state.step, total_steps=trainer.total_steps,
-                                                 warmup_steps=s.warmup_steps, schedule=s.lr_schedule)
+            lr = resolved(s.learning_rate) * lr_multiplier(state.step, total_steps=trainer.total_steps,
+                                                           warmup_steps=resolved(s.warmup_steps), schedule=s.lr_schedule)
             set_learning_rate(trainer.optimizer, lr)
             started = time.perf_counter()
             result = run_step(trainer, indices, step=state.step + 1)
@@ -117,7 +118,7 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
                                             or (s.eval_every_steps is None and epoch_done)):
                 state.last_val = evaluate(trainer)
                 trainer.emit({"type": "val", "step": state.step, **state.last_val})
-                improved = record_validation(state, s.early_stopping_patience)
+                improved = record_validation(state, state.last_val["val_loss"], s.early_stopping_patience)
             if (last or improved or stop.requested or state.stopped_early
                     or (s.save_every_steps and state.step % s.save_every_steps == 0)
                     or (s.save_every_steps is None and epoch_done)):
@@ -132,7 +133,7 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
 def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     """One optimizer step: forward/backward over every micro-batch, the loss normalised per step, clip, update."""
     s, dist = trainer.settings, trainer.dist
-    micro = step_micro_batches(indices, batch_size=s.batch_size, grad_accum=s.grad_accum,
+    micro = step_micro_batches(indices, batch_size=resolved(s.batch_size), grad_accum=s.grad_accum,
                                rank=dist.rank, world_size=dist.world_size)
     examples = trainer.data.train
     size = (lambda i: dpo.pair_tokens(examples[i])) if trainer.dpo else (lambda i: len(examples[i].input_ids))
@@ -146,8 +147,8 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
     dist.sum_gradients(params)
     loss = result["loss"]
     max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}", code="nan_loss",
                             hint="lower train.learning_rate or set train.max_grad_norm; the last good "
@@ -194,7 +195,9 @@ def split_by_tokens(items: list, max_tokens: int, length: Callable) -> list[list
     """Consecutive groups of at most `max_tokens` tokens (an item longer than that stands alone)."""
     if max_tokens <= 0:
         return [items]
-    groups, current, size = [], [], 0
+    groups: list[list] = []
+    current: list = []
+    size = 0
     for item in items:
         n = length(item)
         if current and size + n > max_tokens:
@@ -242,9 +245,8 @@ def evaluate(trainer: Trainer) -> dict:
             "val_token_accuracy": round(correct / max(tokens, 1), 4), "val_tokens": tokens}
 
 
-def record_validation(state: TrainState, patience: int | None) -> bool:
+def record_validation(state: TrainState, loss: float, patience: int | None) -> bool:
     """Track the best validation loss; returns True when this one is the new best."""
-    loss = state.last_val["val_loss"]
     if state.best_val_loss is None or loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_since_best = loss, state.step, 0
         return True

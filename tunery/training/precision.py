@@ -24,7 +24,7 @@ class Precision:
 
     def to_dict(self) -> dict:
         """What run.json records: the choice, why, and the two rates it was decided on (if measured)."""
-        out = {"compute": self.name, "reason": self.reason}
+        out: dict[str, object] = {"compute": self.name, "reason": self.reason}
         if self.measured_flops_per_s:
             out["measured_gflops_per_s"] = {k: round(v / 1e9, 1) for k, v in self.measured_flops_per_s.items()}
         return out

@@ -99,8 +99,8 @@ def frozen_prefix(model, *, passes: float, total_tokens: int, sharded: bool) -> 
     if layers is None:
         return None
     trained = [name for name, p in model.named_parameters() if p.requires_grad]
-    indices = [LAYER_INDEX.search(name) for name in trained]
-    if not trained or any(m is None for m in indices):  # embeddings, head or norms train too
+    indices = [m for name in trained if (m := LAYER_INDEX.search(name))]
+    if not trained or len(indices) < len(trained):  # embeddings, head or norms train too
         return None
     start = min(int(m.group(1)) for m in indices)
     if start == 0 or any(draws_random_numbers(layer) for layer in layers[:start]):

@@ -9,7 +9,7 @@ import json
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -55,7 +55,7 @@ class ConsoleReporter(Reporter):
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
-        self.task = None
+        self.task = TaskID(0)  # set by start(), before any event
         self.val_loss = "-"
 
     def message(self, text: str) -> None:

@@ -17,7 +17,7 @@ import torch
 
 import tunery
 from tunery import host
-from tunery.config import TrainConfig, dump_config, load_train_config
+from tunery.config import TrainConfig, dump_config, load_train_config, resolved
 from tunery.data.chat_templates import apply_chat_template_override
 from tunery.errors import ConfigError, TrainingError, TuneryError
 from tunery.models import load_tokenizer, resolve_model, weights_sha256
@@ -84,8 +84,9 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: str | Path 
                             on_event=on_event)
     with RunLock(run.path):
         plan = None if resume is not None else plan_output_dir(run.path, overwrite=overwrite)
-        if plan is not None and plan.describe(run.path):
-            reporter.message(plan.describe(run.path))
+        described = plan.describe(run.path) if plan is not None else None
+        if described:
+            reporter.message(described)
         return run_training(run, config, resume=resume, plan=plan, dist=dist, reporter=reporter,
                             train_conversations=train_conversations, val_conversations=val_conversations,
                             on_event=on_event)
@@ -141,7 +142,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     if settings.fsdp:
         model = shard_model(model, dist, device)
         params = trainable_parameters(model)
-    optimizer = build_optimizer(params, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = build_optimizer(params, learning_rate=resolved(settings.learning_rate), weight_decay=settings.weight_decay)
     if dist.is_main:
         if plan is not None:
             plan.apply(run.path)
@@ -161,7 +162,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         if on_event is not None:
             on_event(event)
 
-    passes = steps * settings.batch_size * settings.grad_accum * dist.world_size / max(1, len(data.train))
+    passes = steps * resolved(settings.batch_size) * settings.grad_accum * dist.world_size / max(1, len(data.train))
     # DPO's reference passes run the same frozen layers on other inputs: nothing to reuse.
     prefix = None if dpo_setup else frozen_prefix(model, passes=passes, sharded=dist.sharded,
                                                   total_tokens=sum(len(e.input_ids) for e in data.train))
@@ -252,7 +253,7 @@ def open_run(config, resume) -> tuple[RunDir, TrainConfig]:
 
 def preflight(config: TrainConfig, num_params: int, model_config: dict, precision, run_path: Path) -> None:
     weight_bytes = 2 if precision.weights == torch.bfloat16 else 4
-    tokens = config.train.batch_size * config.data.max_seq_len
+    tokens = resolved(config.train.batch_size) * config.data.max_seq_len
     estimate = resources.estimate_memory(num_params, model_config, method=config.method, weight_bytes=weight_bytes,
                                          lora_rank=config.lora.rank, tokens_per_micro_batch=tokens,
                                          gradient_checkpointing=config.train.gradient_checkpointing)

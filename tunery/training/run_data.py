@@ -70,7 +70,7 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
     if not train:
         raise ConfigError("no training example is left after tokenization",
                           hint="check data.max_seq_len and data.too_long")
-    version = dataset_version(train_conversations + val_conversations)
+    version = dataset_version([*train_conversations, *val_conversations])
     info = {"train_examples": len(train), "val_examples": len(validation),
             "train_tokens": sum(len(e.input_ids) for e in train),
             "train_trained_tokens": sum(e.num_trained for e in train),
@@ -96,6 +96,7 @@ def check_objective(conversations: Sequence[Conversation], objective: str) -> No
 
 def with_retrieved_context(data: DataConfig, tokenizer, train, validation, *, seed: int, base_model: str):
     """`data.rag`: both splits' questions gain retrieved chunks and distractors (see tunery.rag.raft)."""
+    assert data.rag is not None, "only a config with data.rag retrieves"
     retriever = Retriever.open(data.rag)
     retriever.index.check_model(tokenizer, base_model)
     options = {"k": data.rag_k, "distractors": data.rag_distractors, "max_seq_len": data.max_seq_len}

@@ -17,7 +17,7 @@ SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_perplexit
 
 def open_metric_sinks(logging: LoggingConfig, run_dir: Path, params: dict) -> list[Callable[[dict], None]]:
     """One callable per enabled sink; each takes a metrics event."""
-    sinks = []
+    sinks: list[Callable[[dict], None]] = []
     if logging.tensorboard:
         require("tensorboard", "logging.tensorboard")
         from torch.utils.tensorboard import SummaryWriter

@@ -88,13 +88,14 @@ def attach_lora(model, lora: LoraConfig):
 
     modules_to_save = ["embed_tokens", "lm_head"] if lora.train_embeddings else None
     targets, layers = lora.targets, None
-    num_layers = len(decoder_layers(model) or ())
-    if isinstance(lora.layers, int) and lora.layers < num_layers:
+    blocks = decoder_layers(model)
+    num_layers = len(blocks or ())
+    if blocks is not None and isinstance(lora.layers, int) and lora.layers < num_layers:
         layers = list(range(num_layers - lora.layers, num_layers))
         if targets == "all-linear":  # PEFT takes a layer subset only with explicit module names
-            targets = decoder_linear_names(model)
+            targets = decoder_linear_names(blocks)
     peft_config = PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+        r=lora.rank, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT types it int; it takes any number lora_dropout=lora.dropout, target_modules=targets,
         layers_to_transform=layers, use_dora=lora.use_dora, task_type="CAUSAL_LM",
         modules_to_save=modules_to_save, bias="none",
     )
@@ -112,10 +113,10 @@ def decoder_layers(model) -> torch.nn.ModuleList | None:
     return layers if isinstance(layers, torch.nn.ModuleList) else None
 
 
-def decoder_linear_names(model) -> list[str]:
+def decoder_linear_names(blocks: torch.nn.ModuleList) -> list[str]:
     """Short names of the linear layers inside the decoder blocks (what `all-linear` adapts)."""
     names = set()
-    for name, module in decoder_layers(model).named_modules():
+    for name, module in blocks.named_modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names)

@@ -80,7 +80,7 @@ def admin_viewer(request: Request) -> Viewer:
 
 
 async def _check_posted_token(request: Request, who: Viewer) -> None:
-    presented = request.headers.get(CSRF_HEADER)
+    presented: object = request.headers.get(CSRF_HEADER)
     if presented is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         presented = (await request.form()).get(CSRF_FIELD)

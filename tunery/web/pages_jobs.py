@@ -133,8 +133,10 @@ def job_body(form) -> dict:
     extra = (form.get("tunery_json") or "").strip()
     try:
         tunery = json.loads(extra) if extra else {}
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"tunery settings: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:  # a number past Python's digit limit
+        raise ConfigError(f"tunery settings: not valid JSON ({exc})") from None
     if not isinstance(tunery, dict):
         raise ConfigError("tunery settings must be a JSON object, e.g. {\"lora\": {\"rank\": 8}}")
     tunery.setdefault("method", form.get("method") or "lora")

@@ -84,8 +84,9 @@ def csrf_token(secret: bytes, nonce: str) -> str:
     return _sign(secret, f"csrf.{nonce}")
 
 
-def check_csrf(secret: bytes, nonce: str, presented: str | None) -> bool:
-    return bool(presented) and hmac.compare_digest(csrf_token(secret, nonce), presented)
+def check_csrf(secret: bytes, nonce: str, presented: object) -> bool:
+    """`presented` as a header or form field gives it: a file part in its place is refused, not a crash."""
+    return isinstance(presented, str) and bool(presented) and hmac.compare_digest(csrf_token(secret, nonce), presented)
 
 
 def _link_path(token: str) -> Path:
