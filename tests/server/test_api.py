@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
+import threading
 
 import httpx
 import openai
@@ -185,26 +187,96 @@ def test_malformed_and_oversized_bodies(live):
     assert httpx.get(live.url + "/health").status_code == 200  # still alive
 
 
-def test_client_disconnect_aborts_generation(live):
+class ForwardGate:
+    """Holds the engine inside its `hold_at`-th model forward until the test releases it.
+
+    With the engine parked there, what the server does about a client that left is decided by the
+    test's order of events, not by how fast this machine happens to generate.
+    """
+
+    def __init__(self, model, hold_at: int):
+        self.hold_at, self.count = hold_at, 0
+        self.reached, self.release = threading.Event(), threading.Event()
+        self._handle = model.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, *_):
+        self.count += 1
+        if self.count == self.hold_at:
+            self.reached.set()
+            assert self.release.wait(HANG_S), "the test never released the engine"
+
+    def close(self):
+        self.release.set()
+        self._handle.remove()
+
+
+HANG_S = 120  # only a hung server waits this long: every wait below ends by an event
+
+
+@pytest.fixture
+def aborts(live, monkeypatch):
+    """The request ids the server aborts, and an event set at the first one (a spy on Engine.abort)."""
+    engine, seen, first = live.state.engine, [], threading.Event()
+    abort = engine.abort
+
+    def spy(request_id):
+        abort(request_id)
+        seen.append(request_id)
+        first.set()
+
+    monkeypatch.setattr(engine, "abort", spy)
+    return seen, first
+
+
+def _leaves_the_request_running(live, hold_at):
+    """Left alone, the request below would run past the gate (so only an abort can stop it there)."""
     from tunery.inference import SamplingParams
 
-    engine, params = live.state.engine, {"max_tokens": 900, "temperature": 1.0, "seed": 5}
-    forwards = []
-    hook = engine.model.register_forward_hook(lambda *a: forwards.append(1))
+    ids = encode_prompt(live.state.tokenizer, MESSAGES)
+    alone = live.state.engine.generate(ids, SamplingParams(max_new_tokens=hold_at + 5, temperature=1.0, seed=5))
+    return alone.finish_reason == "length"
+
+
+DISCONNECT_BODY = {"model": "tiny", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "seed": 5}
+
+
+def test_streaming_client_disconnect_aborts_generation(live, aborts):
+    engine, (seen, aborted) = live.state.engine, aborts
+    assert _leaves_the_request_running(live, hold_at=3)
+    gate = ForwardGate(engine.model, hold_at=3)
     try:
         with httpx.stream("POST", live.url + "/v1/chat/completions", timeout=60,
                           headers={"Authorization": f"Bearer {live.user_key}"},
-                          json={"model": "tiny", "messages": MESSAGES, "stream": True, **params}) as response:
-            for line in response.iter_lines():
-                if '"content"' in line and '"content": ""' not in line:
-                    break
-        assert engine.wait_idle(30)
+                          json={**DISCONNECT_BODY, "stream": True}) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if line.startswith("data:"))  # the request is live
+        assert aborted.wait(HANG_S)  # the server saw the client go while the engine was still generating
+        assert gate.count <= gate.hold_at
     finally:
-        hook.remove()
-    ids = encode_prompt(live.state.tokenizer, MESSAGES)
-    alone = engine.generate(ids, SamplingParams(max_new_tokens=200, temperature=1.0, seed=5))
-    assert alone.finish_reason == "length"  # this seed runs past 200 tokens when left alone...
-    assert len(forwards) < 100  # ...but the disconnected request stopped early
+        gate.close()
+    assert engine.wait_idle(HANG_S)
+    assert len(seen) == 1
+    assert gate.count <= gate.hold_at + 1  # the held pass finishes; no pass after the abort
+
+
+def test_non_streaming_client_disconnect_aborts_generation(live, aborts):
+    engine, (seen, aborted) = live.state.engine, aborts
+    assert _leaves_the_request_running(live, hold_at=2)
+    body = json.dumps(DISCONNECT_BODY).encode()
+    host, port = httpx.URL(live.url).host, httpx.URL(live.url).port
+    gate = ForwardGate(engine.model, hold_at=2)
+    try:
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
+                         + f"Authorization: Bearer {live.user_key}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert gate.reached.wait(HANG_S)  # generating: the client hangs up before any answer
+        assert aborted.wait(HANG_S)
+    finally:
+        gate.close()
+    assert engine.wait_idle(HANG_S)
+    assert len(seen) == 1
+    assert gate.count <= gate.hold_at + 1
 
 
 def test_keys_never_reach_the_logs(live, caplog):
