@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import typer
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, TuneryError
 from tunery.platform.feedback_loop import run_loop
 from tunery.platform.loop_gate import FEEDBACK_GATE, TOLERANCE
 from tunery.store import open_store
@@ -63,17 +64,30 @@ def watch_command(
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many passes."),
     feedback_gate: str = typer.Option(FEEDBACK_GATE, "--feedback-gate", help="Rule on the feedback trained on."),
     tolerance: float = typer.Option(TOLERANCE, "--tolerance", min=0, help="Allowed drop below production."),
+    general: bool = typer.Option(True, "--general/--no-general", help="Also gate on the general-skills tasks."),
+    set_: list[str] = typer.Option(None, "--set", help="Training config override KEY=VALUE (repeatable)."),
 ):
-    """Run the loop on a schedule (one pass at a time per NAME, each training through the queue)."""
+    """Run the loop on a schedule (one pass at a time per NAME, each training through the queue).
+
+    A pass that fails (another loop holds NAME, the database is away) is reported and the next one
+    runs on schedule; SIGTERM stops the watch, cancelling a candidate job it was waiting for."""
     interval = parse_every(every)
+    signal.signal(signal.SIGTERM, _interrupt)
     runs = 0
     while max_runs is None or runs < max_runs:
-        _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review, general=True,
-                  out_dir=None, limit=None, overrides=[], approved_only=approved_only, feedback_gate=feedback_gate,
-                  tolerance=tolerance)
+        try:
+            _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review, general=general,
+                      out_dir=None, limit=None, overrides=set_ or [], approved_only=approved_only,
+                      feedback_gate=feedback_gate, tolerance=tolerance)
+        except TuneryError as exc:
+            err_console.print(f"{name}: pass failed: {exc.code}: {exc.message}", highlight=False, markup=False)
         runs += 1
         if max_runs is None or runs < max_runs:
             time.sleep(interval)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt  # unwinds the pass: its job is cancelled and its lease released
 
 
 def parse_every(text: str) -> float:

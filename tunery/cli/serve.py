@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from tunery.cli import app
+from tunery.cli.loop import parse_every
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, DataError
@@ -20,7 +21,7 @@ from tunery.inference import SamplingParams
 from tunery.inference.backend import DECODE_HELP
 from tunery.inference.loaded_engine import load_engine
 from tunery.platform.pii import load_pii_patterns
-from tunery.platform.worker_pool import start_workers, stop_workers
+from tunery.platform.worker_pool import start_loop_watchers, start_workers, stop_workers
 from tunery.rag import Retriever
 from tunery.server.settings import ServerSettings, is_loopback
 from tunery.store import list_keys, open_store
@@ -71,6 +72,16 @@ def serve_command(
     max_adapters: int = typer.Option(8, "--max-adapters", help="Most adapters in memory (LRU)."),
     workers: int = typer.Option(1, "--workers", min=0, help="Fine-tuning worker processes to start beside the API "
                                 "(0: API only; more workers can run elsewhere with `tunery worker`)."),
+    loop: list[str] = typer.Option([], "--loop", help="Run the feedback loop for this registered model beside the "
+                                   "server (`tunery loop watch NAME`; repeatable); its candidates train on the workers."),
+    loop_every: str = typer.Option("1d", "--loop-every", help="How often each --loop runs a pass: 30m, 6h, 1d."),
+    loop_min_feedback: int = typer.Option(50, "--loop-min-feedback", min=1, help="A --loop pass does nothing below "
+                                          "this many new feedback examples."),
+    loop_tasks: Path | None = typer.Option(None, "--loop-tasks", help="Task file each --loop candidate is gated on."),
+    loop_review: bool = typer.Option(False, "--loop-review", help="Leave --loop candidates that pass the gates as "
+                                     "`candidate` for a person instead of promoting them."),
+    loop_arg: list[str] = typer.Option([], "--loop-arg", help="Any other `tunery loop watch` option, passed on "
+                                       "(repeatable, e.g. --loop-arg=--no-general --loop-arg=--set=train.max_steps=20)."),
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest file accepted by /v1/files, in MB."),
     webhook: str | None = typer.Option(None, "--webhook", help="POST signed fine_tuning.job.* outcomes to this URL."),
     webhook_secret: str | None = typer.Option(None, "--webhook-secret", envvar="TUNERY_WEBHOOK_SECRET",
@@ -117,6 +128,15 @@ def serve_command(
     pool = start_workers(workers, extra_args=["--webhook", webhook] if webhook else [])
     if workers:
         console.print(f"{workers} fine-tuning worker{'s' if workers != 1 else ''} started")
+    if loop:
+        parse_every(loop_every)  # a bad schedule stops the start
+        if not workers:
+            err_console.print("[yellow]--loop with --workers 0: candidates wait for a `tunery worker` elsewhere[/]")
+        watch_args = ["--every", loop_every, "--min-feedback", str(loop_min_feedback),
+                      *(["--tasks", str(loop_tasks)] if loop_tasks else []), *(["--review"] if loop_review else []),
+                      *loop_arg]
+        pool += start_loop_watchers(loop, watch_args)
+        console.print(f"feedback loop for {', '.join(loop)} every {loop_every}", highlight=False)
     try:
         uvicorn.run(application, host=host, port=port, log_level="info")
     finally:
