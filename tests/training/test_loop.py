@@ -76,6 +76,8 @@ def test_interrupt_then_resume_equals_a_straight_run(make_config, conversations,
     assert train_losses(resumed.run_dir) == pytest.approx(train_losses(straight.run_dir), abs=1e-6)
     assert_same_weights(adapter_weights(resumed.run_dir), adapter_weights(straight.run_dir), atol=1e-6)
     assert resumed.metrics["val_loss"] == pytest.approx(straight.metrics["val_loss"], abs=1e-6)
+    # The summary speaks for the whole run, not the session after the resume.
+    assert resumed.metrics["first_train_loss"] == pytest.approx(straight.metrics["first_train_loss"], abs=1e-6)
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -211,3 +213,20 @@ def test_splitting_micro_batches_by_tokens_gives_the_same_update(make_config, co
                          train_conversations=conversations, quiet=True)
     assert train_losses(whole.run_dir) == pytest.approx(train_losses(split.run_dir), abs=1e-5)
     assert_same_weights(adapter_weights(whole.run_dir), adapter_weights(split.run_dir), atol=1e-5)
+
+
+def test_the_bar_is_labelled_with_what_the_run_does(make_config, conversations, val_conversations):
+    from tunery.training.progress import Reporter
+
+    class Phases(Reporter):
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def phase(self, label: str) -> None:
+            if not self.seen or self.seen[-1] != label:
+                self.seen.append(label)
+
+    reporter = Phases()
+    tunery.train(make_config("phases", train={"max_steps": 2, "eval_every_steps": 2}),
+                 train_conversations=conversations, val_conversations=val_conversations, reporter=reporter)
+    assert reporter.seen == ["validating", "training", "validating", "saving"]

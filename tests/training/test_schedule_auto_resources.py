@@ -247,3 +247,14 @@ def test_auto_precision_decides_on_two_measured_rates_and_records_them(monkeypat
     assert chosen.name == ("bf16" if rates["bf16"] / rates["fp32"] >= BF16_MIN_SPEEDUP else "fp32")
     assert set(chosen.to_dict()["measured_gflops_per_s"]) == {"fp32", "bf16"}
     assert "measured_gflops_per_s" not in choose_precision("fp32", "lora", "cpu").to_dict()
+
+
+def test_planned_length_says_what_will_run_after_caps():
+    from tunery.training.run import planned_length
+
+    capped = TrainSettings(epochs=8, max_steps=3, batch_size=4, grad_accum=1)
+    assert planned_length(capped, total_steps(capped, 384), 384) == \
+        "3 steps = 0.03 epochs of 384 examples (batch 4 x accum 1); max_steps 3 caps epochs 8"
+    full = TrainSettings(epochs=2, batch_size=4, grad_accum=2)
+    assert planned_length(full, total_steps(full, 24, 2), 24, world_size=2) == \
+        "4 steps = 2.00 epochs of 24 examples (batch 4 x accum 2 x 2 processes)"

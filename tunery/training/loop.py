@@ -76,6 +76,7 @@ class Trainer:
     loss_impl: str = "chunked"
     prefix: FrozenPrefix | None = None
     dpo: dpo.DpoSetup | None = None  # set for preference tuning: pairs instead of answers
+    phase: Callable[[str], None] = lambda label: None  # what the bar says the run is doing now
 
     @property
     def global_batch(self) -> int:
@@ -87,6 +88,7 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
     s = trainer.settings
     num_examples = len(trainer.data.train)
     if state.initial_val is None and trainer.data.validation:
+        trainer.phase("validating")
         state.initial_val = evaluate(trainer)
         trainer.emit({"type": "val", "step": 0, **state.initial_val})
     with StopRequest() as stop:
@@ -98,6 +100,7 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
             lr = resolved(s.learning_rate) * lr_multiplier(state.step, total_steps=trainer.total_steps,
                                                            warmup_steps=resolved(s.warmup_steps), schedule=s.lr_schedule)
             set_learning_rate(trainer.optimizer, lr)
+            trainer.phase("training")
             started = time.perf_counter()
             result = run_step(trainer, indices, step=state.step + 1)
             elapsed = time.perf_counter() - started
@@ -116,12 +119,14 @@ def train_loop(trainer: Trainer, state: TrainState) -> str:
             improved = False
             if trainer.data.validation and (last or (s.eval_every_steps and state.step % s.eval_every_steps == 0)
                                             or (s.eval_every_steps is None and epoch_done)):
+                trainer.phase("validating")
                 state.last_val = evaluate(trainer)
                 trainer.emit({"type": "val", "step": state.step, **state.last_val})
                 improved = record_validation(state, state.last_val["val_loss"], s.early_stopping_patience)
             if (last or improved or stop.requested or state.stopped_early
                     or (s.save_every_steps and state.step % s.save_every_steps == 0)
                     or (s.save_every_steps is None and epoch_done)):
+                trainer.phase("saving")
                 save_training_checkpoint(trainer, state)
             if stop.requested:
                 return "interrupted"

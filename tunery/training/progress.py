@@ -25,6 +25,9 @@ class Reporter:
     def event(self, event: dict) -> None:
         pass
 
+    def phase(self, label: str) -> None:
+        """What the run does now (training, validating, saving): a label, not an event."""
+
     def finish(self, summary: dict) -> None:
         pass
 
@@ -67,14 +70,14 @@ class ConsoleReporter(Reporter):
             table.add_row(key, str(value))
         self.console.print(table)
         self.progress = Progress(
-            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("{task.fields[phase]:<10} step {task.completed}/{task.total}"), BarColumn(),
             TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  val {task.fields[val]}  "
                        "{task.fields[tps]} tok/s"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=info.get("total_steps"), completed=info.get("start_step", 0),
-                                           epoch="-", loss="-", val="-", tps="-")
+                                           epoch="-", loss="-", val="-", tps="-", phase="starting")
 
     def event(self, event: dict) -> None:
         if self.progress is None:
@@ -85,8 +88,13 @@ class ConsoleReporter(Reporter):
         elif event.get("type") == "val":
             self.progress.update(self.task, val=f"{event['val_loss']:.4f}")
 
+    def phase(self, label: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, phase=label)
+
     def finish(self, summary: dict) -> None:
         if self.progress is not None:
+            self.progress.update(self.task, phase="done")
             self.progress.stop()
         table = Table(title=f"run {summary.get('name')}: {summary.get('status')}")
         table.add_column("")

@@ -33,6 +33,7 @@ from tunery.training.auto import (
     resolve_auto,
     resolve_beta,
     resolve_lora_layers,
+    steps_per_epoch,
     total_steps,
 )
 from tunery.training.distributed import setup_distributed
@@ -170,8 +171,11 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                       packing=config.data.packing, pad_token_id=tokenizer.pad_token_id,
                       autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
                       device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
-                      emit=emit, loss_impl=settings.loss_impl, prefix=prefix, dpo=dpo_setup)
+                      emit=emit, loss_impl=settings.loss_impl, prefix=prefix, dpo=dpo_setup,
+                      phase=reporter.phase if dist.is_main else Trainer.phase)
     state = resume_state(trainer, run, reporter) if resume else TrainState()
+    if resume and dist.is_main:  # the summary's first loss and speeds are the whole run's, not this session's
+        events[:0] = run.read_metrics()
     if dist.is_main:
         run.update_run_json(
             status="running", name=run.path.name, method=config.method, objective=config.objective,
@@ -185,7 +189,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
             reused_frozen_layers=prefix.start if prefix else 0,
         )
     reporter.start({"name": run.path.name, "total_steps": steps, "start_step": state.step,
-                    "settings": start_table(config, precision, choices, data.info, steps, threads, num_params, prefix)})
+                    "settings": start_table(config, precision, choices, data.info, steps, threads, num_params, prefix,
+                                            dist.world_size)})
     started = time.time()
     try:
         status = train_loop(trainer, state)
@@ -200,6 +205,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     if status == "completed":
         state_dict = gather_model_state(model) if dist.sharded else None
         if dist.is_main:
+            reporter.phase("saving")
             result.adapter_path, result.model_path = export_outputs(run, model, tokenizer, config.method, state_dict,
                                                                     base_ref=source.base_ref or config.base_model)
     else:
@@ -328,19 +334,30 @@ def final_metrics(state: TrainState, events: list[dict]) -> dict:
     return metrics
 
 
-def start_table(config, precision, choices, data_info, steps, threads, num_params, prefix=None) -> dict:
+def start_table(config, precision, choices, data_info, steps, threads, num_params, prefix=None,
+                world_size: int = 1) -> dict:
     s = config.train
     method = config.method if config.objective == "sft" else f"{config.method}, dpo (beta {config.dpo.beta:g})"
     table = {"base model": f"{config.base_model} ({num_params / 1e6:.0f}M params)", "method": method,
              "examples": f"{data_info['train_examples']} train / {data_info['val_examples']} validation",
              "precision": f"{precision.name} ({precision.reason})", "threads": threads,
-             "steps": f"{steps} (batch {s.batch_size} x accum {s.grad_accum}, {s.epochs} epochs)",
+             "steps": planned_length(s, steps, data_info["train_examples"], world_size),
              "learning rate": f"{s.learning_rate:g} ({s.lr_schedule}, warmup {s.warmup_steps})"}
     for choice in choices:
         table[f"auto {choice.key}"] = f"{choice.value} ({choice.reason})"
     if prefix is not None:
         table["frozen layers"] = f"0-{prefix.start - 1}: run once per example, their output reused"
     return table
+
+
+def planned_length(settings, steps: int, num_examples: int, world_size: int = 1) -> str:
+    """What will run: steps and the epochs they make, after max_steps caps the epochs asked for."""
+    epochs = steps / max(1, steps_per_epoch(settings, num_examples, world_size))  # an epoch's last step may be short
+    line = f"{steps} steps = {epochs:.2f} epochs of {num_examples} examples (batch {settings.batch_size} x accum " \
+           f"{settings.grad_accum}" + (f" x {world_size} processes)" if world_size > 1 else ")")
+    if settings.max_steps is not None:
+        line += f"; max_steps {settings.max_steps} caps epochs {settings.epochs}"
+    return line
 
 
 def summary(run: RunDir, status: str, state: TrainState, result: RunResult) -> dict:
