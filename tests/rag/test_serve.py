@@ -73,3 +73,73 @@ def test_chat_with_rag_prints_sources(tiny_model_dir, kb_index):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "sources: [1] kb.md:1" in done.stdout
+
+
+def test_a_registered_version_with_an_index_serves_by_name_with_retrieval(tiny_model_dir, kb_index, tmp_path):
+    import json
+    import shutil
+
+    from tunery.errors import RetrievalError
+    from tunery.platform.registry import describe, register_run, served_ref
+    from tunery.server.settings import ServerSettings
+    from tunery.store import create_key, open_store
+
+    db = tmp_path / "tunery.db"
+    store = open_store(db)
+    _, admin = create_key(store, "admin", admin=True)
+    run = save_lora_run(tiny_model_dir, tmp_path / "runs" / "helpdesk", seed=2)
+    with pytest.raises(RetrievalError, match="does not exist"):
+        register_run(store, run, "helpdesk", rag_index=tmp_path / "no-index")
+    first = register_run(store, run, "helpdesk", alias="production", rag_index=kb_index)
+    assert first.ref == "helpdesk@1" and describe(store, "helpdesk")["rag_index"] == str(kb_index.resolve())
+    assert served_ref(first) == f"{run.resolve()}+rag:{kb_index.resolve()}"  # what promotion gates compare
+    register_run(store, run, "helpdesk")  # helpdesk@2: the same run, no index
+    foreign = tmp_path / "foreign-index"  # an index chunked by another tokenizer, found only at serve time
+    shutil.copytree(kb_index, foreign)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["settings"]["tokenizer_sha256"] = "0" * 64
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    register_run(store, run, "helpdesk", rag_index=foreign)  # helpdesk@3
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", database=db, port=free_port(),
+                              dtype="fp32", default_max_tokens=4)
+    _, server, thread = start_server(settings)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=admin, max_retries=0)
+    question = [{"role": "user", "content": "Which part is the Heron router battery?"}]
+    try:
+        answer = client.chat.completions.create(model="helpdesk", messages=question, max_tokens=3, temperature=0)
+        assert answer.model == "helpdesk@1"
+        citations = answer.model_extra["tunery"]["citations"]
+        assert [(c["source"], c["line"]) for c in citations] == [("kb.md", 3)]
+        plain = client.chat.completions.create(model="helpdesk@2", messages=question, max_tokens=3, temperature=0)
+        assert "tunery" not in (plain.model_extra or {})
+        assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the chunk is in helpdesk@1's prompt
+        with pytest.raises(openai.InternalServerError) as refused:  # never served without the index it was given
+            client.chat.completions.create(model="helpdesk@3", messages=question, max_tokens=3)
+        assert refused.value.status_code == 503 and refused.value.body["code"] == "index_tokenizer"
+        assert str(tmp_path) not in refused.value.message
+        import httpx
+
+        shown = httpx.get(f"http://127.0.0.1:{settings.port}/v1/registry/models/helpdesk@1",
+                          headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
+        assert shown["rag_index"] is True and str(tmp_path) not in json.dumps(shown)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_models_register_cli_attaches_an_index(tiny_model_dir, kb_index, tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "TUNERY_DATABASE_URL"}, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "TUNERY_HOME": str(tmp_path / "home")}
+    run = save_lora_run(tiny_model_dir, tmp_path / "runs" / "desk", seed=4)
+
+    def tunery(*args):
+        return subprocess.run([sys.executable, "-m", "tunery", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    registered = tunery("models", "register", str(run), "--name", "desk", "--rag", str(kb_index))
+    assert registered.returncode == 0, registered.stderr
+    assert f"registered desk@1, retrieving from {kb_index.resolve()}" in " ".join(registered.stdout.split())
+    shown = tunery("models", "show", "desk@1")
+    assert f"retrieves from: {kb_index.resolve()}" in shown.stdout
+    missing = tunery("models", "register", str(run), "--name", "desk", "--rag", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "tunery rag index DOCS... --out" in " ".join((missing.stdout + missing.stderr).split())

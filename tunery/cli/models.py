@@ -58,10 +58,13 @@ def prepare_command(ref: str = typer.Argument("smollm2-135m-instruct", help="Mod
 def register_command(run_dir: Path = typer.Argument(..., help="A completed run directory."),
                      name: str = typer.Option(..., "--name", help="Model name; the version becomes NAME@N."),
                      alias: str | None = typer.Option(None, "--alias", help="Also point this alias at it "
-                                                      "(e.g. production for the first version).")):
-    """Register a run made by hand as the next version of NAME, with its lineage."""
-    version = register_run(open_store(), run_dir, name, alias=alias, created_by="local")
-    console.print(f"registered {version.ref}" + (f" ({alias})" if alias else ""))
+                                                      "(e.g. production for the first version)."),
+                     rag: Path | None = typer.Option(None, "--rag", help="Index folder (`tunery rag index`) the "
+                                                     "version answers from when served by name, as RUN+rag:INDEX_DIR.")):
+    """Register a run made by hand as the next version of NAME, with its lineage (and an index to retrieve from)."""
+    version = register_run(open_store(), run_dir, name, alias=alias, created_by="local", rag_index=rag)
+    console.print(f"registered {version.ref}" + (f" ({alias})" if alias else "")
+                  + (f", retrieving from {version.rag_index}" if version.rag_index else ""), highlight=False)
 
 
 @models_app.command("show")
@@ -76,6 +79,8 @@ def show_command(ref: str = typer.Argument(..., help="NAME (its production versi
     console.print(f"[bold]{info['version']}[/] {', '.join(info['aliases'])}", highlight=False)
     console.print("lineage: " + " <- ".join(info["lineage"]), highlight=False)
     console.print(f"run: {info['run_dir']}\ndataset version: {info['dataset_version']}", highlight=False)
+    if info["rag_index"]:
+        console.print(f"retrieves from: {info['rag_index']}", highlight=False)
     for key, file in (info["data_files"] or {}).items():
         console.print(f"{key} data: {file['path']} (sha256 {str(file['sha256'])[:12]})", highlight=False)
     stats = info["production_stats"]

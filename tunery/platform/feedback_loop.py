@@ -150,7 +150,8 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
                           + (f": {error.get('code')}: {error.get('message')}" if error.get("message") else ""),
                           code="candidate_incomplete")
     run_dir = jobs.run_dir_of(job["id"])
-    candidate = registry.register_run(store, run_dir, name, job_id=job["id"], created_by="loop", alias="candidate")
+    candidate = registry.register_run(store, run_dir, name, job_id=job["id"], created_by="loop", alias="candidate",
+                                      rag_index=production.rag_index)  # it answers from the same documents
     result.candidate = candidate.ref
     result.timeline.append({"step": "train", "job": job["id"], "run": str(run_dir), "version": candidate.ref,
                             "trained_tokens": job["trained_tokens"], "steps": job["tunery"]["step"]})

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tunery.errors import ConfigError, NotFoundError, TuneryError
+from tunery.rag.manifest import read_manifest
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.registry import Version
@@ -69,8 +70,14 @@ def resolve_version(store: Store, text: str, default_alias: str = DEFAULT_ALIAS)
 
 
 def register_run(store: Store, run_dir: str | Path, name: str, *, job_id: str | None = None,
-                 created_by: str | None = None, alias: str | None = None) -> Version:
-    """Record a completed run as NAME@N+1 with its lineage; optionally point `alias` at it."""
+                 created_by: str | None = None, alias: str | None = None,
+                 rag_index: str | Path | None = None) -> Version:
+    """Record a completed run as NAME@N+1 with its lineage; optionally point `alias` at it.
+
+    `rag_index`: an index folder (`tunery rag index`) the version answers from wherever it is
+    served by name, as `RUN+rag:INDEX_DIR` would; it is checked to be an index now, and against the
+    served model's tokenizer when a server first loads the version.
+    """
     if not NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r} must be letters, digits and ._- (at most 64)", code="invalid_model_ref")
     run = Path(run_dir).expanduser().resolve()
@@ -78,6 +85,10 @@ def register_run(store: Store, run_dir: str | Path, name: str, *, job_id: str | 
     lineage = dict(info.get("lineage") or {})
     lineage.update(run_name=info.get("name"), method=info.get("method"), objective=info.get("objective", "sft"),
                    metrics=info.get("metrics") or {}, data_files=_data_files(run), config=_config_text(run))
+    if rag_index is not None:
+        index = Path(rag_index).expanduser().resolve()
+        read_manifest(index)  # a missing, foreign or outdated index fails here, not at the first request
+        lineage["rag_index"] = str(index)
     parent = _parent_of(store, lineage.get("init_from"))
     version = rows.insert_version(store, name, run_dir=str(run), base_model=str(lineage.get("base_model") or
                                                                              info.get("base_model")),
@@ -189,12 +200,17 @@ def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], g
     results: list[dict[str, Any]] = []
     for index, path in enumerate(task_files):
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-        summary = compare_models([holder.run_dir, candidate.run_dir], path, out / f"tasks-{index}", gates=gates,
-                                 limit=limit, **extra)
+        summary = compare_models([served_ref(holder), served_ref(candidate)], path, out / f"tasks-{index}",
+                                 gates=gates, limit=limit, **extra)
         results.append({"tasks": str(path), "report": summary.report_path, "passed": summary.passed,
                         "gates": [g.as_dict() for g in summary.gates]})
     return {"passed": all(r["passed"] for r in results), "baseline": holder.ref, "candidate": candidate.ref,
             "gates": [g for r in results for g in r["gates"]], "comparisons": results}
+
+
+def served_ref(version: Version) -> str:
+    """The model reference a version answers as: its run, with `+rag:INDEX_DIR` when an index is attached."""
+    return version.run_dir + (f"+rag:{version.rag_index}" if version.rag_index else "")
 
 
 def rollback(store: Store, name: str, *, alias: str = DEFAULT_ALIAS, actor: str | None = None,
@@ -229,7 +245,7 @@ def describe(store: Store, ref: str) -> dict:
     chain.append(version.base_model)
     held = {alias: v for (_, alias), v in rows.aliases(store, name).items()}
     stats = feedback_counts(store).get(version.ref, {"up": 0, "down": 0, "corrections": 0})
-    return {"version": version.ref, "run_dir": version.run_dir, "aliases": sorted(a for a, v in held.items()
+    return {"version": version.ref, "run_dir": version.run_dir, "rag_index": version.rag_index, "aliases": sorted(a for a, v in held.items()
                                                                                   if v == version.version),
             "lineage": [version.ref, *chain], "base_model": version.base_model,
             "base_weights_sha256": version.base_weights_sha256, "dataset_version": version.dataset_version,

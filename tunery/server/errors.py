@@ -15,7 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.errors import ConfigError, ModelError, NotFoundError, ResourceError, StoreError, TuneryError
+from tunery.errors import (
+    ConfigError,
+    ModelError,
+    NotFoundError,
+    ResourceError,
+    RetrievalError,
+    StoreError,
+    TuneryError,
+)
 
 log = logging.getLogger("tunery.server")
 _PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?/[\w.\-]+(?:/[\w.\-]*)+")
@@ -86,6 +94,8 @@ def tunery_error_status(exc: TuneryError) -> int:
     if exc.code in CONFLICTS:
         return 409
     if isinstance(exc, ResourceError | StoreError):  # the server's own failure, not the request's
+        return 503
+    if isinstance(exc, RetrievalError):  # requests name served models, never index folders: the server's index
         return 503
     if isinstance(exc, ConfigError | ModelError):
         return 400

@@ -57,6 +57,7 @@ def show_version(state: ServerState, ref: str) -> dict:
     info = registry.describe(state.store, ref)
     info.pop("run_dir", None)  # remote clients never see server paths
     info["history"] = [{**move, "gate": public_report(move["gate"])} for move in info["history"]]
+    info["rag_index"] = bool(info.get("rag_index"))  # only whether it retrieves
     return info
 
 

@@ -78,7 +78,8 @@ class ServerState:
             self.adapter_created[model] = found.created
 
     def use_registered(self, model: str) -> str:
-        """A registry reference (NAME, NAME@N, NAME@ALIAS) becomes the exact version NAME@N, loaded.
+        """A registry reference (NAME, NAME@N, NAME@ALIAS) becomes the exact version NAME@N, loaded,
+        with the index registered with it (if any) opened for its answers.
 
         Read from the store on every request, so a promotion or rollback reaches every running server
         at its next request; requests already running keep the version they started with (it stays
@@ -98,6 +99,8 @@ class ServerState:
                                  f"{self.base_name!r}", code="adapter_mismatch", hint="serve its base model to use it")
             self.engine.load_adapter(version.ref, resolved.adapter_path)
             self.adapter_created[version.ref] = int(time.time())
+        if version.rag_index and version.ref not in self.retrievers:
+            attach_retrievers(self, {version.ref: version.rag_index})
         return version.ref
 
     def find_run(self, run: str) -> Path:

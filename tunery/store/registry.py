@@ -37,6 +37,11 @@ class Version:
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def rag_index(self) -> str | None:
+        """The index folder this version answers from when served (attached at registration), if any."""
+        return self.lineage.get("rag_index")
+
 
 def _version(row) -> Version:
     return Version(name=row["name"], version=int(row["version"]), run_dir=row["run_dir"], base_model=row["base_model"],
