@@ -26,34 +26,64 @@ def kb_index(tiny_model_dir, tmp_path_factory):
     return root / "idx"
 
 
-def test_served_model_with_rag_cites_its_sources(tiny_model_dir, kb_index, tmp_path):
+@pytest.fixture(scope="module")
+def support_server(tiny_model_dir, kb_index, tmp_path_factory):
+    """A live server of the tiny base ("tiny") and an adapter ("support") that retrieves from kb_index:
+    (app, openai client, the folder its files are under)."""
     from tunery.server.settings import ServerSettings
 
-    run = save_lora_run(tiny_model_dir, tmp_path / "runs" / "support", seed=1)
+    root = tmp_path_factory.mktemp("support")
+    run = save_lora_run(tiny_model_dir, root / "runs" / "support", seed=1)
     settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", adapters={"support": str(run)},
-                              rag={"support": str(kb_index)}, database=tmp_path / "t.db", port=free_port(),
+                              rag={"support": str(kb_index)}, database=root / "t.db", port=free_port(),
                               dtype="fp32", no_auth=True, default_max_tokens=4)
     app, server, thread = start_server(settings)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0)
-        question = [{"role": "user", "content": "Which part is the Heron router battery?"}]
-        answer = client.chat.completions.create(model="support", messages=question, max_tokens=3)
-        citations = answer.model_extra["tunery"]["citations"]
-        assert len(citations) == 1 and citations[0]["source"] == "kb.md" and citations[0]["line"] == 3
-        assert "text" not in citations[0] and str(tmp_path) not in str(citations)
-        plain = client.chat.completions.create(model="tiny", messages=question, max_tokens=3)
-        assert "tunery" not in (plain.model_extra or {})
-        assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 10
-        stream = client.chat.completions.create(model="support", messages=question, max_tokens=3, stream=True)
-        chunks = list(stream)
-        assert chunks[0].model_extra["tunery"]["citations"][0]["source"] == "kb.md"
-        with pytest.raises(openai.BadRequestError) as too_long:
-            client.chat.completions.create(model="support", max_tokens=3,
-                                           messages=[{"role": "user", "content": "why " * 3000}])
-        assert too_long.value.body["code"] == "context_length_exceeded"
+        yield app, openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0), root
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_served_model_with_rag_cites_its_sources(support_server):
+    _, client, root = support_server
+    question = [{"role": "user", "content": "Which part is the Heron router battery?"}]
+    answer = client.chat.completions.create(model="support", messages=question, max_tokens=3)
+    citations = answer.model_extra["tunery"]["citations"]
+    assert len(citations) == 1 and citations[0]["source"] == "kb.md" and citations[0]["line"] == 3
+    assert "text" not in citations[0] and str(root) not in str(citations)
+    plain = client.chat.completions.create(model="tiny", messages=question, max_tokens=3)
+    assert "tunery" not in (plain.model_extra or {})
+    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 10
+    stream = client.chat.completions.create(model="support", messages=question, max_tokens=3, stream=True)
+    chunks = list(stream)
+    assert chunks[0].model_extra["tunery"]["citations"][0]["source"] == "kb.md"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.chat.completions.create(model="support", max_tokens=3,
+                                       messages=[{"role": "user", "content": "why " * 3000}])
+    assert too_long.value.body["code"] == "context_length_exceeded"
+
+
+def test_completions_retrieve_for_a_rag_model_and_cite_sources(support_server):
+    app, client, root = support_server
+    prompt = "The part number of the Heron router battery is"
+    answer = client.completions.create(model="support", prompt=prompt, max_tokens=3, temperature=0)
+    citations = answer.model_extra["tunery"]["citations"]
+    assert [(c["source"], c["line"]) for c in citations] == [("kb.md", 3)]
+    assert "text" not in citations[0] and str(root) not in str(citations)
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0)
+    assert "tunery" not in (plain.model_extra or {})
+    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the chunk went into the prompt
+    logged = app.state.tunery.store.query("SELECT messages_json FROM completions WHERE id = ?", (answer.id,))
+    assert prompt in logged[0]["messages_json"] and "Context:" not in logged[0]["messages_json"]
+    chunks = list(client.completions.create(model="support", prompt=prompt, max_tokens=3, temperature=0,
+                                            stream=True))
+    assert chunks[0].model_extra["tunery"]["citations"][0]["source"] == "kb.md"
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer.choices[0].text
+    assert all("tunery" not in (c.model_extra or {}) for c in chunks[1:])
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model="support", prompt="why " * 3000, max_tokens=3)
+    assert too_long.value.body["code"] == "context_length_exceeded" and too_long.value.body["param"] == "prompt"
 
 
 def test_rag_for_an_unknown_served_name_is_refused(tiny_model_dir, kb_index, tmp_path):

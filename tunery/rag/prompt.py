@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunery.data.template import encode_prompt
+from tunery.data.template import encode_prompt, encode_text
 from tunery.errors import ConfigError, DataError
 from tunery.rag.retrieval import Hit, RagIndex, open_index
 
@@ -74,13 +74,32 @@ def question_of(messages: list[dict]) -> str:
 
 def fit_prompt(messages: list[dict], hits: list[Hit], tokenizer, *, max_prompt_tokens: int,
                template: str = DEFAULT_TEMPLATE) -> RagPrompt:
-    """The prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`."""
+    """The chat prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`."""
+    def build(kept: list[Hit]) -> tuple[list[dict], list[int]]:
+        wrapped = with_context(messages, kept, template)
+        return wrapped, list(encode_prompt(tokenizer, wrapped))
+
+    return _fit(build, hits, max_prompt_tokens)
+
+
+def fit_text_prompt(text: str, hits: list[Hit], tokenizer, *, max_prompt_tokens: int,
+                    template: str = DEFAULT_TEMPLATE) -> RagPrompt:
+    """A plain-text prompt (no chat template, as `/v1/completions` takes it) filled into the template with
+    as many of `hits` as fit; `messages` is then one user message holding the filled text."""
+    def build(kept: list[Hit]) -> tuple[list[dict], list[int]]:
+        filled = fill_template(template, text, kept)
+        return [{"role": "user", "content": filled}], encode_text(tokenizer, filled)
+
+    return _fit(build, hits, max_prompt_tokens)
+
+
+def _fit(build, hits: list[Hit], max_prompt_tokens: int) -> RagPrompt:
+    """Drop the lowest-ranked hits until `build(kept)` fits; the question itself is never cut."""
     kept = list(hits)
     while True:
-        wrapped = with_context(messages, kept, template)
-        ids = list(encode_prompt(tokenizer, wrapped))
+        messages, ids = build(kept)
         if len(ids) <= max_prompt_tokens:
-            return RagPrompt(messages=wrapped, prompt_ids=ids, hits=kept, retrieved=list(hits))
+            return RagPrompt(messages=messages, prompt_ids=ids, hits=kept, retrieved=list(hits))
         if not kept:
             raise DataError(f"the question alone is {len(ids)} tokens in the retrieval template, more than the "
                             f"{max_prompt_tokens} tokens the model's context leaves for a prompt",
@@ -107,3 +126,8 @@ class Retriever:
     def prompt(self, messages: list[dict], tokenizer, *, max_prompt_tokens: int) -> RagPrompt:
         hits = self.index.search(question_of(messages), k=self.k, mode=self.mode)
         return fit_prompt(messages, hits, tokenizer, max_prompt_tokens=max_prompt_tokens, template=self.template)
+
+    def text_prompt(self, text: str, tokenizer, *, max_prompt_tokens: int) -> RagPrompt:
+        """A plain-text prompt searched with as a whole and filled into the template around what was found."""
+        hits = self.index.search(text, k=self.k, mode=self.mode)
+        return fit_text_prompt(text, hits, tokenizer, max_prompt_tokens=max_prompt_tokens, template=self.template)

@@ -294,6 +294,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    tunery: TuneryExtension | None = None
 
 
 class ModelCard(BaseModel):

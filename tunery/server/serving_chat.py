@@ -121,12 +121,22 @@ def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
         text = req.prompt_text()
     except ValueError as exc:
         raise ApiError(400, str(exc), param="prompt") from None
-    prompt_ids = encode_text(state.tokenizer, text)
-    if not prompt_ids:
+    if not text:
         raise ApiError(400, "the prompt is empty", param="prompt")
+    citations = None
+    retriever = state.retrievers.get(req.model)
+    if retriever is not None:  # the prompt is the query, and goes into the index's template
+        room = req.max_tokens or min(state.settings.default_max_tokens, state.engine.max_context // 4)
+        try:
+            prompt = retriever.text_prompt(text, state.tokenizer, max_prompt_tokens=state.engine.max_context - room)
+        except DataError as exc:
+            raise ApiError(400, exc.message, param="prompt", code=exc.code) from None
+        prompt_ids, citations = prompt.prompt_ids, prompt.citations()
+    else:
+        prompt_ids = encode_text(state.tokenizer, text)
     plan = _plan(state, req, "text", "cmpl-", adapter, prompt_ids, stops, [{"role": "user", "content": text}],
                  req.max_tokens, logprobs=req.logprobs)
-    return replace(plan, logprobs=req.logprobs is not None)
+    return replace(plan, citations=citations, logprobs=req.logprobs is not None)
 
 
 def _plan(state, req, kind, prefix, adapter, prompt_ids, stops, logged, requested, *, grammar=None,
@@ -305,7 +315,9 @@ async def create_completion(state: ServerState, req: CompletionRequest, caller: 
     choices = [CompletionChoice(index=i, text=texts[i], finish_reason=finals[i].finish_reason,
                                 logprobs=completion_logprobs(list(finals[i].logprobs)) if plan.logprobs else None)
                for i in range(plan.n)]
-    return Completion(id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=_usage(plan, finals))
+    completion = Completion(id=plan.id, created=plan.created, model=plan.model, choices=choices,
+                            usage=_usage(plan, finals), tunery=_extension(plan))
+    return completion.model_dump(exclude={"tunery"} if completion.tunery is None else set())
 
 
 def _sse(obj) -> str:
@@ -331,8 +343,11 @@ def _chat_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: U
 def _text_chunks(plan: Plan, index: int, event: GenerationEvent | None, usage: Usage | None = None):
     if usage is not None:
         return Completion(id=plan.id, created=plan.created, model=plan.model, choices=[], usage=usage)
-    if event is None:
-        return None
+    if event is None:  # a retrieval model's citations open each choice, as in chat
+        if plan.citations is None:
+            return None
+        return Completion(id=plan.id, created=plan.created, model=plan.model, tunery=_extension(plan),
+                          choices=[CompletionChoice(index=index, text="", finish_reason=None)])
     return Completion(id=plan.id, created=plan.created, model=plan.model,
                       choices=[CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason,
                                                 logprobs=completion_logprobs(list(event.logprobs))
