@@ -151,6 +151,9 @@ def test_the_lock_is_created_exclusively_and_owner_only(tmp_path):
             RunLock(tmp_path / "run").acquire()
         assert "this process" in info.value.message
     assert not (tmp_path / "run").exists()  # created for the lock, nothing written: removed
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        RunLock(tmp_path / "file").acquire()
 
 
 def test_a_zombie_holder_is_dead():

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tunery import host
-from tunery.errors import TrainingError
+from tunery.errors import ConfigError, TrainingError
 from tunery.training.rundir import LOCK_FILE
 
 _held: set[Path] = set()  # run directories this process holds (two threads must not share one)
@@ -43,6 +43,9 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock, taking over a stale one; `run_locked` naming the holder when it is held."""
         self.created_dir = not self.run_dir.exists()
+        if not self.created_dir and not self.run_dir.is_dir():
+            raise ConfigError(f"run directory {self.run_dir} is a file, not a folder", code="output_dir_not_folder",
+                              hint="set output_dir to a new or empty folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             try:
