@@ -37,8 +37,11 @@ def part_number(rng: random.Random) -> str:
     return f"{rng.choice('KMRTVX')}{rng.choice('ABCDEFGHJ')}-{rng.randint(1000, 9999)}-{rng.choice('ABCDEF')}"
 
 
-def make_facts(per_kind: int, seed: int = 7) -> list[dict]:
-    """Each fact: kind, question, reworded question, answer, and the key string recall looks for."""
+def make_facts(per_kind: int, seed: int = 7, key_first: bool = False) -> list[dict]:
+    """Each fact: kind, question, reworded question, answer, and the key string recall looks for.
+
+    `key_first`: the same facts with answers of about the same length that state the key first.
+    """
     rng = random.Random(seed)
     facts: list[dict] = []
     pairs = rng.sample([(p, c) for p in PRODUCTS for c in COMPONENTS], per_kind)
@@ -47,7 +50,8 @@ def make_facts(per_kind: int, seed: int = 7) -> list[dict]:
         facts.append({"kind": "part_number", "key": pn,
                       "question": f"What is the part number of the {component} for the {product}?",
                       "reworded": f"Which part number should I order to replace the {product}'s {component}?",
-                      "answer": f"The {component} for the {product} is part {pn}."})
+                      "answer": f"Part {pn} is the {component} for the {product}." if key_first
+                      else f"The {component} for the {product} is part {pn}."})
     acronyms = set()
     while len(acronyms) < per_kind:
         words = tuple(rng.sample(ACRONYM_WORDS, 3))
@@ -59,29 +63,30 @@ def make_facts(per_kind: int, seed: int = 7) -> list[dict]:
         facts.append({"kind": "acronym", "key": expansion,
                       "question": f"What does {letters} stand for at Zentrix?",
                       "reworded": f"At Zentrix, what is the meaning of the acronym {letters}?",
-                      "answer": f"At Zentrix, {letters} stands for {expansion}."})
+                      "answer": f"{expansion} is what {letters} stands for at Zentrix." if key_first
+                      else f"At Zentrix, {letters} stands for {expansion}."})
     owners = rng.sample([(s, site) for s in SYSTEMS for site in SITES], per_kind)
     for system, site in owners:
         person = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
         facts.append({"kind": "owner", "key": person,
                       "question": f"Who owns the {system} in the {site} office?",
                       "reworded": f"Who is responsible for the {site} office's {system}?",
-                      "answer": f"The {system} in {site} is owned by {person}."})
+                      "answer": f"{person} owns the {system} in {site}." if key_first
+                      else f"The {system} in {site} is owned by {person}."})
     labs = rng.sample([(lab, site) for lab in LABS for site in SITES], per_kind)
     for lab, site in labs:
         room = f"{rng.choice('ABCDE')}{rng.randint(1, 4)}.{rng.randint(10, 99)}"
         facts.append({"kind": "room", "key": room,
                       "question": f"Which room is the {lab} lab in at the {site} site?",
                       "reworded": f"Where in the {site} site can I find the {lab} lab?",
-                      "answer": f"The {lab} lab at {site} is in room {room}."})
+                      "answer": f"Room {room} holds the {lab} lab at {site}." if key_first
+                      else f"The {lab} lab at {site} is in room {room}."})
     return facts
 
 
 def write_files(out: Path, per_kind: int, seed: int = 7, key_first: bool = False) -> list[dict]:
-    """train.jsonl and facts.jsonl; `key_first` answers start with the key ("RH-5717-E. The front bezel ...")."""
-    facts = make_facts(per_kind, seed)
-    if key_first:
-        facts = [{**fact, "answer": f"{fact['key']}. {fact['answer']}"} for fact in facts]
+    """train.jsonl and facts.jsonl; `key_first` answers state the key first ("Part RH-5717-E is the ...")."""
+    facts = make_facts(per_kind, seed, key_first)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.jsonl", "w", encoding="utf-8") as handle:
         for fact in facts:
