@@ -123,6 +123,8 @@ def measure_matmul_peak(dtype_name: str = "bf16", sizes: tuple[int, ...] = (1024
         rate = 2 * n**3 / best_s
         if rate > best.flops_per_s:
             best = MatmulPeak(dtype_name, n, rate)
+        if best_s > 1.0:  # a CPU without bf16 units emulates it: the next size would take minutes
+            break
     return best
 
 
@@ -130,9 +132,9 @@ def measure_linear_peak(dtype_name: str, linear_shapes: list[tuple[str, int, int
                         tokens: int = 256, min_time_s: float = 0.5) -> MatmulPeak:
     """The rate of `F.linear` at the model's own shapes: every decoder linear over a `tokens`-row micro-batch.
 
-    One pass runs each distinct (in, out) shape as often as the decoder has it; the best pass
-    (others share the CPU) gives the rate a training step's matmuls can reach here, which square
-    `matmul` overstates for narrow models (576 wide: the inner dimension is small).
+    One pass times each distinct (in, out) shape once and counts it as often as the decoder has it;
+    the best pass (others share the CPU) gives the rate a training step's matmuls can reach here,
+    which square `matmul` overstates for narrow models (576 wide: the inner dimension is small).
     """
     import torch
     import torch.nn.functional as F
@@ -147,12 +149,14 @@ def measure_linear_peak(dtype_name: str, linear_shapes: list[tuple[str, int, int
     flops = sum(2 * tokens * x.shape[1] * w.shape[0] * n for x, w, n in operands)
 
     def one_pass() -> float:
-        start = time.perf_counter()
+        """Each distinct shape once, its time counted as often as the decoder has it."""
+        total = 0.0
         for x, w, n in operands:
-            for _ in range(n):
-                F.linear(x, w)
-        sync()
-        return time.perf_counter() - start
+            start = time.perf_counter()
+            F.linear(x, w)
+            sync()
+            total += n * (time.perf_counter() - start)
+        return total
 
     one_pass()  # warm-up: kernel selection
     best_s, spent = float("inf"), 0.0
