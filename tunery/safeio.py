@@ -202,6 +202,25 @@ def open_private(path: str | Path, mode: str = "w", **kwargs):
         raise
 
 
+def apply_umask(path: str | Path) -> None:
+    """Files and folders under `path` get the modes a plain `open` gives them (0666/0777 less the umask).
+
+    safetensors writes weights 0600 through a temporary file, so a run's weights were unreadable where
+    its config and metrics were readable; this makes a run's files alike. Links are left alone.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for child in path.iterdir():
+            apply_umask(child)
+    elif path.exists():
+        path.chmod(0o666 & ~mask)
+
+
 def make_private(path: str | Path) -> None:
     """Owner-only, recursively: folders 0700, files 0600 (links are left alone)."""
     path = Path(path)

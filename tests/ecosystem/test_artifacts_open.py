@@ -26,7 +26,8 @@ TEXTS = ["The printer on floor 3 is offline again; queue #4410 stuck since 09:15
          "Réinitialiser mon jeton VPN, s'il vous plaît — 12345 😀 日本語 tabs\tand  double  spaces\n\nend"]
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
-pytestmark = pytest.mark.slow
+# A fresh run, every export and three tools' loads: past the suite's 600 s default on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")

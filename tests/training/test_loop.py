@@ -230,3 +230,11 @@ def test_the_bar_is_labelled_with_what_the_run_does(make_config, conversations, 
     tunery.train(make_config("phases", train={"max_steps": 2, "eval_every_steps": 2}),
                  train_conversations=conversations, val_conversations=val_conversations, reporter=reporter)
     assert reporter.seen == ["validating", "training", "validating", "saving"]
+
+
+def test_weight_files_read_like_the_rest_of_the_run(make_config, conversations):
+    result = tunery.train(make_config("modes", train={"max_steps": 1}), train_conversations=conversations, quiet=True)
+    expected = (result.run_dir / "config.yaml").stat().st_mode & 0o777
+    weights = [*result.run_dir.glob("adapter/*"), *result.run_dir.glob("checkpoints/*/*")]
+    assert any(p.suffix == ".safetensors" for p in weights)
+    assert {p.name: p.stat().st_mode & 0o777 for p in weights} == {p.name: expected for p in weights}

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunery.errors import CheckpointError
+from tunery.safeio import apply_umask
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
@@ -52,6 +53,7 @@ def save_checkpoint(checkpoints_dir: Path, step: int, tensor_groups: dict[str, d
         write_file_synced(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
         manifest = {"step": step, "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}}
         write_file_synced(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+        apply_umask(tmp)  # safetensors writes 0600; the checkpoint reads like the rest of the run
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -24,6 +24,7 @@ from tunery.models import load_tokenizer, resolve_model, weights_sha256
 from tunery.models.card import point_adapter_at_hub
 from tunery.models.portable import make_folder_portable
 from tunery.paths import check_name, runs_dir
+from tunery.safeio import apply_umask
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
 from tunery.training.auto import (
@@ -298,12 +299,14 @@ def export_outputs(run: RunDir, model, tokenizer, method: str,
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             make_folder_portable(tmp)
+            apply_umask(tmp)  # the weights readable like the rest of the run
         publish_folder(write_model, run.model_dir)
         return None, run.model_dir
 
     def write_adapter(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         point_adapter_at_hub(tmp, base_ref)
+        apply_umask(tmp)
     publish_folder(write_adapter, run.adapter_dir)
     return run.adapter_dir, None
 
