@@ -21,14 +21,14 @@ QUESTIONS = ["hi", "The printer on floor three is offline again", "Please reset 
 
 
 def int4_reference(weight: torch.Tensor, group: int = 32) -> torch.Tensor:
-    """Group-wise asymmetric int4 written out in fp32, scales and zeros rounded to bf16 as the kernel keeps them."""
+    """Group-wise asymmetric int4 by min and max, scale and min in fp16 (llama.cpp's Q4_1, the default
+    model's decoder in its GGUF), written out in fp32."""
     n, k = weight.shape
     w = weight.float().view(n, k // group, group)
-    low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-    scale = ((high - low) / 15).clamp(min=1e-8)
+    low, high = w.amin(-1, keepdim=True).half().float(), w.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).half().float()
     q = torch.round((w - low) / scale).clamp(0, 15)
-    zero = (low + 8 * scale).bfloat16().float()
-    return ((q - 8) * scale.bfloat16().float() + zero).view(n, k)
+    return (q * scale + low).view(n, k)
 
 
 def int8_reference(weight: torch.Tensor) -> torch.Tensor:
@@ -36,28 +36,67 @@ def int8_reference(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(weight.float() / scale[:, None]).clamp(-127, 127) * scale[:, None]
 
 
-@pytest.mark.parametrize(("kind", "reference"), [(Int4Linear, int4_reference), (Int8Linear, int8_reference)])
+@pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
 @pytest.mark.parametrize("rows", [1, 7, DEQUANT_MIN_ROWS + 3])  # decode, short prefill (kernel), long prefill (dense)
-def test_quantized_layer_matches_dequantized_reference(kind, reference, rows):
+def test_quantized_layer_computes_with_its_dequantized_weight(kind, rows):
     torch.manual_seed(0)
     linear = nn.Linear(96, 48, bias=True)
     layer = kind(linear)
-    w_ref = reference(linear.weight)
-    assert torch.allclose(layer.dequantized_weight(), w_ref, atol=1e-6)
-    # The weights themselves moved by at most half a quantization step (plus bf16 rounding of the scales).
-    assert (w_ref - linear.weight).abs().max() < 0.6 * (linear.weight.abs().max() * 2 / 15)
+    w_ref = layer.dequantized_weight()
+    if kind is Int8Linear:
+        assert torch.allclose(w_ref, int8_reference(linear.weight), atol=1e-6)
+    # The weights moved by at most about a quantization step (a fitted int4 range may clip an outlier
+    # to lower the group's total error), and little overall.
+    assert (w_ref - linear.weight).abs().max() < 1.2 * (linear.weight.abs().max() * 2 / 15)
+    assert (w_ref - linear.weight).norm() < 0.1 * linear.weight.norm()
     x = torch.randn(2, rows, 96)
     with torch.no_grad():
         ours, want = layer(x), x @ w_ref.T + linear.bias
     assert ours.shape == (2, rows, 48) and ours.dtype == torch.float32
-    # Kernel rows see bf16 activations and return bf16: 2% of the output's scale. The dense path is fp32.
+    # Kernel rows see bf16 activations (and int4 scales in bf16) and return bf16: 2% of the output's
+    # scale. The dense path is fp32.
     tolerance = 1e-5 if x.shape[0] * rows >= DEQUANT_MIN_ROWS else 2e-2
     assert (ours - want).abs().max() <= tolerance * want.abs().max()
 
 
+def test_int4_keeps_weights_already_on_its_grid_exactly():
+    """A decoder stored as Q4_1 (fp16 scale and min per group of 32) comes back bit for bit: the scales
+    and mins the fast lane reads are the stored fp16 numbers, not bf16 roundings of them."""
+    torch.manual_seed(1)
+    on_grid = int4_reference(torch.randn(64, 128) * 0.05)
+    layer = Int4Linear(_linear(on_grid), importance=torch.rand(128) + 0.1)
+    assert torch.equal(layer.dequantized_weight(), on_grid)
+    assert layer.scales.dtype == layer.mins.dtype == torch.float16
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data = weight.clone()
+    return linear
+
+
+def test_fitted_rounding_beats_min_max_and_weighs_by_importance():
+    """Off-grid weights: the searched (scale, min) leave less error than min/max rounding, and weighing
+    inputs by their importance (mean squared activation) lowers the error where it is weighed."""
+    torch.manual_seed(2)
+    weight = torch.randn(96, 256) * 0.05
+    importance = torch.rand(256) ** 4 * 10 + 1e-3  # a few inputs dominate, as activations' outliers do
+
+    def weighted_error(w_q, h):
+        return float(((w_q - weight).square() * h).sum())
+
+    plain = int4_reference(weight)
+    fitted = Int4Linear(_linear(weight)).dequantized_weight()
+    aware = Int4Linear(_linear(weight), importance=importance).dequantized_weight()
+    ones = torch.ones(256)
+    assert weighted_error(fitted, ones) < 0.9 * weighted_error(plain, ones)
+    assert weighted_error(aware, importance) < 0.8 * weighted_error(fitted, importance)
+    assert weighted_error(aware, importance) < 0.7 * weighted_error(plain, importance)
+
+
 def snap_to_served_grid(model) -> None:
     """Put the tiny model's weights on the int4 (decoder) and int8 (head) grids, as the default model's
-    decoder already is (its GGUF stored Q4_1, group 32): quantization then only adds bf16 rounding."""
+    decoder already is (its GGUF stored Q4_1, group 32): quantization then keeps them exactly."""
     head = model.get_output_embeddings()
     with torch.no_grad():
         for module in list(model.modules()):
@@ -77,7 +116,7 @@ def test_quantized_model_keeps_logits_and_greedy_tokens(tiny):
     original = copy.deepcopy(model)
     report = quantize_model(model, "int4")
     assert report.quantized == 2 * 7 + 1 and not report.skipped
-    assert report.relative_error < 5e-3  # bf16 rounding of scales and zeros only
+    assert report.relative_error < 1e-6  # on the grids already: nothing moves
     assert isinstance(model.get_output_embeddings(), Int8Linear)
     assert isinstance(model.get_input_embeddings(), nn.Embedding)  # untied: the embedding is untouched
     assert torch.equal(model.get_input_embeddings().weight, original.get_input_embeddings().weight)
@@ -213,7 +252,7 @@ def test_default_model_int4_greedy_follows_full(default_model_dir):
     model, tokenizer = load_model(str(default_model_dir), dtype="fp32", device="cpu")
     quantized = copy.deepcopy(model)
     report = quantize_model(quantized, "int4")
-    assert report.quantized == 211 and report.relative_error < 0.01  # the GGUF's Q4_1 grid, bf16-rounded
+    assert report.quantized == 211 and report.relative_error < 0.01  # the decoder exact (the GGUF's Q4_1), the head int8
     exact = 0
     for question in ("How do I reset my VPN token?", "Explain in two sentences what DNS does."):
         ids = encode_prompt(tokenizer, [{"role": "user", "content": question}])
@@ -250,3 +289,41 @@ def test_small_quantized_decode_steps_use_fewer_threads_and_give_them_back(tiny)
         hook.remove()
     assert seen[0] == before and set(seen[1:]) == {1}  # the prefill on all threads, the decode steps on one
     assert torch.get_num_threads() == before
+
+
+@pytest.fixture
+def fp16_tiny(tiny_model_dir, tmp_path):
+    """The tiny model saved with its weights in fp16 (off any int4 grid, as a trained checkpoint is),
+    loaded as `tunery serve` loads it (on a CPU, in fp32: the values are the fp16 checkpoint's)."""
+    from tunery.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
+    model.half().save_pretrained(tmp_path / "fp16")
+    tokenizer.save_pretrained(tmp_path / "fp16")
+    return load_model(str(tmp_path / "fp16"), dtype="auto", device="cpu")
+
+
+def test_int4_rounding_fitted_to_calibration_tracks_an_fp16_model_better(fp16_tiny, monkeypatch):
+    """On an fp16 model, int4 weights fitted with the built-in calibration set give logits nearer the
+    model's own than min/max rounding does (both written out as fp32 twins, so only rounding differs)."""
+    from tests.inference.parity import dequantized_copy
+    from tunery.inference import rounding
+    from tunery.inference.calibration import calibration_ids
+
+    model, tokenizer = fp16_tiny
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(weight, weight.half().float())
+    reference = copy.deepcopy(model)
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
+
+    def logits_error(quantized) -> float:
+        twin = dequantized_copy(quantized)
+        return sum(float((logits_of(twin, ids) - logits_of(reference, ids)).square().mean()) for ids in prompts)
+
+    fitted = copy.deepcopy(model)
+    report = quantize_model(fitted, "int4", calibration_ids(tokenizer))
+    assert report.calibration_tokens > 100 and "calibration tokens" in report.summary()
+    monkeypatch.setattr(rounding, "SEARCH_STEPS", 0)  # min/max rounding only
+    plain = copy.deepcopy(model)
+    quantize_model(plain, "int4")
+    assert logits_error(fitted) < 0.8 * logits_error(plain)

@@ -231,9 +231,7 @@ class FastLane:
             lengths += [block.input_layernorm.weight.numel(), block.post_attention_layernorm.weight.numel()]
             for j, (part, name) in enumerate(PROJECTIONS):
                 layer = cast(Int4Linear, _base(getattr(getattr(block, part), name)))  # as _check_model found
-                sz = layer.scales_and_zeros.float()  # [groups, n, 2]: scale, zero with w = (q - 8) * scale + zero
-                scale, zero = sz[..., 0].T, sz[..., 1].T
-                scales, mins = scale.half().contiguous(), (zero - 8 * scale).half().contiguous()
+                scales, mins = layer.scales.contiguous(), layer.mins.contiguous()  # fp16 [n, groups], as fitted
                 codes = layer.codes.contiguous()
                 self._keep += [codes, scales, mins]
                 layers[i].proj[j] = _Q4(codes.data_ptr(), scales.data_ptr(), mins.data_ptr(),

@@ -50,6 +50,7 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     `weights` is `full`, `int8` or `int4` (see `tunery.inference.quant`); adapters stay in `dtype`.
     `decode` is `auto`, `torch` or `lane` (see `tunery.inference.backend`; None: TUNERY_DECODE or auto).
     """
+    from tunery.inference.calibration import calibration_ids
     from tunery.inference.engine import Engine
     from tunery.inference.quant import check_weight_format, quantize_model
 
@@ -57,7 +58,7 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     decode = decode_choice(decode)  # a bad choice fails before the model loads
     resolved = resolve_model(ref)
     model, tokenizer = load_model(resolved, dtype=dtype, with_adapter=False)
-    quantization = quantize_model(model, weights)
+    quantization = quantize_model(model, weights, calibration_ids(tokenizer) if weights == "int4" else None)
     log.info("%s", quantization.summary())
     # The engine thread decodes while request handlers encode: each gets its own tokenizer.
     engine = Engine(model, copy.deepcopy(tokenizer), stop_token_ids(tokenizer), decode=decode,

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from tunery.errors import ConfigError, ModelError
+from tunery.inference.calibration import input_importance
+from tunery.inference.rounding import fit_int4_groups
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -21,7 +23,7 @@ WeightFormat = Literal["full", "int8", "int4"]
 WEIGHT_FORMATS: dict[str, str] = {
     "full": "the model's own precision (what was evaluated)",
     "int8": "int8 per-channel weights in every linear layer and the output head",
-    "int4": "int4 weights (group 32, scale + min) in the decoder, int8 per-channel output head",
+    "int4": "int4 weights (group 32, fp16 scale + min fitted per group) in the decoder, int8 per-channel output head",
 }
 GROUP_SIZE = 32
 # Measured on one CPU thread (576x1536 layers of the default model): the int4/int8 kernels win up to
@@ -63,26 +65,32 @@ class QuantizedLinear(nn.Module):
 
 
 class Int4Linear(QuantizedLinear):
-    """Asymmetric int4 weights, one (scale, min) per group of 32 inputs: w = q * scale + min, q in 0..15."""
+    """Asymmetric int4 weights, one (scale, min) per group of 32 inputs: w = q * scale + min, q in 0..15.
+
+    Scales and mins are fitted per group (`rounding.fit_int4_groups`, weighted by `importance`, each
+    input's mean squared activation on a calibration set, when given) and kept in fp16, exactly as the
+    fast lane reads them; torch's int4 kernel takes them rounded to bf16.
+    """
 
     packed: torch.Tensor  # buffers
     scales_and_zeros: torch.Tensor
     codes: torch.Tensor
+    scales: torch.Tensor
+    mins: torch.Tensor
 
-    def __init__(self, linear: nn.Linear, group_size: int = GROUP_SIZE):
+    def __init__(self, linear: nn.Linear, group_size: int = GROUP_SIZE, importance: torch.Tensor | None = None):
         n, k = linear.out_features, linear.in_features
         super().__init__(k, n, linear.bias)
         self.group_size = group_size
-        w = linear.weight.detach().float().view(n, k // group_size, group_size)
-        low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scale = ((high - low) / 15).clamp(min=1e-8)
-        q = torch.round((w - low) / scale).clamp(0, 15).to(torch.int32).view(n, k)
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        q, scales, mins = fit_int4_groups(linear.weight, importance, group_size)
+        self.register_buffer("scales", scales)  # [n, k/g] fp16
+        self.register_buffer("mins", mins)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
         # The kernel reads w = (q - 8) * scale + zero, so zero = min + 8 * scale; it wants them in bf16.
-        self.register_buffer("scales_and_zeros", torch.stack(
-            [scale.squeeze(-1).T, (low + 8 * scale).squeeze(-1).T], -1).contiguous().bfloat16())
+        scale, low = scales.float().T, mins.float().T
+        self.register_buffer("scales_and_zeros", torch.stack([scale, low + 8 * scale], -1).contiguous().bfloat16())
         # Two codes per byte, read by the dense (prefill) path and the fast lane's C kernel.
-        self.register_buffer("codes", pack_codes(q.to(torch.uint8)))
+        self.register_buffer("codes", pack_codes(q))
 
     def _kernel(self, x_bf16):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x_bf16, self.packed, self.group_size,
@@ -91,9 +99,7 @@ class Int4Linear(QuantizedLinear):
     def dequantized_weight(self):
         n, k, g = self.out_features, self.in_features, self.group_size
         q = unpack_codes(self.codes, k).view(n, k // g, g).float()
-        scale = self.scales_and_zeros[..., 0].T.float().unsqueeze(-1)
-        zero = self.scales_and_zeros[..., 1].T.float().unsqueeze(-1)
-        return torch.addcmul(zero - 8 * scale, q, scale).reshape(n, k)
+        return torch.addcmul(self.mins.float().unsqueeze(-1), q, self.scales.float().unsqueeze(-1)).reshape(n, k)
 
 
 def pack_codes(q: torch.Tensor) -> torch.Tensor:
@@ -151,6 +157,7 @@ class QuantizationReport:
     skipped: list[str] = field(default_factory=list)
     relative_error: float = 0.0  # ||W - W_q|| / ||W|| over all quantized weights together
     max_layer_error: float = 0.0  # the same, for the worst single layer
+    calibration_tokens: int = 0  # tokens whose activations weighed the int4 rounding (0: none)
     _err_sq: float = 0.0
     _ref_sq: float = 0.0
 
@@ -167,6 +174,8 @@ class QuantizationReport:
             return "weights: full precision"
         text = (f"weights: {self.weights} ({WEIGHT_FORMATS[self.weights]}); {self.quantized} layers quantized, "
                 f"reconstruction error {self.relative_error:.2%} (worst layer {self.max_layer_error:.2%})")
+        if self.calibration_tokens:
+            text += f"; rounding fitted to {self.calibration_tokens} calibration tokens"
         return text + (f"; {len(self.skipped)} left in full precision" if self.skipped else "")
 
 
@@ -176,12 +185,15 @@ def check_weight_format(weights: str) -> None:
                           hint=f"choose one of {', '.join(WEIGHT_FORMATS)}")
 
 
-def quantize_model(model: PreTrainedModel, weights: str) -> QuantizationReport:
+def quantize_model(model: PreTrainedModel, weights: str, calibration: list[list[int]] | None = None,
+                   ) -> QuantizationReport:
     """Swap the decoder's linear layers and the output head for quantized ones, in place.
 
     `int4`: decoder int4, head int8; `int8`: both int8. The head is untied from the input embedding,
     which keeps its own precision. Layers the kernels cannot take (in features not a multiple of 32,
-    int4 outputs not a multiple of 16) stay as they are and are listed in the report.
+    int4 outputs not a multiple of 16) stay as they are and are listed in the report. `calibration`
+    (token id sequences, see `calibration.calibration_ids`) weighs int4 rounding by each input's
+    mean squared activation on them; without it every input weighs alike.
     """
     check_weight_format(weights)
     report = QuantizationReport(weights=weights)
@@ -197,8 +209,12 @@ def quantize_model(model: PreTrainedModel, weights: str) -> QuantizationReport:
     if any(isinstance(module, nn.Linear) and type(module) is not nn.Linear for module in model.modules()):
         raise ModelError("the model already holds quantized or wrapped linear layers", code="bad_weights",
                          hint="load the model in full precision (no 4-bit, no adapters attached) first")
+    importance = {}
+    if weights == "int4" and calibration:
+        importance = input_importance(model, calibration, dict(targets))
+        report.calibration_tokens = sum(len(ids) for ids in calibration)
     for name, linear in targets:
-        layer = _quantize_linear(linear, "int4" if weights == "int4" else "int8")
+        layer = _quantize_linear(linear, "int4" if weights == "int4" else "int8", importance.get(name))
         if layer is None:
             report.skipped.append(name)
             continue
@@ -218,11 +234,11 @@ def quantize_model(model: PreTrainedModel, weights: str) -> QuantizationReport:
     return report
 
 
-def _quantize_linear(linear: nn.Linear, kind: str) -> QuantizedLinear | None:
+def _quantize_linear(linear: nn.Linear, kind: str, importance: torch.Tensor | None = None) -> QuantizedLinear | None:
     n, k = linear.out_features, linear.in_features
     if k % GROUP_SIZE or (kind == "int4" and n % 16):
         return None
-    return Int4Linear(linear) if kind == "int4" else Int8Linear(linear)
+    return Int4Linear(linear, importance=importance) if kind == "int4" else Int8Linear(linear)
 
 
 def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
