@@ -14,7 +14,8 @@ helps, a `hint`.
     ├── EvaluationError         a task file or metric is invalid
     ├── ExportError             an export failed or did not verify
     ├── RetrievalError          a retrieval index cannot be built, read or used
-    ├── StoreError              the database cannot be opened, migrated or written; HTTP 503
+    ├── StoreError              the database cannot be opened, migrated, read or written; HTTP 503
+    │                           with Retry-After
     └── NotFoundError           a named thing does not exist; HTTP 404
 """
 
@@ -102,7 +103,7 @@ class RetrievalError(TuneryError):
 
 
 class StoreError(TuneryError):
-    """The SQLite store cannot be opened or migrated."""
+    """The database (SQLite or PostgreSQL) cannot be opened, migrated, read or written."""
 
     code = "store_error"
 

@@ -81,8 +81,16 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
 
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code, param), status_code=status)
+                   param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
+
+
+STORE_RETRY_AFTER_S = 5  # a lock held past the busy timeout, or a database restarting, clears in seconds
+
+
+def error_headers(exc: TuneryError) -> dict[str, str]:
+    """Retry-After on a database failure: the request was fine, the store was not (yet)."""
+    return {"Retry-After": str(STORE_RETRY_AFTER_S)} if isinstance(exc, StoreError) else {}
 
 
 CONFLICTS = ("gate_failed", "promotion_conflict", "loop_running")  # the request was fine; the state refused it
@@ -135,11 +143,11 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
         message = without_request_values(message, request_values(request))
-        response = error_body(message, type_, exc.code, getattr(exc, "param", None))
+        response = error_body(message, type_, exc.code, exc.param)
         gate = getattr(exc, "public_report", None)
         if gate is not None:  # a refused promotion: the gates' numbers, no paths
             response["gate"] = gate
-        return JSONResponse(response, status_code=status)
+        return JSONResponse(response, status_code=status, headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):

@@ -115,33 +115,47 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction; SQLite takes the write lock at BEGIN so read-then-write is atomic."""
+        """A write transaction; SQLite takes the write lock at BEGIN so read-then-write is atomic.
+        Every database failure leaves as a StoreError (prefer `retrying`, which rides out a lock)."""
         try:
-            with self.engine.connect() as conn:
-                conn.execution_options(tunery_write=True)
-                with conn.begin():
-                    yield conn
+            with self._connection(write=True) as conn:
+                yield conn
         except exc.SQLAlchemyError as error:
-            if is_transient(error):
-                raise
             raise store_error(error) from error
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads (no write lock); prefer `retrying(work, write=False)`."""
-        with self.engine.connect() as conn:
-            yield conn
+        """A connection for reads (no write lock); failures leave as StoreErrors. Prefer
+        `retrying(work, write=False)`, which rides out a lock or a dropped connection."""
+        try:
+            with self._connection(write=False) as conn:
+                yield conn
+        except exc.SQLAlchemyError as error:
+            raise store_error(error) from error
 
-    def retrying(self, work: Callable[[Connection], T], *, for_s: float = RETRY_FOR_S, write: bool = True) -> T:
+    @contextmanager
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
+        """The raw connection (SQLAlchemy's errors unchanged, for `retrying` to tell a lock from a fault)."""
+        with self.engine.connect() as conn:
+            if not write:
+                yield conn
+                return
+            conn.execution_options(tunery_write=True)
+            with conn.begin():
+                yield conn
+
+    def retrying(self, work: Callable[[Connection], T], *, for_s: float | None = None, write: bool = True) -> T:
         """Run `work(conn)` in a transaction (a read-only one with write=False); a lock or a dropped
-        connection reruns it, with back-off, for up to `for_s` seconds."""
-        deadline, delay = time.monotonic() + for_s, 0.05
+        connection reruns it, with back-off, for up to `for_s` seconds (default RETRY_FOR_S)."""
+        deadline, delay = time.monotonic() + (RETRY_FOR_S if for_s is None else for_s), 0.05
         while True:
             try:
-                with self.transaction() if write else self.read() as conn:
+                with self._connection(write=write) as conn:
                     return work(conn)
             except exc.SQLAlchemyError as error:
-                if not is_transient(error) or time.monotonic() > deadline:
+                if not is_transient(error):
+                    raise store_error(error) from error
+                if time.monotonic() > deadline:
                     raise store_error(error) from None
                 log.warning("database busy or unreachable (%s); retrying in %.2f s", type(error).__name__, delay)
                 time.sleep(delay)

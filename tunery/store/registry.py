@@ -73,9 +73,8 @@ def insert_version(store: Store, name: str, *, run_dir: str, base_model: str, li
 
 
 def get_version(store: Store, name: str, version: int) -> Version:
-    with store.read() as conn:
-        row = conn.execute(sa.select(model_versions).where(model_versions.c.name == name,
-                                                           model_versions.c.version == version)).mappings().first()
+    row = store.retrying(lambda conn: conn.execute(sa.select(model_versions).where(
+        model_versions.c.name == name, model_versions.c.version == version)).mappings().first(), write=False)
     if row is None:
         raise NotFoundError(f"no version {name}@{version} in the registry", code="version_not_found",
                             hint="`tunery models list` shows the registered versions")
@@ -86,8 +85,7 @@ def list_versions(store: Store, name: str | None = None) -> list[Version]:
     query = sa.select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
     if name is not None:
         query = query.where(model_versions.c.name == name)
-    with store.read() as conn:
-        return [_version(row) for row in conn.execute(query).mappings()]
+    return store.retrying(lambda conn: [_version(row) for row in conn.execute(query).mappings()], write=False)
 
 
 def aliases(store: Store, name: str | None = None) -> dict[tuple[str, str], int]:
@@ -95,8 +93,8 @@ def aliases(store: Store, name: str | None = None) -> dict[tuple[str, str], int]
     query = sa.select(model_aliases)
     if name is not None:
         query = query.where(model_aliases.c.name == name)
-    with store.read() as conn:
-        return {(r["name"], r["alias"]): int(r["version"]) for r in conn.execute(query).mappings()}
+    return store.retrying(lambda conn: {(r["name"], r["alias"]): int(r["version"])
+                                        for r in conn.execute(query).mappings()}, write=False)
 
 
 def alias_version(store: Store, name: str, alias: str) -> int | None:
@@ -145,8 +143,7 @@ def alias_history(store: Store, name: str, alias: str | None = None) -> list[dic
     query = sa.select(alias_moves).where(alias_moves.c.name == name).order_by(alias_moves.c.id)
     if alias is not None:
         query = query.where(alias_moves.c.alias == alias)
-    with store.read() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings()]
+    rows = store.retrying(lambda conn: [dict(r) for r in conn.execute(query).mappings()], write=False)
     for row in rows:
         row["gate"] = json.loads(row.pop("gate_json")) if row.get("gate_json") else None
     return rows

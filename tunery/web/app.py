@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunery.errors import TuneryError
-from tunery.server.errors import ApiError, scrub_paths, tunery_error_status
+from tunery.server.errors import ApiError, error_headers, scrub_paths, tunery_error_status
 from tunery.web.auth import Forbidden, SignInRequired, Viewer
 from tunery.web.session import console_secret
 
@@ -93,10 +93,13 @@ def _is_script_call(request: Request) -> bool:
     return bool(request.headers.get("hx-request")) or "application/json" in request.headers.get("accept", "")
 
 
-def error_page(request: Request, status: int, message: str, hint: str | None = None):
+def error_page(request: Request, status: int, message: str, hint: str | None = None,
+               headers: dict[str, str] | None = None):
     if _is_script_call(request):
-        return JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
-    return render(request, "error.html", None, status_code=status, status=status, message=message, hint=hint)
+        return JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status, headers=headers)
+    response = render(request, "error.html", None, status_code=status, status=status, message=message, hint=hint)
+    response.headers.update(headers or {})
+    return response
 
 
 def _install_error_pages(console: FastAPI) -> None:
@@ -114,7 +117,7 @@ def _install_error_pages(console: FastAPI) -> None:
     @console.exception_handler(TuneryError)
     async def _tunery_error(request: Request, exc: TuneryError):
         return error_page(request, tunery_error_status(exc), scrub_paths(exc.message),
-                          scrub_paths(exc.hint) if exc.hint else None)
+                          scrub_paths(exc.hint) if exc.hint else None, headers=error_headers(exc))
 
     @console.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
