@@ -95,25 +95,45 @@ def test_another_keys_rows_are_not_found_and_admins_see_all(store):
     assert delete_file(store, ALICE, stored["id"])[1] is True  # its blob is no longer used
 
 
+def read_all_pages(list_page) -> tuple[list[str], int]:
+    """Every id `list_page(after)` gives, page after page, and how many pages it took."""
+    seen, after, pages = [], None, 0
+    while True:
+        rows, more = list_page(after)
+        seen += [r["id"] for r in rows]
+        pages += 1
+        if not more:
+            return seen, pages
+        after = rows[-1]["id"]
+
+
 def test_a_thousand_jobs_paginate_newest_first_without_gaps(store):
     with store.transaction() as conn:
         from tunery.store.schema import jobs
         conn.execute(jobs.insert(), [{"id": f"ftjob-{i:04d}", "created_at": 1, "result_files_json": "[]",
                                       **job_row(ALICE, metadata_json=json.dumps({"batch": str(i % 3)}))}
                                      for i in range(1000)])
-    seen, after, pages = [], None, 0
-    while True:
-        rows, more = list_jobs(store, ALICE, after=after, limit=97)
-        seen += [r["id"] for r in rows]
-        pages += 1
-        if not more:
-            break
-        after = rows[-1]["id"]
+    seen, pages = read_all_pages(lambda after: list_jobs(store, ALICE, after=after, limit=97))
     assert seen == [f"ftjob-{i:04d}" for i in reversed(range(1000))] and pages == 11
     tagged, _ = list_jobs(store, ALICE, metadata={"batch": "1"}, limit=1000)
     assert len(tagged) == 333 and all(json.loads(r["metadata_json"])["batch"] == "1" for r in tagged)
     with pytest.raises(NotFoundError):
         list_jobs(store, BOB, after="ftjob-0001")
+
+
+def test_a_thousand_files_paginate_newest_first_without_gaps(store):
+    with store.transaction() as conn:
+        from tunery.store.schema import files
+        conn.execute(files.insert(), [{"id": f"file-{i:04d}", "owner": ALICE.key_id, "filename": f"{i}.jsonl",
+                                       "purpose": "fine-tune" if i % 2 else "batch", "bytes": 1, "sha256": "ab",
+                                       "status": "processed", "created_at": 1} for i in range(1000)])
+    seen, pages = read_all_pages(lambda after: list_files(store, ALICE, after=after, limit=97))
+    assert seen == [f"file-{i:04d}" for i in reversed(range(1000))] and pages == 11
+    tuning, more = list_files(store, ALICE, purpose="fine-tune", after="file-0500", limit=1000)
+    assert [r["id"] for r in tuning] == [f"file-{i:04d}" for i in reversed(range(1, 500, 2))] and not more
+    with pytest.raises(NotFoundError) as caught:
+        list_files(store, BOB, after="file-0001")  # another key's file is no cursor
+    assert caught.value.code == "file_not_found"
 
 
 def test_threads_racing_to_claim_take_each_job_exactly_once(store):

@@ -7,8 +7,8 @@ import torch
 
 import tunery.training.batch_loss as loss_module
 from tests.training.conftest import make_conversations
-from tunery.data.packing import IGNORE_INDEX, pack_examples, pad_examples
-from tunery.data.template import encode_conversation
+from tunery.data.packing import pack_examples, pad_examples
+from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.models import load_model
 from tunery.training.batch_loss import chunked_loss, reference_loss
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunery.data.template import IGNORE_INDEX
 from tunery.types import TokenizedExample
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.data.dataset import read_dataset
-from tunery.data.template import encode_conversation
+from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.errors import DataError
 
 
@@ -46,8 +46,8 @@ def trained_spans(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[st
     spans: list[tuple[str, bool]] = []
     start = 0
     for end in range(1, len(ids) + 1):
-        if end == len(ids) or (labels[end] != -100) != (labels[start] != -100):
+        if end == len(ids) or (labels[end] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
             piece = tokenizer.decode(ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            spans.append((piece, labels[start] != -100))
+            spans.append((piece, labels[start] != IGNORE_INDEX))
             start = end
     return spans

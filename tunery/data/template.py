@@ -14,7 +14,7 @@ from tunery.data.tools import render_tool_messages
 from tunery.errors import DataError
 from tunery.types import Conversation, TokenizedExample
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a token that is not trained (PyTorch cross-entropy's ignore_index)
 _SENTINEL = "\ue000tunery{}\ue001"
 _SENTINEL_RE = re.compile("\ue000tunery(\\d+)\ue001")
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")

@@ -17,7 +17,7 @@ from typing import Literal
 
 from tunery.data.problems import ProblemLog, summarise_problems
 from tunery.data.splits import dataset_version
-from tunery.data.template import encode_conversation
+from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.errors import DataError
 from tunery.paths import cache_dir
 from tunery.types import Conversation, Location, TokenizedExample
@@ -97,7 +97,7 @@ def _tokenize(conversations, tokenizer, max_seq_len, too_long) -> tuple[list[Tok
             full.meta["truncated"] = True
             info["num_truncated"] += 1
         if full.num_trained == 0 or ("rejected_labels" in full.meta
-                                     and all(x == -100 for x in full.meta["rejected_labels"])):
+                                     and all(x == IGNORE_INDEX for x in full.meta["rejected_labels"])):
             info["num_dropped_untrained"] += 1
             continue
         examples.append(full)

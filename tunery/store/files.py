@@ -14,6 +14,7 @@ from tunery.errors import NotFoundError
 from tunery.store.db import Store
 from tunery.store.jobs import new_id
 from tunery.store.owners import Actor, visible
+from tunery.store.pages import newest_first_page
 from tunery.store.schema import files
 
 
@@ -38,18 +39,8 @@ def list_files(store: Store, actor: Actor, *, purpose: str | None = None, after:
     if purpose:
         query = query.where(files.c.purpose == purpose)
 
-    def read(conn) -> list[dict]:
-        page = query
-        if after:
-            cursor = conn.execute(sa.select(files.c.seq).where(files.c.id == after,
-                                                                visible(files.c.owner, actor))).scalar()
-            if cursor is None:
-                raise NotFoundError(f"no file with id {after!r} (the `after` cursor)", code="file_not_found")
-            page = page.where(files.c.seq < cursor)
-        return [dict(r) for r in conn.execute(page.order_by(files.c.seq.desc()).limit(limit + 1)).mappings()]
-
-    rows = store.retrying(read, write=False)
-    return rows[:limit], len(rows) > limit
+    missing = NotFoundError(f"no file with id {after!r} (the `after` cursor)", code="file_not_found")
+    return newest_first_page(store, files, query, actor, after=after, limit=limit, missing=missing)
 
 
 def delete_file(store: Store, actor: Actor, file_id: str) -> tuple[dict, bool]:

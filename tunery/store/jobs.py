@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from tunery.errors import ConfigError, NotFoundError
 from tunery.store.db import Store
 from tunery.store.owners import Actor, visible
+from tunery.store.pages import newest_first_page
 from tunery.store.schema import job_events, jobs, workers
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -74,18 +75,8 @@ def list_jobs(store: Store, actor: Actor, *, after: str | None = None, limit: in
     for key, value in (metadata or {}).items():
         query = query.where(_metadata_value(store.dialect, key) == value)
 
-    def read(conn: Connection) -> list[dict]:
-        page = query
-        if after:
-            cursor = conn.execute(sa.select(jobs.c.seq).where(jobs.c.id == after,
-                                                               visible(jobs.c.owner, actor))).scalar()
-            if cursor is None:
-                raise NotFoundError(f"no fine-tuning job with id {after!r} (the `after` cursor)", code="job_not_found")
-            page = page.where(jobs.c.seq < cursor)
-        return [dict(r) for r in conn.execute(page.order_by(jobs.c.seq.desc()).limit(limit + 1)).mappings()]
-
-    rows = store.retrying(read, write=False)
-    return rows[:limit], len(rows) > limit
+    missing = NotFoundError(f"no fine-tuning job with id {after!r} (the `after` cursor)", code="job_not_found")
+    return newest_first_page(store, jobs, query, actor, after=after, limit=limit, missing=missing)
 
 
 def _metadata_value(dialect: str, key: str) -> sa.ColumnElement:

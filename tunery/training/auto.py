@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tunery.config import LoraConfig, TrainSettings, resolved
 from tunery.data.augment import augment_questions
 from tunery.data.dataset import read_dataset
-from tunery.data.template import encode_conversation
+from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.errors import ConfigError
 from tunery.training.resources import count_model_parameters
 
@@ -181,7 +181,7 @@ def mean_trained_tokens(examples) -> float | None:
     """Trained (label) tokens per example, averaged; None for no examples."""
     if not examples:
         return None
-    return sum(sum(1 for label in e.labels if label != -100) for e in examples) / len(examples)
+    return sum(sum(1 for label in e.labels if label != IGNORE_INDEX) for e in examples) / len(examples)
 
 
 def preview_auto(train_path, tokenizer, model_path, *, method: str,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunery.data.packing import IGNORE_INDEX, Batch
+from tunery.data.packing import Batch
+from tunery.data.template import IGNORE_INDEX
 
 CHUNK_TOKENS = 1024
 # Below this many bytes of fp32 logits a chunk keeps them for the backward pass instead of

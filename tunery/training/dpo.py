@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunery.data.packing import IGNORE_INDEX, make_batch
+from tunery.data.packing import make_batch
+from tunery.data.template import IGNORE_INDEX
 from tunery.errors import ConfigError
 from tunery.training.batch_loss import (
     decoder_hidden_states,
