@@ -154,3 +154,17 @@ def test_a_cancelled_candidate_job_fails_the_pass_and_leaves_production(producti
     assert result.status == "failed" and "cancelled" in result.message, result.message
     assert jobs.get_job(store, LOCAL_OWNER, result.job)["status"] == "cancelled"
     assert resolve_version(store, "helpdesk").ref == "helpdesk@1" and alias_version(store, "helpdesk", "candidate") is None
+
+
+def test_with_no_worker_the_pass_gives_up_after_its_timeout_and_cancels_its_job(production, worker, tmp_path):
+    store = production
+    worker.stopping.set()  # nobody claims the queue
+    give_feedback(store, {f"Question {i}": f"Answer {i}." for i in range(6)})
+    _register()
+    out = CliRunner().invoke(app, ["loop", "run", "helpdesk", "--out", str(tmp_path / "t"), "--no-general",
+                                   "--job-timeout-s", "1", *[f"--set={o}" for o in SMALL]])
+    assert out.exit_code == 1 and "candidate_timeout" in out.output, out.output
+    assert "waiting for a worker" in " ".join(out.output.split())  # the console wraps lines
+    report = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert report["status"] == "failed" and jobs.get_job(store, LOCAL_OWNER, report["job"])["status"] == "cancelled"
+    assert resolve_version(store, "helpdesk").ref == "helpdesk@1"

@@ -42,12 +42,15 @@ def run_command(
                                     "(default TUNERY_HOME/loops/NAME/TIME)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N rows of each task file."),
     set_: list[str] = typer.Option(None, "--set", help="Training config override KEY=VALUE (repeatable)."),
+    job_timeout_s: float | None = typer.Option(None, "--job-timeout-s", min=1, help="Give up (and cancel the "
+                                               "candidate's job) when it has not finished after this many seconds; "
+                                               "default: wait for a worker as long as it takes."),
 ):
     """One pass: collect feedback, train a candidate from production as a job on the queue (a worker runs it:
     `tunery worker`, or `tunery serve --workers N`), compare, promote when the gates pass."""
     result = _run_once(name, tasks=tasks, gates=gate or [], min_feedback=min_feedback, review=review,
                        general=general, out_dir=out, limit=limit, overrides=set_ or [], approved_only=approved_only,
-                       feedback_gate=feedback_gate, tolerance=tolerance)
+                       feedback_gate=feedback_gate, tolerance=tolerance, job_timeout_s=job_timeout_s)
     raise typer.Exit(EXIT.get(result.status, 1))
 
 
