@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -23,12 +25,7 @@ DOCS_START, DOCS_END = "<!-- rag-comparison:start -->\n", "<!-- rag-comparison:e
 def read_facts(per_kind: int) -> list[dict]:
     """The first `per_kind` facts of each kind, in file order."""
     facts = [json.loads(line) for line in (HERE / "facts.jsonl").read_text(encoding="utf-8").splitlines()]
-    kept, seen = [], {}
-    for fact in facts:
-        seen[fact["kind"]] = seen.get(fact["kind"], 0) + 1
-        if seen[fact["kind"]] <= per_kind:
-            kept.append(fact)
-    return kept
+    return first_of_each_kind(facts, per_kind)
 
 
 def split_facts(facts: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -78,16 +75,36 @@ def build_handbook_index(facts: list[dict], out: Path, model: str = "smollm2-135
     return out / "index"
 
 
-def train_facts(chats: Path, run_dir: Path, overrides: list[str]) -> Path:
+def train_facts(chats: Path, run_dir: Path, overrides: list[str], reuse: bool = False) -> Path:
+    """Train on `chats` into `run_dir`; with `reuse`, a completed run already there is kept as it is."""
     import tunery
     from tunery.config import load_train_config
+
+    if reuse and (run_dir / "run.json").is_file():
+        if json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status") == "completed":
+            return run_dir
 
     config = load_train_config(HERE / "train.yaml", [f"data.train={chats}", f"output_dir={run_dir}", *overrides])
     tunery.train(config, quiet=True)
     return run_dir
 
 
-def compare_all(out: Path, per_kind: int, overrides: list[str], tune: bool = True):
+def first_of_each_kind(facts: list[dict], count: int | None) -> list[dict]:
+    """The first `count` facts of each kind among `facts` (all when count is None)."""
+    if count is None:
+        return facts
+    seen: dict[str, int] = {}
+    kept = []
+    for fact in facts:
+        seen[fact["kind"]] = seen.get(fact["kind"], 0) + 1
+        if seen[fact["kind"]] <= count:
+            kept.append(fact)
+    return kept
+
+
+def compare_all(out: Path, per_kind: int, overrides: list[str], tune: bool = True, data_rag: bool = True,
+                reuse: bool = False, batch_size: int = 8, ask_per_kind: int | None = None):
+    """Index and tune on `per_kind` facts of each kind; ask about the first `ask_per_kind` of each half."""
     from tunery.evaluation.compare import compare_models
 
     facts = read_facts(per_kind)
@@ -97,14 +114,50 @@ def compare_all(out: Path, per_kind: int, overrides: list[str], tune: bool = Tru
     refs = [base, f"{base}+rag:{index}"]
     if tune:
         chats = write_chats(tuned_on, out / "train.jsonl")
-        tuned = train_facts(chats, out / "runs" / "tuned", overrides)
-        raft = train_facts(chats, out / "runs" / "tuned-data-rag", [f"data.rag={index}", *overrides])
-        refs += [str(tuned), f"{tuned}+rag:{index}", f"{raft}+rag:{index}"]
-    tasks = write_tasks({"tuned facts": tuned_on, "index-only facts": index_only}, out / "tasks.jsonl")
-    return compare_models(refs, tasks, out / "report", max_new_tokens=40, batch_size=8)
+        tuned = train_facts(chats, out / "runs" / "tuned", overrides, reuse=reuse)
+        refs += [str(tuned), f"{tuned}+rag:{index}"]
+    if tune and data_rag:
+        raft = train_facts(chats, out / "runs" / "tuned-data-rag", [f"data.rag={index}", *overrides], reuse=reuse)
+        refs.append(f"{raft}+rag:{index}")
+    tasks = write_tasks({"tuned facts": first_of_each_kind(tuned_on, ask_per_kind),
+                         "index-only facts": first_of_each_kind(index_only, ask_per_kind)}, out / "tasks.jsonl")
+    return compare_models(refs, tasks, out / "report", max_new_tokens=40, batch_size=batch_size)
 
 
-def render_docs_table(summary, per_kind: int, tune: bool = True) -> str:
+class LoadSampler:
+    """The 1-minute load average, sampled every `interval_s` while the comparison runs (a shared
+    machine's latencies mean something only beside the load they were measured under)."""
+
+    def __init__(self, interval_s: float = 30.0):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _run(self, interval_s: float) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(interval_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def describe(self) -> str:
+        samples = self.samples or [os.getloadavg()[0]]
+        from tunery.host import cpu_model
+
+        return (f"{cpu_model()}, {os.cpu_count()} logical CPUs; 1-minute load average during the run "
+                f"min {min(samples):.1f} / mean {sum(samples) / len(samples):.1f} / max {max(samples):.1f} "
+                f"({len(samples)} samples)")
+
+
+def render_docs_table(summary, per_kind: int, tune: bool = True, machine: str = "",
+                      overrides: list[str] | tuple[str, ...] = (), options: list[str] | tuple[str, ...] = ()) -> str:
     """The comparison as the Markdown docs/rag.md embeds."""
     names = {0: "base", 1: "base + rag", 2: "tuned", 3: "tuned + rag", 4: "tuned with data.rag, + rag"}
     lines = ["| model | tuned facts | index-only facts | median latency (ms) | prompt tokens | retrieval hit rate |",
@@ -121,11 +174,16 @@ def render_docs_table(summary, per_kind: int, tune: bool = True) -> str:
         lines.append(f"| {names.get(number, model.label)} | {cells[0]} | {cells[1]} | {usage['median_latency_ms']:.0f} | "
                      f"{usage['median_prompt_tokens']:.0f} | {hit_text} |")
     n = len(summary.models[0].rows)
-    command = f"python examples/facts/rag.py --per-kind {per_kind}" + ("" if tune else " --no-tuning")
-    lines += ["", f"{n} questions ({per_kind} facts of each of 4 kinds, half tuned on); score: the answer holds the "
+    asked = f"{n // 8} of each kind and half, of " if n != 4 * per_kind else ""
+    command = " ".join(["python examples/facts/rag.py", f"--per-kind {per_kind}", *([] if tune else ["--no-tuning"]),
+                        *options, *overrides])
+    lines += ["", f"{n} questions ({asked}{per_kind} facts of each of 4 kinds, half tuned on, all indexed); "
+              "score: the answer holds the "
               "fact's key (part number, expansion, owner or room); 95% bootstrap intervals. Generated by "
               f"`{command}`.", "",
               f"Verdict: {summary.verdict['text']}", ""]
+    if machine:
+        lines[-1:-1] = [f"Measured on {machine}.", ""]
     return "\n".join(lines)
 
 
@@ -142,10 +200,24 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=None, help="also write the table into this Markdown page")
     parser.add_argument("--no-tuning", dest="tune", action="store_false",
                         help="compare base and base+rag only (minutes instead of the two training runs)")
+    parser.add_argument("--no-data-rag", dest="data_rag", action="store_false",
+                        help="leave out the retrieval-aware tuned model (data.rag), the longest training run")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep completed runs already under --out instead of training them again")
+    parser.add_argument("--ask-per-kind", type=int, default=None,
+                        help="ask about only the first N tuned and N index-only facts of each kind (a shorter run)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="answers generated together (latency is per batch, so compare rows of one run only)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE training config overrides for both tuned models")
     args = parser.parse_args()
-    summary = compare_all(args.out, args.per_kind, args.overrides, tune=args.tune)
-    table = render_docs_table(summary, args.per_kind, tune=args.tune)
+    with LoadSampler() as load:
+        summary = compare_all(args.out, args.per_kind, args.overrides, tune=args.tune, data_rag=args.data_rag,
+                              reuse=args.reuse, batch_size=args.batch_size, ask_per_kind=args.ask_per_kind)
+    options = ([] if args.data_rag else ["--no-data-rag"]) + ([f"--batch-size {args.batch_size}"]
+                                                                 if args.batch_size != 8 else [])
+    options += [f"--ask-per-kind {args.ask_per_kind}"] if args.ask_per_kind else []
+    table = render_docs_table(summary, args.per_kind, tune=args.tune, machine=load.describe(), overrides=args.overrides,
+                              options=options)
     sys.stdout.write(table + f"\nreport: {summary.report_path}\n")
     if args.docs:
         update_docs(args.docs, table)
