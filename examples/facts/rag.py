@@ -85,7 +85,9 @@ def train_facts(chats: Path, run_dir: Path, overrides: list[str], reuse: bool = 
             return run_dir
 
     config = load_train_config(HERE / "train.yaml", [f"data.train={chats}", f"output_dir={run_dir}", *overrides])
-    tunery.train(config, quiet=True)
+    run = tunery.train(config, quiet=True)
+    if run.status != "completed":  # a stop request (SIGTERM, Ctrl-C) ends training early: compare nothing half-made
+        raise SystemExit(f"training {run_dir} stopped ({run.status}); rerun with --reuse to keep finished runs")
     return run_dir
 
 
