@@ -2,7 +2,8 @@
 
 Each step admits new requests, then advances every running one a token, or a lone greedy one a
 prompt-lookup draft (`speculation.py`). The backend holds weights, adapters and KV caches and runs
-the passes; the engine keeps scheduling, sampling, stops and streaming (per-request callbacks).
+the passes; the engine keeps scheduling, sampling, stops and streaming (per-request callbacks), over
+the request state in `sequence.py`.
 Prompts arriving at an idle engine share one prefill pass; a backend with chunked prefill (the
 lane) feeds one arriving alone or while others decode in the free rows of the next passes.
 """
@@ -16,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,8 @@ from tunery.inference.logits import RowShaper, needs_shaping
 from tunery.inference.lora import read_peft_adapter
 from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.inference.sampling import make_generator, sample_token
-from tunery.inference.speculation import DraftPolicy, DraftState
+from tunery.inference.sequence import LoadedAdapter, Sequence, group_by_length
+from tunery.inference.speculation import DraftPolicy
 from tunery.inference.stops import TextTracker
 
 log = logging.getLogger("tunery.inference")
@@ -37,49 +38,6 @@ INITIAL_ROOM = 256  # cache positions reserved past a prompt; a cache that fills
 # A prompt fed in chunks gets at least this many rows of each pass it shares with decode rows (a
 # whole pass when alone), so a long prompt neither stalls the running requests nor starves.
 PREFILL_MIN_ROWS = 8
-
-
-@dataclass
-class _Sequence:
-    id: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    slot: int
-    on_event: Callable[[GenerationEvent], None]
-    tracker: TextTracker
-    generator: torch.Generator
-    draft: DraftState
-    fed: int = 0  # tokens already in the backend's cache
-    last_token: int = -1
-    history: list[int] = field(default_factory=list)  # prompt + generated tokens (drafts come from it)
-    generated: int = 0
-    aborted: bool = False
-    done: bool = False
-    shaper: RowShaper | None = None  # logit_bias, penalties, grammar mask, logprobs (inference/logits.py)
-    logprobs: list[dict] = field(default_factory=list)  # entries not yet sent with an event
-
-    def next_row(self) -> Row:
-        return Row(self.id, [self.last_token], self.fed, self.slot)
-
-
-@dataclass
-class _Adapter:
-    slot: int
-    source: Path
-    last_used_s: float = field(default_factory=time.monotonic)
-
-
-def _group_by_length(seqs: list[_Sequence], max_tokens: int) -> list[list[_Sequence]]:
-    """Consecutive groups (by prompt length) whose padded size stays within `max_tokens`."""
-    groups: list[list[_Sequence]] = []
-    for seq in sorted(seqs, key=lambda s: len(s.prompt_ids)):
-        group = groups[-1] if groups else None
-        if group and len(seq.prompt_ids) * (len(group) + 1) <= max_tokens \
-                and len(seq.prompt_ids) <= 2 * len(group[0].prompt_ids):
-            group.append(seq)
-        else:
-            groups.append([seq])
-    return groups
 
 
 class Engine:
@@ -98,10 +56,10 @@ class Engine:
                                                         small_decode_threads=small_decode_threads, library=library)
         self.drafts = DraftPolicy(*self.backend.draft_lengths)
         self.stats = {"decode_passes": 0, "draft_tokens": 0, "accepted_draft_tokens": 0, "prefill_passes": 0}
-        self.adapters: dict[str, _Adapter] = {}
+        self.adapters: dict[str, LoadedAdapter] = {}
         self._retired_slots: set[int] = set()  # removed once no running request uses them
-        self._active: list[_Sequence] = []
-        self._pending: list[_Sequence] = []  # submitted, not yet admitted
+        self._active: list[Sequence] = []
+        self._pending: list[Sequence] = []  # submitted, not yet admitted
         self._commands: list[tuple[Callable[[], object], Future]] = []
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -155,7 +113,7 @@ class Engine:
             if len(self._pending) >= self.max_queued:
                 raise ResourceError(f"{len(self._pending)} requests are already waiting", code="server_busy",
                                     hint="retry shortly")
-            seq = _Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=self._slot_of(adapter),
+            seq = Sequence(id=next(self._ids), prompt_ids=list(prompt_ids), params=params, slot=self._slot_of(adapter),
                             on_event=on_event, tracker=TextTracker(self.tokenizer, params.stop),
                             generator=make_generator(params.seed), draft=self.drafts.new_state(),
                             history=list(prompt_ids), shaper=self._shaper(params))
@@ -214,7 +172,7 @@ class Engine:
                 self._retire(name)
             while len(self.adapters) >= self.max_adapters:
                 self._retire(min(self.adapters, key=lambda n: self.adapters[n].last_used_s))
-            self.adapters[name] = _Adapter(slot=slot, source=Path(adapter_dir))
+            self.adapters[name] = LoadedAdapter(slot=slot, source=Path(adapter_dir))
 
         self._call_on_engine(install)
 
@@ -282,7 +240,7 @@ class Engine:
                 self._active = []
                 self.backend.clear()
 
-    def _step(self, admitted: list[_Sequence]) -> None:
+    def _step(self, admitted: list[Sequence]) -> None:
         self._drop_finished()
         with torch.inference_mode():
             for seq in admitted:
@@ -292,7 +250,7 @@ class Engine:
             if new and self.backend.chunked_prefill and (len(new) == 1 or self._active):
                 self._active += new  # fed in chunks by the next steps (see _advance)
             else:  # prompts of similar length share a pass; very different ones would mostly pad
-                for group in _group_by_length(new, self.max_prefill_tokens):
+                for group in group_by_length(new, self.max_prefill_tokens):
                     self._prefill(group)
             self._drop_finished()
             if self._active:
@@ -305,11 +263,11 @@ class Engine:
                 self.backend.unload_adapter(slot)
                 self._retired_slots.discard(slot)
 
-    def _reserve(self, seq: _Sequence) -> int:
+    def _reserve(self, seq: Sequence) -> int:
         """Cache positions a new sequence starts with: its prompt, some room to generate, a draft."""
         return len(seq.prompt_ids) + min(seq.params.max_new_tokens, INITIAL_ROOM) + self.drafts.longest + 2
 
-    def _prefill(self, seqs: list[_Sequence]) -> None:
+    def _prefill(self, seqs: list[Sequence]) -> None:
         logits = self.backend.prefill([Prompt(seq.id, seq.prompt_ids, seq.slot, self._reserve(seq)) for seq in seqs])
         self.stats["prefill_passes"] += 1
         for i, seq in enumerate(seqs):
@@ -346,7 +304,7 @@ class Engine:
             batch = rows[start:start + limit]
             self._accept_rows(batch, self.backend.step([seq.next_row() for seq in batch]))
 
-    def _accept_rows(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+    def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Each request fed its last token; it gets the token picked from its row of `logits`."""
         if seqs:
             self.stats["decode_passes"] += 1
@@ -355,7 +313,7 @@ class Engine:
             if not seq.aborted:
                 self._accept(seq, self._pick(seq, logits[i]))
 
-    def _step_draft(self, seq: _Sequence, draft: list[int]) -> None:
+    def _step_draft(self, seq: Sequence, draft: list[int]) -> None:
         """Score the draft in one pass; keep what greedy decoding would have produced, one pick at a time."""
         logits = self.backend.step([Row(seq.id, [seq.last_token, *draft], seq.fed, seq.slot, logits=len(draft) + 1)])
         accepted = 0
@@ -379,10 +337,9 @@ class Engine:
     def _shaper(self, params: SamplingParams) -> RowShaper | None:
         if not needs_shaping(params):
             return None
-        vocab_size = int(self.model.config.vocab_size)
-        return RowShaper(params, self.tokenizer, sorted(self.stop_token_ids), vocab_size)
+        return RowShaper(params, self.tokenizer, sorted(self.stop_token_ids), int(self.model.config.vocab_size))
 
-    def _pick(self, seq: _Sequence, logits: torch.Tensor) -> int:
+    def _pick(self, seq: Sequence, logits: torch.Tensor) -> int:
         """The one place a request's next token is chosen from its logits [vocab] (drafts included)."""
         if seq.shaper is None:
             return sample_token(logits, seq.params, seq.generator)
@@ -393,7 +350,7 @@ class Engine:
         seq.shaper.accept(token)
         return token
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _accept(self, seq: Sequence, token: int) -> None:
         seq.generated += 1
         seq.last_token = token
         seq.history.append(token)
@@ -417,7 +374,7 @@ class Engine:
             self.backend.free(finished)
             self._active = [seq for seq in self._active if not seq.done]
 
-    def _finish(self, seq: _Sequence, reason: str, text: str = "") -> None:
+    def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
         if seq.done:
             return
         seq.done = True
@@ -426,7 +383,7 @@ class Engine:
         self._emit(seq, GenerationEvent(text=text, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
                                         completion_tokens=seq.generated))
 
-    def _emit(self, seq: _Sequence, event: GenerationEvent) -> None:
+    def _emit(self, seq: Sequence, event: GenerationEvent) -> None:
         if seq.logprobs:
             event = dataclasses.replace(event, logprobs=tuple(seq.logprobs))
             seq.logprobs = []
