@@ -14,6 +14,7 @@ from tunery.errors import ModelError, TuneryError
 from tunery.inference.backend import Prompt, Row
 from tunery.inference.fastlane import MAX_ROWS, PROJECTIONS, FastLane
 from tunery.inference.lora import AdapterSlots, LoraWeights
+from tunery.inference.quant import Int4Linear
 from tunery.inference.torch_backend import forward_prompts
 
 MAX_DRAFT = 3  # ms per pass for 1 / 2 / 4 rows on the default model, 2 threads: 6.8 / 7.7 / 11.2
@@ -32,6 +33,9 @@ class LaneBackend:
     def __init__(self, model, max_context: int, *, library=None):
         self.lane = FastLane(model, max_context, library=library)  # FastLaneUnavailable: the model or machine
         self.model = model.eval()
+        for module in model.modules():  # torch prefills compute with the weights the lane reads
+            if isinstance(module, Int4Linear):
+                module.dense = True
         self.max_context = max_context
         self.slots = AdapterSlots(model)
         self.threads = torch.get_num_threads()  # a pass's threads: torch's count when the backend was made

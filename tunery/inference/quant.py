@@ -40,11 +40,14 @@ class QuantizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        # Always the dense path on the exact weights: set by the fast lane, so that the prompts torch
+        # prefills for it meet the fp16 scales its passes read, not the kernel's bf16 roundings of them.
+        self.dense = False
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] >= DEQUANT_MIN_ROWS:
+        if rows.shape[0] >= DEQUANT_MIN_ROWS or self.dense:
             y = (rows.float() @ self.dequantized_weight().T).to(x.dtype)
         else:
             # These kernels are 10-30x slower on fp32 activations than on bf16 ones.
