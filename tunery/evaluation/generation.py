@@ -45,7 +45,9 @@ def generate_texts(model, tokenizer, prompts: list[list[dict]], *, max_new_token
         took_s = time.perf_counter() - started
         for index, generation in zip(batch, generations):
             results[index] = replace(generation, prompt_tokens=len(encoded[index]), latency_s=took_s)
-    return results  # type: ignore[return-value]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(results), "every prompt is in exactly one batch"
+    return done
 
 
 def generate_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int) -> list[Generation]:
