@@ -95,7 +95,8 @@ def attach_lora(model, lora: LoraConfig):
         if targets == "all-linear":  # PEFT takes a layer subset only with explicit module names
             targets = decoder_linear_names(blocks)
     peft_config = PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT types it int; it takes any number lora_dropout=lora.dropout, target_modules=targets,
+        # PEFT types lora_alpha int; it takes any number
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,  # type: ignore[arg-type]
         layers_to_transform=layers, use_dora=lora.use_dora, task_type="CAUSAL_LM",
         modules_to_save=modules_to_save, bias="none",
     )
