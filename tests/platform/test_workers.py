@@ -138,7 +138,8 @@ def test_cancel_and_pause_stop_a_running_job_and_resume_continues_it(tmp_path, t
     with shared_store("sqlite", tmp_path) as (store, env):
         file = save_upload(store, LOCAL_OWNER, [chat_lines(24)], filename="t.jsonl", purpose="fine-tune")
         body = tiny_job_body(str(tiny_model_dir), file["id"])
-        body["tunery"]["train"].update(max_steps=400, save_every_steps=50)
+        # Far more steps than the test waits for, so the job is still running when it is cancelled on any machine.
+        body["tunery"]["train"].update(max_steps=100_000, save_every_steps=50)
         job_id = jobs.create_job(store, LOCAL_OWNER, body)["id"]
         worker = start_worker(env)
         try:

@@ -99,9 +99,10 @@ def test_cli_keys_and_feedback_export(home_store, tmp_path):
     record_feedback(home_store, LOCAL_OWNER, "c1", -1, correction="better")
     out, pairs = tmp_path / "fb.jsonl", tmp_path / "p.jsonl"
     result = runner.invoke(app, ["feedback", "export", "--out", str(out), "--model", "tiny", "--pairs", str(pairs)])
-    # Two examples: `data check` refuses the file (too few to fine-tune on), and so does the export's own check.
+    # Two examples: `data check` refuses the file (too few to fine-tune on), and so does the export's own check;
+    # the export itself succeeded, so the command exits 0 with that verdict.
     assert [json.loads(x)["messages"][-1]["content"] for x in out.read_text().splitlines()] == ["a0", "better"]
-    assert result.exit_code == 1 and f"data check FAILS on {out}" in result.stdout
+    assert result.exit_code == 0 and f"data check FAILS on {out}" in result.stdout
     assert "too_few_examples" in result.stdout
     assert runner.invoke(app, ["data", "check", str(out)]).exit_code == 1
     for i in range(3, 13):

@@ -51,4 +51,7 @@ def feedback_export(
             for problem in [p for p in report["problems"] if p["severity"] == "error"][:5]:
                 console.print(f"  {Problem(**problem)}", soft_wrap=True, markup=False)
         if not all(report["ok"] for _, report in reports):
-            raise typer.Exit(1)
+            # The export itself succeeded (exit 0): the files are written and kept. What they lack is said
+            # here, before `tunery train` would refuse them for the same reasons.
+            console.print("the export is written; `tunery data check` refuses it as it is: collect more feedback "
+                          "or merge it with other data before training on it", soft_wrap=True)

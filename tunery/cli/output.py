@@ -9,6 +9,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunery.errors import DataError, TuneryError
 from tunery.safeio import os_error
@@ -46,9 +47,11 @@ def handle_errors(fn):
             exc = as_tunery_error(raised)
             if exc is None:  # a bug: keep its traceback
                 raise
-            err_console.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
+            # Messages name files and echo values: never read as markup, never wrapped inside a path.
+            err_console.print(f"[bold red]error[/] [dim]({escape(exc.code)})[/]: {escape(exc.message)}",
+                              highlight=False, soft_wrap=True)
             if exc.hint:
-                err_console.print(f"  [yellow]hint[/]: {exc.hint}", highlight=False)
+                err_console.print(f"  [yellow]hint[/]: {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
