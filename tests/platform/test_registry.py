@@ -30,6 +30,8 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+# Two gated comparisons on a real model: about 4 minutes alone, more on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_register_promote_gate_force_rollback(runs, tmp_path):
     first, second, tasks = runs
     assert cli("models", "register", first, "--name", "helpdesk", "--alias", "production").exit_code == 0
