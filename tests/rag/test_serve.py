@@ -86,6 +86,48 @@ def test_completions_retrieve_for_a_rag_model_and_cite_sources(support_server):
     assert too_long.value.body["code"] == "context_length_exceeded" and too_long.value.body["param"] == "prompt"
 
 
+def test_a_rag_model_takes_tools_and_response_format(support_server):
+    """Tools reach the retrieved prompt through the chat template (a call, then its result, round-trips with
+    citations each time), and a JSON schema constrains a retrieved answer as it does any other."""
+    import json
+
+    import jsonschema
+
+    from tests.server.test_structured import TICKET, WEATHER, schema_format
+
+    app, client, _ = support_server
+    question = [{"role": "user", "content": "Which part is the Heron router battery, and the weather in Paris?"}]
+    plain = client.chat.completions.create(model="support", messages=question, max_tokens=1)
+    first = client.chat.completions.create(model="support", messages=question, tools=[WEATHER], max_tokens=200,
+                                           tool_choice="required", temperature=0.7, seed=1)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments), WEATHER["function"]["parameters"])
+    assert first.model_extra["tunery"]["citations"][0]["source"] == "kb.md"
+    logged = app.state.tunery.tokenizer.decode(_prompt_ids(app, question, [WEATHER]))
+    assert "get_weather" in logged and "MB-2222-C" in logged  # the tool list and the retrieved chunk, one prompt
+    assert first.usage.prompt_tokens > plain.usage.prompt_tokens + 10
+    call = choice.message.tool_calls[0]
+    history = [*question, choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18})}]
+    second = client.chat.completions.create(model="support", messages=history, tools=[WEATHER], tool_choice="none",
+                                            max_tokens=4, temperature=0)
+    assert second.choices[0].message.tool_calls is None and second.model_extra["tunery"]["citations"]
+    shaped = client.chat.completions.create(model="support", messages=question, response_format=schema_format(),
+                                            max_tokens=400, temperature=1.0, seed=3)
+    assert shaped.choices[0].finish_reason == "stop" and shaped.model_extra["tunery"]["citations"]
+    jsonschema.validate(json.loads(shaped.choices[0].message.content), TICKET)
+
+
+def _prompt_ids(app, messages, tools):
+    """The prompt a +rag model's chat request gets, planned as the server plans it."""
+    from tunery.server.protocol import ChatCompletionRequest
+    from tunery.server.serving_chat import plan_chat
+
+    request = ChatCompletionRequest(model="support", messages=messages, tools=tools, max_tokens=4)
+    return plan_chat(app.state.tunery, request).prompt_ids
+
+
 def test_rag_for_an_unknown_served_name_is_refused(tiny_model_dir, kb_index, tmp_path):
     from tunery.server.settings import ServerSettings
     from tunery.server.state import build_state

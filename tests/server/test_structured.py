@@ -93,7 +93,7 @@ def test_named_tool_call_round_trip(live):
 
 def test_required_parallel_tool_calls_stream_in_openai_chunks(live):
     """Each call streams as OpenAI's do: a first piece with id, type and name (arguments ""), then argument
-    pieces carrying only the index; the official client's stream helper assembles them."""
+    pieces carrying only the index and text; the official client's stream helper assembles them."""
     client = live.client()
     with client.chat.completions.stream(model=live.base, messages=[{"role": "user", "content": "Weather?"}],
                                         tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.7,
@@ -106,9 +106,10 @@ def test_required_parallel_tool_calls_stream_in_openai_chunks(live):
                 done.append((event.name, json.loads(event.arguments)))
         final = stream.get_final_completion()
     assert pieces and pieces[0]["function"] == {"name": "get_weather", "arguments": ""} and pieces[0]["id"]
-    assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces[1::2])
+    heads = [p for p in pieces if "id" in p]
+    assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces if "id" not in p)
     choice = final.choices[0]
-    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == len(done) == len(pieces) // 2
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == len(done) == len(heads)
     for call, (name, arguments) in zip(choice.message.tool_calls, done):
         assert call.function.name == name == "get_weather" and call.type == "function"
         assert json.loads(call.function.arguments) == arguments
@@ -128,6 +129,59 @@ def test_tool_stream_passes_content_through_and_holds_back_a_tag():
     assert call[0]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
     assert call[1]["tool_calls"][0] == {"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}
     assert shown[4] == [{"content": "\n<tool_call>{bad}</tool_call>"}] and stream.calls == 1
+
+
+def _arguments(deltas) -> list[str]:
+    return [c.function["arguments"] for d in deltas for c in d.tool_calls or [] if c.function.get("arguments")]
+
+
+def test_tool_call_arguments_stream_token_by_token():
+    """Once a call's name is in, its arguments go out as they are generated: every token that cannot be the
+    call's closing brace or tag is sent at once, and the pieces join to exactly the non-streamed arguments."""
+    from tunery.server.structured import ToolCallStream, parse_tool_calls
+
+    text = ('Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>'
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome", "unit": "f"}}</tool_call>')
+    tokens = [text[i:i + 3] for i in range(0, len(text), 3)]
+    stream = ToolCallStream([WEATHER["function"]])
+    steps = [stream.feed(t) for t in tokens] + [stream.finish()]
+    deltas = [d for step in steps for d in step]
+    heads = [c for d in deltas for c in d.tool_calls or [] if c.id]
+    assert [(c.index, c.function["name"]) for c in heads] == [(0, "get_weather"), (1, "get_weather")]
+    per_call = {i: "".join(c.function.get("arguments", "") for d in deltas for c in d.tool_calls or [] if c.index == i)
+                for i in (0, 1)}
+    _, calls = parse_tool_calls(text, [WEATHER["function"]])
+    assert [per_call[0], per_call[1]] == [c.function.arguments for c in calls]
+    assert per_call[0] == '{"city": "Oslo", "unit": "c"}'
+    assert len(_arguments(deltas)) > 10  # many pieces, not one per call
+    sent_before_close = "".join(_arguments([d for step in steps[:text.index("</tool_call>") // 3] for d in step]))
+    assert sent_before_close == per_call[0]  # whole before its close tag: the call's own brace was held back
+    assert "".join(d.content for d in deltas if d.content) == "Sure." and stream.calls == 2
+
+
+def test_a_call_cut_off_by_max_tokens_keeps_what_was_generated():
+    from tunery.server.structured import ToolCallStream
+
+    stream = ToolCallStream([WEATHER["function"]])
+    deltas = stream.feed('<tool_call>{"name": "get_weather", "arguments": {"city": "Os') + stream.finish()
+    assert "".join(_arguments(deltas)) == '{"city": "Os' and stream.calls == 1
+    other = ToolCallStream([WEATHER["function"]])  # arguments as a JSON string: sent whole at the close tag
+    deltas = [d for t in ['<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}',
+                          "</tool_call>"] for d in other.feed(t)]
+    assert _arguments(deltas) == ['{"city": "Oslo"}'] and other.calls == 1
+
+
+def test_streamed_arguments_arrive_in_pieces_through_the_client(live):
+    client = live.client()
+    with client.chat.completions.stream(model=live.base, messages=[{"role": "user", "content": "Weather?"}],
+                                        tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.7,
+                                        seed=3, parallel_tool_calls=False) as stream:
+        pieces = [e.arguments_delta for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    assert final.choices[0].finish_reason == "tool_calls" and "".join(pieces) == call.function.arguments
+    assert len(pieces) > 3
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
 
 
 def test_logprobs_penalties_and_logit_bias(live):

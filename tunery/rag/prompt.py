@@ -73,11 +73,13 @@ def question_of(messages: list[dict]) -> str:
 
 
 def fit_prompt(messages: list[dict], hits: list[Hit], tokenizer, *, max_prompt_tokens: int,
-               template: str = DEFAULT_TEMPLATE) -> RagPrompt:
-    """The chat prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`."""
+               template: str = DEFAULT_TEMPLATE, tools: list[dict] | None = None,
+               parallel_tool_calls: bool = True) -> RagPrompt:
+    """The chat prompt with as many of `hits` (best first) as fit in `max_prompt_tokens`; `tools` (OpenAI
+    function tools) go through the chat template as they do without retrieval."""
     def build(kept: list[Hit]) -> tuple[list[dict], list[int]]:
         wrapped = with_context(messages, kept, template)
-        return wrapped, list(encode_prompt(tokenizer, wrapped))
+        return wrapped, list(encode_prompt(tokenizer, wrapped, tools=tools, parallel_tool_calls=parallel_tool_calls))
 
     return _fit(build, hits, max_prompt_tokens)
 
@@ -123,9 +125,13 @@ class Retriever:
         return cls(index=index, template=read_template(index),
                    k=k or int(index.manifest["settings"].get("top_k") or DEFAULT_K), mode=mode)
 
-    def prompt(self, messages: list[dict], tokenizer, *, max_prompt_tokens: int) -> RagPrompt:
+    def prompt(self, messages: list[dict], tokenizer, *, max_prompt_tokens: int, tools: list[dict] | None = None,
+               parallel_tool_calls: bool = True) -> RagPrompt:
+        """The last user message searched with and wrapped in the template; tool calls and results in the
+        history, and `tools`, are rendered as `encode_prompt` renders them."""
         hits = self.index.search(question_of(messages), k=self.k, mode=self.mode)
-        return fit_prompt(messages, hits, tokenizer, max_prompt_tokens=max_prompt_tokens, template=self.template)
+        return fit_prompt(messages, hits, tokenizer, max_prompt_tokens=max_prompt_tokens, template=self.template,
+                          tools=tools, parallel_tool_calls=parallel_tool_calls)
 
     def text_prompt(self, text: str, tokenizer, *, max_prompt_tokens: int) -> RagPrompt:
         """A plain-text prompt searched with as a whole and filled into the template around what was found."""

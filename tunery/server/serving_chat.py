@@ -100,7 +100,8 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
         retriever = state.retrievers.get(req.model)
         if retriever is not None:
             room = req.requested_max_tokens() or min(state.settings.default_max_tokens, state.engine.max_context // 4)
-            prompt = retriever.prompt(messages, state.tokenizer, max_prompt_tokens=state.engine.max_context - room)
+            prompt = retriever.prompt(messages, state.tokenizer, max_prompt_tokens=state.engine.max_context - room,
+                                      tools=structure.prompt_tools, parallel_tool_calls=req.parallel_tool_calls)
             prompt_ids, citations = prompt.prompt_ids, prompt.citations()
         else:
             prompt_ids = encode_prompt(state.tokenizer, messages, tools=structure.prompt_tools,
@@ -281,9 +282,10 @@ def _chat_choice(plan: Plan, index: int, text: str, final: GenerationEvent) -> C
     logprobs = ChatLogprobs(content=list(final.logprobs)) if plan.logprobs else None
     if plan.tools:
         content, calls = parse_tool_calls(text, plan.tools)
-        if calls:
+        if calls:  # an answer cut off by max_tokens says so, as OpenAI's do, even after whole calls
+            reason = "length" if final.finish_reason == "length" else "tool_calls"
             return ChatChoice(index=index, message=AssistantMessage(content=content, tool_calls=calls),
-                              finish_reason="tool_calls", logprobs=logprobs)
+                              finish_reason=reason, logprobs=logprobs)
     return ChatChoice(index=index, message=AssistantMessage(content=text), finish_reason=final.finish_reason,
                       logprobs=logprobs)
 
@@ -292,7 +294,7 @@ def _tool_chunks(plan: Plan, index: int, stream: ToolCallStream, event: Generati
     """The chunks one generation event makes in a tool-using answer: content, call pieces, the finish."""
     deltas = stream.feed(event.text) + (stream.finish() if event.finish_reason is not None else [])
     if event.finish_reason is not None:
-        reason = "tool_calls" if stream.calls else event.finish_reason
+        reason = "tool_calls" if stream.calls and event.finish_reason != "length" else event.finish_reason
         deltas.append(DeltaMessage())
     chunks = [ChatCompletionChunk(id=plan.id, created=plan.created, model=plan.model,
                                   choices=[ChatChunkChoice(index=index, delta=delta)]) for delta in deltas]

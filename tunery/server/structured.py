@@ -96,8 +96,14 @@ def template_message(message) -> dict:
     return rendered
 
 
+# A call's JSON as templates write it, up to its arguments object: what streaming needs to start a call.
+CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*(?=\{)')
+
+
 def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[ResponseToolCall]]:
-    """(content left over, tool calls) from the model's text; malformed calls stay as content."""
+    """(content left over, tool calls) from the model's text; malformed calls stay as content.
+
+    A call's `arguments` are the model's own JSON text, as OpenAI returns them (and as they stream)."""
     names = {t["name"] for t in tools}
     calls, kept = [], text
     for match in TOOL_CALL.finditer(text):
@@ -109,52 +115,108 @@ def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[Res
             continue
         arguments = call.get("arguments", {})
         calls.append(ResponseToolCall(id="call_" + secrets.token_hex(12), function=ResponseFunctionCall(
-            name=call["name"], arguments=json.dumps(arguments) if not isinstance(arguments, str) else arguments)))
+            name=call["name"], arguments=raw_arguments(match.group(1), arguments))))
         kept = kept.replace(match.group(0), "", 1)
     return (kept.strip() or None) if calls else text, calls
 
 
+def raw_arguments(call_json: str, arguments) -> str:
+    """The arguments object as the model wrote it, when the call starts with its name; else re-serialised."""
+    head = CALL_HEAD.match(call_json)
+    if head is not None:
+        try:
+            _, end = json.JSONDecoder().raw_decode(call_json, head.end())
+            return call_json[head.end():end]
+        except ValueError:
+            pass
+    return json.dumps(arguments) if not isinstance(arguments, str) else arguments
+
+
 class ToolCallStream:
     """One streamed choice of a request with tools, as OpenAI streams it: content passes through as it
-    arrives (holding back what may be the start of a call tag); each call, once its close tag is in,
-    goes out as a piece with its id and name, then a piece with its arguments. Malformed calls and
-    calls to unknown functions stay content, as in `parse_tool_calls`."""
+    arrives (holding back what may be the start of a call tag); a call goes out as a piece with its id and
+    name once its name is in, then its arguments in pieces as they are generated (holding back only what
+    may be the call's closing brace and tag). A call written another way (keys in another order, arguments
+    as a string) goes out whole once its close tag is in; malformed calls and calls to unknown functions
+    stay content, as in `parse_tool_calls`."""
 
     def __init__(self, tools: list[dict]):
         self.tools = tools
+        self.names = {t["name"] for t in tools}
         self.calls = 0
-        self._pending = ""
+        self.open_call = False  # inside a call whose arguments are streaming
+        self._pending = ""  # outside a call: text not yet sent; inside: the arguments text so far
+        self._sent = 0  # inside a call: how much of the arguments text has gone out
         self._space = ""  # whitespace held back: between calls it is not content
 
     def feed(self, text: str) -> list[DeltaMessage]:
         self._pending += text
         out: list[DeltaMessage] = []
         while True:
+            if self.open_call:
+                if not self._stream_arguments(out):
+                    return out
+                continue
             start = self._pending.find(TOOL_OPEN)
             if start < 0:
                 held = next((n for n in range(len(TOOL_OPEN) - 1, 0, -1) if self._pending.endswith(TOOL_OPEN[:n])), 0)
                 out += self._content(self._pending[:len(self._pending) - held])
                 self._pending = self._pending[len(self._pending) - held:]
                 return out
-            end = self._pending.find(TOOL_CLOSE, start)
             out += self._content(self._pending[:start])
+            self._pending = self._pending[start:]
+            head = CALL_HEAD.match(self._pending, len(TOOL_OPEN))
+            if head is not None and head.group(1) in self.names:
+                out.append(self._call_piece(head.group(1)))
+                self._pending, self._sent, self.open_call, self._space = self._pending[head.end():], 0, True, ""
+                continue
+            end = self._pending.find(TOOL_CLOSE)
             if end < 0:
-                self._pending = self._pending[start:]
                 return out
-            block, self._pending = self._pending[start:end + len(TOOL_CLOSE)], self._pending[end + len(TOOL_CLOSE):]
+            block, self._pending = self._pending[:end + len(TOOL_CLOSE)], self._pending[end + len(TOOL_CLOSE):]
             _, calls = parse_tool_calls(block, self.tools)
             if not calls:
                 out += self._content(block)
                 continue
-            call, self._space = calls[0], ""
-            out.append(DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls, id=call.id, type="function",
-                                                              function={"name": call.function.name, "arguments": ""})]))
-            out.append(DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls,
-                                                              function={"arguments": call.function.arguments})]))
+            self._space = ""
+            out.append(self._call_piece(calls[0].function.name))
+            out.append(self._arguments_piece(calls[0].function.arguments))
             self.calls += 1
 
+    def _stream_arguments(self, out: list[DeltaMessage]) -> bool:
+        """Send the arguments text that cannot be the call's end; True once the call's close tag is in."""
+        end = self._pending.find(TOOL_CLOSE)
+        if end >= 0:
+            arguments, self._pending = self._pending[:end], self._pending[end + len(TOOL_CLOSE):]
+            arguments = arguments.rstrip()
+            arguments = arguments[:-1].rstrip() if arguments.endswith("}") else arguments  # the call's own brace
+        else:
+            held = next((n for n in range(len(TOOL_CLOSE) - 1, 0, -1) if self._pending.endswith(TOOL_CLOSE[:n])), 0)
+            arguments = self._pending[:len(self._pending) - held].rstrip()
+            arguments = arguments[:-1].rstrip() if arguments.endswith("}") else arguments
+        if len(arguments) > self._sent:
+            out.append(self._arguments_piece(arguments[self._sent:]))
+            self._sent = len(arguments)
+        if end < 0:
+            return False
+        self.open_call, self._sent = False, 0
+        self.calls += 1
+        return True
+
+    def _call_piece(self, name: str) -> DeltaMessage:
+        return DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls, id="call_" + secrets.token_hex(12),
+                                                      type="function", function={"name": name, "arguments": ""})])
+
+    def _arguments_piece(self, text: str) -> DeltaMessage:
+        return DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls, function={"arguments": text})])
+
     def finish(self) -> list[DeltaMessage]:
-        """What is still held back, as content; trailing whitespace after calls is dropped."""
+        """What is still held back: a cut-off call's last arguments text, or content; trailing whitespace
+        after calls is dropped."""
+        if self.open_call:  # the answer ended inside a call (max_tokens): its arguments stop where it did
+            rest, self._pending, self.open_call = self._pending[self._sent:], "", False
+            self.calls += 1
+            return [self._arguments_piece(rest)] if rest else []
         out = self._content(self._pending)
         self._pending = ""
         if self._space and not self.calls:
