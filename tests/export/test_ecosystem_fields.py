@@ -10,8 +10,8 @@ import pytest
 from evaluation.adapter_runs import make_adapter_run
 
 from tunery.export import export_run
-from tunery.export.gguf_file import modelfile_text
 from tunery.export.gguf_meta import CHECK_TEXT_SHA256, LLAMA_CPP_CHECK_TEXT, pre_tokenizer_name
+from tunery.export.ollama import modelfile_text
 from tunery.models.card import model_card, point_adapter_at_hub
 from tunery.models.portable import base_hub_id, make_folder_portable, portable_config
 

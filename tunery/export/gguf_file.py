@@ -1,5 +1,6 @@
 """GGUF export of llama-family models with the `gguf` package: weights (f32/f16/bf16/q8_0), the
-byte-level BPE tokenizer and the chat template as llama.cpp expects them; optional Ollama Modelfile.
+byte-level BPE tokenizer and the chat template as llama.cpp expects them; optional Ollama Modelfile
+(`ollama.py`).
 
 Only what this module writes is known to reload; other architectures and tokenizers are refused.
 """
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
 from tunery.export.gguf_meta import (
     pre_tokenizer_name,
@@ -20,6 +20,7 @@ from tunery.export.gguf_meta import (
     write_general_metadata,
     write_special_vocab,
 )
+from tunery.export.ollama import modelfile_text
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_FAMILY = {"llama"}
@@ -172,41 +173,8 @@ def reload_gguf(path: Path):
     return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
-CHATML_OLLAMA_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
-
-
-def default_system_prompt(tokenizer) -> str | None:
-    """The system message a ChatML chat template adds when a conversation brings none."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
-                                             add_generation_prompt=True)
-    marker = "<|im_start|>system\n"
-    if not rendered.startswith(marker):
-        return None
-    return rendered[len(marker):rendered.index("<|im_end|>")]
-
-
-def modelfile_text(gguf_name: str, tokenizer) -> str:
-    """An Ollama Modelfile: the chat template's turns and default system prompt, its stop tokens, greedy."""
-    lines = [f"FROM ./{gguf_name}"]
-    template = getattr(tokenizer, "chat_template", "") or ""
-    if "<|im_start|>" in template:
-        lines.append(f'TEMPLATE """{CHATML_OLLAMA_TEMPLATE}"""')
-        system = default_system_prompt(tokenizer)
-        if system:  # Ollama adds SYSTEM as the first message when a request has no system message
-            lines.append(f'SYSTEM """{system}"""')
-    else:
-        lines.append("# Ollama reads the chat template from the GGUF metadata (tokenizer.chat_template).")
-    for token_id in stop_token_ids(tokenizer):
-        lines.append(f'PARAMETER stop "{tokenizer.convert_ids_to_tokens(token_id)}"')
-    lines.append("PARAMETER temperature 0")
-    return "\n".join(lines) + "\n"
-
-
 def write_modelfile(folder: Path, gguf_name: str, tokenizer) -> Path:
-    """The Modelfile next to the GGUF."""
+    """The Modelfile next to the GGUF (`ollama.py`: its TEMPLATE renders as the chat template does)."""
     path = folder / "Modelfile"
     path.write_text(modelfile_text(gguf_name, tokenizer), encoding="utf-8")
     return path
