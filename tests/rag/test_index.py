@@ -187,18 +187,37 @@ def test_missing_index_is_a_clear_cli_error(tmp_path):
 
 
 def test_search_cli_json(tmp_path, tiny_model_dir):
-    (tmp_path / "a.txt").write_text("The Wren printer toner is part MX-3333-D.\n\nUnrelated words.", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The Wren printer toner is part MX-3333-D.\n\nUnrelated words.", encoding="utf-8")
+    (docs / "fake.pdf").write_bytes(b"%PDF-1.4 [not] really a PDF")
+    (docs / "odd [name].txt").write_bytes(b"caf\xe9")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "60"}
     run = [sys.executable, "-m", "tunery", "rag"]
-    built = subprocess.run([*run, "index", str(tmp_path / "a.txt"), "--out", str(tmp_path / "idx"), "--model",
+    built = subprocess.run([*run, "index", str(docs), "--out", str(tmp_path / "idx"), "--model",
                             str(tiny_model_dir), "--chunk-tokens", "48", "--overlap-tokens", "0"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert built.returncode == 0, built.stderr
+    warnings = built.stderr.splitlines()  # one plain line per warning, naming the file, on a narrow terminal too
+    assert any(line.startswith("warning: ") and "odd [name].txt: skipped: not UTF-8" in line  # not read as markup
+               for line in warnings), warnings
+    assert any(line.startswith("warning: ") and "fake.pdf: skipped: the PDF cannot be read" in line
+               for line in warnings), warnings
+    assert all(line.startswith("warning: ") for line in warnings if line.strip()), warnings  # pypdf's lines too
+    assert "[yellow]" not in built.stderr
     found = subprocess.run([*run, "search", str(tmp_path / "idx"), "Wren printer toner", "-k", "1", "--json"],
                            capture_output=True, text=True, env=env, timeout=120)
     rows = json.loads(found.stdout)
-    assert len(rows) == 1 and {"rank", "score", "source", "text"} <= set(rows[0])
-    assert rows[0]["source"] == "a.txt" and "MX-3333-D" in rows[0]["text"]
+    assert len(rows) == 1 and list(rows[0])[:3] == ["rank", "score", "source"] and "text" in rows[0]
+    assert (rows[0]["rank"], rows[0]["source"]) == (1, "docs/a.txt") and "MX-3333-D" in rows[0]["text"]
+    assert isinstance(rows[0]["score"], float) and rows[0]["score"] > 0
+    huge = subprocess.run([*run, "search", str(tmp_path / "idx"), "Wren", "-k", "1000000000", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert huge.returncode == 0 and len(json.loads(huge.stdout)) == 1, huge.stderr
+    for bad_k in ("0", "-3"):
+        refused = subprocess.run([*run, "search", str(tmp_path / "idx"), "Wren", "-k", bad_k],
+                                 capture_output=True, text=True, env=env, timeout=120)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
 
 
 def test_prompt_drops_chunks_never_the_question(tmp_path, tiny_model_dir):
@@ -280,12 +299,79 @@ def test_a_damaged_index_is_a_clear_error_never_a_crash(tmp_path, tiny_model_dir
                           damaged("no-libraries", lambda f: (f / "manifest.json").write_text(
                               json.dumps({"format": 1, "libraries": "bm25s"}), encoding="utf-8"))],
     }
+
+    def edit_manifest(edit):
+        def damage(folder: Path) -> None:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            edit(manifest)
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+        return damage
+
+    def chunk_record(**changes):
+        def damage(folder: Path) -> None:
+            record = json.loads((folder / "chunks.jsonl").read_text())
+            record.update(changes)
+            (folder / "chunks.jsonl").write_text(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
+        return damage
+
+    other = tmp_path / "other"  # an index of another size, whose bm25/ would return rows past the end
+    (tmp_path / "b.txt").write_text("\n\n".join(f"Fact {i} about toner." for i in range(30)), encoding="utf-8")
+    build_index([tmp_path / "b.txt"], other, model=str(tiny_model_dir), chunk_tokens=8, overlap_tokens=0)
+    fields = {  # a hand-edited manifest or chunk file: the field is named, before any search trips over it
+        "settings: not an object": edit_manifest(lambda m: m.pop("settings")),
+        "settings.tokenizer_sha256": edit_manifest(lambda m: m.__setitem__("settings", {})),
+        "settings.bm25": edit_manifest(lambda m: m["settings"].__setitem__("bm25", 3)),
+        "settings.top_k: 'abc'": edit_manifest(lambda m: m["settings"].__setitem__("top_k", "abc")),
+        "settings.top_k: -2": edit_manifest(lambda m: m["settings"].__setitem__("top_k", -2)),
+        "num_chunks": edit_manifest(lambda m: m.__setitem__("num_chunks", "x")),
+        "sources": edit_manifest(lambda m: m.__setitem__("sources", [1])),
+        "line 1: field 'line'": chunk_record(line=None),
+        "line 1: field 'text'": chunk_record(text=5),
+        "line 1: field 'id'": chunk_record(id=7),
+        "bm25/ indexes": lambda f: (shutil.rmtree(f / "bm25"), shutil.copytree(other / "bm25", f / "bm25")),
+    }
+    for number, (field, damage) in enumerate(fields.items()):
+        folder = damaged(f"field-{number}", damage)
+        cases["index_corrupt"].append(folder)
+        with pytest.raises(RetrievalError) as error:
+            Retriever.open(folder).index.search("Wren toner", k=3)
+        assert error.value.code == "index_corrupt" and field in error.value.message, (field, error.value.message)
     for code, folders in cases.items():
         for folder in folders:
             with pytest.raises(RetrievalError) as error:
                 open_index(folder)
             assert error.value.code == code, (folder.name, error.value)
             assert "--rebuild" in error.value.hint, folder.name
+    for broken in (damaged("update-garbled", lambda f: (f / "chunks.jsonl").write_text("{bad\n", encoding="utf-8")),
+                   damaged("update-sources", edit_manifest(lambda m: m.__setitem__("sources", {"a.txt": 1})))):
+        with pytest.raises(RetrievalError) as error:  # --update reads the old chunks it keeps: refused, not a crash
+            build_index([tmp_path / "a.txt"], broken, model=str(tiny_model_dir), update=True)
+        assert error.value.code == "index_corrupt" and "--rebuild" in error.value.hint, broken.name
+    latin1 = damaged("template-latin1", lambda f: (f / "prompt.txt").write_bytes(b"caf\xe9 {context} {question}"))
+    with pytest.raises(RetrievalError) as template:  # the server's index, not the question, is at fault: a 503
+        Retriever.open(latin1)
+    assert template.value.code == "not_utf8" and "prompt.txt:1" in template.value.message
+
+
+def test_documents_and_questions_are_never_substituted_into(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunery.data.template import encode_prompt
+
+    (tmp_path / "kb.md").write_text("The Wren toner doc quotes {question} and {context} literally.\n", encoding="utf-8")
+    build_index([tmp_path / "kb.md"], tmp_path / "idx", model=str(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    retriever = Retriever.open(tmp_path / "idx")
+    asked = [{"role": "user", "content": "Wren toner {context} ?"}]
+    prompt = retriever.prompt(asked, tokenizer, max_prompt_tokens=4096)
+    assert prompt.hits and prompt.messages[-1]["content"].count("{question}") == 1
+    assert prompt.messages[-1]["content"].endswith("quotes {question} and {context} literally.\n\n"
+                                                   "Question: Wren toner {context} ?")
+    tools = [{"type": "function", "function": {"name": "lookup_part", "description": "Look a part up.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    with_tools = retriever.prompt(asked, tokenizer, max_prompt_tokens=4096, tools=tools)
+    assert with_tools.prompt_ids == encode_prompt(tokenizer, with_tools.messages, tools=tools)
+    assert len(with_tools.prompt_ids) > len(prompt.prompt_ids)  # the tools are described, as without retrieval
 
 
 def test_empty_files_and_broken_pdfs_are_skipped_with_a_warning(tmp_path, tiny_model_dir, make_pdf):

@@ -58,6 +58,14 @@ def test_served_model_with_rag_cites_its_sources(support_server):
     stream = client.chat.completions.create(model="support", messages=question, max_tokens=3, stream=True)
     chunks = list(stream)
     assert chunks[0].model_extra["tunery"]["citations"][0]["source"] == "kb.md"
+    assert all("tunery" not in (c.model_extra or {}) for c in chunks[1:])
+    tools = [{"type": "function", "function": {"name": "lookup_part", "description": "Look a part up.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    with_tools = client.chat.completions.create(model="support", messages=question, max_tokens=3, tools=tools)
+    assert with_tools.usage.prompt_tokens > answer.usage.prompt_tokens + 5  # the tools reach the prompt too
+    assert with_tools.model_extra["tunery"]["citations"] == citations
+    with pytest.raises(openai.NotFoundError):  # a client cannot point a served model at an index folder
+        client.chat.completions.create(model=f"support+rag:{root}", messages=question, max_tokens=3)
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(model="support", max_tokens=3,
                                        messages=[{"role": "user", "content": "why " * 3000}])

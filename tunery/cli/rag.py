@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
@@ -42,8 +43,7 @@ def index_command(
         template = read_text_file(Path(template[1:]), "--template")
     report = build_index(docs, out, model=model, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
                          embedding_model=embedding_model, top_k=top_k, template=template, update=update,
-                         rebuild=rebuild, warn=lambda text: err_console.print(f"[yellow]warning[/]: {text}",
-                                                                               highlight=False, markup=False))
+                         rebuild=rebuild, warn=print_warning)
     if as_json:
         print_json(report.as_dict())
         return
@@ -53,6 +53,11 @@ def index_command(
                   f"{report.chunks} chunks in {report.seconds:.1f}s; retrieval: {'+'.join(report.retrievers)}; "
                   f"{len(report.warnings)} warnings", highlight=False)
     console.print(f"index: {report.path} (use it as MODEL+rag:{report.path})", highlight=False)
+
+
+def print_warning(text: str) -> None:
+    # Warnings name files: never read as markup, never wrapped inside a path.
+    err_console.print(f"[yellow]warning[/]: {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def read_text_file(path: Path, option: str) -> str:

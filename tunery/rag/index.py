@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from tunery.data import tokenizer_hash
@@ -33,6 +34,7 @@ from tunery.rag.manifest import (
 )
 from tunery.rag.prompt import TEMPLATE_FILE, check_template
 from tunery.rag.readers import SourceFile, find_sources, read_sections
+from tunery.rag.retrieval import read_chunks
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BM25_STOPWORDS = "en"
@@ -164,11 +166,15 @@ def reusable_chunks(out: Path, old: dict, sources: list[SourceFile]) -> dict[str
     """Old chunk records (with their old row numbers) of every source whose sha256 is unchanged."""
     same = {s.name for s in sources if old.get("sources", {}).get(s.name, {}).get("sha256") == s.sha256}
     reuse: dict[str, list[tuple[int, dict]]] = {name: [] for name in same}
-    with (out / CHUNKS).open(encoding="utf-8") as handle:
-        for row, line in enumerate(handle):
-            record = json.loads(line)
-            if record["source"] in reuse:
-                reuse[record["source"]].append((row, record))
+    try:
+        records = read_chunks(out / CHUNKS)
+    except (OSError, ValueError) as exc:
+        raise RetrievalError(f"index {out} is incomplete or damaged ({type(exc).__name__}: {exc}), so --update "
+                             "cannot keep its chunks", code="index_corrupt",
+                             hint=f"rebuild it: {rebuild_command(old, out)}") from None
+    for row, record in enumerate(records):
+        if record["source"] in reuse:
+            reuse[record["source"]].append((row, record))
     return reuse
 
 
@@ -180,10 +186,12 @@ def write_chunks(path: Path, sources, reuse, tokenizer, chunk_tokens, overlap_to
     dense_rows: list[int | None] = []
     with path.open("w", encoding="utf-8") as handle:
         for source in sources:
+            warned: list[str] = []
+            note_source = partial(_note_into, warned, note)
             if source.name in reuse:
                 records = ((row, record) for row, record in reuse[source.name])
             else:
-                records = ((None, record) for section in read_sections(source, note)
+                records = ((None, record) for section in read_sections(source, note_source)
                            for record in chunk_section(section, tokenizer, chunk_tokens=chunk_tokens,
                                                        overlap_tokens=overlap_tokens))
             count = 0
@@ -193,10 +201,15 @@ def write_chunks(path: Path, sources, reuse, tokenizer, chunk_tokens, overlap_to
                 texts.append(record["text"])
                 dense_rows.append(old_row)
                 count += 1
-            if count == 0:
+            if count == 0 and not warned:  # a reader that skipped the file has said why
                 note(f"{source.path}: no text to index")
             per_source[source.name] = count
     return texts, per_source, dense_rows
+
+
+def _note_into(seen: list[str], note, message: str) -> None:
+    seen.append(message)
+    note(message)
 
 
 def build_bm25(texts: list[str], folder: Path) -> None:

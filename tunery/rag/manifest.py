@@ -69,7 +69,38 @@ def read_manifest(index_dir: str | Path) -> dict:
                           code="index_version",
                           hint=f"rebuild it: {rebuild_command(manifest if isinstance(manifest, dict) else {}, index_dir)}")
     check_libraries(manifest, index_dir)
+    check_fields(manifest, index_dir)
     return manifest
+
+
+def check_fields(manifest: dict, index_dir: Path) -> None:
+    """Refuse a manifest whose fields are not what `tunery rag index` writes (a hand edit, a truncated copy),
+    naming the field, before any search trips over it."""
+    settings = manifest.get("settings")
+    problem = None
+    if not isinstance(settings, dict):
+        problem = "settings: not an object"
+    elif not isinstance(settings.get("tokenizer_sha256"), str):
+        problem = "settings.tokenizer_sha256: not a string"
+    elif not (isinstance(settings.get("bm25"), dict) and isinstance(settings["bm25"].get("token_pattern"), str)
+              and isinstance(settings["bm25"].get("stopwords"), str | list)):
+        problem = "settings.bm25: not an object with token_pattern and stopwords"
+    elif settings.get("embedding_model") is not None and not isinstance(settings["embedding_model"], str):
+        problem = "settings.embedding_model: not a folder name"
+    elif settings.get("top_k") is not None and not _positive_int(settings["top_k"]):
+        problem = f"settings.top_k: {settings['top_k']!r} is not a positive integer"
+    elif not _positive_int(manifest.get("num_chunks")):
+        problem = f"num_chunks: {manifest.get('num_chunks')!r} is not a positive integer"
+    elif not (isinstance(manifest.get("sources"), dict) and all(
+            isinstance(s, dict) and isinstance(s.get("sha256"), str) for s in manifest["sources"].values())):
+        problem = "sources: not an object of {\"sha256\": ...} per source"
+    if problem:
+        raise RetrievalError(f"{index_dir / MANIFEST}: field {problem}", code="index_corrupt",
+                             hint=f"rebuild it: {rebuild_command(manifest, index_dir)}")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_libraries(manifest: dict, index_dir: Path) -> None:

@@ -7,17 +7,20 @@ default below; it must hold `{context}` and `{question}`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.data.template import encode_prompt, encode_text
-from tunery.errors import ConfigError, DataError
+from tunery.errors import ConfigError, DataError, RetrievalError
 from tunery.rag.retrieval import Hit, RagIndex, open_index
+from tunery.safeio import read_text
 
 DEFAULT_TEMPLATE = ("Answer the question using the context below.\n\n"
                     "Context:\n{context}\n\n"
                     "Question: {question}")
 TEMPLATE_FILE = "prompt.txt"
+_PLACEHOLDER = re.compile(r"\{context\}|\{question\}")
 DEFAULT_K = 5
 
 
@@ -44,8 +47,8 @@ def check_template(template: str, where: str = "the prompt template") -> str:
 
 def read_template(index: RagIndex) -> str:
     path = index.path / TEMPLATE_FILE
-    if path.is_file():
-        return check_template(path.read_text(encoding="utf-8"), str(path))
+    if path.is_file():  # strict UTF-8 and size-capped; a broken template is the index's fault, not the question's
+        return check_template(read_text(path, what="prompt template", error=RetrievalError), str(path))
     return DEFAULT_TEMPLATE
 
 
@@ -54,8 +57,10 @@ def format_context(hits: list[Hit]) -> str:
 
 
 def fill_template(template: str, question: str, hits: list[Hit]) -> str:
-    # str.replace, not str.format: documents and templates may hold braces of their own.
-    return template.replace("{context}", format_context(hits)).replace("{question}", question)
+    # One pass over the template only, not str.format or chained replaces: documents and questions may hold
+    # braces, even "{question}", and what they hold is never substituted.
+    values = {"{context}": format_context(hits), "{question}": question}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(0)], template)
 
 
 def with_context(messages: list[dict], hits: list[Hit], template: str) -> list[dict]:

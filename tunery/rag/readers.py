@@ -10,7 +10,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -229,22 +231,52 @@ def read_pdf(source: SourceFile, warn: Warn) -> Iterator[Section]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
-    found = False
-    try:
-        reader = PdfReader(str(source.path))
-        if reader.is_encrypted:
-            warn(f"{source.path}: skipped: the PDF is encrypted")
+    found, pages = False, 0
+    with _pypdf_notes(source.path, warn):
+        try:
+            reader = PdfReader(str(source.path))
+            if reader.is_encrypted:
+                warn(f"{source.path}: skipped: the PDF is encrypted")
+                return
+            for page_no, page in enumerate(reader.pages, start=1):
+                text = page.extract_text() or ""
+                pages = page_no
+                if text.strip():
+                    found = True
+                    yield from _sections_from_lines(source.name, _split_keep_ends(text), page=page_no)
+        except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+            what = f"skipped from page {pages + 1} on" if pages else "skipped"
+            warn(f"{source.path}: {what}: the PDF cannot be read ({type(exc).__name__}: {exc})")
             return
-        for page_no, page in enumerate(reader.pages, start=1):
-            text = page.extract_text() or ""
-            if text.strip():
-                found = True
-                yield from _sections_from_lines(source.name, _split_keep_ends(text), page=page_no)
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
-        warn(f"{source.path}: skipped the rest: the PDF cannot be read ({type(exc).__name__}: {exc})")
-        return
     if not found:
         warn(f"{source.path}: skipped: the PDF has no text layer (a scan? run OCR on it first)")
+
+
+@contextmanager
+def _pypdf_notes(path: Path, warn: Warn, most: int = 3) -> Iterator[None]:
+    """pypdf's own log lines about a damaged file become warnings naming it (the first `most` of them),
+    instead of unattributed lines on stderr."""
+    logger = logging.getLogger("pypdf")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message not in seen:
+                seen.append(message)
+                if len(seen) <= most:
+                    warn(f"{path}: pypdf: {message}")
+
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        if len(seen) > most:
+            warn(f"{path}: pypdf: {len(seen) - most} more notes")
 
 
 def read_jsonl(source: SourceFile, warn: Warn) -> Iterator[Section]:

@@ -66,20 +66,19 @@ class RagIndex:
         self.embedding_model = settings.get("embedding_model") if isinstance(settings, dict) else None
         self.vectors = None
         try:
-            with (self.path / CHUNKS).open(encoding="utf-8") as handle:
-                self.chunks = [json.loads(line) for line in handle]
-            if not isinstance(settings, dict) or not all(isinstance(c, dict) and {"text", "source"} <= c.keys()
-                                                         for c in self.chunks):
-                raise ValueError("a chunk record or the settings are not what tunery writes")
-            if len(self.chunks) != self.manifest.get("num_chunks", len(self.chunks)):
+            self.chunks = read_chunks(self.path / CHUNKS)
+            if len(self.chunks) != self.manifest["num_chunks"]:
                 raise ValueError(f"{len(self.chunks)} chunks, and the manifest says {self.manifest['num_chunks']}")
             self.bm25 = bm25s.BM25.load(str(self.path / BM25_DIR), show_progress=False)
+            indexed = self.bm25.scores.get("num_docs") if isinstance(self.bm25.scores, dict) else None
+            if indexed != len(self.chunks):  # a bm25/ folder from another index would return rows past the end
+                raise ValueError(f"bm25/ indexes {indexed} chunks, and chunks.jsonl holds {len(self.chunks)}")
             if self.embedding_model:
                 import numpy as np
 
                 self.vectors = np.load(self.path / DENSE_FILE, allow_pickle=False)
-                if len(self.vectors) != len(self.chunks):
-                    raise ValueError(f"{len(self.vectors)} dense vectors for {len(self.chunks)} chunks")
+                if self.vectors.ndim != 2 or len(self.vectors) != len(self.chunks):
+                    raise ValueError(f"{DENSE_FILE} of shape {self.vectors.shape} for {len(self.chunks)} chunks")
         except (OSError, ValueError, KeyError) as exc:
             raise RetrievalError(f"index {self.path} is incomplete or damaged ({type(exc).__name__}: {exc})",
                                  code="index_corrupt",
@@ -130,11 +129,40 @@ class RagIndex:
     def _dense(self, query: str, k: int) -> list[tuple[int, float]]:
         import numpy as np
 
-
-        assert self.embedding_model is not None, "only an index with an embedding model searches densely"
-        scores = self.vectors @ embed_texts(self.embedding_model, [query])[0]
+        vectors = self.vectors
+        assert self.embedding_model is not None and vectors is not None, "only a dense index searches densely"
+        query_vector = embed_texts(self.embedding_model, [query])[0]
+        if query_vector.shape[0] != vectors.shape[1]:  # the model folder was replaced since the build
+            raise RetrievalError(f"index {self.path} holds {vectors.shape[1]}-dimensional vectors, and "
+                                 f"{self.embedding_model} makes {query_vector.shape[0]}-dimensional ones",
+                                 code="index_corrupt", hint=f"rebuild it: {rebuild_command(self.manifest, self.path)}")
+        scores = vectors @ query_vector
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(r), float(scores[r])) for r in top]
+
+
+CHUNK_FIELDS = {"id": int, "source": str, "text": str, "line": int, "end_line": int, "start": int, "end": int}
+
+
+def read_chunks(path: Path) -> list[dict]:
+    """The chunk records of chunks.jsonl, each checked to hold what citations and prompts read (a ValueError
+    naming the line and field otherwise)."""
+    chunks = []
+    with path.open(encoding="utf-8") as handle:
+        for row, line in enumerate(handle):
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{CHUNKS} line {row + 1}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{CHUNKS} line {row + 1}: not an object")
+            for name, kind in CHUNK_FIELDS.items():
+                if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
+                    raise ValueError(f"{CHUNKS} line {row + 1}: field {name!r} missing or not {kind.__name__}")
+            if record["id"] != row or not (record.get("page") is None or isinstance(record["page"], int)):
+                raise ValueError(f"{CHUNKS} line {row + 1}: field 'id' or 'page' is not what tunery writes")
+            chunks.append(record)
+    return chunks
 
 
 def fuse_ranks(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
