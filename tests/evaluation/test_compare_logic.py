@@ -98,3 +98,33 @@ def test_report_escapes_user_text_and_loads_nothing(tmp_path):
     # The regressed example (r0: 1.0 -> 0.0) is listed before the tie (r1).
     assert html.index("base-0") < html.index("base-1")
     assert "- `r0` (t.jsonl:1): 1.00 → 0.00" in render_markdown(summary)
+
+
+def test_report_charts_label_per_field_metrics_mark_short_curves_and_flag_cut_answers(tmp_path):
+    """What a reader needs from the charts: every metric name legible (long ones shortened, whole on
+    hover), the per-field JSON metrics charted beside the headline ones, each point of a short loss curve
+    (a lone validation point included) marked, and answers that hit max_new_tokens flagged."""
+    import re
+
+    from tunery.evaluation.compare import Summary
+    from tunery.evaluation.report import render_html, render_markdown
+
+    def result(label, field_scores, truncated):
+        rows = [{"id": f"r{i}", "location": f"t.jsonl:{i + 1}", "messages": [{"role": "user", "content": f"q{i}"}],
+                 "reference": "ref", "prediction": f"{label}-{i}", "metrics": ["json_fields"],
+                 "scores": {"json_fields": s, "json_field.category": s, "json_field.priority_and_urgency_level": 1.0},
+                 "score": s, "truncated": cut} for i, (s, cut) in enumerate(zip(field_scores, truncated))]
+        return EvalResult(model_ref=label, label=label, metrics=aggregate_scores(rows), rows=rows)
+
+    base, tuned = result("base", [0.0, 1.0], [True, False]), result("tuned", [1.0, 1.0], [False, False])
+    summary = Summary(models=[base, tuned], comparisons=[compare_results(base, tuned)], gates=[],
+                      out_dir=str(tmp_path), report_path=str(tmp_path / "report.html"), tasks_path="t.jsonl",
+                      loss_curves={"tuned": {"train": [[1, 2.0], [2, 1.5], [3, 1.2]], "val": [[3, 1.4]]}})
+    html = render_html(summary)
+    assert html.count("<h3>Per JSON field</h3>") == 2  # the metric bars and the delta bars
+    labels = re.findall(r'<text[^>]*rotate\(-35[^>]*><title>([^<]*)</title>([^<]*)</text>', html)
+    assert ("json_fields", "json_fields") in labels and ("category", "category") in labels
+    assert ("priority_and_urgency_level", "priority_and_urgency_…") in labels
+    assert html.count("<circle") == 4  # three training points and the one validation point
+    assert "cut at max_new_tokens" in html and "<td class=num>1 of 2</td><td class=num>0 of 2</td>" in html
+    assert "| answers cut at max_new_tokens | 1 of 2 | 0 of 2 |" in render_markdown(summary)

@@ -122,7 +122,8 @@ def side_by_side(base_row: dict, cand_row: dict) -> dict:
     return {"id": base_row["id"], "location": base_row["location"], "prompt": prompt,
             "reference": base_row["reference"], "baseline": base_row["prediction"],
             "candidate": cand_row["prediction"], "baseline_score": base_row["score"],
-            "candidate_score": cand_row["score"], "delta": cand_row["score"] - base_row["score"]}
+            "candidate_score": cand_row["score"], "delta": cand_row["score"] - base_row["score"],
+            "baseline_truncated": bool(base_row.get("truncated")), "candidate_truncated": bool(cand_row.get("truncated"))}
 
 
 def check_gates(gate_texts: list[str], models: list[EvalResult], comparisons: list[Comparison]) -> list[GateResult]:

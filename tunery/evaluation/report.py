@@ -19,6 +19,7 @@ vertical-align:top;text-align:left}th{background:#f3f3f3}.num{text-align:right;f
 max-width:380px;font-size:12px}.pos{color:#1a7f37}.neg{color:#c62828}h2{margin-top:28px}
 """
 MAX_EXAMPLES_SHOWN = 200
+FIELD_PREFIX = "json_field."
 
 
 def headline_metrics(summary) -> list[str]:
@@ -82,11 +83,22 @@ def render_metric_table(summary) -> str:
             loss_cells = "".join(f"<td class='num'>{m.loss[key]:.4f}</td>" if m.loss else "<td>-</td>"
                                  for m in summary.models)
             rows.append(f"<tr><td>{key}</td>{loss_cells}</tr>")
-    main = [n for n in names if not n.startswith("json_field.")]
+    main, fields = split_fields(names)
+    chart = metric_bars(summary, main)
+    if fields:
+        chart += f"<h3>Per JSON field</h3>{metric_bars(summary, fields)}"
+    return f"<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>{chart}"
+
+
+def split_fields(names) -> tuple[list[str], list[str]]:
+    """(headline metrics, per-field metrics `json_field.NAME`): charted apart, as their scales differ in kind."""
+    return ([n for n in names if not n.startswith(FIELD_PREFIX)], [n for n in names if n.startswith(FIELD_PREFIX)])
+
+
+def metric_bars(summary, names: list[str]) -> str:
     series = [(m.label, [(m.metrics[n]["mean"], m.metrics[n]["low"], m.metrics[n]["high"]) if n in m.metrics
-                         else (0.0, 0.0, 0.0) for n in main]) for m in summary.models]
-    return (f"<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
-            f"{grouped_bars(main, series)}")
+                         else (0.0, 0.0, 0.0) for n in names]) for m in summary.models]
+    return grouped_bars([n.removeprefix(FIELD_PREFIX) for n in names], series)
 
 
 def usage_rows(summary) -> list[tuple[str, list[str]]]:
@@ -95,6 +107,10 @@ def usage_rows(summary) -> list[tuple[str, list[str]]]:
         value = (model.usage or {}).get(key)
         return "-" if value is None else fmt.format(value)
 
+    def cut(model):
+        flags = [row["truncated"] for row in model.rows if "truncated" in row]
+        return "-" if not flags else f"{sum(flags)} of {len(flags)}"
+
     def hit(model):
         rate = (model.usage or {}).get("retrieval_hit_rate")
         return "-" if not rate else f"{rate['mean']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] n={rate['n']}"
@@ -102,6 +118,7 @@ def usage_rows(summary) -> list[tuple[str, list[str]]]:
     return [("median latency per answer (ms)", [cell(m, "median_latency_ms", "{:.0f}") for m in summary.models]),
             ("median prompt tokens per answer", [cell(m, "median_prompt_tokens", "{:.0f}") for m in summary.models]),
             ("median answer tokens", [cell(m, "median_completion_tokens", "{:.0f}") for m in summary.models]),
+            ("answers cut at max_new_tokens", [cut(m) for m in summary.models]),
             ("retrieval hit rate", [hit(m) for m in summary.models])]
 
 
@@ -140,8 +157,12 @@ def render_comparison(comparison) -> str:
                     f"<td class='num'>{d['candidate']:.3f}</td><td class='num {css}'>{d['delta']:+.3f}</td>"
                     f"<td class='num'>[{d['low']:+.3f}, {d['high']:+.3f}]</td><td class='num'>{d['n']}</td></tr>")
     o = comparison.outcomes
-    chart = delta_bars([(n, d["delta"], d["low"], d["high"]) for n, d in comparison.deltas.items()
-                        if not n.startswith("json_field.")])
+    main, fields = split_fields(list(comparison.deltas))
+    chart = delta_bars([(n, *(comparison.deltas[n][k] for k in ("delta", "low", "high"))) for n in main])
+    if fields:
+        chart += "<h3>Per JSON field</h3>" + delta_bars(
+            [(n.removeprefix(FIELD_PREFIX), *(comparison.deltas[n][k] for k in ("delta", "low", "high")))
+             for n in fields])
     return (f"<h2>{escape(comparison.candidate)} vs {escape(comparison.baseline)}</h2>"
             f"<p>Per example: <b class='pos'>{o['wins']} wins</b>, <b class='neg'>{o['losses']} losses</b>, "
             f"{o['ties']} ties.</p><table><tr><th>metric</th><th>{escape(comparison.baseline)}</th>"
@@ -169,7 +190,9 @@ def render_examples(summary, comparison) -> str:
     cand = {row["id"]: row for row in next(m for m in summary.models if m.label == comparison.candidate).rows}
     ties = [{"id": r["id"], "location": r["location"], "prompt": r["messages"][-1]["content"],
              "reference": r["reference"], "baseline": r["prediction"], "candidate": cand[r["id"]]["prediction"],
-             "baseline_score": r["score"], "candidate_score": cand[r["id"]]["score"], "delta": 0.0}
+             "baseline_score": r["score"], "candidate_score": cand[r["id"]]["score"], "delta": 0.0,
+             "baseline_truncated": bool(r.get("truncated")),
+             "candidate_truncated": bool(cand[r["id"]].get("truncated"))}
             for r in base.rows if r["id"] not in changed_ids and r["id"] in cand]
     shown = (changed + ties)[:MAX_EXAMPLES_SHOWN]
     rows = []
@@ -178,7 +201,7 @@ def render_examples(summary, comparison) -> str:
         outcome = "regressed" if x["delta"] < 0 else "improved" if x["delta"] > 0 else "tie"
         rows.append(f"<tr><td>{escape(x['id'])}<br><small>{escape(x['location'])}</small></td>"
                     f"<td><pre>{escape(x['prompt'])}</pre></td><td><pre>{escape(x['reference'])}</pre></td>"
-                    f"<td><pre>{escape(x['baseline'])}</pre></td><td><pre>{escape(x['candidate'])}</pre></td>"
+                    f"<td>{answer_cell(x, 'baseline')}</td><td>{answer_cell(x, 'candidate')}</td>"
                     f"<td class='num {css}'>{score_text(x['baseline_score'])} → {score_text(x['candidate_score'])}"
                     f"<br>{outcome}</td></tr>")
     more = f"<p>{len(changed) + len(ties) - len(shown)} more in the predictions files.</p>" \
@@ -187,6 +210,12 @@ def render_examples(summary, comparison) -> str:
             f"({len(comparison.regressions)} regressed, shown first)</h2><table><tr><th>id</th><th>prompt</th>"
             f"<th>reference</th><th>{escape(comparison.baseline)}</th><th>{escape(comparison.candidate)}</th>"
             f"<th>score</th></tr>{''.join(rows)}</table>{more}")
+
+
+def answer_cell(example: dict, side: str) -> str:
+    """An answer, flagged when generation stopped at max_new_tokens (it may be cut mid-sentence or mid-JSON)."""
+    flag = "<br><small class='neg'>cut at max_new_tokens</small>" if example.get(f"{side}_truncated") else ""
+    return f"<pre>{escape(example[side])}</pre>{flag}"
 
 
 def score_text(value) -> str:

@@ -24,11 +24,24 @@ def legend(labels: list[str], x: float, y: float) -> str:
     return "".join(parts)
 
 
+LABEL_CHARS = 22  # a longer axis label is shortened with an ellipsis; the full text is its tooltip
+
+
+def short_label(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+
+
 def grouped_bars(groups: list[str], series: list[tuple[str, list[tuple[float, float, float]]]]) -> str:
-    """Bars in [0, 1] per group (metric) and series (model), each (mean, low, high) with a whisker."""
+    """Bars in [0, 1] per group (metric) and series (model), each (mean, low, high) with a whisker.
+
+    Group labels are slanted below the axis (shortened past LABEL_CHARS, full text on hover) so long
+    metric names stay readable however many groups there are."""
     if not groups or not series:
         return ""
-    bar_w, gap, height, top, left = 18, 18, 180, 10, 36
+    label_w = 6 * min(LABEL_CHARS, max(len(g) for g in groups))  # about 6 px a character at font-size 11
+    bar_w, gap, height, top = 18, 18, 180, 10
+    left = max(36, int(label_w * 0.82))  # cos 35°: the first slanted label reaches this far left
+    label_h = int(label_w * 0.58) + 20  # sin 35°: and this far down
     group_w = bar_w * len(series) + gap
     width = left + group_w * len(groups) + 160
     body = [f'<line x1="{left}" y1="{top + height}" x2="{left + group_w * len(groups)}" y2="{top + height}" '
@@ -40,21 +53,25 @@ def grouped_bars(groups: list[str], series: list[tuple[str, list[tuple[float, fl
                     f'text-anchor="end">{tick:g}</text>')
     for g, group in enumerate(groups):
         x0 = left + g * group_w + gap / 2
-        for s, (_, values) in enumerate(series):
+        for s, (name, values) in enumerate(series):
             mean, low, high = (clamp01(v) for v in values[g])
             x = x0 + s * bar_w
             y = top + height * (1 - mean)
             color = PALETTE[s % len(PALETTE)]
             body.append(f'<rect x="{fmt(x)}" y="{fmt(y)}" width="{bar_w - 3}" height="{fmt(top + height - y)}" '
-                        f'fill="{color}"><title>{escape(group)}: {values[g][0]:.3f}</title></rect>')
+                        f'fill="{color}"><title>{escape(name)}, {escape(group)}: {values[g][0]:.3f} '
+                        f'[{values[g][1]:.3f}, {values[g][2]:.3f}]</title></rect>')
             xc = x + (bar_w - 3) / 2
             body.append(f'<line x1="{fmt(xc)}" y1="{fmt(top + height * (1 - low))}" x2="{fmt(xc)}" '
                         f'y2="{fmt(top + height * (1 - high))}" stroke="#222"/>')
-        body.append(f'<text x="{fmt(x0 + bar_w * len(series) / 2)}" y="{top + height + 14}" font-size="10" '
-                    f'text-anchor="middle">{escape(group)}</text>')
+        xl, yl = x0 + bar_w * len(series) / 2, top + height + 12
+        body.append(f'<text x="{fmt(xl)}" y="{yl}" font-size="11" text-anchor="end" '
+                    f'transform="rotate(-35 {fmt(xl)} {yl})"><title>{escape(group)}</title>'
+                    f'{escape(short_label(group))}</text>')
     body.append(legend([name for name, _ in series], left + group_w * len(groups) + 10, top))
-    return (f'<svg role="img" width="{width}" height="{top + height + 24}" '
-            f'viewBox="0 0 {width} {top + height + 24}">{"".join(body)}</svg>')
+    total_h = top + height + label_h
+    return (f'<svg role="img" width="{width}" height="{total_h}" '
+            f'viewBox="0 0 {width} {total_h}">{"".join(body)}</svg>')
 
 
 def delta_bars(rows: list[tuple[str, float, float, float]]) -> str:
@@ -72,7 +89,8 @@ def delta_bars(rows: list[tuple[str, float, float, float]]) -> str:
         y = i * row_h + 4
         x_d = zero + half * delta / span
         color = "#54a24b" if delta > 0 else "#e45756" if delta < 0 else "#999"
-        body.append(f'<text x="{label_w - 6}" y="{y + 11}" font-size="11" text-anchor="end">{escape(name)}</text>')
+        body.append(f'<text x="{label_w - 6}" y="{y + 11}" font-size="11" text-anchor="end"><title>{escape(name)}'
+                    f'</title>{escape(short_label(name))}</text>')
         body.append(f'<rect x="{fmt(min(zero, x_d))}" y="{y}" width="{fmt(abs(x_d - zero))}" height="12" '
                     f'fill="{color}"><title>{escape(name)}: {delta:+.3f} [{low:+.3f}, {high:+.3f}]</title></rect>')
         body.append(f'<line x1="{fmt(zero + half * low / span)}" y1="{y + 6}" x2="{fmt(zero + half * high / span)}" '
@@ -81,8 +99,11 @@ def delta_bars(rows: list[tuple[str, float, float, float]]) -> str:
     return f'<svg role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">{"".join(body)}</svg>'
 
 
+MARKED_POINTS = 40  # a curve with at most this many points shows each one (one point is no line at all)
+
+
 def line_chart(series: list[tuple[str, list[list[float]], bool]]) -> str:
-    """Lines of (x, y) points; the bool marks a dashed series (validation)."""
+    """Lines of (x, y) points; the bool marks a dashed series (validation). Short curves mark their points."""
     points = [p for _, pts, _ in series for p in pts]
     if not points:
         return ""
@@ -98,11 +119,15 @@ def line_chart(series: list[tuple[str, list[list[float]], bool]]) -> str:
     for i, (_, pts, dashed) in enumerate(series):
         if not pts:
             continue
-        coords = " ".join(f"{fmt(left + w * (x - x_min) / x_span)},{fmt(top + h * (1 - (y - y_min) / y_span))}"
-                          for x, y in pts)
+        xy = [(left + w * (x - x_min) / x_span, top + h * (1 - (y - y_min) / y_span)) for x, y in pts]
+        color = PALETTE[i % len(PALETTE)]
         dash = ' stroke-dasharray="5,3"' if dashed else ""
-        body.append(f'<polyline points="{coords}" fill="none" stroke="{PALETTE[i % len(PALETTE)]}" '
-                    f'stroke-width="1.5"{dash}/>')
+        body.append(f'<polyline points="{" ".join(f"{fmt(x)},{fmt(y)}" for x, y in xy)}" fill="none" '
+                    f'stroke="{color}" stroke-width="1.5"{dash}/>')
+        if len(pts) <= MARKED_POINTS:
+            body += [f'<circle cx="{fmt(x)}" cy="{fmt(y)}" r="3" fill="{"#fff" if dashed else color}" '
+                     f'stroke="{color}"><title>step {p[0]:g}: {p[1]:.4g}</title></circle>'
+                     for (x, y), p in zip(xy, pts)]
     body.append(legend([name for name, _, _ in series], left + w + 10, top))
     width = left + w + 200
     return (f'<svg role="img" width="{width}" height="{top + h + 20}" '
