@@ -105,6 +105,38 @@ def test_update_reindexes_changed_files_only(tmp_path, tiny_model_dir):
     assert "--rebuild" in changed.value.hint
 
 
+def test_an_index_kept_inside_its_documents_folder_is_not_indexed_again(tmp_path, tiny_model_dir):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The Wren printer toner is part MX-3333-D.\n", encoding="utf-8")
+    first = build_index([docs], docs / "idx", model=str(tiny_model_dir))
+    warnings: list[str] = []
+    again = build_index([docs], docs / "idx", model=str(tiny_model_dir), rebuild=True, warn=warnings.append)
+    updated = build_index([docs], docs / "idx", model=str(tiny_model_dir), update=True, warn=warnings.append)
+    assert first.chunks == again.chunks == updated.chunks == 1 and first.sources == updated.sources == 1
+    assert any("idx: skipped: a tunery index" in w for w in warnings), warnings
+
+
+def test_fitting_thousands_of_chunks_takes_a_handful_of_encodings():
+    from tunery.rag.prompt import _fit
+    from tunery.rag.retrieval import Hit
+
+    hits = [Hit(rank=i + 1, score=1.0, chunk={"id": i}) for i in range(5000)]  # an index's top_k of 5000
+    calls = []
+
+    def build(kept):  # 20 tokens of question and template, 7 per chunk
+        calls.append(len(kept))
+        return [], [0] * (20 + 7 * len(kept))
+
+    fitted = _fit(build, hits, max_prompt_tokens=1000)
+    assert len(fitted.hits) == 140 and fitted.hits == hits[:140] and len(fitted.retrieved) == 5000
+    assert len(calls) <= 16, len(calls)
+    assert len(_fit(build, hits[:3], max_prompt_tokens=1000).hits) == 3 and calls[-1] == 3  # fits at once
+    with pytest.raises(DataError) as too_long:
+        _fit(build, hits, max_prompt_tokens=19)
+    assert too_long.value.code == "context_length_exceeded" and "20 tokens" in too_long.value.message
+
+
 def test_empty_folder_and_only_unreadable_files_are_clear_errors(tmp_path, tiny_model_dir, make_pdf):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as empty:

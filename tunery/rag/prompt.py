@@ -101,18 +101,34 @@ def fit_text_prompt(text: str, hits: list[Hit], tokenizer, *, max_prompt_tokens:
 
 
 def _fit(build, hits: list[Hit], max_prompt_tokens: int) -> RagPrompt:
-    """Drop the lowest-ranked hits until `build(kept)` fits; the question itself is never cut."""
-    kept = list(hits)
-    while True:
-        messages, ids = build(kept)
-        if len(ids) <= max_prompt_tokens:
-            return RagPrompt(messages=messages, prompt_ids=ids, hits=kept, retrieved=list(hits))
-        if not kept:
-            raise DataError(f"the question alone is {len(ids)} tokens in the retrieval template, more than the "
-                            f"{max_prompt_tokens} tokens the model's context leaves for a prompt",
-                            code="context_length_exceeded",
-                            hint="shorten the question, or allow fewer new tokens for the answer")
-        kept = kept[:-1]
+    """The most of the best-ranked hits for which `build(kept)` fits; the question itself is never cut.
+
+    A prompt grows with every chunk kept, so the count is found by bisection: a handful of encodings
+    even when an index's top_k asks for thousands of chunks, not one per chunk dropped.
+    """
+    def fits(count: int):
+        messages, ids = build(hits[:count])
+        return (messages, ids) if len(ids) <= max_prompt_tokens else None
+
+    best = fits(len(hits))
+    if best is not None:
+        return RagPrompt(messages=best[0], prompt_ids=best[1], hits=list(hits), retrieved=list(hits))
+    low, high = 0, len(hits)  # hits[:low] is not yet known to fit; hits[:high] does not fit
+    best_count = None
+    while low < high:
+        middle = (low + high) // 2
+        found = fits(middle)
+        if found is None:
+            high = middle
+        else:
+            best, best_count, low = found, middle, middle + 1
+    if best is None or best_count is None:
+        _, ids = build([])
+        raise DataError(f"the question alone is {len(ids)} tokens in the retrieval template, more than the "
+                        f"{max_prompt_tokens} tokens the model's context leaves for a prompt",
+                        code="context_length_exceeded",
+                        hint="shorten the question, or allow fewer new tokens for the answer")
+    return RagPrompt(messages=best[0], prompt_ids=best[1], hits=hits[:best_count], retrieved=list(hits))
 
 
 @dataclass

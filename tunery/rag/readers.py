@@ -66,8 +66,10 @@ def find_sources(inputs: list[str | Path], warn: Warn) -> list[SourceFile]:
             raise DataError(f"{path} does not exist", code="file_not_found",
                             hint="pass documents or folders of .txt, .md, .html, .pdf or .jsonl files")
         if path.is_dir():
+            indexes = index_folders(path, warn)
             files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                           and not any(folder in p.parents for folder in indexes))
             found += [(p, str(Path(path.resolve().name) / p.relative_to(path))) for p in files]
         else:
             found.append((path, path.name))
@@ -85,6 +87,17 @@ def find_sources(inputs: list[str | Path], warn: Warn) -> list[SourceFile]:
         raise DataError(f"no readable document in {what}", code="no_documents",
                         hint="an index needs at least one .txt, .md, .html, .pdf or .jsonl file with text")
     return sources
+
+
+def index_folders(folder: Path, warn: Warn) -> list[Path]:
+    """Tunery indexes under `folder` (an index kept beside its documents): never read as documents, or the
+    next --update or --rebuild would index the old index's chunks.jsonl into the new one."""
+    found = [manifest.parent for manifest in folder.rglob("manifest.json")
+             if (manifest.parent / "chunks.jsonl").is_file() and (manifest.parent / "bm25").is_dir()]
+    for index in found:
+        if not any(part.startswith(".") for part in index.relative_to(folder).parts):  # hidden: left out anyway
+            warn(f"{index}: skipped: a tunery index, not documents")
+    return found
 
 
 def check_source(path: Path, name: str, warn: Warn) -> SourceFile | None:
