@@ -40,9 +40,10 @@ def rebuild_command(manifest: dict, index_dir: Path | str) -> str:
     inputs = manifest.get("inputs")
     inputs = [str(i) for i in inputs] if isinstance(inputs, list) and inputs else ["DOCS..."]
     parts = ["tunery", "rag", "index", *inputs, "--out", str(index_dir)]
-    parts += ["--model", str(settings.get("model", "MODEL"))]
-    parts += ["--chunk-tokens", str(settings.get("chunk_tokens")), "--overlap-tokens",
-              str(settings.get("overlap_tokens"))]
+    parts += ["--model", str(settings.get("model") or "MODEL")]
+    for option, key in (("--chunk-tokens", "chunk_tokens"), ("--overlap-tokens", "overlap_tokens")):
+        if isinstance(settings.get(key), int):  # a damaged manifest may not say: the defaults then apply
+            parts += [option, str(settings[key])]
     if settings.get("embedding_model"):
         parts += ["--embedding-model", str(settings["embedding_model"])]
     return " ".join(shlex.quote(p) for p in parts) + " --rebuild"
@@ -112,7 +113,8 @@ def check_libraries(manifest: dict, index_dir: Path) -> None:
     for name, now in installed.items():
         then = built.get(name)
         if then is None or _major_minor(then) != _major_minor(now):
-            raise RetrievalError(f"index {index_dir} was built with {name} {then}, and {name} {now} is installed",
+            built_with = f"{name} {then}" if then is not None else f"no recorded {name} version"
+            raise RetrievalError(f"index {index_dir} was built with {built_with}, and {name} {now} is installed",
                               code="index_version",
                               hint=f"rebuild it with the installed version: {rebuild_command(manifest, index_dir)}")
 
