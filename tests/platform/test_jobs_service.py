@@ -59,6 +59,7 @@ def test_bad_requests_are_refused_with_the_field_named(store, tiny_job):
              ({"method": {"type": "dpo"}}, "preference"), ({"tunery": {"train": {"lr": 0.1}}}, "train.learning_rate"),
              ({"tunery": {"data": {"train": "/etc/passwd"}}}, "set by the job"), ({"model": "no-such-model"}, "not found"),
              ({"tunery": {"data": {"chat_template": "/etc/passwd"}}}, "names a file"),
+             ({"tunery": {"data": {"rag": "../../other-team/indexes/kb"}}}, "data.rag names an index folder"),
              ({"training_file": "file-nope"}, "does not exist")]
     for extra, expected in cases:
         with pytest.raises(ConfigError) as caught:

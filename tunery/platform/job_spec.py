@@ -159,6 +159,12 @@ def build_config(request: JobRequest, *, job_id: str, base_ref: str, train_path:
                             code="invalid_request", hint="put the template's text in the field")
         error.param = "tunery.data.chat_template"
         raise error
+    if isinstance(data, dict) and data.get("rag") is not None:  # a folder on the server: another key's documents
+        error = ConfigError("tunery.data.rag names an index folder on the server; a job cannot train on one",
+                            code="invalid_request",
+                            hint="train retrieval-aware models with `tunery train` and data.rag where the index is")
+        error.param = "tunery.data.rag"
+        raise error
     if isinstance(data, dict):
         data["train"] = str(train_path)
         if validation_path is not None:
