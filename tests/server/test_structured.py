@@ -268,6 +268,145 @@ def test_tools_reach_a_template_that_renders_them(live):
         tokenizer.chat_template = plain
 
 
+# Llama 3.1's chat template as Meta ships it, less its built-in tools (brave_search, wolfram_alpha) branches.
+LLAMA31_TOOLS = """{{- bos_token }}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{%- if tools is not none %}
+    {{- "Environment: ipython\\n" }}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\\n" }}
+{{- "Today Date: " + date_string + "\\n\\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- if tools_in_user_message and not tools is none %}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+    {%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\\n\\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\\n\\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
+        {{- '{"name": "' + tool_call.name + '", ' }}
+        {{- '"parameters": ' }}
+        {{- tool_call.arguments | tojson }}
+        {{- "}" }}
+        {{- "<|eot_id|>" }}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+
+def test_llama31_calls_are_read_as_the_template_writes_them():
+    """Llama 3.1's template renders tools itself and writes a call as the whole answer,
+    {"name": ..., "parameters": {...}}: that is read back (streamed too), and any other answer is content."""
+    from tunery.data.tools import LLAMA_JSON
+    from tunery.server.structured import ToolCallStream, parse_tool_calls
+
+    tools = [WEATHER["function"]]
+    answer = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "c"}}'
+    for text in (answer, "<|python_tag|>" + answer, " " + answer + "\n"):
+        content, calls = parse_tool_calls(text, tools, LLAMA_JSON)
+        assert content is None and [(c.function.name, c.function.arguments) for c in calls] == \
+            [("get_weather", '{"city": "Oslo", "unit": "c"}')]
+    for text in ('{"name": "nope", "parameters": {}}', "It is sunny.", '{"city": "Oslo"}'):
+        assert parse_tool_calls(text, tools, LLAMA_JSON) == (text, [])
+    stream = ToolCallStream(tools, LLAMA_JSON)
+    deltas = [d for i in range(0, len(answer), 3) for d in stream.feed(answer[i:i + 3])] + stream.finish()
+    assert deltas[0].tool_calls[0].function == {"name": "get_weather", "arguments": ""}
+    assert "".join(_arguments(deltas)) == '{"city": "Oslo", "unit": "c"}' and len(_arguments(deltas)) > 5
+    assert stream.calls == 1 and not any(d.content for d in deltas)
+    for text in ("It is sunny in Oslo.", '{"city": "Oslo"} is what I know.'):
+        stream = ToolCallStream(tools, LLAMA_JSON)
+        deltas = [d for i in range(0, len(text), 4) for d in stream.feed(text[i:i + 4])] + stream.finish()
+        assert "".join(d.content or "" for d in deltas) == text and stream.calls == 0
+
+
+def test_a_llama31_template_gets_tools_natively_and_its_calls_round_trip(live):
+    """The tools go into Llama 3.1's own prompt (its first user message), a required call is enforced in its
+    JSON form and parsed (whole and streamed), and the result goes back as its ipython turn."""
+    from tunery.data.template import encode_prompt
+    from tunery.data.tools import LLAMA_JSON, native_tool_syntax
+
+    tokenizer = live.state.tokenizer
+    plain = tokenizer.chat_template
+    tokenizer.chat_template = LLAMA31_TOOLS
+    try:
+        assert native_tool_syntax(tokenizer) == LLAMA_JSON
+        client = live.client()
+        unit = {"type": "function", "function": {"name": "unit", "parameters": {  # short: the tiny model's context
+            "type": "object", "properties": {"u": {"type": "string", "enum": ["c", "f"]}}, "required": ["u"],
+            "additionalProperties": False}}}
+        messages = [{"role": "user", "content": "Unit?"}]
+        first = client.chat.completions.create(model=live.base, messages=messages, tools=[unit], max_tokens=60,
+                                               tool_choice="required", temperature=0.7, seed=1)
+        assert first.choices[0].finish_reason == "tool_calls" and len(first.choices[0].message.tool_calls) == 1
+        call = first.choices[0].message.tool_calls[0]
+        assert json.loads(call.function.arguments)["u"] in ("c", "f") and call.function.name == "unit"
+        with client.chat.completions.stream(model=live.base, messages=messages, tools=[unit], max_tokens=60,
+                                            tool_choice="required", temperature=0.7, seed=1) as stream:
+            pieces = [e.arguments_delta for e in stream if e.type == "tool_calls.function.arguments.delta"]
+            streamed = stream.get_final_completion()
+        assert "".join(pieces) == streamed.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+        history = [*messages, {"role": "assistant", "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "unit", "arguments": call.function.arguments}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "ok"}]
+        second = client.chat.completions.create(model=live.base, messages=history, tools=[unit], max_tokens=1,
+                                                temperature=0)
+        history[1]["tool_calls"][0]["function"]["arguments"] = json.loads(call.function.arguments)
+        expected = tokenizer.apply_chat_template(history, tools=[unit], tokenize=False, add_generation_prompt=True)
+        assert "Given the following functions" in expected and '{"name": "unit", "parameters": {"u": ' in expected
+        assert "<|start_header_id|>ipython<|end_header_id|>" in expected
+        prompt_ids = encode_prompt(tokenizer, history, tools=[unit])
+        assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
+    finally:
+        tokenizer.chat_template = plain
+
+
 def test_embeddings_through_the_openai_client(live):
     """Mean-pooled, unit-length hidden states in OpenAI's shape (the client asks for base64 by default)."""
     import math

@@ -1,14 +1,16 @@
 """Tool calling through the chat template: tool definitions, assistant tool calls and tool results.
 
-A template that renders them itself (its `tools` argument, `tool_calls` and role `tool`, writing calls
-as `<tool_call>` JSON `</tool_call>`, as Qwen's and Hermes' do) gets them as they are; any other
-template gets them in the Hermes form as plain text: a system message listing the tools, calls in the
-assistant's content, results as user messages. Knows message dicts and templates, not files or HTTP.
+A template that renders them itself (its `tools` argument, `tool_calls` and role `tool`) gets them as
+they are, when it writes calls in a form the server can read back: `<tool_call>` JSON `</tool_call>`
+(Qwen, Hermes) or Llama 3.1's bare `{"name": ..., "parameters": ...}` answer. Any other template gets
+them in the Hermes form as plain text: a system message listing the tools, calls in the assistant's
+content, results as user messages. Knows message dicts and templates, not files or HTTP.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 _PROBE_TOOL = {"type": "function", "function": {
@@ -20,20 +22,42 @@ _PROBE_MESSAGES = [
         "name": "tunery_probe", "arguments": {"probe_arg": "probe_value"}}}]},
     {"role": "tool", "tool_call_id": "call_probe", "content": "probe_result"},
 ]
-_NATIVE_TAGS: dict[str, tuple[str, str] | None] = {}  # template text -> (open, close) when native
+
+
+@dataclass(frozen=True)
+class ToolSyntax:
+    """How a model writes its calls: `open` + JSON + `close` each, the JSON naming the function under "name"
+    and its arguments under `arguments_key`. An empty `open` means the whole answer is one call."""
+
+    open: str
+    close: str
+    arguments_key: str = "arguments"
+    parallel: bool = True  # the template renders several calls in one assistant message
+
+
+HERMES = ToolSyntax(TOOL_OPEN, TOOL_CLOSE)
+# Llama 3.1/3.2/3.3: the answer is the JSON, ended by the end-of-turn token; one call per message.
+LLAMA_JSON = ToolSyntax("", "", "parameters", parallel=False)
+_NATIVE: dict[str, ToolSyntax | None] = {}  # template text -> its syntax when it renders tools itself
+
+
+def native_tool_syntax(tokenizer) -> ToolSyntax | None:
+    """How calls are written when the template renders tools itself (in a form read back here), else None."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return None
+    if template not in _NATIVE:
+        _NATIVE[template] = _probe_syntax(tokenizer)
+    return _NATIVE[template]
 
 
 def native_tool_tags(tokenizer) -> tuple[str, str] | None:
     """The (open, close) text around a call when the template renders tools itself, else None."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not isinstance(template, str):
-        return None
-    if template not in _NATIVE_TAGS:
-        _NATIVE_TAGS[template] = _probe_tags(tokenizer)
-    return _NATIVE_TAGS[template]
+    syntax = native_tool_syntax(tokenizer)
+    return None if syntax is None else (syntax.open, syntax.close)
 
 
-def _probe_tags(tokenizer) -> tuple[str, str] | None:
+def _probe_syntax(tokenizer) -> ToolSyntax | None:
     try:
         rendered = tokenizer.apply_chat_template(_PROBE_MESSAGES, tools=[_PROBE_TOOL], tokenize=False,
                                                  add_generation_prompt=True)
@@ -41,13 +65,15 @@ def _probe_tags(tokenizer) -> tuple[str, str] | None:
         return None
     if not all(word in rendered for word in ("tunery probe description", "probe_value", "probe_result")):
         return None
+    if '{"name": "tunery_probe", "parameters": {"probe_arg": "probe_value"}}' in rendered:
+        return LLAMA_JSON
     call = rendered.find('"probe_value"')
     start, end = rendered.rfind(TOOL_OPEN, 0, call), rendered.find(TOOL_CLOSE, call)
     brace = rendered.find("{", start)
     if start < 0 or end < 0 or brace < 0 or brace > call:
         return None
     closing = rendered.rfind("}", call, end)
-    return rendered[start:brace], rendered[closing + 1:end + len(TOOL_CLOSE)]
+    return ToolSyntax(rendered[start:brace], rendered[closing + 1:end + len(TOOL_CLOSE)])
 
 
 def render_tool_messages(tokenizer, messages: list[dict], tools: list[dict] | None,
@@ -59,7 +85,7 @@ def render_tool_messages(tokenizer, messages: list[dict], tools: list[dict] | No
     """
     if not tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         return messages, None
-    if native_tool_tags(tokenizer) is not None:
+    if native_tool_syntax(tokenizer) is not None:
         return messages, tools or None
     rendered = [hermes_message(m) for m in messages]
     if not tools:
@@ -89,6 +115,6 @@ def tools_prompt(functions: list[dict], parallel: bool) -> str:
             f"To call, reply with {many} as {TOOL_OPEN}{{\"name\": NAME, \"arguments\": {{...}}}}{TOOL_CLOSE}.")
 
 
-def tool_call_tags(tokenizer) -> tuple[str, str]:
-    """The text the model writes around each call: its template's, or the Hermes tags."""
-    return native_tool_tags(tokenizer) or (TOOL_OPEN, TOOL_CLOSE)
+def tool_syntax(tokenizer) -> ToolSyntax:
+    """How the model writes calls: its template's way, or the Hermes tags."""
+    return native_tool_syntax(tokenizer) or HERMES

@@ -77,23 +77,26 @@ def check_strict_schema(schema: dict, name: str, path: str = "") -> None:
                                f"(missing {', '.join(missing)} at {path or 'the root'})", code="invalid_schema")
 
 
-def tool_call_schema(tools: list[dict], *, parallel: bool) -> dict:
-    """A schema for the tool-call JSON the model writes: one call (or a list when parallel) to a listed tool."""
-    calls = [{"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t.get("parameters")
+def tool_call_schema(tools: list[dict], *, parallel: bool, arguments_key: str = "arguments") -> dict:
+    """A schema for the tool-call JSON the model writes: one call (or a list when parallel) to a listed tool,
+    its arguments under `arguments_key` ("parameters" in Llama 3.1's calls)."""
+    calls = [{"type": "object", "properties": {"name": {"const": t["name"]}, arguments_key: t.get("parameters")
                                                or {"type": "object"}},
-              "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+              "required": ["name", arguments_key], "additionalProperties": False} for t in tools]
     one = calls[0] if len(calls) == 1 else {"anyOf": calls}
     return {"type": "array", "items": one, "minItems": 1} if parallel else one
 
 
-def tool_call_grammar(tools: list[dict], *, parallel: bool, open_tag: str, close_tag: str) -> str:
+def tool_call_grammar(tools: list[dict], *, parallel: bool, open_tag: str, close_tag: str,
+                      arguments_key: str = "arguments") -> str:
     """Tool calls as the model's chat template writes them: `open_tag` JSON `close_tag`, enforced."""
     import llguidance
 
-    schema = tool_call_schema(tools, parallel=False)
+    schema = tool_call_schema(tools, parallel=False, arguments_key=arguments_key)
     body = json.dumps(schema)
+    parts = [json.dumps(tag) if tag else "" for tag in (open_tag, close_tag)]  # Llama 3.1's calls have no tags
     lark = (f"start: call{'+' if parallel else ''}\n"
-            f"call: {json.dumps(open_tag)} json_call {json.dumps(close_tag)}\n"
+            f"call: {' '.join(filter(None, [parts[0], 'json_call', parts[1]]))}\n"
             f"json_call: %json {body}\n")
     grammar = llguidance.LLMatcher.grammar_from_lark(lark)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)

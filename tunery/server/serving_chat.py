@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tunery.data.template import encode_prompt, encode_text
+from tunery.data.tools import HERMES, ToolSyntax
 from tunery.errors import DataError, StoreError
 from tunery.inference.params import GenerationEvent, SamplingParams
 from tunery.platform.metrics import RequestTimer
@@ -63,6 +64,7 @@ class Plan:
     created: int
     citations: list[dict] | None = None  # the chunks a retrieval model's prompt holds
     tools: list[dict] | None = None  # function definitions: the answer's tool calls are parsed out
+    tool_syntax: ToolSyntax = HERMES  # how the model writes those calls
     logprobs: bool = False
 
 
@@ -110,7 +112,8 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
         raise ApiError(400, exc.message, param="messages", code=exc.code) from None
     plan = _plan(state, req, "chat", "chatcmpl-", adapter, prompt_ids, stops, messages, req.requested_max_tokens(),
                  grammar=structure.grammar, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-    return replace(plan, citations=citations, tools=structure.tools or None, logprobs=req.logprobs)
+    return replace(plan, citations=citations, tools=structure.tools or None, tool_syntax=structure.syntax,
+                   logprobs=req.logprobs)
 
 
 def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
@@ -281,7 +284,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
 def _chat_choice(plan: Plan, index: int, text: str, final: GenerationEvent) -> ChatChoice:
     logprobs = ChatLogprobs(content=list(final.logprobs)) if plan.logprobs else None
     if plan.tools:
-        content, calls = parse_tool_calls(text, plan.tools)
+        content, calls = parse_tool_calls(text, plan.tools, plan.tool_syntax)
         if calls:  # an answer cut off by max_tokens says so, as OpenAI's do, even after whole calls
             reason = "length" if final.finish_reason == "length" else "tool_calls"
             return ChatChoice(index=index, message=AssistantMessage(content=content, tool_calls=calls),
@@ -361,7 +364,7 @@ def _stream(state: ServerState, plan: Plan, caller: Caller, started_s: float, ma
 
     async def events():
         texts, finals = [""] * plan.n, [None] * plan.n
-        streams = [ToolCallStream(plan.tools) for _ in range(plan.n)] if plan.tools else []
+        streams = [ToolCallStream(plan.tools, plan.tool_syntax) for _ in range(plan.n)] if plan.tools else []
         for index in range(plan.n):
             opening = make_chunk(plan, index, None)
             if opening is not None:

@@ -3,7 +3,8 @@ grammar, prompt messages and sampling fields; and tool calls parsed back out of 
 
 Tools reach the model through its chat template (`tunery.data.tools`: the template's own `tools`
 argument where it renders them, else a Hermes system message), exactly as tool-calling data is
-trained; a `required` or named choice is enforced by the grammar, in the template's call tags.
+trained; a `required` or named choice is enforced by the grammar, in the template's call syntax
+(`<tool_call>` tags, or Llama 3.1's bare JSON answer with its arguments under "parameters").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from tunery.data.tools import TOOL_CLOSE, TOOL_OPEN, tool_call_tags
+from tunery.data.tools import HERMES, TOOL_CLOSE, TOOL_OPEN, ToolSyntax, tool_syntax
 from tunery.inference.grammar import GrammarError, compile_schema, json_object_grammar, tool_call_grammar
 from tunery.server.errors import ApiError
 from tunery.server.protocol import (
@@ -35,6 +36,7 @@ class Structure:
     grammar: str | None = None
     tools: list[dict] = field(default_factory=list)  # function definitions calls may name
     prompt_tools: list[dict] | None = None  # the tools the chat template is given (none for tool_choice none)
+    syntax: ToolSyntax = HERMES  # how the model writes its calls
 
 
 def plan_structure(req: ChatCompletionRequest, tokenizer) -> Structure:
@@ -56,12 +58,13 @@ def plan_structure(req: ChatCompletionRequest, tokenizer) -> Structure:
                 if tool.get("strict") and tool.get("parameters"):
                     compile_schema(tool["parameters"], strict=True, name=tool["name"])
             prompt_tools = [{"type": "function", "function": t} for t in tools]
+            syntax = tool_syntax(tokenizer)
             if choice == "auto":
-                return Structure(messages, response_grammar(req), tools, prompt_tools)
-            open_tag, close_tag = tool_call_tags(tokenizer)
-            grammar = tool_call_grammar(named or tools, parallel=req.parallel_tool_calls and not named,
-                                        open_tag=open_tag, close_tag=close_tag)
-            return Structure(messages, grammar, tools, prompt_tools)
+                return Structure(messages, response_grammar(req), tools, prompt_tools, syntax)
+            grammar = tool_call_grammar(named or tools, parallel=req.parallel_tool_calls and not named and syntax.parallel,
+                                        open_tag=syntax.open, close_tag=syntax.close,
+                                        arguments_key=syntax.arguments_key)
+            return Structure(messages, grammar, tools, prompt_tools, syntax)
         return Structure(messages, response_grammar(req))
     except GrammarError as exc:
         raise ApiError(400, exc.message, param="tools" if tools else "response_format", code=exc.code) from None
@@ -97,32 +100,43 @@ def template_message(message) -> dict:
 
 
 # A call's JSON as templates write it, up to its arguments object: what streaming needs to start a call.
-CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*(?=\{)')
+CALL_HEAD = {key: re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"' + key + r'"\s*:\s*(?=\{)')
+             for key in ("arguments", "parameters")}
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 may open a call with it
 
 
-def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str | None, list[ResponseToolCall]]:
+def parse_tool_calls(text: str, tools: list[dict], syntax: ToolSyntax = HERMES
+                     ) -> tuple[str | None, list[ResponseToolCall]]:
     """(content left over, tool calls) from the model's text; malformed calls stay as content.
 
     A call's `arguments` are the model's own JSON text, as OpenAI returns them (and as they stream)."""
-    names = {t["name"] for t in tools}
+    if not syntax.open:  # the whole answer is one call, or no call at all
+        call = _read_call(text.strip().removeprefix(PYTHON_TAG), tools, syntax.arguments_key)
+        return (None, [call]) if call is not None else (text, [])
     calls, kept = [], text
     for match in TOOL_CALL.finditer(text):
-        try:
-            call = json.loads(match.group(1))
-        except ValueError:
-            continue
-        if not isinstance(call, dict) or call.get("name") not in names:
-            continue
-        arguments = call.get("arguments", {})
-        calls.append(ResponseToolCall(id="call_" + secrets.token_hex(12), function=ResponseFunctionCall(
-            name=call["name"], arguments=raw_arguments(match.group(1), arguments))))
-        kept = kept.replace(match.group(0), "", 1)
+        call = _read_call(match.group(1), tools, syntax.arguments_key)
+        if call is not None:
+            calls.append(call)
+            kept = kept.replace(match.group(0), "", 1)
     return (kept.strip() or None) if calls else text, calls
 
 
-def raw_arguments(call_json: str, arguments) -> str:
+def _read_call(call_json: str, tools: list[dict], arguments_key: str) -> ResponseToolCall | None:
+    try:
+        call = json.loads(call_json)
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or call.get("name") not in {t["name"] for t in tools}:
+        return None
+    arguments = call.get(arguments_key, {})
+    return ResponseToolCall(id="call_" + secrets.token_hex(12), function=ResponseFunctionCall(
+        name=call["name"], arguments=raw_arguments(call_json, arguments, arguments_key)))
+
+
+def raw_arguments(call_json: str, arguments, arguments_key: str = "arguments") -> str:
     """The arguments object as the model wrote it, when the call starts with its name; else re-serialised."""
-    head = CALL_HEAD.match(call_json)
+    head = CALL_HEAD[arguments_key].match(call_json)
     if head is not None:
         try:
             _, end = json.JSONDecoder().raw_decode(call_json, head.end())
@@ -138,19 +152,24 @@ class ToolCallStream:
     name once its name is in, then its arguments in pieces as they are generated (holding back only what
     may be the call's closing brace and tag). A call written another way (keys in another order, arguments
     as a string) goes out whole once its close tag is in; malformed calls and calls to unknown functions
-    stay content, as in `parse_tool_calls`."""
+    stay content, as in `parse_tool_calls`. Where the whole answer is the call (Llama 3.1), an answer that
+    opens with "{" is held until it is known to be a call (then streamed as one) or not (then content)."""
 
-    def __init__(self, tools: list[dict]):
-        self.tools = tools
+    def __init__(self, tools: list[dict], syntax: ToolSyntax = HERMES):
+        self.tools, self.syntax = tools, syntax
         self.names = {t["name"] for t in tools}
+        self.head = CALL_HEAD[syntax.arguments_key]
         self.calls = 0
         self.open_call = False  # inside a call whose arguments are streaming
         self._pending = ""  # outside a call: text not yet sent; inside: the arguments text so far
         self._sent = 0  # inside a call: how much of the arguments text has gone out
         self._space = ""  # whitespace held back: between calls it is not content
+        self._content_only = False  # a whole-answer call syntax whose answer turned out to be text
 
     def feed(self, text: str) -> list[DeltaMessage]:
         self._pending += text
+        if not self.syntax.open:
+            return self._feed_whole_answer()
         out: list[DeltaMessage] = []
         while True:
             if self.open_call:
@@ -165,7 +184,7 @@ class ToolCallStream:
                 return out
             out += self._content(self._pending[:start])
             self._pending = self._pending[start:]
-            head = CALL_HEAD.match(self._pending, len(TOOL_OPEN))
+            head = self.head.match(self._pending, len(TOOL_OPEN))
             if head is not None and head.group(1) in self.names:
                 out.append(self._call_piece(head.group(1)))
                 self._pending, self._sent, self.open_call, self._space = self._pending[head.end():], 0, True, ""
@@ -183,15 +202,39 @@ class ToolCallStream:
             out.append(self._arguments_piece(calls[0].function.arguments))
             self.calls += 1
 
+    def _feed_whole_answer(self) -> list[DeltaMessage]:
+        """The answer is one call or none: content unless it opens with "{" and names a listed function."""
+        out: list[DeltaMessage] = []
+        if self.open_call:
+            self._stream_arguments(out)
+            return out
+        if self._content_only:
+            out += self._content(self._pending)
+            self._pending = ""
+            return out
+        stripped = self._pending.lstrip().removeprefix(PYTHON_TAG).lstrip()
+        if not stripped or PYTHON_TAG.startswith(stripped):
+            return out  # nothing to decide on yet
+        if not stripped.startswith("{"):
+            self._content_only = True
+            return self._feed_whole_answer()
+        head = self.head.match(stripped)
+        if head is not None and head.group(1) in self.names:
+            out.append(self._call_piece(head.group(1)))
+            self._pending, self._sent, self.open_call = stripped[head.end():], 0, True
+            self._stream_arguments(out)
+        return out  # held: perhaps a call whose name is not in yet, perhaps JSON content
+
     def _stream_arguments(self, out: list[DeltaMessage]) -> bool:
         """Send the arguments text that cannot be the call's end; True once the call's close tag is in."""
-        end = self._pending.find(TOOL_CLOSE)
+        end = self._pending.find(TOOL_CLOSE) if self.syntax.open else -1
         if end >= 0:
             arguments, self._pending = self._pending[:end], self._pending[end + len(TOOL_CLOSE):]
             arguments = arguments.rstrip()
             arguments = arguments[:-1].rstrip() if arguments.endswith("}") else arguments  # the call's own brace
         else:
-            held = next((n for n in range(len(TOOL_CLOSE) - 1, 0, -1) if self._pending.endswith(TOOL_CLOSE[:n])), 0)
+            held = next((n for n in range(len(TOOL_CLOSE) - 1, 0, -1) if self._pending.endswith(TOOL_CLOSE[:n])),
+                        0) if self.syntax.open else 0
             arguments = self._pending[:len(self._pending) - held].rstrip()
             arguments = arguments[:-1].rstrip() if arguments.endswith("}") else arguments
         if len(arguments) > self._sent:
@@ -211,12 +254,22 @@ class ToolCallStream:
         return DeltaMessage(tool_calls=[DeltaToolCall(index=self.calls, function={"arguments": text})])
 
     def finish(self) -> list[DeltaMessage]:
-        """What is still held back: a cut-off call's last arguments text, or content; trailing whitespace
-        after calls is dropped."""
-        if self.open_call:  # the answer ended inside a call (max_tokens): its arguments stop where it did
-            rest, self._pending, self.open_call = self._pending[self._sent:], "", False
+        """What is still held back: a call's last arguments text, a held answer as a call or as content;
+        trailing whitespace after calls is dropped."""
+        if self.open_call:  # a whole-answer call ends with the answer; a tagged one was cut off (max_tokens)
+            rest = self._pending.rstrip()
+            if not self.syntax.open and rest.endswith("}"):
+                rest = rest[:-1].rstrip()  # the call's own closing brace
+            rest, self._pending, self.open_call = rest[self._sent:], "", False
             self.calls += 1
             return [self._arguments_piece(rest)] if rest else []
+        if not self.syntax.open and self._pending.strip() and not self._content_only:
+            content, calls = parse_tool_calls(self._pending, self.tools, self.syntax)
+            self._pending = ""
+            if calls:  # a call written another way than the head streaming reads (keys in another order)
+                self.calls += 1
+                return [self._call_piece(calls[0].function.name), self._arguments_piece(calls[0].function.arguments)]
+            return self._content(content or "")
         out = self._content(self._pending)
         self._pending = ""
         if self._space and not self.calls:
