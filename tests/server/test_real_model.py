@@ -16,7 +16,7 @@ def real_client(default_model_dir, tmp_path_factory):
     from tunery.server.settings import ServerSettings
 
     settings = ServerSettings(model=str(default_model_dir), served_name="smollm2", no_auth=True, port=free_port(),
-                              database=tmp_path_factory.mktemp("real") / "t.db")
+                              database=tmp_path_factory.mktemp("real") / "t.db", max_n=10)
     app, server, thread = start_server(settings)
     try:
         yield OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0, timeout=300)
@@ -83,3 +83,21 @@ def test_streamed_tool_call_round_trip_on_the_default_model(real_client):
     answer = real_client.chat.completions.create(model="smollm2", messages=messages, tools=[weather], temperature=0,
                                                  max_tokens=40)
     assert answer.choices[0].finish_reason == "stop" and "18" in answer.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_fifty_sampled_json_schema_answers_of_the_default_model_all_validate(real_client):
+    import jsonschema
+
+    from tests.server.test_structured import TICKET, schema_format
+
+    answers = []
+    for seed in range(5):  # 5 requests of 10 sampled choices, decoded together
+        result = real_client.chat.completions.create(
+            model="smollm2", n=10, seed=seed, temperature=1.0, max_tokens=200, response_format=schema_format(),
+            messages=[{"role": "user", "content": "Triage: the printer on floor 3 is offline."}])
+        assert [c.finish_reason for c in result.choices] == ["stop"] * 10
+        answers += [json.loads(c.message.content) for c in result.choices]
+    for answer in answers:
+        jsonschema.validate(answer, TICKET)
+    assert len(answers) == 50 and len({json.dumps(a, sort_keys=True) for a in answers}) > 5
