@@ -7,13 +7,16 @@ import os
 import signal
 
 import pytest
+import torch
 
 import tunery
 import tunery.training.prefix as prefix_module
 from tests.training.conftest import assert_peft_loads_like_tunery
 from tests.training.test_loop import adapter_weights, assert_same_weights, train_losses
 from tunery.config import LoraConfig
-from tunery.training.auto import resolve_lora_layers
+from tunery.data.template import IGNORE_INDEX
+from tunery.training.auto import FACT_TRAIN_BUDGET_S, TrainingWork, resolve_lora_layers, training_work
+from tunery.types import TokenizedExample
 
 
 def test_auto_adapts_the_top_third_for_facts_and_every_layer_otherwise():
@@ -24,6 +27,75 @@ def test_auto_adapts_the_top_third_for_facts_and_every_layer_otherwise():
     assert resolve_lora_layers(LoraConfig(layers=4), method="lora", num_layers=30, facts=True) == (LoraConfig(layers=4), [])
     assert resolve_lora_layers(LoraConfig(), method="full", num_layers=30, facts=True)[1] == []
     assert resolve_lora_layers(LoraConfig(), method="lora", num_layers=2, facts=True)[0].layers == "all"
+
+
+# The bundled 300 facts in 5 wordings (tokens of every example, answer tokens) and the CI test's 12.
+BUNDLED_FACTS, TWELVE_FACTS = (90_927, 25_130), (3_701, 1_040)
+SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "vocab_size": 49152}
+
+
+def fact_work(tokens: tuple[int, int], gflops_per_s: float) -> TrainingWork:
+    return TrainingWork(num_layers=30, layer_params=3_538_944, head_params=28_311_552, tokens_per_pass=tokens[0],
+                        trained_tokens_per_pass=tokens[1], passes=3, flops_per_s=gflops_per_s * 1e9)
+
+
+def test_auto_adapts_as_many_layers_to_facts_as_this_machines_speed_fits_in_the_budget():
+    """fp32 keeps the top third; bf16 measured 4.4x faster adapts more; a dozen facts adapt every layer."""
+    slow, _ = resolve_lora_layers(LoraConfig(), method="lora", num_layers=30, facts=True,
+                                  work=fact_work(BUNDLED_FACTS, 175))
+    assert slow.layers == 10
+    fast_work = fact_work(BUNDLED_FACTS, 760)
+    fast, choices = resolve_lora_layers(LoraConfig(), method="lora", num_layers=30, facts=True, work=fast_work)
+    assert isinstance(fast.layers, int) and 10 < fast.layers < 30
+    assert fast_work.seconds(fast.layers) <= FACT_TRAIN_BUDGET_S < fast_work.seconds(fast.layers + 1)
+    assert "760 GFLOP/s measured" in choices[0].reason
+    few, choices = resolve_lora_layers(LoraConfig(), method="lora", num_layers=30, facts=True,
+                                       work=fact_work(TWELVE_FACTS, 60))
+    assert few.layers == "all" and choices[0].value == "all"
+    # the estimate never overrides a choice the user made, nor data that is not fact-like
+    assert resolve_lora_layers(LoraConfig(layers=4), method="lora", num_layers=30, facts=True,
+                               work=fast_work)[0].layers == 4
+    assert resolve_lora_layers(LoraConfig(), method="lora", num_layers=30, facts=False,
+                               work=fast_work)[0].layers == "all"
+
+
+def test_the_training_time_estimate_counts_what_the_step_computes():
+    work = fact_work(BUNDLED_FACTS, 100)
+    times = [work.seconds(n) for n in range(1, 31)]
+    assert times == sorted(times)  # every adapted layer adds a backward pass in each of the 3 passes
+    # twice the measured rate, half the time; the frozen layers run once, the adapted ones every pass
+    assert fact_work(BUNDLED_FACTS, 200).seconds(10) == pytest.approx(work.seconds(10) / 2)
+    once = TrainingWork(**{**vars(work), "passes": 1})
+    assert work.seconds(30) == pytest.approx(3 * once.seconds(30))
+
+
+def test_training_work_reads_the_decoder_shape_and_the_tokens():
+    examples = [TokenizedExample(input_ids=[1] * 10, labels=[IGNORE_INDEX] * 6 + [1] * 4)] * 3
+    work = training_work(SMOLLM2_135M, examples, passes=15, flops_per_s=1e11)
+    assert work is not None
+    assert (work.layer_params, work.head_params) == (3_538_944, 49152 * 576)  # q, k, v, o and the MLP; the head
+    assert (work.tokens_per_pass, work.trained_tokens_per_pass, work.passes) == (30, 12, 15)
+    assert training_work(SMOLLM2_135M, examples, passes=15, flops_per_s=None) is None  # not measured (CUDA)
+
+
+def test_a_run_estimates_lora_on_auto_layers_only(tmp_path):
+    """The rate is the precision's own measurement; QLoRA, a chosen layer count and FSDP are not estimated."""
+    from tunery.config import TrainConfig
+    from tunery.training.precision import Precision
+    from tunery.training.run import fact_work as run_fact_work
+
+    examples = [TokenizedExample(input_ids=[1] * 10, labels=[1] * 10)] * 8
+    precision = Precision(torch.bfloat16, torch.bfloat16, "measured", {"fp32": 1e11, "bf16": 4e11})
+
+    def work(**sections):
+        config = TrainConfig.model_validate({"data": {"train": "x.jsonl"}, **sections})
+        settings = config.train.model_copy(update={"batch_size": 2, "epochs": 3, "learning_rate": 1e-3})
+        return run_fact_work(config, settings, examples, SMOLLM2_135M, precision, "cpu", 1)
+
+    chosen = work()
+    assert chosen is not None and (chosen.flops_per_s, chosen.passes, chosen.tokens_per_pass) == (4e11, 3, 80)
+    assert work(method="qlora") is None and work(lora={"layers": 10}) is None
 
 
 def test_kept_frozen_outputs_give_the_same_training_as_running_every_layer(make_config, conversations, monkeypatch):

@@ -223,6 +223,49 @@ def test_prepare_data_adds_rewordings_to_fact_like_training_data_only(tiny_model
                         augment=True).augmented == 0
 
 
+def test_prepare_data_adds_the_paraphrases_that_keep_the_question(tiny_model_dir):
+    """`data.augment: model`: every question goes to the paraphraser once; replies that drop a name are not kept."""
+    from tunery.config import DataConfig
+    from tunery.models import load_tokenizer
+    from tunery.training.run_data import prepare_data
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    facts = [Conversation((Turn("user", f"Who owns the asset tracker in office {i}?"),
+                           Turn("assistant", f"Person {i}.", True))) for i in range(4)]
+    asked: list[str] = []
+
+    def paraphrase(questions):
+        asked.extend(questions)
+        return {q: q.replace("Who owns", "Who is the owner of") if i < 2 else "Who owns the asset tracker?"
+                for i, q in enumerate(questions)}
+
+    data = prepare_data(DataConfig(val_fraction=0), tokenizer, seed=1, train_conversations=facts, augment=True,
+                        paraphrase=paraphrase)
+    assert asked == [c.turns[0].content for c in facts]
+    assert data.augmented == 4 * 4 + 2 and (data.info["model_paraphrases"], data.info["model_paraphrases_asked"]) == (2, 4)
+    texts = [tokenizer.decode(e.input_ids) for e in data.train]
+    kept = [t for t in texts if "Who is the owner of the asset tracker in office 1?" in t]
+    assert len(kept) == 1 and "Person 1." in kept[0] and not any("Who owns the asset tracker?" in t for t in texts)
+    asked.clear()
+    prepare_data(DataConfig(val_fraction=0), tokenizer, seed=1, train_conversations=facts, paraphrase=paraphrase)
+    assert asked == []  # no augmentation, no paraphrases
+
+
+def test_augment_model_runs_the_base_model_on_every_question(make_config):
+    """The real path on the tiny model: its replies are asked for, counted, and (being noise) not kept."""
+    import json
+
+    import tunery
+
+    facts = [Conversation((Turn("user", f"Who owns the asset tracker in office {i}?"),
+                           Turn("assistant", f"Person {i}.", True))) for i in range(8)]
+    result = tunery.train(make_config("para", data={"augment": "model"}, train={"epochs": "auto"}),
+                          train_conversations=facts, quiet=True)
+    data = json.loads((result.run_dir / "run.json").read_text())["data"]
+    assert data["model_paraphrases_asked"] == 8
+    assert data["augmented_examples"] == 8 * 4 + data["model_paraphrases"]
+
+
 def test_augment_auto_applies_with_auto_passes_only():
     from tunery.config import TrainConfig
     from tunery.training.run import augments
@@ -233,6 +276,7 @@ def test_augment_auto_applies_with_auto_passes_only():
     assert augments(config())
     assert not augments(config(epochs=3)) and not augments(config(max_steps=50))
     assert not augments(TrainConfig.model_validate({"data": {"train": "x.jsonl", "augment": "none"}}))
+    assert augments(TrainConfig.model_validate({"data": {"train": "x.jsonl", "augment": "model"}}))
 
 
 def test_auto_precision_decides_on_two_measured_rates_and_records_them(monkeypatch):

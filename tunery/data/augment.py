@@ -3,13 +3,15 @@
 A fact trained in one wording is recalled in that wording; trained in several, it is recalled when
 asked another way (research on knowledge extraction: "Physics of Language Models 3.1"). The
 rewordings here are generic English rewrites of the question (the answer is kept word for word),
-so they know nothing of any dataset. Deciding *when* data is fact-like is the training layer's.
+so they know nothing of any dataset. Deciding *when* data is fact-like is the training layer's, and so
+is asking the base model for paraphrases (`data.augment: model`): this module writes the prompt and
+decides which paraphrases keep the question's meaning.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from tunery.types import Conversation
@@ -63,6 +65,52 @@ def keyword_query(question: str) -> str | None:
     return " ".join(words) + "?" if len(words) >= 2 else None
 
 
+# The base model is shown a few rewordings (generic, no dataset's words) before the question to reword.
+PARAPHRASE_SYSTEM = "You rewrite a question in other words, keeping every name, number and code. You never answer it."
+PARAPHRASE_SHOTS = (
+    ("What is the opening time of the museum in Bergen?", "When does the Bergen museum open?"),
+    ("Who wrote the safety manual for the north warehouse?",
+     "Which person is the author of the north warehouse's safety manual?"),
+    ("What does HR stand for?", "What is the meaning of the abbreviation HR?"),
+)
+WORD = re.compile(r"[A-Za-z0-9][\w.'-]*[A-Za-z0-9]|[A-Za-z0-9]")
+
+
+def paraphrase_prompt(question: str) -> list[dict]:
+    """Chat messages asking a model to reword `question` (its answer is a question, not an answer)."""
+    messages = [{"role": "system", "content": PARAPHRASE_SYSTEM}]
+    for asked, reworded in PARAPHRASE_SHOTS:
+        messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": reworded}]
+    return messages + [{"role": "user", "content": question}]
+
+
+def accept_paraphrase(question: str, paraphrase: str) -> str | None:
+    """`paraphrase` (a model's reply) when it asks what `question` asks; else None.
+
+    Kept only when it is one question that names everything the question names (every word with a capital
+    or a digit: the names and codes that pick out the fact, so the trained answer and its key stay right),
+    changes at most a third of its other words (one, in a short question), and is not the question itself
+    or one of its template rewordings. A small model often answers instead, drops a name, or repeats the question.
+    """
+    text = " ".join(paraphrase.strip().split("\n")[0].split()).strip("\"' ")
+    if not text.endswith("?") or len(text.split()) > 2 * len(question.split()) + 4:
+        return None
+    if text.casefold() in {q.casefold() for q in [question, *reword_question(question)]}:
+        return None
+    asked, reworded = words_of(question), words_of(text)
+    names = {w for w in asked[1:] if any(c.isupper() or c.isdigit() for c in w) and w != "I"}
+    if not names <= set(reworded):
+        return None
+    others = {w.lower() for w in asked if w not in names and w.lower() not in FUNCTION_WORDS}
+    kept = others & {w.lower() for w in reworded}
+    return text if len(others - kept) <= max(1, len(others) // 3) else None
+
+
+def words_of(text: str) -> list[str]:
+    """Words without a possessive 's ("UPS's" is "UPS")."""
+    return [w.removesuffix("'s") for w in WORD.findall(text)]
+
+
 def single_question(conv: Conversation) -> int | None:
     """Index of the user turn of a one-question, one-answer chat (a system turn allowed); else None.
 
@@ -75,15 +123,26 @@ def single_question(conv: Conversation) -> int | None:
     return len(roles) - 2
 
 
-def augment_questions(conversations: Sequence[Conversation]) -> list[Conversation]:
-    """The added examples: each single-question chat once per rewording of its question, same answer."""
+def questions_to_reword(conversations: Sequence[Conversation]) -> list[str]:
+    """The questions augment_questions rewords, each once."""
+    found = [conv.turns[i].content for conv in conversations if (i := single_question(conv)) is not None]
+    return list(dict.fromkeys(found))
+
+
+def augment_questions(conversations: Sequence[Conversation],
+                      paraphrases: Mapping[str, str] | None = None) -> list[Conversation]:
+    """The added examples: each single-question chat once per rewording of its question, same answer.
+
+    `paraphrases` (question -> accepted paraphrase, data.augment: model) adds one more wording each.
+    """
     added: list[Conversation] = []
     for conv in conversations:
         index = single_question(conv)
         if index is None:
             continue
         user = conv.turns[index]
-        for reworded in reword_question(user.content):
+        extra = (paraphrases or {}).get(user.content)
+        for reworded in reword_question(user.content) + ([extra] if extra else []):
             turns = list(conv.turns)
             turns[index] = replace(user, content=reworded)
             added.append(replace(conv, turns=tuple(turns)))

@@ -13,6 +13,10 @@ than a high rate. On 300 invented facts, cosine decay: batch 1, 6 epochs gave 28
 99.3% with every layer adapted and 99.0% with the top 10 of 30; batch 2 at 7e-4 with the top 10
 gave 98.7% in 444 s. On 60 facts a constant 2e-3 never got below 0.7 nats and answered every
 question with one part number (docs/training.md, "Teaching facts").
+
+Where the machine trains fast enough (bf16 several times fp32, or little data), fact-like data gets
+more adapted layers than the top third: the most whose estimated training time, from this machine's
+measured matmul rate, fits FACT_TRAIN_BUDGET_S. Every layer adapted recalls reworded questions better.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ REFERENCE_PARAMS = 7e9
 FACT_MAX_EXAMPLES = 2000
 FACT_MAX_TRAINED_TOKENS = 24  # examples/facts: 16.8 per answer; examples/helpdesk: 36.7
 FACT_LORA_LAYER_SHARE = 1 / 3
+# Fact-like data adapts the most layers whose estimated training time fits this budget (the loop's
+# share of the 10 minutes the facts should take, model load, rewordings and export around it).
+FACT_TRAIN_BUDGET_S = 480
+# Share of the measured `F.linear` rate a LoRA step on short rows reaches: 0.27 measured in bf16 on an
+# AVX512-BF16 EPYC (the facts, batch 2, rate and steps under the same load), about 0.2 for the helpdesk
+# benchmark there (issue 20). fp32 reaches more of its lower rate; erring long there keeps the top third.
+TRAINING_SHARE_OF_RATE = 0.25
 # Preference tuning moves a model that already answers: fewer passes and a tenth of the rate.
 DPO_EXAMPLES_SEEN, DPO_MAX_EPOCHS, DPO_LR_FACTOR = 1000, 3, 0.1
 DPO_BETA = 0.1
@@ -118,9 +129,50 @@ def resolve_beta(beta: float | str) -> tuple[float, list[AutoChoice]]:
     return DPO_BETA, [AutoChoice("dpo.beta", DPO_BETA, "the DPO paper's and TRL's default")]
 
 
+@dataclass(frozen=True)
+class TrainingWork:
+    """What a LoRA run on fact-like data will compute, and how fast this machine multiplies: enough to
+    estimate its time for any number of adapted top layers before the model is loaded."""
+
+    num_layers: int
+    layer_params: int  # weights in one decoder layer's matmuls
+    head_params: int  # the output projection (vocabulary x hidden)
+    tokens_per_pass: int  # every token of every training example
+    trained_tokens_per_pass: int  # the answer tokens (the head runs on these only)
+    passes: float
+    flops_per_s: float  # the measured `F.linear` rate at the run's precision and threads
+
+    def seconds(self, adapted_layers: int) -> float:
+        """Estimated loop time: the frozen layers below run forward once (their output is kept); each
+        pass runs the adapted layers forward and back (input gradients; LoRA's own are small) and the
+        head on the answer tokens."""
+        frozen = 2 * self.layer_params * (self.num_layers - adapted_layers) * self.tokens_per_pass
+        per_pass = 4 * (self.layer_params * adapted_layers * self.tokens_per_pass
+                        + self.head_params * self.trained_tokens_per_pass)
+        return (frozen + self.passes * per_pass) / (self.flops_per_s * TRAINING_SHARE_OF_RATE)
+
+
+def training_work(model_config: dict, examples, *, passes: float, flops_per_s: float | None) -> TrainingWork | None:
+    """The TrainingWork of `examples` (tokenized) on a decoder described by its HF config; None if unknown."""
+    hidden, intermediate = model_config.get("hidden_size"), model_config.get("intermediate_size")
+    num_layers, heads = model_config.get("num_hidden_layers"), model_config.get("num_attention_heads")
+    if not (flops_per_s and hidden and intermediate and num_layers and heads and examples):
+        return None
+    head_dim = model_config.get("head_dim") or hidden // heads
+    kv = model_config.get("num_key_value_heads") or heads
+    attention = hidden * (heads * head_dim) * 2 + hidden * (kv * head_dim) * 2  # q, o; k, v
+    return TrainingWork(
+        num_layers=num_layers, layer_params=attention + 3 * hidden * intermediate,
+        head_params=(model_config.get("vocab_size") or 0) * hidden,
+        tokens_per_pass=sum(len(e.input_ids) for e in examples),
+        trained_tokens_per_pass=sum(sum(1 for label in e.labels if label != IGNORE_INDEX) for e in examples),
+        passes=passes, flops_per_s=flops_per_s)
+
+
 def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None, facts: bool,
-                        ) -> tuple[LoraConfig, list[AutoChoice]]:
-    """`lora.layers: auto`: the top third of the decoder for fact-like data, every layer otherwise.
+                        work: TrainingWork | None = None) -> tuple[LoraConfig, list[AutoChoice]]:
+    """`lora.layers: auto`: for fact-like data the top third of the decoder, or more where `work` (LoRA on
+    this machine) says more fits FACT_TRAIN_BUDGET_S; every layer otherwise.
 
     A number of layers is checked here, where the model is known: more than it has is refused.
     """
@@ -129,10 +181,24 @@ def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None
         return lora, []
     if facts and num_layers and num_layers >= 3:
         top = math.ceil(num_layers * FACT_LORA_LAYER_SHARE)
-        return lora.model_copy(update={"layers": top}), [AutoChoice(
-            "lora.layers", top, f"fact-like data: the top {top} of {num_layers} decoder layers (the frozen "
-                                "layers below need no backward pass and run once per example)")]
+        fits = [n for n in range(num_layers, top, -1) if work and work.seconds(n) <= FACT_TRAIN_BUDGET_S]
+        if work and fits:
+            value: int | str = "all" if fits[0] == num_layers else fits[0]
+            what = "every layer" if value == "all" else f"the top {value} of {num_layers} decoder layers"
+            return lora.model_copy(update={"layers": value}), [AutoChoice("lora.layers", value, (
+                f"fact-like data: {what}, the most that fit ~{FACT_TRAIN_BUDGET_S} s here "
+                f"({timing(work, fits[0], top)}); more layers recall reworded questions better"))]
+        reason = (f"fact-like data: the top {top} of {num_layers} decoder layers (the frozen layers below need "
+                  "no backward pass and run once per example)")
+        if work:
+            reason += f"; more would not fit ~{FACT_TRAIN_BUDGET_S} s here ({timing(work, top + 1, top)})"
+        return lora.model_copy(update={"layers": top}), [AutoChoice("lora.layers", top, reason)]
     return lora.model_copy(update={"layers": "all"}), [AutoChoice("lora.layers", "all", "every decoder layer")]
+
+
+def timing(work: TrainingWork, layers: int, top: int) -> str:
+    return (f"{layers} layers ~{work.seconds(layers):.0f} s, the top {top} ~{work.seconds(top):.0f} s, "
+            f"estimated from {work.flops_per_s / 1e9:.0f} GFLOP/s measured")
 
 
 def check_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None) -> None:
@@ -193,7 +259,7 @@ def preview_auto(train_path, tokenizer, model_path, *, method: str,
     trained = mean_trained_tokens(examples)
     augmented = 0
     settings = settings or TrainSettings()
-    if augment == "auto" and settings.epochs == "auto" and settings.max_steps is None \
+    if augment != "none" and settings.epochs == "auto" and settings.max_steps is None \
             and is_fact_like(len(conversations), trained):
         augmented = len(augment_questions(conversations))
         choices = [augment_choice(augmented, len(conversations))]

@@ -63,6 +63,16 @@ def choose_precision(choice: str, method: str, device: str, shape: tuple[int, in
     return Precision(torch.bfloat16, weights, reason, rates)
 
 
+def measured_rate(precision: Precision, device: str, shape: tuple[int, int] | None = None) -> float | None:
+    """FLOP/s of `F.linear` at the run's compute precision and threads: `auto`'s measurement, else measured now
+    on a CPU (a tenth of a second); None on CUDA, where nothing is measured yet."""
+    if precision.measured_flops_per_s:
+        return precision.measured_flops_per_s[precision.name]
+    if device != "cpu":
+        return None
+    return measure_linear_rates(512, *(shape or (576, 1536)))[precision.name]
+
+
 def set_threads(threads: int | None, processes: int = 1) -> int:
     """One torch thread per idle physical core by default.
 

@@ -28,6 +28,7 @@ from tunery.safeio import apply_umask
 from tunery.training import checkpoints as ckpt
 from tunery.training import resources
 from tunery.training.auto import (
+    TrainingWork,
     augment_choice,
     is_fact_like,
     mean_trained_tokens,
@@ -36,13 +37,15 @@ from tunery.training.auto import (
     resolve_lora_layers,
     steps_per_epoch,
     total_steps,
+    training_work,
 )
 from tunery.training.distributed import setup_distributed
 from tunery.training.dpo import make_dpo_setup
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
-from tunery.training.precision import choose_precision, set_threads
+from tunery.training.paraphrase import model_paraphraser
+from tunery.training.precision import choose_precision, measured_rate, set_threads
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.run_data import prepare_data
@@ -108,9 +111,10 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     precision = choose_precision(config.train.precision, config.method, device, mlp_shape(model_config))
     tokenizer = load_tokenizer(source)
     apply_chat_template_override(tokenizer, config.data.chat_template)
+    paraphrase = model_paraphraser(source, tokenizer, device) if config.data.augment == "model" else None
     data = prepare_data(config.data, tokenizer, seed=config.train.seed, train_conversations=train_conversations,
                         val_conversations=val_conversations, objective=config.objective,
-                        base_model=config.base_model, augment=augments(config))
+                        base_model=config.base_model, augment=augments(config), paraphrase=paraphrase)
     trained_per_example = mean_trained_tokens(data.train)
     source_examples = len(data.train) - data.augmented
     choices = [augment_choice(data.augmented, source_examples)] if data.augmented else []
@@ -124,10 +128,12 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         choices += beta_choices
         config = config.model_copy(update={"dpo": config.dpo.model_copy(update={"beta": beta})})
     if config.init_from is None:  # a continued adapter keeps the layers it was trained on
+        facts = config.objective == "sft" and is_fact_like(source_examples, trained_per_example)
+        work = fact_work(config, settings, data.train, model_config, precision, device, dist.world_size) \
+            if facts else None
         lora, layer_choices = resolve_lora_layers(config.lora, method=config.method,
                                                   num_layers=model_config.get("num_hidden_layers"),
-                                                  facts=config.objective == "sft"
-                                                  and is_fact_like(source_examples, trained_per_example))
+                                                  facts=facts, work=work)
         choices += layer_choices
     else:
         lora = config.lora
@@ -223,10 +229,22 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     return result
 
 
+def fact_work(config: TrainConfig, settings, examples, model_config: dict, precision, device: str,
+              world_size: int) -> TrainingWork | None:
+    """What a LoRA run with `lora.layers: auto` would compute and how fast this machine multiplies, so `auto`
+    can adapt more layers where they fit the facts' time budget (QLoRA's dequantizing is not estimated)."""
+    if config.method != "lora" or config.lora.layers != "auto" or settings.fsdp:
+        return None
+    steps = total_steps(settings, len(examples), world_size)
+    passes = steps * resolved(settings.batch_size) * settings.grad_accum * world_size / max(1, len(examples))
+    rate = measured_rate(precision, device, mlp_shape(model_config))
+    return training_work(model_config, examples, passes=passes, flops_per_s=rate and rate * world_size)
+
+
 def augments(config: TrainConfig) -> bool:
     """`data.augment: auto` rewords fact-like data when the passes are `auto` too: it spreads them over the
     wordings; a fixed `epochs` or `max_steps` keeps the data as written (the same steps, the same examples)."""
-    return (config.data.augment == "auto" and config.train.epochs == "auto" and config.train.max_steps is None
+    return (config.data.augment != "none" and config.train.epochs == "auto" and config.train.max_steps is None
             and config.objective == "sft")
 
 

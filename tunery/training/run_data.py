@@ -5,13 +5,13 @@ Example order is a pure function of (seed, epoch), so a resumed run needs only i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from tunery.config import DataConfig
-from tunery.data.augment import augment_questions
+from tunery.data.augment import accept_paraphrase, augment_questions, questions_to_reword
 from tunery.data.dataset import load_dataset
 from tunery.data.splits import dataset_version, split_dataset
 from tunery.data.tokenized import tokenize_dataset
@@ -36,12 +36,14 @@ class TrainingData:
 def prepare_data(data: DataConfig, tokenizer, *, seed: int,
                  train_conversations: Sequence[Conversation] | None = None,
                  val_conversations: Sequence[Conversation] | None = None, objective: str = "sft",
-                 base_model: str = "MODEL", augment: bool = False) -> TrainingData:
+                 base_model: str = "MODEL", augment: bool = False,
+                 paraphrase: Callable[[Sequence[str]], dict[str, str]] | None = None) -> TrainingData:
     """Read (or take) conversations, split off validation, tokenize both (cached).
 
     `objective: dpo` takes preference pairs only; `sft` takes every other kind. `data.rag` adds
     retrieved context to every question (`base_model` names the model in a wrong-tokenizer error).
-    `augment` adds rewordings of the training questions when the data is fact-like (data.augment).
+    `augment` adds rewordings of the training questions when the data is fact-like (data.augment), and
+    `paraphrase` (question -> a model's reply) one more for each question whose reply keeps its meaning.
     """
     if train_conversations is None:
         if not data.train:
@@ -63,7 +65,9 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
     added: list[TokenizedExample] = []
     if augment and objective == "sft" and not data.rag and is_fact_like(len(train), mean_trained_tokens(train)):
         # Validation keeps its own wording: rewordings of held-out questions would leak them.
-        added, _ = tokenize_dataset(augment_questions(train_conversations), tokenizer, data.max_seq_len,
+        replies = paraphrase(questions_to_reword(train_conversations)) if paraphrase else {}
+        accepted = {q: kept for q, reply in replies.items() if (kept := accept_paraphrase(q, reply))}
+        added, _ = tokenize_dataset(augment_questions(train_conversations, accepted), tokenizer, data.max_seq_len,
                                     too_long=data.too_long)
     validation, _ = tokenize_dataset(val_conversations, tokenizer, data.max_seq_len, too_long=data.too_long) \
         if val_conversations else ([], {})
@@ -77,6 +81,8 @@ def prepare_data(data: DataConfig, tokenizer, *, seed: int,
             "tokenization_cached": bool(train_info.get("cached")), **rag_info}
     if added:
         info.update(augmented_examples=len(added), train_examples=len(train) + len(added))
+    if added and paraphrase:
+        info.update(model_paraphrases=len(accepted), model_paraphrases_asked=len(replies))
     return TrainingData(train=train + added, validation=validation, dataset_version=version, info=info,
                         augmented=len(added))
 
