@@ -407,6 +407,152 @@ def test_a_llama31_template_gets_tools_natively_and_its_calls_round_trip(live):
         tokenizer.chat_template = plain
 
 
+# Mistral 7B Instruct v0.3's chat template (tool calls as `[TOOL_CALLS]` and a list, ids of 9 characters).
+MISTRAL_TOOLS = """{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+        {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
+def test_mistral_call_lists_are_read_whole_and_streamed_whole():
+    from tunery.data.tools import MISTRAL_LIST
+    from tunery.server.structured import ToolCallStream, parse_tool_calls
+
+    tools = [WEATHER["function"]]
+    answer = ('[{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}, '
+              '{"name": "get_weather", "arguments": {"city": "Rome", "unit": "f"}}]')
+    for text in (answer, "[TOOL_CALLS] " + answer, " " + answer):
+        content, calls = parse_tool_calls(text, tools, MISTRAL_LIST)
+        assert content is None and [json.loads(c.function.arguments)["city"] for c in calls] == ["Oslo", "Rome"]
+    for text in ('[{"name": "nope", "arguments": {}}]', "It is sunny.", "[1, 2]"):
+        assert parse_tool_calls(text, tools, MISTRAL_LIST) == (text, [])
+    stream = ToolCallStream(tools, MISTRAL_LIST)
+    deltas = [d for i in range(0, len(answer), 5) for d in stream.feed(answer[i:i + 5])] + stream.finish()
+    heads = [c for d in deltas for c in d.tool_calls or [] if c.id]
+    assert [c.index for c in heads] == [0, 1] and stream.calls == 2 and not any(d.content for d in deltas)
+    text = "[Note] it is sunny."
+    stream = ToolCallStream(tools, MISTRAL_LIST)
+    deltas = [d for i in range(0, len(text), 4) for d in stream.feed(text[i:i + 4])] + stream.finish()
+    assert "".join(d.content or "" for d in deltas) == text and stream.calls == 0
+
+
+def test_a_mistral_template_gets_tools_natively_with_its_short_call_ids(live):
+    """Mistral's template lists the tools before the last user message and takes call ids of 9 letters or
+    digits: the OpenAI ids of the history are mapped to such ids (the same call and result alike), and a
+    required call comes back as a call."""
+    from tunery.data.template import encode_prompt
+    from tunery.data.tools import MISTRAL_LIST, native_tool_syntax, short_call_ids
+
+    tokenizer = live.state.tokenizer
+    plain = tokenizer.chat_template
+    tokenizer.chat_template = MISTRAL_TOOLS
+    try:
+        assert native_tool_syntax(tokenizer) == MISTRAL_LIST
+        client = live.client()
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=200,
+                                               tool_choice="required", temperature=0.7, seed=1,
+                                               parallel_tool_calls=False)
+        assert first.choices[0].finish_reason == "tool_calls" and len(first.choices[0].message.tool_calls) == 1
+        call = first.choices[0].message.tool_calls[0]
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+        history = [*messages, {"role": "assistant", "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"}]
+        second = client.chat.completions.create(model=live.base, messages=history, tools=[WEATHER], max_tokens=1,
+                                                temperature=0)
+        history[1]["tool_calls"][0]["function"]["arguments"] = json.loads(call.function.arguments)
+        short = [short_call_ids(m) for m in history]
+        assert short[1]["tool_calls"][0]["id"] == short[2]["tool_call_id"] and len(short[2]["tool_call_id"]) == 9
+        expected = tokenizer.apply_chat_template(short, tools=[WEATHER], tokenize=False, add_generation_prompt=True)
+        assert "[AVAILABLE_TOOLS]" in expected and '[TOOL_CALLS] [{"name": "get_weather"' in expected
+        prompt_ids = encode_prompt(tokenizer, history, tools=[WEATHER])
+        assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
+    finally:
+        tokenizer.chat_template = plain
+
+
 def test_embeddings_through_the_openai_client(live):
     """Mean-pooled, unit-length hidden states in OpenAI's shape (the client asks for base64 by default)."""
     import math

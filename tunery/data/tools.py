@@ -2,13 +2,15 @@
 
 A template that renders them itself (its `tools` argument, `tool_calls` and role `tool`) gets them as
 they are, when it writes calls in a form the server can read back: `<tool_call>` JSON `</tool_call>`
-(Qwen, Hermes) or Llama 3.1's bare `{"name": ..., "parameters": ...}` answer. Any other template gets
+(Qwen, Hermes), Llama 3.1's bare `{"name": ..., "parameters": ...}` answer, or Mistral's `[TOOL_CALLS]`
+list (whose call ids must be 9 letters or digits: others are mapped). Any other template gets
 them in the Hermes form as plain text: a system message listing the tools, calls in the assistant's
 content, results as user messages. Knows message dicts and templates, not files or HTTP.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -18,9 +20,9 @@ _PROBE_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"probe_arg": {"type": "string"}}}}}
 _PROBE_MESSAGES = [
     {"role": "user", "content": "probe question"},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_probe", "type": "function", "function": {
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "callprobe", "type": "function", "function": {
         "name": "tunery_probe", "arguments": {"probe_arg": "probe_value"}}}]},
-    {"role": "tool", "tool_call_id": "call_probe", "content": "probe_result"},
+    {"role": "tool", "tool_call_id": "callprobe", "content": "probe_result"},
 ]
 
 
@@ -33,11 +35,15 @@ class ToolSyntax:
     close: str
     arguments_key: str = "arguments"
     parallel: bool = True  # the template renders several calls in one assistant message
+    as_list: bool = False  # the calls are one JSON list after `open` (Mistral), not one JSON object each
+    short_ids: bool = False  # the template takes only call ids of 9 letters or digits (Mistral)
 
 
 HERMES = ToolSyntax(TOOL_OPEN, TOOL_CLOSE)
 # Llama 3.1/3.2/3.3: the answer is the JSON, ended by the end-of-turn token; one call per message.
 LLAMA_JSON = ToolSyntax("", "", "parameters", parallel=False)
+# Mistral v0.3 and its fine-tunes: `[TOOL_CALLS]` (a special token) and a JSON list of calls.
+MISTRAL_LIST = ToolSyntax("[TOOL_CALLS]", "", as_list=True, short_ids=True)
 _NATIVE: dict[str, ToolSyntax | None] = {}  # template text -> its syntax when it renders tools itself
 
 
@@ -67,6 +73,8 @@ def _probe_syntax(tokenizer) -> ToolSyntax | None:
         return None
     if '{"name": "tunery_probe", "parameters": {"probe_arg": "probe_value"}}' in rendered:
         return LLAMA_JSON
+    if '[TOOL_CALLS] [{"name": "tunery_probe", "arguments": {"probe_arg": "probe_value"}' in rendered:
+        return MISTRAL_LIST
     call = rendered.find('"probe_value"')
     start, end = rendered.rfind(TOOL_OPEN, 0, call), rendered.find(TOOL_CLOSE, call)
     brace = rendered.find("{", start)
@@ -85,8 +93,9 @@ def render_tool_messages(tokenizer, messages: list[dict], tools: list[dict] | No
     """
     if not tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
         return messages, None
-    if native_tool_syntax(tokenizer) is not None:
-        return messages, tools or None
+    syntax = native_tool_syntax(tokenizer)
+    if syntax is not None:
+        return ([short_call_ids(m) for m in messages] if syntax.short_ids else messages), tools or None
     rendered = [hermes_message(m) for m in messages]
     if not tools:
         return rendered, None
@@ -94,6 +103,20 @@ def render_tool_messages(tokenizer, messages: list[dict], tools: list[dict] | No
     if rendered and rendered[0]["role"] == "system":
         return [{**rendered[0], "content": rendered[0]["content"] + "\n\n" + prompt}, *rendered[1:]], None
     return [{"role": "system", "content": prompt}, *rendered], None
+
+
+def short_call_ids(message: dict) -> dict:
+    """The message with its call ids (or the id its result answers) as 9 letters or digits, the same for
+    the same id, as Mistral's template demands; an id that already is one stays."""
+    def short(call_id: str | None) -> str:
+        text = call_id or ""
+        return text if len(text) == 9 and text.isalnum() else hashlib.sha256(text.encode()).hexdigest()[:9]
+
+    if message.get("tool_calls"):
+        return {**message, "tool_calls": [{**c, "id": short(c.get("id"))} for c in message["tool_calls"]]}
+    if message["role"] == "tool":
+        return {**message, "tool_call_id": short(message.get("tool_call_id"))}
+    return message
 
 
 def hermes_message(message: dict) -> dict:

@@ -88,11 +88,15 @@ def tool_call_schema(tools: list[dict], *, parallel: bool, arguments_key: str = 
 
 
 def tool_call_grammar(tools: list[dict], *, parallel: bool, open_tag: str, close_tag: str,
-                      arguments_key: str = "arguments") -> str:
-    """Tool calls as the model's chat template writes them: `open_tag` JSON `close_tag`, enforced."""
+                      arguments_key: str = "arguments", as_list: bool = False) -> str:
+    """Tool calls as the model's chat template writes them: `open_tag` JSON `close_tag`, enforced; with
+    `as_list`, one JSON list of calls (one call unless `parallel`)."""
     import llguidance
 
-    schema = tool_call_schema(tools, parallel=False, arguments_key=arguments_key)
+    schema = tool_call_schema(tools, parallel=as_list, arguments_key=arguments_key)
+    if as_list and not parallel:
+        schema["maxItems"] = 1
+    parallel = parallel and not as_list
     body = json.dumps(schema)
     parts = [json.dumps(tag) if tag else "" for tag in (open_tag, close_tag)]  # Llama 3.1's calls have no tags
     lark = (f"start: call{'+' if parallel else ''}\n"

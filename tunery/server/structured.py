@@ -61,9 +61,10 @@ def plan_structure(req: ChatCompletionRequest, tokenizer) -> Structure:
             syntax = tool_syntax(tokenizer)
             if choice == "auto":
                 return Structure(messages, response_grammar(req), tools, prompt_tools, syntax)
+            # A list's opening tag is a special token the grammar would spell out in text: the list alone
             grammar = tool_call_grammar(named or tools, parallel=req.parallel_tool_calls and not named and syntax.parallel,
-                                        open_tag=syntax.open, close_tag=syntax.close,
-                                        arguments_key=syntax.arguments_key)
+                                        open_tag="" if syntax.as_list else syntax.open, close_tag=syntax.close,
+                                        arguments_key=syntax.arguments_key, as_list=syntax.as_list)
             return Structure(messages, grammar, tools, prompt_tools, syntax)
         return Structure(messages, response_grammar(req))
     except GrammarError as exc:
@@ -113,6 +114,9 @@ def parse_tool_calls(text: str, tools: list[dict], syntax: ToolSyntax = HERMES
     if not syntax.open:  # the whole answer is one call, or no call at all
         call = _read_call(text.strip().removeprefix(PYTHON_TAG), tools, syntax.arguments_key)
         return (None, [call]) if call is not None else (text, [])
+    if syntax.as_list:  # the whole answer is a list of calls (its special-token tag decoded away or not)
+        calls = _read_call_list(text.strip().removeprefix(syntax.open).strip(), tools, syntax.arguments_key)
+        return (None, calls) if calls else (text, [])
     calls, kept = [], text
     for match in TOOL_CALL.finditer(text):
         call = _read_call(match.group(1), tools, syntax.arguments_key)
@@ -120,6 +124,18 @@ def parse_tool_calls(text: str, tools: list[dict], syntax: ToolSyntax = HERMES
             calls.append(call)
             kept = kept.replace(match.group(0), "", 1)
     return (kept.strip() or None) if calls else text, calls
+
+
+def _read_call_list(text: str, tools: list[dict], arguments_key: str) -> list[ResponseToolCall]:
+    """Every call of a JSON list of calls, or none when any of them is not a call to a listed function."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(items, list) or not items:
+        return []
+    calls = [_read_call(json.dumps(item), tools, arguments_key) for item in items]
+    return [] if None in calls else [c for c in calls if c is not None]
 
 
 def _read_call(call_json: str, tools: list[dict], arguments_key: str) -> ResponseToolCall | None:
@@ -168,7 +184,7 @@ class ToolCallStream:
 
     def feed(self, text: str) -> list[DeltaMessage]:
         self._pending += text
-        if not self.syntax.open:
+        if not self.syntax.open or self.syntax.as_list:
             return self._feed_whole_answer()
         out: list[DeltaMessage] = []
         while True:
@@ -212,13 +228,14 @@ class ToolCallStream:
             out += self._content(self._pending)
             self._pending = ""
             return out
-        stripped = self._pending.lstrip().removeprefix(PYTHON_TAG).lstrip()
-        if not stripped or PYTHON_TAG.startswith(stripped):
+        tag = self.syntax.open or PYTHON_TAG
+        stripped = self._pending.lstrip().removeprefix(tag).lstrip()
+        if not stripped or tag.startswith(stripped):
             return out  # nothing to decide on yet
-        if not stripped.startswith("{"):
+        if not stripped.startswith("[" if self.syntax.as_list else "{"):
             self._content_only = True
             return self._feed_whole_answer()
-        head = self.head.match(stripped)
+        head = None if self.syntax.as_list else self.head.match(stripped)  # a list goes out whole at the end
         if head is not None and head.group(1) in self.names:
             out.append(self._call_piece(head.group(1)))
             self._pending, self._sent, self.open_call = stripped[head.end():], 0, True
@@ -263,13 +280,14 @@ class ToolCallStream:
             rest, self._pending, self.open_call = rest[self._sent:], "", False
             self.calls += 1
             return [self._arguments_piece(rest)] if rest else []
-        if not self.syntax.open and self._pending.strip() and not self._content_only:
+        if (not self.syntax.open or self.syntax.as_list) and self._pending.strip() and not self._content_only:
             content, calls = parse_tool_calls(self._pending, self.tools, self.syntax)
             self._pending = ""
-            if calls:  # a call written another way than the head streaming reads (keys in another order)
+            out = []
+            for call in calls:  # a list, or a call written another way than the head streaming reads
+                out += [self._call_piece(call.function.name), self._arguments_piece(call.function.arguments)]
                 self.calls += 1
-                return [self._call_piece(calls[0].function.name), self._arguments_piece(calls[0].function.arguments)]
-            return self._content(content or "")
+            return out or self._content(content or "")
         out = self._content(self._pending)
         self._pending = ""
         if self._space and not self.calls:
