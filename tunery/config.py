@@ -89,6 +89,7 @@ class TrainSettings(_Strict):
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many validations (null: never).")
     micro_batch_tokens: int = Field(256, ge=0, description="Process a micro-batch as consecutive pieces of at most this many tokens: the same update (the loss is normalised per step), less activation memory and shorter attention rows; 0 never splits.")
     loss_impl: Literal["chunked", "reference"] = Field("chunked", description="`chunked`: cross-entropy from hidden states over trained tokens only, in chunks (no full-vocabulary logits); `reference`: the model's own loss over full logits.")
+    kernels: Literal["auto", "reference"] = Field("auto", description="`auto`: on CPU, LoRA linears on a bf16 base as one GEMM chain (adapter weights cast once per step) and each packed example's attention on its own in fp32, both measured faster; `reference`: PEFT's and transformers' own computation.")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (null: one per physical core).")
     fsdp: bool = Field(False, description="Under torchrun (2+ processes), shard full fine-tuning with FSDP2 (each decoder layer, then the root) instead of replicating it (DDP); checkpoints and model/ are gathered to rank 0 in the usual format. Refused for lora/qlora and in a single process.")
 

@@ -39,6 +39,7 @@ from tunery.training.auto import (
     total_steps,
     training_work,
 )
+from tunery.training.cpu_kernels import cpu_kernels
 from tunery.training.distributed import setup_distributed
 from tunery.training.dpo import make_dpo_setup
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
@@ -200,7 +201,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                                             dist.world_size)})
     started = time.time()
     try:
-        status = train_loop(trainer, state)
+        with cpu_kernels(model, optimizer, settings.kernels == "auto" and device == "cpu"):
+            status = train_loop(trainer, state)
     except TuneryError as exc:  # nan_loss, checkpoint_write_failed, ...: run.json says failed, with the code
         finish_failed(run, dist, reporter, state, exc)
         raise

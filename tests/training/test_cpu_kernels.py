@@ -1,0 +1,159 @@
+"""The CPU training kernels (`train.kernels: auto`) against PEFT's and transformers' own computation.
+
+LoRA's GEMM chain: the same function as PEFT's layer, closer to fp32 than PEFT's bf16 path, with
+adapter copies refreshed after every update. Packed attention: each example in a packed row
+attends exactly as alone. Whole runs: fp32 is unchanged (1e-5), bf16 stays on fp32's loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tunery
+from tests.training.conftest import make_conversations
+from tunery.training import cpu_kernels
+from tunery.training.cpu_kernels import cpu_kernels as kernels_on
+
+
+def lora_layer(dtype=torch.bfloat16, **lora):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=False)).to(dtype)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["0"], **lora))
+    for name, p in model.named_parameters():
+        if "lora_" in name:  # B starts at zero: give both factors weight so every gradient is tested
+            with torch.no_grad():
+                p.normal_(0, 0.05)
+    return model
+
+
+def forward_backward(model, x, kernels: bool):
+    x = x.clone().requires_grad_(True)
+    with kernels_on(model, None, kernels), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return out.float(), x.grad.float(), grads
+
+
+def fp32_reference(model, x):
+    """The same layer computed wholly in fp32 from the bf16 base weight: what both bf16 paths approximate."""
+    layer = model.base_model.model[0]
+    w = layer.base_layer.weight.float()
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    x = x.float().clone().requires_grad_(True)
+    out = x @ w.t() + layer.scaling["default"] * (x @ a.t()) @ b.t()
+    out.square().sum().backward()
+    grads = {"a": a.grad.clone(), "b": b.grad.clone()}
+    a.grad = b.grad = None
+    return out, x.grad, grads
+
+
+def rel(a, b) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+def test_lora_kernel_matches_fp32_at_least_as_well_as_peft(monkeypatch):
+    model = lora_layer()
+    calls = []
+    real_apply = cpu_kernels._LoraLinear.apply
+    monkeypatch.setattr(cpu_kernels._LoraLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    x = torch.randn(2, 40, 64).to(torch.bfloat16)
+    ref_out, ref_gx, ref_g = fp32_reference(model, x)
+    names = {"a": "base_model.model.0.lora_A.default.weight", "b": "base_model.model.0.lora_B.default.weight"}
+    errors = {}
+    for kernels in (False, True):
+        out, gx, grads = forward_backward(model, x, kernels)
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        errors[kernels] = [rel(out, ref_out), rel(gx, ref_gx)] + [rel(grads[names[k]], ref_g[k]) for k in "ab"]
+    assert len(calls) == 1  # the kernel ran once, PEFT's path the other time
+    assert max(errors[True]) < 1e-2
+    for ours, peft in zip(errors[True], errors[False], strict=True):
+        assert ours <= peft * 1.5 + 1e-3
+
+
+@pytest.mark.parametrize("update", ["fused AdamW", "in place"])
+def test_lora_kernel_recasts_adapters_after_an_update(update):
+    model = lora_layer()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)  # its kernel leaves version counters alone
+    x = torch.randn(1, 16, 64).to(torch.bfloat16)
+    with kernels_on(model, optimizer, True), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x)
+        if update == "in place":
+            with torch.no_grad():
+                for p in params:
+                    p.mul_(3.0)
+        else:
+            before.float().square().sum().backward()
+            optimizer.step()
+        after = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        peft_after = model(x)
+    assert rel(after.float(), before.float()) > 0.01  # the update shows
+    assert rel(after.float(), peft_after.float()) < 1e-2
+
+
+@pytest.mark.parametrize("setting", [{"use_dora": True}, {"lora_dropout": 0.1}])
+def test_lora_kernel_leaves_other_variants_to_peft(monkeypatch, setting):
+    model = lora_layer(**setting)
+    monkeypatch.setattr(cpu_kernels._LoraLinear, "apply", lambda *a: pytest.fail("kernel used"))
+    forward_backward(model, torch.randn(1, 8, 64).to(torch.bfloat16), kernels=True)
+
+
+def test_fp32_base_keeps_peft_path(monkeypatch):
+    model = lora_layer(dtype=torch.float32)
+    monkeypatch.setattr(cpu_kernels._LoraLinear, "apply", lambda *a: pytest.fail("kernel used"))
+    with kernels_on(model, None, True):
+        model(torch.randn(1, 8, 64))
+
+
+def test_packed_attention_gives_each_example_its_own_attention(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    torch.manual_seed(1)
+    examples = [torch.randint(0, 300, (n,)) for n in (7, 12, 5)]
+    ids = torch.cat(examples)[None]
+    positions = torch.cat([torch.arange(len(e)) for e in examples])[None]
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=e[None]).logits[0] for e in examples])
+        reference = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        with kernels_on(model, None, True):
+            assert model.config._attn_implementation == cpu_kernels.ATTENTION
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.allclose(reference, alone, atol=1e-5)
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_example_bounds():
+    positions = torch.tensor([0, 1, 2, 0, 1, 0, 0, 1, 2, 3])
+    assert cpu_kernels.example_bounds(positions) == [(0, 3), (3, 5), (5, 6), (6, 10)]
+
+
+def losses(make_config, conversations, name: str, **train) -> list[float]:
+    config = make_config(name, train={"max_steps": 6, "batch_size": 4, **train})
+    result = tunery.train(config, train_conversations=conversations, quiet=True)
+    events = map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+    return [e["loss"] for e in events if e["type"] == "train"]
+
+
+def test_fp32_training_is_unchanged_by_the_kernels(make_config):
+    conversations = make_conversations(24)
+    assert losses(make_config, conversations, "auto") == pytest.approx(
+        losses(make_config, conversations, "ref", kernels="reference"), rel=1e-5)
+
+
+def test_bf16_training_stays_on_the_fp32_curve(make_config):
+    """bf16 with and without the kernels follows fp32's losses (the tiny model's loss is about 6)."""
+    conversations = make_conversations(24)
+    fp32 = losses(make_config, conversations, "fp32")
+    for kernels in ("auto", "reference"):
+        bf16 = losses(make_config, conversations, f"bf16-{kernels}", precision="bf16", kernels=kernels)
+        assert bf16 == pytest.approx(fp32, abs=0.02), kernels

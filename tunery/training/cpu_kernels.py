@@ -1,0 +1,191 @@
+"""CPU training kernels for what PEFT and transformers compute slowly on a CPU: LoRA linears and packed attention.
+
+LoRA on a bf16 base: PEFT computes `base(x) + B(A(x)) * scaling` under autocast: x is cast to fp32
+and back, A and B are cast to bf16 in every call, and the scale and the sum are separate passes over
+the output, forward and backward. Here A and B are cast once per optimizer step and `addmm` adds
+`scaling * (x A^T) B^T` into the base output (and `scaling * (g B) A` into the input gradient);
+A's and B's gradients come back in fp32.
+
+Packed attention: transformers hands a packed row to SDPA with one block-diagonal mask (or, for one
+example, `is_causal` in bf16), and torch's CPU kernel runs slowly on it; per example with
+`is_causal` in fp32 the same attention took about half the time forward and backward (256-token
+pieces, 9 heads of 64).
+
+Each applies only to the case measured and passes everything else (DoRA, dropout, several adapters,
+fp32 bases, padded rows, caches, sliding windows, other devices) to PEFT's or transformers' own path.
+Knows nothing of the training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = "tunery_packed"
+
+
+@contextlib.contextmanager
+def cpu_kernels(model, optimizer: torch.optim.Optimizer | None, enabled: bool) -> Iterator[None]:
+    """Both kernels in `model` while the block runs (if `enabled`); the model is as before after it.
+
+    `optimizer` is the one updating the adapters: after each of its steps their bf16 copies are made again.
+    """
+    with lora_kernel(model, optimizer, enabled), packed_attention(model, enabled):
+        yield
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, a16, b16, a, b, scaling: float):  # a, b: fp32 parameters, for their grads
+        xa = x @ a16.t()
+        out = F.linear(x, weight, bias).addmm_(xa, b16.t(), alpha=scaling)
+        ctx.save_for_backward(x, weight, a16, b16, xa)
+        ctx.scaling = scaling
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, a16, b16, xa = ctx.saved_tensors
+        s = ctx.scaling
+        grad_xa = grad @ b16
+        grad_x = (grad @ weight).addmm_(grad_xa, a16, alpha=s) if ctx.needs_input_grad[0] else None
+        grad_a = (grad_xa.t() @ x).float().mul_(s) if ctx.needs_input_grad[5] else None
+        grad_b = (grad.t() @ xa).float().mul_(s) if ctx.needs_input_grad[6] else None
+        return grad_x, None, None, None, None, grad_a, grad_b, None
+
+
+def bf16_copy(cache: dict, param: torch.Tensor) -> torch.Tensor:
+    """`param` in bf16, cast again after it changed: the cache is emptied after each optimizer step (the
+    fused AdamW kernel leaves version counters alone), and an in-place change elsewhere bumps the version."""
+    kept = cache.get(id(param))
+    if kept is None or kept[0] != param._version:
+        kept = (param._version, param.detach().to(torch.bfloat16))
+        cache[id(param)] = kept
+    return kept[1]
+
+
+def adapter_of(layer, x: torch.Tensor, args, kwargs) -> str | None:
+    """The one plain LoRA adapter this call can compute here, or None for PEFT's own path."""
+    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return None
+    name = layer.active_adapters[0]
+    base = layer.base_layer
+    if (name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.use_dora.get(name)
+            or not isinstance(layer.lora_dropout[name], torch.nn.Identity)
+            or layer.lora_A[name].bias is not None or layer.lora_B[name].bias is not None):
+        return None
+    if (type(base) is not torch.nn.Linear or base.weight.requires_grad or base.weight.dtype != torch.bfloat16
+            or (base.bias is not None and base.bias.requires_grad)):
+        return None
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu":
+        return None
+    return name
+
+
+def kernel_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    name = adapter_of(self, x, args, kwargs)
+    if name is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    cache = self.__dict__["_tunery_bf16"]
+    x2 = x.reshape(-1, x.shape[-1])
+    out = _LoraLinear.apply(x2, self.base_layer.weight, self.base_layer.bias, bf16_copy(cache, a),
+                            bf16_copy(cache, b), a, b, float(self.scaling[name]))
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def lora_layers(model) -> list[torch.nn.Module]:
+    from peft.tuners.lora.layer import Linear
+
+    return [m for m in model.modules() if type(m) is Linear]
+
+
+@contextlib.contextmanager
+def lora_kernel(model, optimizer: torch.optim.Optimizer | None, enabled: bool) -> Iterator[None]:
+    """PEFT LoRA Linear layers compute through `_LoraLinear` while the block runs (where `adapter_of` allows)."""
+    layers = lora_layers(model) if enabled else []
+    cache: dict = {}
+    hook = optimizer.register_step_post_hook(lambda *args: cache.clear()) if optimizer and layers else None
+    for layer in layers:
+        layer.forward = types.MethodType(kernel_forward, layer)
+        layer.__dict__["_tunery_bf16"] = cache
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+        for layer in layers:
+            del layer.forward
+            del layer.__dict__["_tunery_bf16"]
+
+
+def packed_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None,
+                             dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface: (batch, heads, tokens, head_dim) in, (batch, tokens, heads, head_dim) out."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or not handles(module, query, key, position_ids, dropout, kwargs):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    outputs = []
+    with torch.autocast("cpu", enabled=False):  # fp32 here: torch's CPU kernel is faster in fp32 than bf16
+        for start, end in example_bounds(position_ids[0]):
+            outputs.append(F.scaled_dot_product_attention(
+                query[:, :, start:end].float(), key[:, :, start:end].float(), value[:, :, start:end].float(),
+                is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]))
+    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def handles(module, query: torch.Tensor, key: torch.Tensor, position_ids: torch.Tensor, dropout: float, kwargs: dict) -> bool:
+    """Only the case measured: one packed CPU row, causal, no window, no sinks, no dropout.
+
+    Training's forward passes (`use_cache=False`) are the only callers: with a cache transformers
+    reads a packed row as one sequence, which a cache's caller never builds.
+    """
+    return (query.device.type == "cpu" and query.shape[0] == 1
+            and position_ids.shape == (1, query.shape[2]) and key.shape[2] == query.shape[2]
+            and dropout == 0.0 and getattr(module, "is_causal", True)
+            and getattr(module, "sliding_window", None) is None
+            and not any(kwargs.get(k) is not None for k in ("s_aux", "softcap", "sliding_window")))
+
+
+def example_bounds(positions: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each example in a packed row: a new one starts wherever positions do not count up by 1."""
+    starts = torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1
+    edges = [0, *starts.tolist(), positions.shape[0]]
+    return list(zip(edges[:-1], edges[1:], strict=False))
+
+
+def register() -> None:
+    """Make ATTENTION a transformers attention implementation (its mask is SDPA's, for the rows it passes on)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, packed_attention_forward)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def packed_attention(model, enabled: bool) -> Iterator[None]:
+    """Use ATTENTION while the block runs, if `enabled` and the model uses SDPA; its own choice is restored after."""
+    config = getattr(model, "config", None)
+    if not enabled or config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    register()
+    configs = [c for c in {id(m.config): m.config for m in model.modules()
+                           if getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"}.values()]
+    for c in configs:
+        c._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        for c in configs:
+            c._attn_implementation = "sdpa"
