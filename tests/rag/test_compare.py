@@ -73,3 +73,20 @@ def test_missing_index_and_wrong_tokenizer_are_clear_errors(tmp_path, tiny_model
     with pytest.raises(RetrievalError) as wrong:
         evaluate_model(f"{other}+rag:{fact_index}", write_tasks(tmp_path / "t.jsonl"), max_new_tokens=2)
     assert wrong.value.code == "index_tokenizer" and "--rebuild" in wrong.value.hint
+
+
+def test_eval_cli_prints_the_retrieval_hit_rate_and_its_json_carries_usage(tmp_path, tiny_model_dir, fact_index):
+    from typer.testing import CliRunner
+
+    from tunery.cli import _register, app
+
+    _register()
+    tasks = write_tasks(tmp_path / "tasks.jsonl")
+    ref = f"{tiny_model_dir}+rag:{fact_index}"
+    shown = CliRunner().invoke(app, ["eval", ref, "--tasks", str(tasks), "--max-new-tokens", "2", "--dtype", "fp32"])
+    assert shown.exit_code == 0, shown.output
+    assert "retrieval hit rate 1.000 [1.000, 1.000] n=4" in " ".join(shown.output.split())
+    as_json = CliRunner().invoke(app, ["eval", ref, "--tasks", str(tasks), "--max-new-tokens", "2", "--dtype", "fp32",
+                                       "--json"])
+    usage = json.loads(as_json.stdout)["usage"]
+    assert usage["retrieval_hit_rate"]["mean"] == 1.0 and usage["median_prompt_tokens"] > 20

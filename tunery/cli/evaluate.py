@@ -100,13 +100,18 @@ def eval_command(
                             weights=check_weights(weights))
     if as_json:
         print_json({"model": result.model_ref, "metrics": result.metric_means(), "intervals": result.metrics,
-                    "loss": result.loss, "num_examples": len(result.rows), "out": result.out_dir})
+                    "loss": result.loss, "num_examples": len(result.rows), "out": result.out_dir,
+                    "usage": result.usage})
         return
 
     table = Table("metric", "mean", "95% CI", "n")
     for name, stats in result.metrics.items():
         table.add_row(name, f"{stats['mean']:.3f}", f"[{stats['low']:.3f}, {stats['high']:.3f}]", str(stats["n"]))
     console.print(table)
+    hit = (result.usage or {}).get("retrieval_hit_rate")
+    if hit:  # a +rag reference on tasks that say where the answer is
+        console.print(f"retrieval hit rate {hit['mean']:.3f} [{hit['low']:.3f}, {hit['high']:.3f}] n={hit['n']}; "
+                      f"median prompt tokens {result.usage['median_prompt_tokens']:.0f}", highlight=False)
     if result.loss:
         console.print(f"loss {result.loss['loss']:.4f}  perplexity {result.loss['perplexity']:.3f}")
     if result.out_dir:
