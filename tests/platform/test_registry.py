@@ -97,3 +97,33 @@ def test_a_gate_report_against_a_version_that_no_longer_holds_the_alias_is_refus
     moved = promote(store, "helpdesk@2", actor="loop", gate_report={"passed": True, "baseline": "helpdesk@3"})
     assert moved["gate"]["baseline"] == "helpdesk@3"
     assert describe(store, "helpdesk")["history"][-1]["gate"] == {"passed": True, "baseline": "helpdesk@3"}
+
+
+@pytest.mark.parametrize(("run_json", "config_yaml", "located"), [
+    ("{not json", None, "run.json:1: invalid JSON"),
+    ("[1, 2]", None, "run.json: a run.json must be a JSON object"),
+    ('{"status": "completed", "lineage": [1]}', None, "field 'lineage' must be an object"),
+    ('{"status": "completed"}', "data: [\n", "config.yaml:2: invalid YAML"),
+    ('{"status": "completed"}', "- 1\n", "config.yaml: a config must be a mapping"),
+    ('{"status": "completed"}', "data: 3\n", "field 'data' must be a mapping"),
+    ('{"status": "completed"}', "data: {train: 5}\n", "field 'data.train' must be a file path"),
+])
+def test_a_damaged_run_directory_is_a_located_error_not_a_traceback(tmp_path, run_json, config_yaml, located):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "run.json").write_text(run_json)
+    if config_yaml is not None:
+        (tmp_path / "config.yaml").write_text(config_yaml)
+    result = cli("models", "register", tmp_path, "--name", "m")
+    assert result.exit_code == 2 and located in " ".join(result.output.split()), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_register_checks_the_alias_and_references_check_their_selector(runs):
+    first, _, _ = runs
+    bad_alias = cli("models", "register", first, "--name", "m", "--alias", "prod\nuction")
+    assert bad_alias.exit_code == 2 and "alias" in bad_alias.output
+    assert cli("models", "list", "--json").output.count('"m@') == 0  # nothing registered
+    register_run(open_store(), first, "m", alias="production")
+    assert cli("models", "show", "m@").exit_code == 2  # a dangling @ is not NAME@production
+    huge = cli("models", "show", "m@" + "9" * 30)  # past SQLite's integers
+    assert huge.exit_code == 1 and "version_not_found" in huge.output

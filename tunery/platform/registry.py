@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tunery.config import read_yaml_mapping
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.rag.manifest import read_manifest
+from tunery.safeio import read_text
 from tunery.store import registry as rows
 from tunery.store.db import Store
 from tunery.store.registry import Version
@@ -48,8 +48,8 @@ class PromotionConflict(TuneryError):
 
 def parse_ref(text: str) -> tuple[str, str | None]:
     """`NAME` or `NAME@N` / `NAME@ALIAS` -> (name, selector or None)."""
-    name, _, selector = str(text).strip().partition("@")
-    if not NAME.fullmatch(name) or (selector and not NAME.fullmatch(selector)):
+    name, at, selector = str(text).strip().partition("@")
+    if not NAME.fullmatch(name) or ((at or selector) and not NAME.fullmatch(selector)):
         raise ConfigError(f"{text!r} is not a registry reference", code="invalid_model_ref",
                           hint="write NAME, NAME@N or NAME@ALIAS (letters, digits, ._-)")
     return name, selector or None
@@ -60,6 +60,9 @@ def resolve_version(store: Store, text: str, default_alias: str = DEFAULT_ALIAS)
     name, selector = parse_ref(text)
     selector = selector or default_alias
     if selector.isdigit():
+        if len(selector) > 18:  # past 2**63 no version exists, and the database cannot take the number
+            raise NotFoundError(f"no version {name}@{selector} in the registry", code="version_not_found",
+                                hint="`tunery models list` shows the registered versions")
         return rows.get_version(store, name, int(selector))
     version = rows.alias_version(store, name, selector)
     if version is None:
@@ -80,9 +83,15 @@ def register_run(store: Store, run_dir: str | Path, name: str, *, job_id: str | 
     """
     if not NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r} must be letters, digits and ._- (at most 64)", code="invalid_model_ref")
+    if alias is not None and not NAME.fullmatch(alias):
+        raise ConfigError(f"alias {alias!r} must be letters, digits and ._-", code="invalid_model_ref")
     run = Path(run_dir).expanduser().resolve()
     info = _read_run(run)
-    lineage = dict(info.get("lineage") or {})
+    lineage = info.get("lineage") or {}
+    if not isinstance(lineage, dict):
+        raise ConfigError(f"{run / 'run.json'}: field 'lineage' must be an object, got {type(lineage).__name__}",
+                          code="not_a_run", hint="pass the folder `tunery train` wrote")
+    lineage = dict(lineage)
     lineage.update(run_name=info.get("name"), method=info.get("method"), objective=info.get("objective", "sft"),
                    metrics=info.get("metrics") or {}, data_files=_data_files(run), config=_config_text(run))
     if rag_index is not None:
@@ -106,7 +115,14 @@ def _read_run(run: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{run} is not a run directory (no run.json)", code="not_a_run",
                           hint="pass the folder `tunery train` wrote")
-    info = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(read_text(path, what="run.json", error=ConfigError))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})", code="not_a_run",
+                          hint="pass the folder `tunery train` wrote") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{path}: a run.json must be a JSON object, got {type(info).__name__}", code="not_a_run",
+                          hint="pass the folder `tunery train` wrote")
     if info.get("status") != "completed" or not ((run / "adapter").is_dir() or (run / "model").is_dir()):
         raise ConfigError(f"run {run} has not completed (status {info.get('status')!r})", code="run_not_completed",
                           hint="only a completed run with an adapter/ or model/ can be registered")
@@ -116,10 +132,14 @@ def _read_run(run: Path) -> dict:
 def _data_files(run: Path) -> dict[str, dict]:
     """The training and validation files the run's config names, with their sha256 (when still there)."""
     config_path = run / "config.yaml"
-    data = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data", {}) if config_path.is_file() else {}
+    data = (read_yaml_mapping(config_path).get("data") or {}) if config_path.is_file() else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: field 'data' must be a mapping, got {type(data).__name__}")
     files = {}
     for key in ("train", "validation"):
         if data.get(key):
+            if not isinstance(data[key], str):
+                raise ConfigError(f"{config_path}: field 'data.{key}' must be a file path, got {type(data[key]).__name__}")
             path = Path(data[key])
             digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
             files[key] = {"path": str(path), "sha256": digest}
@@ -128,11 +148,11 @@ def _data_files(run: Path) -> dict[str, dict]:
 
 def _config_text(run: Path) -> str | None:
     path = run / "config.yaml"
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+    return read_text(path, what="config.yaml", error=ConfigError) if path.is_file() else None
 
 
-def _parent_of(store: Store, init_from: str | None) -> str | None:
-    if not init_from:
+def _parent_of(store: Store, init_from: object) -> str | None:
+    if not init_from or not isinstance(init_from, str):
         return None
     target = str(Path(init_from).expanduser().resolve())
     for version in rows.list_versions(store):
