@@ -199,6 +199,9 @@ def test_index_from_another_library_version_or_tokenizer_is_refused_with_the_reb
         open_index(out).check_model(AutoTokenizer.from_pretrained(other), str(other))
     assert wrong_tokenizer.value.code == "index_tokenizer"
     assert f"--model {other}" in wrong_tokenizer.value.hint and "--rebuild" in wrong_tokenizer.value.hint
+    with pytest.raises(RetrievalError) as from_chat:  # `tunery chat MODEL+rag:INDEX` names the whole reference
+        open_index(out).check_model(AutoTokenizer.from_pretrained(other), f"{other}+rag:{out}")
+    assert f"--model {other} " in from_chat.value.hint and "+rag:" not in from_chat.value.hint
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["libraries"]["bm25s"] = "0.0.1"
     (out / "manifest.json").write_text(json.dumps(manifest))

@@ -144,6 +144,20 @@ def test_rag_for_an_unknown_served_name_is_refused(tiny_model_dir, kb_index, tmp
                               dtype="fp32", no_auth=True)
     with pytest.raises(ConfigError, match="no served model is named 'nobody'"):
         build_state(settings)
+    import json
+    import shutil
+
+    from tunery.errors import RetrievalError
+
+    foreign = shutil.copytree(kb_index, tmp_path / "foreign")  # chunked by another tokenizer
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["settings"]["tokenizer_sha256"] = "0" * 64
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", rag={"tiny": str(foreign)},
+                              database=tmp_path / "t.db", dtype="fp32", no_auth=True)
+    with pytest.raises(RetrievalError) as wrong:  # the rebuild command names the model, not the served name
+        build_state(settings)
+    assert f"--model {tiny_model_dir} " in wrong.value.hint and "--model tiny " not in wrong.value.hint
 
 
 def test_chat_with_rag_prints_sources(tiny_model_dir, kb_index):
@@ -196,7 +210,7 @@ def test_a_registered_version_with_an_index_serves_by_name_with_retrieval(tiny_m
         with pytest.raises(openai.InternalServerError) as refused:  # never served without the index it was given
             client.chat.completions.create(model="helpdesk@3", messages=question, max_tokens=3)
         assert refused.value.status_code == 503 and refused.value.body["code"] == "index_tokenizer"
-        assert str(tmp_path) not in refused.value.message
+        assert str(tmp_path) not in refused.value.message and str(tiny_model_dir) not in refused.value.message
         import httpx
 
         shown = httpx.get(f"http://127.0.0.1:{settings.port}/v1/registry/models/helpdesk@1",

@@ -123,6 +123,7 @@ def check_tokenizer(manifest: dict, index_dir: Path | str, tokenizer_sha256: str
     """Refuse to use an index with a model whose tokenizer differs from the one it was chunked with."""
     settings = manifest.get("settings", {})
     if settings.get("tokenizer_sha256") != tokenizer_sha256:
+        model_ref = model_ref.rpartition("+rag:")[0] or model_ref  # the index is rebuilt for the model, not for itself
         fixed = dict(manifest, settings={**settings, "model": model_ref})
         raise RetrievalError(f"index {index_dir} was chunked with the tokenizer of {settings.get('model')!r}, "
                           f"which differs from the tokenizer of {model_ref!r}", code="index_tokenizer",

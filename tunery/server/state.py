@@ -192,5 +192,5 @@ def attach_retrievers(state: ServerState, indexes: dict[str, str]) -> None:
             raise ConfigError(f"--rag {name}={index_dir}: no served model is named {name!r}", code="invalid_option",
                               hint=f"served models: {', '.join(state.model_names())}")
         retriever = Retriever.open(index_dir)
-        retriever.index.check_model(state.tokenizer, name)
+        retriever.index.check_model(state.tokenizer, state.settings.model)  # the rebuild hint's --model: the base
         state.retrievers[name] = retriever
