@@ -116,8 +116,8 @@ def test_nothing_to_do_all_pii_and_a_failing_candidate(production, tmp_path):
     give_feedback(store, {f"Question {i}": f"Answer {i}." for i in range(6)})
     failed = runner.invoke(app, ["loop", "run", "helpdesk", "--out", str(tmp_path / "c"), "--no-general",
                                  "--set", "train.learnig_rate=1"])
-    assert failed.exit_code == 1 and "invalid_config" in failed.output
-    assert json.loads((tmp_path / "c" / "report.json").read_text())["status"] == "failed"
+    assert failed.exit_code == 2 and "invalid_config" in failed.output  # a typo fails before the pass: no report
+    assert not (tmp_path / "c").exists()
     assert resolve_version(store, "helpdesk").ref == "helpdesk@1" and alias_version(store, "helpdesk", "candidate") is None
 
 

@@ -12,7 +12,7 @@ import typer
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.errors import ConfigError, TuneryError
-from tunery.platform.feedback_loop import run_loop
+from tunery.platform.feedback_loop import check_loop_inputs, run_loop
 from tunery.platform.loop_gate import FEEDBACK_GATE, TOLERANCE
 from tunery.store import open_store
 
@@ -21,6 +21,7 @@ loop_app = typer.Typer(help="Close the loop: feedback becomes the next version, 
 app.add_typer(loop_app, name="loop")
 EXIT = {"promoted": 0, "candidate": 0, "too_little_feedback": 0, "gate_failed": 3, "failed": 1}
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_EVERY_S, MAX_EVERY_S = 1, 365 * 86400
 
 
 @loop_app.command("run")
@@ -58,7 +59,7 @@ def run_command(
 @handle_errors
 def watch_command(
     name: str = typer.Argument(..., help="Registered model name."),
-    every: str = typer.Option("1d", "--every", help="How often to run: 30m, 6h, 1d."),
+    every: str = typer.Option("1d", "--every", help="How often to run: 30m, 6h, 1d (1s to 365d)."),
     tasks: Path | None = typer.Option(None, "--tasks", "-t", help="Your task file."),
     gate: list[str] = typer.Option(None, "--gate", "-g", help="Gate rule (repeatable)."),
     min_feedback: int = typer.Option(50, "--min-feedback", min=1, help="Do nothing below this many new examples."),
@@ -75,6 +76,8 @@ def watch_command(
     A pass that fails (another loop holds NAME, the database is away) is reported and the next one
     runs on schedule; SIGTERM stops the watch, cancelling a candidate job it was waiting for."""
     interval = parse_every(every)
+    check_loop_inputs(name, tasks=tasks, gates=gate or [], feedback_gate=feedback_gate, tolerance=tolerance,
+                      overrides=set_ or [])  # a mistake of the user's fails the watch now, not every pass
     signal.signal(signal.SIGTERM, _interrupt)
     runs = 0
     while max_runs is None or runs < max_runs:
@@ -94,10 +97,13 @@ def _interrupt(*_) -> None:
 
 
 def parse_every(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if not match or float(match.group(1)) <= 0:
+    match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
         raise ConfigError(f"--every {text!r} is not a duration", hint="write e.g. 30m, 6h or 1d")
-    return float(match.group(1)) * UNITS_S[match.group(2)]
+    interval_s = float(match.group(1)) * UNITS_S[match.group(2)]
+    if not MIN_EVERY_S <= interval_s <= MAX_EVERY_S:  # a busy loop on the database, or past what sleep() takes
+        raise ConfigError(f"--every {text!r} must be between 1s and 365d", hint="write e.g. 30m, 6h or 1d")
+    return interval_s
 
 
 def _run_once(name, **kwargs):

@@ -20,6 +20,7 @@ from tunery.errors import ConfigError, DataError
 from tunery.inference import SamplingParams
 from tunery.inference.backend import DECODE_HELP
 from tunery.inference.loaded_engine import load_engine
+from tunery.platform.feedback_loop import check_loop_inputs
 from tunery.platform.pii import load_pii_patterns
 from tunery.platform.worker_pool import start_loop_watchers, start_workers, stop_workers
 from tunery.rag import Retriever
@@ -104,6 +105,12 @@ def serve_command(
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from None
     settings.check_exposure()
+    if webhook and not webhook_secret:
+        raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
+    if loop:  # checked before the model loads and any worker starts: a typo stops the start, nothing is left behind
+        parse_every(loop_every)
+        for name in loop:
+            check_loop_inputs(name, tasks=loop_tasks)
     if redact_logs:
         load_pii_patterns(pii_patterns)  # a bad pattern stops the start, naming the file and pattern
     if no_auth:
@@ -121,15 +128,12 @@ def serve_command(
     console.print(f"serving {', '.join(state.model_names())} on http://{host}:{port}/v1")
     console.print(f"web console on http://{host}:{port}/ui (sign in with a key, or `tunery ui-login`)")
 
-    if webhook and not webhook_secret:
-        raise ConfigError("--webhook needs a secret to sign with", hint="set --webhook-secret or TUNERY_WEBHOOK_SECRET")
     if webhook and webhook_secret:
         os.environ["TUNERY_WEBHOOK_SECRET"] = webhook_secret  # the workers sign; the secret never goes on a command line
     pool = start_workers(workers, extra_args=["--webhook", webhook] if webhook else [])
     if workers:
         console.print(f"{workers} fine-tuning worker{'s' if workers != 1 else ''} started")
     if loop:
-        parse_every(loop_every)  # a bad schedule stops the start
         if not workers:
             err_console.print("[yellow]--loop with --workers 0: candidates wait for a `tunery worker` elsewhere[/]")
         watch_args = ["--every", loop_every, "--min-feedback", str(loop_min_feedback),

@@ -25,10 +25,11 @@ from pathlib import Path
 from tunery.data import load_dataset
 from tunery.errors import ConfigError, TuneryError
 from tunery.evaluation.gates import parse_gate
+from tunery.evaluation.tasks import load_tasks
 from tunery.paths import tunery_home
 from tunery.platform import jobs, registry
 from tunery.platform.loop_gate import FEEDBACK_GATE, TOLERANCE, gate_candidate, write_feedback_tasks
-from tunery.platform.loop_job import submit_candidate, wait_for_job
+from tunery.platform.loop_job import job_settings, submit_candidate, wait_for_job
 from tunery.platform.loop_lock import loop_lock
 from tunery.platform.pii import Scrubber
 from tunery.safeio import read_lines, write_private_text
@@ -89,6 +90,24 @@ def _teaches(example: dict) -> bool:
     return bool(re.sub(r"\W", "", PLACEHOLDER.sub("", answer)))
 
 
+def check_loop_inputs(name: str, *, tasks: str | Path | None = None, gates: list[str] | tuple[str, ...] = (),
+                      feedback_gate: str = FEEDBACK_GATE, tolerance: float = TOLERANCE,
+                      overrides: list[str] | None = None) -> None:
+    """The user's own inputs, checked before any pass: a typo fails now, not after a candidate has trained
+    (and a watch does not report the same mistake on every pass)."""
+    registry.parse_ref(name)
+    for rule in (feedback_gate, *gates):
+        parse_gate(rule)
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be 0 or more, got {tolerance:g}", code="invalid_gate")
+    if tasks is not None:
+        if not Path(tasks).is_file():
+            raise ConfigError(f"task file {tasks} does not exist" if not Path(tasks).exists()
+                              else f"task file {tasks} is not a file", code="file_not_found")
+        load_tasks(tasks)  # an empty, binary or malformed task file is a located error now
+    job_settings(overrides or [])
+
+
 def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates: list[str] | tuple[str, ...] = (),
              min_feedback: int = 1, review: bool = False, out_dir: str | Path | None = None, general: bool = True,
              limit: int | None = None, overrides: list[str] | None = None, seed: int = 0,
@@ -96,13 +115,8 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
              job_timeout_s: float | None = None, feedback_gate: str = FEEDBACK_GATE,
              tolerance: float = TOLERANCE) -> LoopResult:
     """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
-    for rule in (feedback_gate, *gates):
-        parse_gate(rule)  # a malformed rule fails before any training
-    if tolerance < 0:
-        raise ConfigError(f"tolerance must be 0 or more, got {tolerance:g}", code="invalid_gate")
-    if tasks is not None and not Path(tasks).is_file():
-        raise ConfigError(f"task file {tasks} does not exist", code="file_not_found")
-    registry.parse_ref(name)
+    check_loop_inputs(name, tasks=tasks, gates=gates, feedback_gate=feedback_gate, tolerance=tolerance,
+                      overrides=overrides)
     with loop_lock(store, name) as lease:
         production = registry.resolve_version(store, name)
         out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
