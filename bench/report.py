@@ -169,7 +169,7 @@ def render_summary(data: dict) -> str:
 
 
 def render_markdown(data: dict, supplements: list[dict] | None = None, render_command: str | None = None,
-                    facts: dict | None = None) -> str:
+                    facts: dict | None = None, levers: list[dict] | None = None) -> str:
     """docs/benchmarks.md: what ran, on what, how each number is computed, and where tunery stands."""
     comp, m, w = comparison(data), data["machine"], data["workload"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
@@ -231,6 +231,8 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
                   *target_lines(comparison(extra)["ratios"], comparison(extra)["rows"]), "",
                   f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
                   f"- baseline: {_settings(comparison(extra)['rows'].get(comparison(extra)['baseline']))}"]
+    for measured in levers or []:
+        lines += lever_lines(measured)
     lines += machine_kinds([data, *(supplements or [])])
     lines += gpu_lines()
     lines += facts_lines(facts) if facts else []
@@ -251,6 +253,33 @@ def peak_lines(comp: dict) -> list[str]:
     if comp["model_shaped_peaks"]:
         lines.append(f"- square matmul (1024-4096) for reference: bf16 {comp['square_bf16'] / 1e12:.3f} TFLOP/s, "
                      f"fp32 {comp['square_fp32'] / 1e12:.3f} TFLOP/s")
+    return lines
+
+
+KEPT = {True: "yes", False: "no", None: "-"}  # None: nothing to keep or drop (measured only)
+
+
+def lever_lines(levers: dict) -> list[str]:
+    """Speed levers measured on one machine kind: each A/B ratio (kept or not), both peaks, MFU before and after.
+
+    Each ratio comes from steps of the two variants alternating in one process on the same data, so
+    load that changes over minutes touches both alike; absolute rates on a shared machine do not.
+    """
+    m = levers["machine"]
+    lines = ["", f"## Speed levers: {m['cpu']} ({' '.join(m['flags'])})", "",
+             f"{levers['date_utc']}; {levers['conditions']}", "",
+             f"- measured peaks (`F.linear` at the model's shapes, {levers['peak_threads']} thread, interleaved "
+             f"with the steps, median): bf16 {levers['peak_gflops_per_s']['bf16']:.0f} GFLOP/s, fp32 "
+             f"{levers['peak_gflops_per_s']['fp32']:.0f} GFLOP/s (bf16 "
+             f"{levers['peak_gflops_per_s']['bf16'] / levers['peak_gflops_per_s']['fp32']:.1f}x fp32)",
+             f"- workload: {levers['workload']}",
+             f"- MFU of the bf16 peak, tunery's step: {levers['mfu']['before']:.1%} before, "
+             f"{levers['mfu']['after']:.1%} after ({levers['mfu']['note']})", "",
+             "| lever | tunery step, A/B | kept | notes |", "|---|---|---|---|"]
+    for lever in levers["levers"]:
+        ratio = f"{lever['ratio']:.2f}x" if lever.get("ratio") is not None else "-"
+        lines.append(f"| {lever['lever']} | {ratio} | {KEPT[lever['kept']]} | {lever['notes']} |")
+    lines += ["", *[f"- {line}" for line in levers.get("profile", [])]]
     return lines
 
 

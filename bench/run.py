@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="With --render: also show these runs' tables as supplementary runs.")
     p.add_argument("--facts", metavar="FACTS_JSON", default=None,
                    help="With --render: add the fact-recall section from this output of examples/facts/measure.py.")
+    p.add_argument("--levers", metavar="LEVERS_JSON", action="append", default=[],
+                   help="With --render: add a section of speed levers measured on one machine kind (A/B interleaved "
+                        "in one process; see bench/results/*levers*.json).")
     p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
     if "--quick" in (argv if argv is not None else sys.argv[1:]):
         # --quick changes defaults only: explicit options still win (e.g. --quick --repetitions 1).
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         supplements = [json.loads(Path(p).read_text()) for p in args.supplement]
         command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         facts = json.loads(Path(args.facts).read_text()) if args.facts else None
-        text = report.render_markdown(json.loads(Path(args.render).read_text()), supplements, command, facts)
+        levers = [json.loads(Path(p).read_text()) for p in args.levers]
+        text = report.render_markdown(json.loads(Path(args.render).read_text()), supplements, command, facts, levers)
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"[bench] wrote {args.output}")
         return 0

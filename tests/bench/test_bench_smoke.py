@@ -241,3 +241,16 @@ def test_fact_recall_section_judges_both_bounds():
     assert "| recall (key), trained questions | >= 95% | 90.0% | **not met** |" in text
     assert "| recall (key), reworded questions | >= 60% | 40.0% | **not met** |" in text
     assert "| training time | <= 600 s | 590 s | met |" in text
+
+
+def test_lever_section_shows_each_lever_kept_or_not_and_both_peaks():
+    levers = {"machine": {"cpu": "AMD EPYC", "flags": ["avx512_bf16"]}, "date_utc": "today",
+              "conditions": "contended", "peak_threads": 1, "peak_gflops_per_s": {"bf16": 200.0, "fp32": 50.0},
+              "workload": "helpdesk", "mfu": {"before": 0.2, "after": 0.3, "note": "same process"},
+              "levers": [{"lever": "fast", "ratio": 1.3, "kept": True, "notes": "a"},
+                         {"lever": "slow", "ratio": 0.7, "kept": False, "notes": "b"}], "profile": ["mm 50%"]}
+    text = "\n".join(report.lever_lines(levers))
+    assert "## Speed levers: AMD EPYC (avx512_bf16)" in text
+    assert "bf16 200 GFLOP/s, fp32 50 GFLOP/s (bf16 4.0x fp32)" in text
+    assert "| fast | 1.30x | yes | a |" in text and "| slow | 0.70x | no | b |" in text
+    assert "20.0% before, 30.0% after" in text
