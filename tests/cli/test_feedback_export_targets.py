@@ -53,3 +53,10 @@ def test_existing_pairs_file_is_kept_too(tmp_path):
     pairs.write_text("keep\n")
     result = CliRunner().invoke(app, ["feedback", "export", "--out", str(tmp_path / "new.jsonl"), "--pairs", str(pairs)])
     assert result.exit_code == 2 and pairs.read_text() == "keep\n" and not (tmp_path / "new.jsonl").exists()
+
+
+def test_pairs_to_the_out_file_is_refused_before_anything_is_written(tmp_path):
+    rated_store()
+    same = tmp_path / "both.jsonl"
+    result = CliRunner().invoke(app, ["feedback", "export", "--out", str(same), "--pairs", str(tmp_path / "." / "both.jsonl")])
+    assert result.exit_code == 2 and "same_target" in result.output and not same.exists(), result.output

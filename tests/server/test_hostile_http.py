@@ -54,6 +54,16 @@ def test_no_coercion_of_wrong_types(http, field, value):
     assert error["param"] == field
 
 
+@pytest.mark.parametrize("extra, param", [({"seed": "7"}, "seed"), ({"seed": True}, "seed"),
+                                          ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs.int"),
+                                          ({"hyperparameters": {"batch_size": "4"}}, "hyperparameters.batch_size.int")])
+def test_no_coercion_in_a_job_request(http, extra, param):
+    # true is not 1 epoch and "7" not a seed: refused before the training file is even looked up
+    error = assert_error_shape(http.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": "file-x",
+                                                                      **extra}), 400)
+    assert error["param"] == param
+
+
 def test_feedback_rating_true_is_not_one(http):
     for rating in (True, 1.0, "1"):
         assert_error_shape(http.post("/v1/feedback", json={"completion_id": "x", "rating": rating}), 400)

@@ -89,6 +89,7 @@ def jobs_create(
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Queue a fine-tuning job; a worker (`tunery worker`, or `tunery serve`) runs it."""
+    epochs = _epochs(n_epochs)  # checked before anything is uploaded
     platform = _platform()
     tunery: dict = {}
     for item in overrides:
@@ -97,13 +98,21 @@ def jobs_create(
             "tunery": tunery}
     if validation_file:
         body["validation_file"] = _file_id(platform, validation_file)
-    if n_epochs != "auto":
-        body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": int(n_epochs)}}}
+    if epochs is not None:
+        body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}
     job = platform.create_job({k: v for k, v in body.items() if v is not None})
     if json_output:
         return print_json(job)
     console.print(f"{job['id']} {job['status']}; follow it with `tunery jobs events {job['id']} --follow`",
                   highlight=False)
+
+
+def _epochs(text: str) -> int | None:
+    if text.strip() == "auto":
+        return None
+    if not text.strip().isdigit() or not 1 <= int(text) <= 50:
+        raise ConfigError(f"--n-epochs {text!r} is not a number of epochs", hint="write auto or a whole number 1-50")
+    return int(text)
 
 
 def _file_id(platform, value: str) -> str:
@@ -171,7 +180,8 @@ def jobs_resume(job_id: str = typer.Argument(..., help="A job id.")):
 def jobs_events(job_id: str = typer.Argument(..., help="A job id."),
                 follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends, "
                                             "with a live progress line."),
-                interval_s: float = typer.Option(1.0, "--interval", help="Seconds between polls with --follow.")):
+                interval_s: float = typer.Option(1.0, "--interval", min=0.1, max=3600,
+                                                 help="Seconds between polls with --follow (0.1-3600).")):
     """Print a job's events, oldest first."""
     platform, seen = _platform(), set()
     while True:
@@ -195,10 +205,10 @@ def jobs_events(job_id: str = typer.Argument(..., help="A job id."),
 @app.command("worker")
 @handle_errors
 def worker_command(
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes per job (torchrun when > 1)."),
-    lease_s: float = typer.Option(30.0, "--lease-s", min=2.0, help="A job whose worker is silent this long is "
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, max=64, help="Processes per job (torchrun when > 1)."),
+    lease_s: float = typer.Option(30.0, "--lease-s", min=2.0, max=86400, help="A job whose worker is silent this long is "
                                   "queued again."),
-    poll_s: float = typer.Option(0.5, "--poll-s", min=0.05, help="Seconds between looks at an empty queue."),
+    poll_s: float = typer.Option(0.5, "--poll-s", min=0.05, max=3600, help="Seconds between looks at an empty queue."),
     webhook: str | None = typer.Option(None, "--webhook", help="POST signed job outcomes to this URL."),
     webhook_secret: str | None = typer.Option(None, "--webhook-secret", envvar="TUNERY_WEBHOOK_SECRET",
                                               help="HMAC secret for --webhook (whsec_... or any string)."),

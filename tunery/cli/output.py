@@ -50,7 +50,7 @@ def handle_errors(fn):
             # Messages name files and echo values: never read as markup, never wrapped inside a path.
             err_console.print(f"[bold red]error[/] [dim]({escape(exc.code)})[/]: {escape(exc.message)}",
                               highlight=False, soft_wrap=True)
-            if exc.hint:
+            if exc.hint and exc.hint not in exc.message:  # a key's "did you mean" is in both
                 err_console.print(f"  [yellow]hint[/]: {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

@@ -43,6 +43,8 @@ def parse_pairs(pairs: list[str], option: str, what: str) -> dict[str, str]:
         if not sep or not name or not value:
             raise ConfigError(f"{option} {pair!r} is not NAME={what}",
                               hint=f"e.g. {option} support={'runs/support-v1' if what == 'RUN_DIR' else 'indexes/kb'}")
+        if name in parsed:  # the last would silently win
+            raise ConfigError(f"{option} names {name!r} twice", hint=f"give each {option} its own NAME")
         parsed[name] = value
     return parsed
 

@@ -28,7 +28,7 @@ RESERVED_KEYS = {("name",), ("base_model",), ("output_dir",), ("init_from",), ("
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is not 1 epoch, "7" not a seed
 
 
 class Hyperparameters(_Strict):

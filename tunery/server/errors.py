@@ -141,7 +141,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("store error: %s", exc.message)
             message = "the server's database is unavailable; retry later"
         else:
-            message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            said = exc.hint and exc.hint in exc.message  # a key's "did you mean" is in both
+            message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint and not said else ""))
         message = without_request_values(message, request_values(request))
         response = error_body(message, type_, exc.code, exc.param)
         gate = getattr(exc, "public_report", None)

@@ -88,6 +88,9 @@ def export_feedback(store: Store, actor: Actor, out: Path, *, since: str | None 
     they hold users' prompts and answers.
     """
     since_ts = parse_since(since)
+    if pairs_out is not None and Path(pairs_out).expanduser().resolve() == Path(out).expanduser().resolve():
+        raise ConfigError(f"--pairs {pairs_out} is the --out file: the pairs would replace the examples",
+                          code="same_target", hint="write the pairs to a file of their own")
     targets = [writable_target(p, overwrite=overwrite, what="--out" if p == out else "--pairs")
                for p in (out, pairs_out) if p is not None]
     rated = list_rated_completions(store, actor, since=since_ts, model=model)
