@@ -121,3 +121,10 @@ def test_builtin_alias_converts_once_and_gguf_reference_loads(default_model_dir)
 
     gguf = resolve_model(str(builtin_gguf_path("smollm2-135m-instruct")))
     assert gguf.kind == "gguf" and gguf.gguf_file.endswith(".gguf")
+
+
+def test_a_registry_reference_given_as_a_path_says_where_the_run_directory_is():
+    with pytest.raises(ModelError) as raised:
+        resolve_model("helpdesk@3")
+    assert "not available in this version" not in raised.value.message  # the registry exists
+    assert "tunery models show helpdesk@3" in raised.value.hint

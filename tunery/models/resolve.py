@@ -60,9 +60,10 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
     if path.exists():
         return _resolve_path(ref_str, path)
     if "@" in ref_str and not ref_str.startswith(("/", ".", "~")):
-        raise ModelError(f"model reference {ref_str!r} names a registry version, and the model registry "
-                         "is not available in this version of tunery", code="model_not_found",
-                         hint="pass the run directory of that version instead")
+        raise ModelError(f"model reference {ref_str!r} names a registry version; this command reads a model "
+                         "from a path, not from the registry", code="model_not_found",
+                         hint=f"pass the version's run directory (`tunery models show {ref_str}` prints it); "
+                         f"a running `tunery serve` answers requests for model {ref_str!r} itself")
     if _HUB_ID.fullmatch(ref_str) and not ref_str.startswith("."):
         return _resolve_hub(ref_str)
     raise ModelError(
