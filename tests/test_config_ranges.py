@@ -139,3 +139,13 @@ def test_config_validate_refuses_a_negative_grad_norm(tmp_path):
     _register()
     result = CliRunner().invoke(app, ["config", "validate", str(path)])
     assert result.exit_code == 2 and "max_grad_norm: Input should be greater than 0" in result.output
+
+
+@pytest.mark.parametrize("key, value", [("train.max_steps", 10**30), ("train.max_steps", 2**31), ("lora.rank", 10**12),
+                                        ("data.max_seq_len", 10**12), ("train.threads", 10**9),
+                                        ("train.save_every_steps", 2**63)])
+def test_a_count_too_big_for_the_store_or_memory_is_refused(key, value):
+    section, field = key.split(".")
+    with pytest.raises(ConfigError, match=field):
+        validate_train_config({"data": {"train": "t.jsonl"}, section: {field: value}} if section != "data"
+                              else {"data": {"train": "t.jsonl", field: value}})

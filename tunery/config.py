@@ -34,6 +34,8 @@ PositiveCount = Annotated[int, Field(ge=1)]
 NonNegativeCount = Annotated[int, Field(ge=0)]
 PositiveRate = Annotated[float, Field(gt=0.0)]
 SEED_MAX = 2**32 - 1  # what every seeded library (torch, numpy, random) accepts
+# Step counts fit the job store's 32-bit step columns (PostgreSQL INTEGER); sizes stay allocatable.
+MAX_STEPS = 1_000_000_000
 
 
 class _Strict(BaseModel):
@@ -46,7 +48,7 @@ class DataConfig(_Strict):
     train: str | None = Field(None, description="Training data: a file (JSONL, JSON, CSV, Parquet) or a folder of text documents. Relative paths are relative to the config file.")
     validation: str | None = Field(None, description="Validation data. When absent, `val_fraction` of the training data is held out.")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of training examples held out for validation when `validation` is not given (0 disables validation).")
-    max_seq_len: int = Field(1024, gt=8, description="Maximum tokens per example; longer examples are handled by `too_long`.")
+    max_seq_len: int = Field(1024, gt=8, le=1_048_576, description="Maximum tokens per example; longer examples are handled by `too_long`.")
     packing: bool = Field(True, description="Concatenate the examples of a micro-batch into one row with per-example positions and no attention across examples (no padding compute).")
     too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="What to do with an example longer than `max_seq_len`: cut it, skip it, or stop with an error naming it.")
     chat_template: str | None = Field(None, description="The chat template that renders chat data, instead of the model's own (for a base model without one, or a team's own format): a Jinja file (relative to the config file), the Jinja text inline, or `chatml`. Checked before training; the run saves it with its tokenizer, so evaluation, serving and exports of the run use it too.")
@@ -59,7 +61,7 @@ class DataConfig(_Strict):
 class LoraConfig(_Strict):
     """LoRA adapter shape (used by `method: lora` and `method: qlora`)."""
 
-    rank: int = Field(16, gt=0, description="LoRA rank r.")
+    rank: int = Field(16, gt=0, le=4096, description="LoRA rank r.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     targets: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer except the output head.")
@@ -72,9 +74,9 @@ class TrainSettings(_Strict):
     """The optimisation loop: how long, how big, how fast to learn, when to evaluate and save."""
 
     epochs: PositiveCount | Auto = Field("auto", description="Passes over the training data (at least 1); `auto` picks from dataset size (more for small sets).")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides `epochs` when set).")
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides `epochs` when set).")
     batch_size: PositiveCount | Auto = Field("auto", description="Examples per micro-batch (per process, at least 1); `auto` picks from dataset size.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step; the loss is normalised per trained token over all of them.")
+    grad_accum: int = Field(1, gt=0, le=65_536, description="Micro-batches accumulated per optimizer step; the loss is normalised per trained token over all of them.")
     learning_rate: PositiveRate | Auto = Field("auto", description="Peak learning rate (above 0); `auto` picks from method and model size.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup.")
     warmup_steps: NonNegativeCount | Auto = Field("auto", description="Linear warmup steps (0 or more); `auto` is 5% of the total steps (at most 100).")
@@ -83,14 +85,14 @@ class TrainSettings(_Strict):
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed (0 to 2**32-1) for data order, initialisation and dropout; the same seed gives the same run.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="`auto`: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX/AVX512-BF16), else fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory (slower).")
-    eval_every_steps: int | None = Field(None, gt=0, description="Validate every N optimizer steps (and always at the end); null: only at the end of each epoch.")
-    save_every_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N optimizer steps (and always at the end); null: at the end of each epoch.")
-    keep_checkpoints: int = Field(2, ge=1, description="How many of the most recent checkpoints to keep (the best one is kept as well).")
-    early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many validations (null: never).")
-    micro_batch_tokens: int = Field(256, ge=0, description="Process a micro-batch as consecutive pieces of at most this many tokens: the same update (the loss is normalised per step), less activation memory and shorter attention rows; 0 never splits.")
+    eval_every_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Validate every N optimizer steps (and always at the end); null: only at the end of each epoch.")
+    save_every_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Write a checkpoint every N optimizer steps (and always at the end); null: at the end of each epoch.")
+    keep_checkpoints: int = Field(2, ge=1, le=10_000, description="How many of the most recent checkpoints to keep (the best one is kept as well).")
+    early_stopping_patience: int | None = Field(None, gt=0, le=1_000_000, description="Stop when validation loss has not improved for this many validations (null: never).")
+    micro_batch_tokens: int = Field(256, ge=0, le=16_777_216, description="Process a micro-batch as consecutive pieces of at most this many tokens: the same update (the loss is normalised per step), less activation memory and shorter attention rows; 0 never splits.")
     loss_impl: Literal["chunked", "reference"] = Field("chunked", description="`chunked`: cross-entropy from hidden states over trained tokens only, in chunks (no full-vocabulary logits); `reference`: the model's own loss over full logits.")
     kernels: Literal["auto", "reference"] = Field("auto", description="`auto`: on CPU, LoRA linears on a bf16 base as one GEMM chain (adapter weights cast once per step) and each packed example's attention on its own in fp32, both measured faster; `reference`: PEFT's and transformers' own computation.")
-    threads: int | None = Field(None, gt=0, description="CPU threads for torch (null: one per physical core).")
+    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads for torch (null: one per physical core).")
     fsdp: bool = Field(False, description="Under torchrun (2+ processes), shard full fine-tuning with FSDP2 (each decoder layer, then the root) instead of replicating it (DDP); checkpoints and model/ are gathered to rank 0 in the usual format. Refused for lora/qlora and in a single process.")
 
 
