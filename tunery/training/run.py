@@ -201,7 +201,9 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                                             dist.world_size)})
     started = time.time()
     try:
-        with cpu_kernels(model, optimizer, settings.kernels == "auto" and device == "cpu"):
+        kernels = settings.kernels == "auto" and device == "cpu"
+        reference = dpo_setup.reference if dpo_setup else None  # full DPO's frozen copy computes like the policy
+        with cpu_kernels(model, optimizer, kernels), cpu_kernels(reference, None, kernels and reference is not None):
             status = train_loop(trainer, state)
     except TuneryError as exc:  # nan_loss, checkpoint_write_failed, ...: run.json says failed, with the code
         finish_failed(run, dist, reporter, state, exc)
