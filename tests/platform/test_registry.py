@@ -127,3 +127,14 @@ def test_register_checks_the_alias_and_references_check_their_selector(runs):
     assert cli("models", "show", "m@").exit_code == 2  # a dangling @ is not NAME@production
     huge = cli("models", "show", "m@" + "9" * 30)  # past SQLite's integers
     assert huge.exit_code == 1 and "version_not_found" in huge.output
+
+
+def test_a_gate_without_tasks_or_a_malformed_gate_is_refused_before_anything_moves(runs, tmp_path):
+    first, second, tasks = runs
+    register_run(open_store(), first, "gated", alias="production")
+    register_run(open_store(), second, "gated")
+    ungated = cli("models", "promote", "gated@2", "--gate", "exact_match>=0.9")  # would have moved, ungated
+    assert ungated.exit_code == 2 and "gate_without_tasks" in ungated.output, ungated.output
+    malformed = cli("models", "promote", "gated@2", "--tasks", tasks, "--gate", "exact_match>>0.9")
+    assert malformed.exit_code == 2 and "invalid_gate" in malformed.output, malformed.output
+    assert resolve_version(open_store(), "gated").ref == "gated@1"

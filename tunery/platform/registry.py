@@ -18,6 +18,7 @@ from typing import Any
 
 from tunery.config import read_yaml_mapping
 from tunery.errors import ConfigError, NotFoundError, TuneryError
+from tunery.evaluation.gates import parse_gate
 from tunery.rag.manifest import read_manifest
 from tunery.safeio import read_text
 from tunery.store import registry as rows
@@ -172,6 +173,11 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
         raise ConfigError("--force needs --reason: the audit records why a gate was overridden", code="reason_required")
     if not NAME.fullmatch(to):
         raise ConfigError(f"alias {to!r} must be letters, digits and ._-", code="invalid_model_ref")
+    for rule in gates:
+        parse_gate(rule)  # a malformed rule fails now, not after both versions have answered every task
+    if gates and tasks is None and not general:  # else the rule would be dropped and the alias move ungated
+        raise ConfigError("a gate rule needs tasks to be measured on", code="gate_without_tasks",
+                          hint="give a task file (--tasks; over HTTP, task rows) or the general-skills set (--general)")
     version = resolve_version(store, ref)
     current = rows.alias_version(store, version.name, to)
     if current == version.version:
