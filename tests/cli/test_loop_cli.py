@@ -66,3 +66,11 @@ def test_serve_checks_its_loop_flags_before_loading_the_model(registered, tmp_pa
     assert bad_tasks.exit_code == 2 and "none.jsonl does not exist" in bad_tasks.output, bad_tasks.output
     no_secret = cli("serve", "--model", missing, "--webhook", "http://127.0.0.1:9/x", "--workers", "0")
     assert no_secret.exit_code == 2 and "--webhook needs a secret" in no_secret.output, no_secret.output
+
+
+@pytest.mark.parametrize(("loop_arg", "said"), [("--nope", "No such option: --nope"),
+                                                ("--max-runs=0", "Invalid value for '--max-runs'")])
+def test_serve_parses_its_loop_args_as_loop_watch_will(registered, tmp_path, loop_arg, said):
+    result = cli("serve", "--model", tmp_path / "no-model", "--loop", registered, "--workers", "0",
+                 f"--loop-arg={loop_arg}")
+    assert result.exit_code == 2 and "--loop-arg" in result.output and said in result.output, result.output

@@ -117,3 +117,17 @@ def _run_once(name, **kwargs):
 def _print_event(event: dict) -> None:
     """A line per job event (steps, losses, checkpoints): the candidate's training as it happens."""
     err_console.print(f"  {event['message']}", highlight=False, markup=False)
+
+
+def check_watch_args(name: str, args: list[str]) -> None:
+    """`serve --loop-arg` options, parsed as `tunery loop watch` will parse them: a typo stops the server's
+    start instead of a watcher that exits unseen."""
+    # loop_app is a group, which typer types as a plain Command
+    command = typer.main.get_command(loop_app).commands["watch"]  # type: ignore[attr-defined]
+    try:
+        command.make_context("tunery loop watch", [name, *args])
+    except Exception as exc:  # click's usage errors (typer vendors click: no public class to name)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise ConfigError(f"--loop-arg: {exc.format_message()}", hint="see `tunery loop watch --help`") from None
+

@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from tunery.cli import app
-from tunery.cli.loop import parse_every
+from tunery.cli.loop import check_watch_args, parse_every
 from tunery.cli.output import console, err_console, handle_errors
 from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, DataError
@@ -113,6 +113,7 @@ def serve_command(
         parse_every(loop_every)
         for name in loop:
             check_loop_inputs(name, tasks=loop_tasks)
+            check_watch_args(name, loop_arg)
     if redact_logs:
         load_pii_patterns(pii_patterns)  # a bad pattern stops the start, naming the file and pattern
     if no_auth:
