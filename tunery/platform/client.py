@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from tunery.errors import ConfigError, NotFoundError, TuneryError
 from tunery.platform import files as file_service
@@ -64,6 +65,11 @@ class LocalPlatform:
         return job_service.list_events(self.store, LOCAL_OWNER, job_id, limit=limit)["data"]
 
 
+def _segment(value: str) -> str:
+    """An id as one URL path segment: `../keys/ID` must not become another route."""
+    return quote(value, safe="")
+
+
 class RemotePlatform:
     def __init__(self, url: str, api_key: str | None):
         import httpx
@@ -72,24 +78,34 @@ class RemotePlatform:
         self.where = base
         base = base if base.endswith("/v1") else base + "/v1"
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base, headers=headers, timeout=120)
+        try:
+            self.http = httpx.Client(base_url=base, headers=headers, timeout=120)
+        except (httpx.InvalidURL, ValueError) as exc:  # a malformed URL, or a key that cannot be a header
+            raise ConfigError(f"cannot use TUNERY_URL {url!r} with this API key: {exc}", code="invalid_url",
+                              hint="set TUNERY_URL to the server's address, e.g. http://127.0.0.1:8000") from None
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         import httpx
 
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise TuneryError(f"cannot reach the tunery server at {self.where}: {type(exc).__name__}",
                               code="server_unreachable", hint="check TUNERY_URL, and that `tunery serve` runs") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
+            error = body.get("error") if isinstance(body, dict) else None
+            if not isinstance(error, dict):
                 error = {"message": response.text[:500], "code": str(response.status_code)}
             kind = NotFoundError if response.status_code == 404 else ConfigError
-            raise kind(error.get("message") or "request refused", code=error.get("code") or "server_error")
-        return response.json()
+            raise kind(str(error.get("message") or "request refused"), code=str(error.get("code") or "server_error"))
+        if not isinstance(body, dict):  # TUNERY_URL names some other web server
+            raise TuneryError(f"{self.where} answered {path} with something other than a JSON object: is it a tunery "
+                              "server?", code="not_a_tunery_server", hint="check TUNERY_URL")
+        return body
 
     def upload(self, path: Path, purpose: str = "fine-tune") -> dict:
         with open(path, "rb") as handle:
@@ -99,10 +115,10 @@ class RemotePlatform:
         return self._call("GET", "/files")["data"]
 
     def get_file(self, file_id: str) -> dict:
-        return self._call("GET", f"/files/{file_id}")
+        return self._call("GET", f"/files/{_segment(file_id)}")
 
     def delete_file(self, file_id: str) -> dict:
-        return self._call("DELETE", f"/files/{file_id}")
+        return self._call("DELETE", f"/files/{_segment(file_id)}")
 
     def create_job(self, body: dict) -> dict:
         return self._call("POST", "/fine_tuning/jobs", json=body)
@@ -112,10 +128,10 @@ class RemotePlatform:
         return self._call("GET", "/fine_tuning/jobs", params=params)
 
     def get_job(self, job_id: str) -> dict:
-        return self._call("GET", f"/fine_tuning/jobs/{job_id}")
+        return self._call("GET", f"/fine_tuning/jobs/{_segment(job_id)}")
 
     def act(self, job_id: str, action: str) -> dict:
-        return self._call("POST", f"/fine_tuning/jobs/{job_id}/{action}")
+        return self._call("POST", f"/fine_tuning/jobs/{_segment(job_id)}/{action}")
 
     def events(self, job_id: str, limit: int = 100) -> list[dict]:
-        return self._call("GET", f"/fine_tuning/jobs/{job_id}/events", params={"limit": limit})["data"]
+        return self._call("GET", f"/fine_tuning/jobs/{_segment(job_id)}/events", params={"limit": limit})["data"]
