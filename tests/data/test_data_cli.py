@@ -100,6 +100,14 @@ def test_show_index_out_of_range_is_a_clear_error(tmp_path, tiny_model_dir):
     assert result.exit_code == 1 and "index_out_of_range" in result.output and "Traceback" not in result.output
 
 
+def test_show_of_a_missing_or_empty_file_says_so(tmp_path, tiny_model_dir):
+    missing = runner.invoke(app, ["data", "show", str(tmp_path / "none.jsonl"), "--model", str(tiny_model_dir)])
+    assert missing.exit_code == 1 and "file_not_found" in missing.output and "usable" not in missing.output
+    empty = write_lines(tmp_path / "e.jsonl", ['{"messages": []}'])
+    nothing = runner.invoke(app, ["data", "show", str(empty), "--model", str(tiny_model_dir)])
+    assert nothing.exit_code == 1 and "has no usable examples" in nothing.output and "between 0 and" not in nothing.output
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.one_of(
     st.binary(max_size=400),

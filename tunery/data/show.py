@@ -27,10 +27,15 @@ class ShownExample:
 
 def show_example(path: str | Path, tokenizer, index: int = 0) -> ShownExample:
     """Read a dataset and encode example `index` with `tokenizer`'s chat template and loss mask."""
+    if not Path(path).exists():  # read with no minimum, a missing file would read as one with no examples
+        raise DataError(f"{path} does not exist", code="file_not_found", hint="check the path")
     conversations = read_dataset(path, min_examples=0).conversations
+    if not conversations:
+        raise DataError(f"{path} has no usable examples", code="no_examples",
+                        hint="run `tunery data check` to see why every example was skipped")
     if not 0 <= index < len(conversations):
         raise DataError(f"no example {index}: {path} has {len(conversations)} usable example(s)",
-                        code="index_out_of_range", hint=f"use an index between 0 and {max(len(conversations) - 1, 0)}; "
+                        code="index_out_of_range", hint=f"use an index between 0 and {len(conversations) - 1}; "
                         "run `tunery data check` to see why examples were skipped")
     conversation = conversations[index]
     example = encode_conversation(tokenizer, conversation)
