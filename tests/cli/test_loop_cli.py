@@ -74,3 +74,11 @@ def test_serve_parses_its_loop_args_as_loop_watch_will(registered, tmp_path, loo
     result = cli("serve", "--model", tmp_path / "no-model", "--loop", registered, "--workers", "0",
                  f"--loop-arg={loop_arg}")
     assert result.exit_code == 2 and "--loop-arg" in result.output and said in result.output, result.output
+
+
+def test_loop_run_out_that_is_a_file_names_the_option_and_keeps_the_file(registered, tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine\n")
+    result = cli("loop", "run", registered, "--out", mine)
+    assert result.exit_code == 2 and "--out" in result.output and "is a file" in result.output, result.output
+    assert mine.read_text() == "mine\n"

@@ -120,6 +120,9 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
     with loop_lock(store, name) as lease:
         production = registry.resolve_version(store, name)
         out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder", code="target_not_folder",
+                              hint="give a folder for the loop's dataset, run and reports")
         out.mkdir(parents=True, exist_ok=True)
         result = LoopResult(name=name, status="failed", message="", production=production.ref)
         examples = collect_examples(store, name, production.created_at, Scrubber(), approved_only=approved_only)
