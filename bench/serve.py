@@ -3,7 +3,9 @@
 Reports single-stream decode tokens/s, total tokens/s with 8 concurrent clients, and time to
 first token, each as a ratio against `generate`; with `--quantized int4|int8` (default int4) also
 a second engine on quantized weights, its speed against the same `generate` and its drift from the
-full-precision model's greedy tokens. Writes docs/benchmarks-serving.md.
+full-precision model's greedy tokens; with `--tasks`, task scores of full and quantized weights through
+the engine. Rewrites its part of docs/benchmarks-serving.md (above KEPT_MARKER) and keeps the
+sections below it (bench.anchor's llama.cpp rows, hand-written measurements).
 Run: `python -m bench.serve [--model REF] [--dtype fp32] [--quantized int4] [--max-new-tokens N] [--repetitions R]`.
 """
 
@@ -23,6 +25,8 @@ from tunery.inference.lane_backend import MAX_DRAFT as FAST_MAX_DRAFT
 from tunery.inference.torch_backend import MAX_DRAFT as SPEC_MAX_DRAFT
 
 REPO = Path(__file__).resolve().parent.parent
+# Everything above this line of the report is rewritten by every run; everything below it is kept.
+KEPT_MARKER = "<!-- bench.serve writes the part above this line; sections below it are kept as they are -->"
 QUESTIONS = [
     "My laptop will not connect to the office Wi-Fi since this morning. What should I try?",
     "How do I reset my VPN token?",
@@ -416,14 +420,15 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
         "Int4 weights shrink what a step reads to about a seventh (int4 decoder, int8 head), but through the",
         "torch model a step stays a few hundred small operations per token (an int4 decode step took ~18 ms on",
         "one thread, ~8 ms of it the int4 products). The fast lane runs the step as one compiled call over the",
-        "same tensors (docs/serving.md#the-fast-lane): integer dot products of int4 weights with int8",
-        "activations, the output rows of each matrix split over the threads, every running request in the",
-        "same pass. What is left is mostly reading the weights (~95 MB per pass: int4 codes 53 MB, their fp16",
-        "scales and minimums 13 MB, the int8 head 28 MB) and multiplying them. A prompt that arrives alone is",
-        "prefilled in the lane too, 16 positions a pass, hence the shorter time to first token.",
-        "Drift: the default model's decoder was stored as Q4_1 (group 32, scale + min) in its GGUF, so int4",
-        "reproduces it up to the rounding of scales and zeros; the head (tied to a Q8_0 embedding) is",
-        "re-quantized to int8 per channel, and the lane quantizes activations to int8 per group of 32.",
+        "same tensors (docs/serving.md#the-fast-lane): integer dot products of int4 weights with activations",
+        "quantized to two int8 codes per value, the output rows of each matrix split over the threads, every",
+        "running request in the same pass. What is left is mostly reading the weights (~99 MB per pass: int4",
+        "codes 53 MB, their fp16 scales and minimums 13 MB, the int8 head 28 MB and its group scales 3.5 MB)",
+        "and multiplying them. A prompt that arrives alone is prefilled in the lane too, 16 positions a pass,",
+        "hence the shorter time to first token.",
+        "Drift: the default model's decoder was stored as Q4_1 (group 32, scale + min) in its GGUF and its",
+        "head (tied to the embedding) as Q8_0, so int4 reproduces both bit for bit; what is left is the",
+        "lane's rounding of activations (two int8 codes per value, about 15 bits) and fp16 keys and values.",
         "Greedy completions that differ part at near ties and then follow their own, equally fluent, path.",
         "",
         "The padded-batch column is Hugging Face's best case for a fixed batch that starts and ends together;",
@@ -431,9 +436,23 @@ def write_report(path: Path, args, med, spread, dtype: str, drift: dict | None =
         "batching handles and a static batch does not.",
         "",
     ]
+    text = "\n".join(lines) + f"\n{KEPT_MARKER}\n" + kept_sections(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     print("\n".join(lines))
+
+
+def kept_sections(path: Path) -> str:
+    """What the report holds past this script's part: sections written by hand or by other benchmarks
+    (bench.anchor's llama.cpp rows, the int4 agreement history), kept as they are. A report from before
+    the marker keeps everything from its first `## ` heading (this script writes none)."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    if KEPT_MARKER in text:
+        return text.split(KEPT_MARKER, 1)[1].lstrip("\n")
+    at = text.find("\n## ")
+    return text[at + 1:] if at >= 0 else ""
 
 
 def llama_cpp_lines(args, med, cell) -> list[str]:

@@ -51,7 +51,7 @@ def tiny(tiny_model_dir):
 def served(request, tiny):
     """(model, tokenizer, stops, decode, reference, tie) for each backend: full precision through torch,
     whose greedy picks are the model's own argmax (up to float rounding); int4 through the fast lane, whose picks follow the
-    dequantized model up to near ties (its activations enter the products as int8)."""
+    dequantized model up to near ties (its activations enter the products rounded to about 15 bits)."""
     import copy
 
     from tests.inference.parity import dequantized_copy

@@ -13,7 +13,7 @@ from tunery.inference.quant import QuantizedLinear, replace_module
 
 def dequantized_copy(model: nn.Module) -> nn.Module:
     """The quantized model with every quantized layer written out as an fp32 nn.Linear: what the
-    fast lane computes, up to its int8 activations."""
+    fast lane computes, up to its rounding of activations."""
     reference = copy.deepcopy(model)
     for name, module in list(reference.named_modules()):
         if isinstance(module, QuantizedLinear):

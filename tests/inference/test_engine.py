@@ -70,7 +70,7 @@ def test_engine_matches_hf_generate_alone_and_batched(served, engine):
     if decode == "torch":  # the same arithmetic either way
         assert [text for text, _ in batched] == alone
     # In the lane a batch's prompts are prefilled by torch (fp32 activations) and a lone one by the lane
-    # (int8 activations): each must follow the reference, up to the same near ties.
+    # (rounded activations): each must follow the reference, up to the same near ties.
     for i, ids in enumerate(prompts):
         assert_follows(reference, ids, tokens[i + 1], tie)
         assert_follows(reference, ids, tokens[len(prompts) + i + 1], tie)

@@ -50,8 +50,9 @@ def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
         with torch.no_grad():
             want = reference(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]), cache=cache,
                              use_cache=True).logits[0, -1]
-        # Activations enter the int4 products as int8 per group of 32: within 2% of the logits' spread.
-        assert (ours - want).abs().max() <= 0.02 * spread(want)
+        # Activations enter the int4 products as two int8 codes per value (about 15 bits): within 0.2%
+        # of the logits' spread (one int8 code alone left ~1%).
+        assert (ours - want).abs().max() <= 0.002 * spread(want)
         token, position = int(want.argmax()), position + 1
     lane_keys, lane_values = fast._caches[1]  # [layers, kv heads, capacity, head dim]
     assert lane_keys.shape[2] >= position
@@ -59,8 +60,8 @@ def test_logits_match_the_dequantized_model_step_by_step(int4_tiny):
     for i, (ref_keys, ref_values) in enumerate(cache_tensors(cache)):
         keys, values = lane_keys[i, :, :position].unsqueeze(0).float(), lane_values[i, :, :position].unsqueeze(0).float()
         assert keys.shape == ref_keys.shape and values.shape == ref_values.shape
-        assert (keys - ref_keys).abs().max() <= 0.02 * ref_keys.abs().max()
-        assert (values - ref_values).abs().max() <= 0.02 * ref_values.abs().max()
+        assert (keys - ref_keys).abs().max() <= 0.005 * ref_keys.abs().max()  # fp16
+        assert (values - ref_values).abs().max() <= 0.005 * ref_values.abs().max()
 
 
 def test_a_prompt_prefilled_in_the_lane_matches_the_reference(int4_tiny):
@@ -76,7 +77,7 @@ def test_a_prompt_prefilled_in_the_lane_matches_the_reference(int4_tiny):
         logits = fast.forward([0] * len(chunk), chunk, list(range(start, start + len(chunk))), [0] * len(chunk),
                               logits_from=len(chunk) - 1).clone()  # the lane reuses its logits buffer
         assert logits.shape == (1, fast.vocab)  # the head ran for the last row only
-    assert (logits[0] - want).abs().max() <= 0.02 * spread(want)
+    assert (logits[0] - want).abs().max() <= 0.002 * spread(want)
     # The same rows with every row's logits: the last row is the same.
     fast.open(0, capacity=len(ids) + 1)
     for start in range(0, len(ids), MAX_ROWS):
@@ -201,7 +202,7 @@ def test_wider_layers_with_an_odd_pair_of_groups(tmp_path):
         fast.load(0, cache_tensors(cache), 20, capacity=32)
         single = torch.stack([fast.forward([0], [t], [20 + i], [0])[0].clone() for i, t in enumerate(tokens)])
         for ours in (draft, single):
-            assert ((ours - want).abs().max(-1).values <= 0.02 * spread(want)).all()
+            assert ((ours - want).abs().max(-1).values <= 0.002 * spread(want)).all()
 
 
 def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_runs):
@@ -224,7 +225,7 @@ def test_lora_deltas_are_applied_like_the_torch_path_row_by_row(int4_tiny, lora_
     # One pass, three sequences, three adapters (the base, every layer, layer 1 only).
     ours = fast.forward(list(slots.values()), [11, 11, 11], [n, n, n], list(slots.values())).clone()
     for row, name in enumerate(slots):
-        # Both paths quantize activations (bf16 there, int8 groups here): within 3% of the spread.
+        # The torch path's kernels take bf16 activations: within 3% of the spread.
         assert (ours[row] - want[name]).abs().max() <= 0.03 * spread(want[name])
     assert (ours[1] - ours[0]).abs().max() > 0.1 * spread(ours[0])  # the adapters changed their rows
     assert (ours[2] - ours[0]).abs().max() > 0.1 * spread(ours[0])

@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 from tunery.data.template import encode_prompt
 from tunery.errors import ConfigError, ModelError
 from tunery.inference import Engine, SamplingParams
-from tunery.inference.quant import DEQUANT_MIN_ROWS, Int4Linear, Int8Linear, QuantizedLinear, quantize_model
+from tunery.inference.quant import (
+    DEQUANT_MIN_ROWS,
+    Int4Linear,
+    Int8GroupLinear,
+    Int8Linear,
+    QuantizedLinear,
+    quantize_model,
+)
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 QUESTIONS = ["hi", "The printer on floor three is offline again", "Please reset my VPN token",
@@ -36,7 +43,15 @@ def int8_reference(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(weight.float() / scale[:, None]).clamp(-127, 127) * scale[:, None]
 
 
-@pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
+def q8_0_reference(weight: torch.Tensor) -> torch.Tensor:
+    """GGUF's Q8_0 (llama.cpp's quantize_row_q8_0): per group of 32, d = amax / 127 kept in fp16."""
+    groups = weight.float().reshape(-1, 32)
+    d = groups.abs().amax(-1, keepdim=True) / 127
+    codes = torch.round(groups * torch.where(d > 0, 1 / d, torch.zeros_like(d))).clamp(-127, 127)
+    return (codes * d.half().float()).view_as(weight)
+
+
+@pytest.mark.parametrize("kind", [Int4Linear, Int8Linear, Int8GroupLinear])
 @pytest.mark.parametrize("rows", [1, 7, DEQUANT_MIN_ROWS + 3])  # decode, short prefill (kernel), long prefill (dense)
 def test_quantized_layer_computes_with_its_dequantized_weight(kind, rows):
     torch.manual_seed(0)
@@ -45,6 +60,8 @@ def test_quantized_layer_computes_with_its_dequantized_weight(kind, rows):
     w_ref = layer.dequantized_weight()
     if kind is Int8Linear:
         assert torch.allclose(w_ref, int8_reference(linear.weight), atol=1e-6)
+    if kind is Int8GroupLinear:
+        assert torch.allclose(w_ref, q8_0_reference(linear.weight), atol=1e-6)
     # The weights moved by at most about a quantization step (a fitted int4 range may clip an outlier
     # to lower the group's total error), and little overall.
     assert (w_ref - linear.weight).abs().max() < 1.2 * (linear.weight.abs().max() * 2 / 15)
@@ -67,6 +84,20 @@ def test_int4_keeps_weights_already_on_its_grid_exactly():
     layer = Int4Linear(_linear(on_grid), importance=torch.rand(128) + 0.1)
     assert torch.equal(layer.dequantized_weight(), on_grid)
     assert layer.scales.dtype == layer.mins.dtype == torch.float16
+
+
+def test_an_int4_models_head_keeps_a_q8_0_head_exactly():
+    """The output head of --weights int4 is int8 per group of 32 with fp16 scales: a head stored as
+    Q8_0 (the default model's) comes back bit for bit, where a scale per row moved it."""
+    torch.manual_seed(3)
+    weight = torch.randn(64, 128) * 0.05
+    weight[:, 5] *= 20  # an outlier input: a row's scale follows it, a group's only in its own group
+    on_grid = q8_0_reference(weight)
+    grouped = Int8GroupLinear(_linear(on_grid)).dequantized_weight()
+    assert torch.equal(grouped, on_grid)
+    per_row = Int8Linear(_linear(on_grid)).dequantized_weight()
+    others = torch.arange(128) != 5  # a scale per row follows the outlier: the other inputs lose precision
+    assert (per_row - on_grid)[:, others].norm() > 0.02 * on_grid[:, others].norm()
 
 
 def _linear(weight: torch.Tensor) -> nn.Linear:
@@ -95,13 +126,13 @@ def test_fitted_rounding_beats_min_max_and_weighs_by_importance():
 
 
 def snap_to_served_grid(model) -> None:
-    """Put the tiny model's weights on the int4 (decoder) and int8 (head) grids, as the default model's
-    decoder already is (its GGUF stored Q4_1, group 32): quantization then keeps them exactly."""
+    """Put the tiny model's weights on the int4 (decoder) and Q8_0 (head) grids, as the default model's
+    already are (its GGUF stored Q4_1 and Q8_0, group 32): quantization then keeps them exactly."""
     head = model.get_output_embeddings()
     with torch.no_grad():
         for module in list(model.modules()):
             if type(module) is nn.Linear:
-                grid = int8_reference if module is head else int4_reference
+                grid = q8_0_reference if module is head else int4_reference
                 module.weight.copy_(grid(module.weight))
 
 
@@ -117,7 +148,7 @@ def test_quantized_model_keeps_logits_and_greedy_tokens(tiny):
     report = quantize_model(model, "int4")
     assert report.quantized == 2 * 7 + 1 and not report.skipped
     assert report.relative_error < 1e-6  # on the grids already: nothing moves
-    assert isinstance(model.get_output_embeddings(), Int8Linear)
+    assert isinstance(model.get_output_embeddings(), Int8GroupLinear)
     assert isinstance(model.get_input_embeddings(), nn.Embedding)  # untied: the embedding is untouched
     assert torch.equal(model.get_input_embeddings().weight, original.get_input_embeddings().weight)
     assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == report.quantized
@@ -245,6 +276,21 @@ def test_load_engine_quantizes_and_reports(tiny_model_dir, caplog):
         loaded.engine.stop()
 
 
+def test_quantized_weights_are_made_from_fp32_where_auto_would_load_bf16(tiny_model_dir, monkeypatch):
+    """On a CPU with fast bf16, `--dtype auto` loads bf16; quantizing that would round a Q4_1 decoder
+    off its grid first. Quantized weights load in fp32 under auto; full weights keep auto's choice."""
+    from tunery.inference.loaded_engine import load_engine
+    from tunery.models import load
+
+    monkeypatch.setattr(load.host, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(load, "measure_bf16_speedup", lambda: 3.0)
+    full = load_engine(str(tiny_model_dir), weights="full", max_batch_size=2)
+    assert full.engine.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    quantized = load_engine(str(tiny_model_dir), weights="int4", max_batch_size=2)
+    assert quantized.engine.model.model.embed_tokens.weight.dtype == torch.float32
+    assert quantized.engine.backend.name == "lane"
+
+
 @pytest.mark.slow
 def test_default_model_int4_greedy_follows_full(default_model_dir):
     from tunery.models import load_model
@@ -252,7 +298,7 @@ def test_default_model_int4_greedy_follows_full(default_model_dir):
     model, tokenizer = load_model(str(default_model_dir), dtype="fp32", device="cpu")
     quantized = copy.deepcopy(model)
     report = quantize_model(quantized, "int4")
-    assert report.quantized == 211 and report.relative_error < 0.01  # the decoder exact (the GGUF's Q4_1), the head int8
+    assert report.quantized == 211 and report.relative_error < 1e-6  # the GGUF's Q4_1 decoder and Q8_0 head, exactly
     exact = 0
     for question in ("How do I reset my VPN token?", "Explain in two sentences what DNS does."):
         ids = encode_prompt(tokenizer, [{"role": "user", "content": question}])
@@ -300,7 +346,7 @@ def fp16_tiny(tiny_model_dir, tmp_path):
     model, tokenizer = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
     model.half().save_pretrained(tmp_path / "fp16")
     tokenizer.save_pretrained(tmp_path / "fp16")
-    return load_model(str(tmp_path / "fp16"), dtype="auto", device="cpu")
+    return load_model(str(tmp_path / "fp16"), dtype="fp32", device="cpu")
 
 
 def test_int4_rounding_fitted_to_calibration_tracks_an_fp16_model_better(fp16_tiny, monkeypatch):

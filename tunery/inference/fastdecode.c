@@ -2,14 +2,16 @@
  *
  * tunery/inference/fastlane.py compiles this file on first use and calls `fd_forward` for every
  * decode step of the engine: embeddings, every layer (RMSNorm, q/k/v, rotary embedding, cache
- * append, attention, o, RMSNorm, gate/up, SiLU, down), the final norm and the int8 output head,
+ * append, attention, o, RMSNorm, gate/up, SiLU, down), the final norm and the int8 output head
+ * (a scale per group of 32 inputs, GGUF's Q8_0),
  * with LoRA deltas where a row's adapter has them. The weights are the tensors of the quantized
  * torch model itself (tunery/inference/quant.py), read in place; only the per-group scales are
  * copied (as fp16, row-major). Up to FD_MAX_ROWS rows go through in one pass while the weights are
  * read once: one token each of several sequences, or a speculative draft of one sequence.
  *
- * Activations are fp32, quantized to int8 per group of 32 where they meet the int4 weights (the
- * products are integer dot products, VNNI where the CPU has it). With AVX2 the weight loops are
+ * Activations are fp32, quantized per group of 32 where they meet the int4 weights, to two int8
+ * codes each (the value and its rounding error, about 15 bits together), so the products are integer
+ * dot products (VNNI where the CPU has it) without int8's rounding of the activations. With AVX2 the weight loops are
  * vectorized by hand; without it, the same arithmetic runs as plain C. Keys and values are cached
  * as fp16. The output rows of each matrix, the attention's (row, kv head, chunk) units and the
  * SiLU are split between the calling thread and `threads - 1` workers.
@@ -56,8 +58,8 @@ typedef struct {
     float eps;
     const float *embed;        /* [vocab][hidden] */
     const float *final_norm;   /* [hidden] */
-    const int8_t *head;        /* [vocab][hidden], w = q * head_scale[row] */
-    const float *head_scale;   /* [vocab] */
+    const int8_t *head;        /* [vocab][hidden], w = q * head_scales[row][input / 32] */
+    const float *head_scales;  /* [vocab][hidden / 32]: the fp16 scales, widened exactly */
     const float *rope_cos;     /* [max_pos][head_dim] */
     const float *rope_sin;
     const fd_layer *layers;    /* [n_layers] */
@@ -82,11 +84,11 @@ size_t fd_workspace_floats(const fd_model *m, int rows, int cap, int rank) {
     size_t qd = (size_t)m->n_heads * m->head_dim, kvd = (size_t)m->n_kv_heads * m->head_dim;
     size_t widest = (size_t)imax(imax(m->hidden, m->intermediate), (int)qd), quads = (widest / 32 + 3) / 4;
     /* residual, normed, block output, q, k, v, attention, gate, up, LoRA scratch; the quantized
-     * inputs' scales, sums, lane scales and int8 codes; attention: partial softmaxes, and scores
-     * per thread */
+     * inputs' scales, sums, lane scales and their two int8 codes; attention: partial softmaxes, and
+     * scores per thread */
     const size_t chunks = ((size_t)cap + FD_ATTENTION_CHUNK - 1) / FD_ATTENTION_CHUNK;
     return (size_t)rows * (3 * (size_t)m->hidden + 2 * qd + 2 * kvd + 2 * (size_t)m->intermediate + (size_t)rank
-                           + 2 * (widest / 32) + quads * 16 + quads * 32
+                           + 2 * (widest / 32) + quads * 16 + 2 * quads * 32
                            + (size_t)m->n_heads * chunks * (m->head_dim + 2))
            + (size_t)FD_MAX_THREADS * (m->n_heads * FD_ATTENTION_CHUNK + m->head_dim) + 64;
 }
@@ -106,14 +108,19 @@ static void rms_norm(const float *x, const float *w, float eps, int d, float *ou
  * broadcast of the two groups' scales lines up with the lanes. */
 static inline int pair_byte(int g, int i) { int t = i % 16; return ((t / 4) * 2 + (g % 2)) * 4 + t % 4; }
 
-/* Activations quantized per group of 32 inputs (int8, symmetric) in the codes' order, four groups
- * (two pairs, 128 bytes) at a time: the low-nibble inputs of both pairs, then their high-nibble
- * inputs, so that one 512-bit load meets two pairs' low (or high) nibbles and one 256-bit load one
- * pair's. Rows are padded to a multiple of 128 inputs. */
+/* Activations quantized per group of 32 inputs, symmetric, as 256 * q + lo: q the int8 code of the
+ * value (|q| <= 127), lo the int8 code of what q leaves, in 256ths of q's step. One int8 code alone
+ * (an error of half a step, 1/254 of the group's largest input) moved the default model's top token
+ * at 4% of positions; the pair computes as the fp32 activations do, for two more dot products per
+ * pair of weight groups (the weights are unpacked once for both). Codes go in the weights' order,
+ * four groups (two pairs, 128 bytes) at a time: the low-nibble inputs of both pairs, then their
+ * high-nibble inputs, so that one 512-bit load meets two pairs' low (or high) nibbles and one 256-bit
+ * load one pair's. Rows are padded to a multiple of 128 inputs. */
 typedef struct {
     int8_t *q;      /* [rows][stride] */
-    float *scale;   /* [rows][k/32] */
-    float *sum;     /* [rows][k/32]: scale * sum of the group's codes (meets the weights' min) */
+    int8_t *lo;     /* [rows][stride], in the same order */
+    float *scale;   /* [rows][k/32]: one unit of 256 * q + lo */
+    float *sum;     /* [rows][k/32]: scale * sum of the group's 256 * q + lo (meets the weights' min) */
     float *lanes;   /* [rows][quads][16]: the scales as a 512-bit dot product's lanes meet them */
     int rows, k, stride;
 } fd_qx;
@@ -126,21 +133,24 @@ static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
     out->k = k;
     out->stride = quads * 128;
     for (int m = 0; m < rows; m++) {
-        int8_t *q = out->q + (size_t)m * out->stride;
+        int8_t *q = out->q + (size_t)m * out->stride, *lo = out->lo + (size_t)m * out->stride;
         float *lanes = out->lanes + (size_t)m * quads * 16;
         memset(q + (size_t)groups * FD_GROUP, 0, (size_t)(out->stride - groups * FD_GROUP));
+        memset(lo + (size_t)groups * FD_GROUP, 0, (size_t)(out->stride - groups * FD_GROUP));
         memset(lanes, 0, sizeof(float) * 16 * quads);
         for (int g = 0; g < groups; g++) {
             const float *xg = x + (size_t)m * k + g * FD_GROUP;
             float top = 0.0f;
 #pragma omp simd reduction(max : top)
             for (int i = 0; i < FD_GROUP; i++) top = fmax_plain(top, fabsf(xg[i]));
-            const float scale = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
+            const float scale = top / (127.0f * 256.0f), inv = top > 0.0f ? 127.0f / top : 0.0f;
             int total = 0;
             for (int i = 0; i < FD_GROUP; i++) {
-                const int v = (int)lrintf(xg[i] * inv);
-                q[x_slot(g, i)] = (int8_t)v;
-                total += v;
+                const float v = xg[i] * inv; /* in steps of q: |v| <= 127 */
+                const int high = (int)lrintf(v), low = imin(127, imax(-127, (int)lrintf((v - (float)high) * 256.0f)));
+                q[x_slot(g, i)] = (int8_t)high;
+                lo[x_slot(g, i)] = (int8_t)low;
+                total += 256 * high + low;
             }
             out->scale[(size_t)m * groups + g] = scale;
             out->sum[(size_t)m * groups + g] = scale * (float)total;
@@ -301,11 +311,14 @@ static inline void unpack_pair(const uint8_t *codes, __m256i *low, __m256i *high
 /* The quantized inputs meeting pair p's low nibbles (its high ones are 64 bytes further). */
 static inline const int8_t *pair_inputs(const int8_t *xq, int p) { return xq + (p / 2) * 128 + (p % 2) * 32; }
 
-/* One pair of groups against one row of quantized inputs, scaled by the inputs' pair of scales:
- * lanes still to be scaled by the weights' pair of scales. */
-static inline __m256 pair_dot(__m256i low, __m256i high, const int8_t *xq, const float *x_scales) {
+/* One pair of groups against one row of quantized inputs (xq: q, xl: lo, at the same offset), scaled
+ * by the inputs' pair of scales: lanes still to be scaled by the weights' pair of scales. The lanes
+ * hold 256 * (codes . q) + (codes . lo): at most 8 * 15 * 127 * 257, far inside int32. */
+static inline __m256 pair_dot(__m256i low, __m256i high, const int8_t *xq, const int8_t *xl, const float *x_scales) {
     __m256i d = dot_u8s8(_mm256_setzero_si256(), low, _mm256_loadu_si256((const __m256i *)xq));
-    d = dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xq + 64)));
+    d = _mm256_slli_epi32(dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xq + 64))), 8);
+    d = dot_u8s8(d, low, _mm256_loadu_si256((const __m256i *)xl));
+    d = dot_u8s8(d, high, _mm256_loadu_si256((const __m256i *)(xl + 64)));
     return _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_castpd_ps(_mm256_broadcast_sd((const double *)x_scales)));
 }
 
@@ -345,9 +358,12 @@ static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const 
             const __m512 s = _mm512_cvtph_ps(_mm256_permutevar8x32_epi32(
                 _mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(scales + 2 * p))), spread_pairs));
             for (int m = 0; m < rows; m++) {
-                const int8_t *xq = x->q + (size_t)m * x->stride + (p / 2) * 128;
+                const size_t at = (size_t)m * x->stride + (p / 2) * 128;
+                const int8_t *xq = x->q + at, *xl = x->lo + at;
                 __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512((const void *)xq));
-                d = _mm512_dpbusd_epi32(d, high, _mm512_loadu_si512((const void *)(xq + 64)));
+                d = _mm512_slli_epi32(_mm512_dpbusd_epi32(d, high, _mm512_loadu_si512((const void *)(xq + 64))), 8);
+                d = _mm512_dpbusd_epi32(d, low, _mm512_loadu_si512((const void *)xl));
+                d = _mm512_dpbusd_epi32(d, high, _mm512_loadu_si512((const void *)(xl + 64)));
                 const __m512 xs = _mm512_loadu_ps(x->lanes + ((size_t)m * ((groups + 3) / 4) + p / 2) * 16);
                 wide[m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), xs), s, wide[m]);
             }
@@ -362,6 +378,7 @@ static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const 
             const __m256 s = pair_scales(scales + 2 * p);
             for (int m = 0; m < rows; m++)
                 acc[m] = _mm256_fmadd_ps(pair_dot(low, high, pair_inputs(x->q + (size_t)m * x->stride, p),
+                                                  pair_inputs(x->lo + (size_t)m * x->stride, p),
                                                   x->scale + (size_t)m * groups + 2 * p), s, acc[m]);
         }
         for (int m = 0; m < rows; m++)
@@ -377,24 +394,30 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
     const int k = w->k, groups = k / FD_GROUP, half = k / 2, rows = x->rows;
     int n = n0;
 #if defined(__AVX2__)
-    if (rows == 1) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+    const int narrow = 0; /* one row takes the 512-bit loop too: two pairs of groups an instruction */
+#else
+    const int narrow = rows == 1;
+#endif
+    if (narrow) {
         for (; n + 2 <= n1; n += 2) { /* two outputs at a time share the input loads */
             const uint8_t *c0 = w->codes + (size_t)n * half, *c1 = c0 + half;
             const uint16_t *s0 = w->scales + (size_t)n * groups, *s1 = s0 + groups;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             for (int p = 0; p < groups / 2; p++) {
-                const int8_t *xq = pair_inputs(x->q, p);
+                const int8_t *xq = pair_inputs(x->q, p), *xl = pair_inputs(x->lo, p);
                 __m256i low, high;
                 unpack_pair(c0 + p * 32, &low, &high);
-                a0 = _mm256_fmadd_ps(pair_dot(low, high, xq, x->scale + 2 * p), pair_scales(s0 + 2 * p), a0);
+                a0 = _mm256_fmadd_ps(pair_dot(low, high, xq, xl, x->scale + 2 * p), pair_scales(s0 + 2 * p), a0);
                 unpack_pair(c1 + p * 32, &low, &high);
-                a1 = _mm256_fmadd_ps(pair_dot(low, high, xq, x->scale + 2 * p), pair_scales(s1 + 2 * p), a1);
+                a1 = _mm256_fmadd_ps(pair_dot(low, high, xq, xl, x->scale + 2 * p), pair_scales(s1 + 2 * p), a1);
             }
             y[n] = hsum256(a0) + min_term(w->mins + (size_t)n * groups, x->sum, groups);
             y[n + 1] = hsum256(a1) + min_term(w->mins + (size_t)(n + 1) * groups, x->sum, groups);
         }
     } else {
         switch (rows) { /* a constant row count keeps the accumulators in registers */
+        case 1: q4_rows(w, x, y, ldy, n, n1, 1); break;
         case 2: q4_rows(w, x, y, ldy, n, n1, 2); break;
         case 3: q4_rows(w, x, y, ldy, n, n1, 3); break;
         case 4: q4_rows(w, x, y, ldy, n, n1, 4); break;
@@ -417,13 +440,13 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
     for (; n < n1; n++) {
         const uint8_t *codes = w->codes + (size_t)n * half;
         for (int m = 0; m < rows; m++) {
-            const int8_t *q = x->q + (size_t)m * x->stride;
+            const int8_t *q = x->q + (size_t)m * x->stride, *lo = x->lo + (size_t)m * x->stride;
             float acc = 0.0f;
             for (int g = 0; g < groups; g++) {
                 int dot = 0;
                 for (int i = 0; i < FD_GROUP; i++) {
                     const int at = (g / 2) * 32 + pair_byte(g, i), code = i < 16 ? codes[at] & 15 : codes[at] >> 4;
-                    dot += code * q[x_slot(g, i)];
+                    dot += code * (256 * q[x_slot(g, i)] + lo[x_slot(g, i)]);
                 }
                 acc += half_to_float(w->scales[(size_t)n * groups + g]) * x->scale[(size_t)m * groups + g] * (float)dot;
             }
@@ -455,6 +478,12 @@ static void lora_add(const fd_lora *l, const float *x, int k, int n, float *y, f
 }
 
 #ifdef __AVX512F__
+/* 16 weights of the head as fp32: int8 codes times their group's scale (exact: 7 bits times 11). */
+static inline __m512 head_weights(const int8_t *codes, float scale) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes))),
+                         _mm512_set1_ps(scale));
+}
+
 static inline __attribute__((always_inline)) void head_rows(const fd_model *mw, const float *x, float *logits, int n0,
                                                             int n1, const int rows) {
     const int d = mw->hidden, vocab = mw->vocab;
@@ -462,16 +491,17 @@ static inline __attribute__((always_inline)) void head_rows(const fd_model *mw, 
         __m512 acc[FD_MAX_ROWS];
         for (int m = 0; m < rows; m++) acc[m] = _mm512_setzero_ps();
         const int8_t *row = mw->head + (size_t)n * d;
+        const float *scales = mw->head_scales + (size_t)n * (d / FD_GROUP);
         for (int i = 0; i < d; i += 16) {
-            __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + i))));
+            const __m512 wv = head_weights(row + i, scales[i / FD_GROUP]);
             for (int m = 0; m < rows; m++) acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (size_t)m * d + i), acc[m]);
         }
-        for (int m = 0; m < rows; m++) logits[(size_t)m * vocab + n] = mw->head_scale[n] * _mm512_reduce_add_ps(acc[m]);
+        for (int m = 0; m < rows; m++) logits[(size_t)m * vocab + n] = _mm512_reduce_add_ps(acc[m]);
     }
 }
 #endif
 
-/* logits[m][v] = head_scale[v] * (head[v] . x[m]) for vocabulary rows [n0, n1) */
+/* logits[m][v] = (head[v] * its group scales) . x[m] for vocabulary rows [n0, n1) */
 static void head_matmul(const fd_model *mw, const float *x, int rows, float *logits, int n0, int n1) {
     const int d = mw->hidden, vocab = mw->vocab;
     int n = n0;
@@ -484,12 +514,11 @@ static void head_matmul(const fd_model *mw, const float *x, int rows, float *log
                 for (int i = 0; i < d; i += 16) {
                     const __m512 xv = _mm512_loadu_ps(x + i);
                     for (int r = 0; r < 4; r++) {
-                        const int8_t *row = mw->head + (size_t)(n + r) * d + i;
-                        __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)row)));
-                        acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+                        const size_t at = (size_t)(n + r) * d + i;
+                        acc[r] = _mm512_fmadd_ps(head_weights(mw->head + at, mw->head_scales[at / FD_GROUP]), xv, acc[r]);
                     }
                 }
-                for (int r = 0; r < 4; r++) logits[n + r] = mw->head_scale[n + r] * _mm512_reduce_add_ps(acc[r]);
+                for (int r = 0; r < 4; r++) logits[n + r] = _mm512_reduce_add_ps(acc[r]);
             }
         } else {
             switch (rows) {
@@ -515,11 +544,16 @@ static void head_matmul(const fd_model *mw, const float *x, int rows, float *log
 #endif
     for (; n < n1; n++) {
         const int8_t *row = mw->head + (size_t)n * d;
+        const float *scales = mw->head_scales + (size_t)n * (d / FD_GROUP);
         for (int m = 0; m < rows; m++) {
             float acc = 0.0f;
+            for (int g = 0; g < d / FD_GROUP; g++) {
+                const int8_t *codes = row + g * FD_GROUP;
+                const float *xg = x + (size_t)m * d + g * FD_GROUP, scale = scales[g];
 #pragma omp simd reduction(+ : acc)
-            for (int i = 0; i < d; i++) acc += (float)row[i] * x[(size_t)m * d + i];
-            logits[(size_t)m * vocab + n] = mw->head_scale[n] * acc;
+                for (int i = 0; i < FD_GROUP; i++) acc += ((float)codes[i] * scale) * xg[i];
+            }
+            logits[(size_t)m * vocab + n] = acc;
         }
     }
 }
@@ -846,7 +880,7 @@ static void rope(float *v, int heads, int hd, const float *cos, const float *sin
 
 /* ---- the boundary: what Python hands over is checked here, once per load or per pass ---- */
 
-#define FD_ABI 2 /* bumped whenever a structure or an entry point changes */
+#define FD_ABI 3 /* bumped whenever a structure or an entry point changes */
 
 /* Error codes of fd_forward, fd_check_model and fd_check_lora (fastlane.py names them). */
 enum { FD_OK, FD_E_ROWS, FD_E_TOKEN, FD_E_POSITION, FD_E_CACHE, FD_E_LORA, FD_E_WORKSPACE, FD_E_LOGITS, FD_E_MODEL };
@@ -864,7 +898,7 @@ int fd_layout(int64_t *out, int n) {
         sizeof(fd_model), offsetof(fd_model, n_layers), offsetof(fd_model, hidden), offsetof(fd_model, n_heads),
         offsetof(fd_model, n_kv_heads), offsetof(fd_model, head_dim), offsetof(fd_model, intermediate),
         offsetof(fd_model, vocab), offsetof(fd_model, max_pos), offsetof(fd_model, eps), offsetof(fd_model, embed),
-        offsetof(fd_model, final_norm), offsetof(fd_model, head), offsetof(fd_model, head_scale),
+        offsetof(fd_model, final_norm), offsetof(fd_model, head), offsetof(fd_model, head_scales),
         offsetof(fd_model, rope_cos), offsetof(fd_model, rope_sin), offsetof(fd_model, layers)};
     const int count = (int)(sizeof(layout) / sizeof(layout[0]));
     for (int i = 0; i < count && i < n; i++) out[i] = layout[i];
@@ -872,7 +906,7 @@ int fd_layout(int64_t *out, int n) {
 }
 
 /* Check the model's shapes and the length of every buffer it points to, in elements, in this order:
- * embed, final_norm, head, head_scale, rope_cos, rope_sin, then per layer input_norm, post_norm and
+ * embed, final_norm, head, head_scales, rope_cos, rope_sin, then per layer input_norm, post_norm and
  * per projection codes (bytes), scales, mins, bias (0: none). `count` is the number of lengths. */
 int fd_check_model(const fd_model *mw, const int64_t *lens, int count) {
     const int64_t d = mw->hidden, hd = mw->head_dim, v = mw->vocab, pos = mw->max_pos;
@@ -880,7 +914,7 @@ int fd_check_model(const fd_model *mw, const int64_t *lens, int count) {
         || mw->n_heads % mw->n_kv_heads || mw->intermediate < 64 || mw->intermediate % 64 || v < 1 || pos < 1
         || count != 6 + mw->n_layers * (2 + 4 * N_PROJ) || !mw->layers)
         return FD_E_MODEL;
-    const int64_t want[] = {v * d, d, v * d, v, pos * hd, pos * hd};
+    const int64_t want[] = {v * d, d, v * d, v * d / FD_GROUP, pos * hd, pos * hd};
     for (int i = 0; i < 6; i++) /* the embedding may hold padding rows past the vocabulary */
         if (i == 0 ? lens[i] < want[i] : lens[i] != want[i]) return FD_E_MODEL;
     const int64_t qd = mw->n_heads * hd, kvd = mw->n_kv_heads * hd, inter = mw->intermediate;
@@ -955,7 +989,8 @@ int fd_forward(const fd_model *mw, int rows, const int64_t *tokens, const int32_
     const int chunks = (cap + FD_ATTENTION_CHUNK - 1) / FD_ATTENTION_CHUNK;
     float *lanes = xsum + (size_t)rows * (widest / FD_GROUP), *partial = lanes + (size_t)rows * quads * 16;
     float *scores = partial + (size_t)rows * nh * chunks * (hd + 2);
-    fd_qx xq = {(int8_t *)(scores + (size_t)FD_MAX_THREADS * (nh * FD_ATTENTION_CHUNK + hd)), xs, xsum, lanes, rows, 0, 0};
+    int8_t *codes = (int8_t *)(scores + (size_t)FD_MAX_THREADS * (nh * FD_ATTENTION_CHUNK + hd));
+    fd_qx xq = {codes, codes + (size_t)rows * quads * 128, xs, xsum, lanes, rows, 0, 0};
     int longest = 0;
     for (int m = 0; m < rows; m++) longest = imax(longest, positions[m] + 1);
 

@@ -7,7 +7,7 @@ quantized model's own tensors, for up to MAX_ROWS rows (tokens of several sequen
 and holds each sequence's KV cache.
 
 It takes Llama-family decoders (llama, mistral without a sliding window, qwen2) whose decoder
-layers are all `Int4Linear` and whose head is `Int8Linear`, i.e. `--weights int4`, with any LoRA
+layers are all `Int4Linear` and whose head is `Int8GroupLinear`, i.e. `--weights int4`, with any LoRA
 adapters the engine serves; each row of a pass may use its own. The C file is compiled once per
 machine with the system's C compiler into `TUNERY_HOME/cache/kernels/`; without one the engine
 keeps its torch path and says why. Knows the quantized layers and the C structures; nothing about
@@ -32,7 +32,7 @@ from torch import nn
 
 from tunery import host
 from tunery.errors import TuneryError
-from tunery.inference.quant import Int4Linear, Int8Linear
+from tunery.inference.quant import Int4Linear, Int8GroupLinear
 from tunery.paths import cache_dir
 
 SOURCE = Path(__file__).with_name("fastdecode.c")
@@ -44,7 +44,7 @@ PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "
                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
 # Keys and values are kept in fp16: half the bytes a long context's attention reads (it is bound
-# by reading them), for a rounding error far below the int8 activations'.
+# by reading them), for a rounding error far below the int4 weights'.
 CACHE_DTYPE = torch.float16
 # A transformers causal LM of the Llama family, read by attribute (model.model.layers[i].self_attn,
 # config.num_key_value_heads): _check_model checks that layout at run time, where nn.Module's
@@ -77,13 +77,13 @@ class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in  # type: ignore[assignment]
                 ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "intermediate", "vocab", "max_pos")] + [
         ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("final_norm", ctypes.c_void_p),
-        ("head", ctypes.c_void_p), ("head_scale", ctypes.c_void_p), ("rope_cos", ctypes.c_void_p),
+        ("head", ctypes.c_void_p), ("head_scales", ctypes.c_void_p), ("rope_cos", ctypes.c_void_p),
         ("rope_sin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
 
 
 # fd_forward's error codes (FD_E_* in fastdecode.c), each naming the argument that did not fit.
 C_ERRORS = {1: "rows", 2: "token", 3: "position", 4: "cache", 5: "lora", 6: "workspace", 7: "logits", 8: "model"}
-ABI = 2  # FD_ABI: the library must be built from this source's structures
+ABI = 3  # FD_ABI: the library must be built from this source's structures
 SANITIZE_FLAGS = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 _SIZE, _I32, _I64, _PTR = ctypes.c_size_t, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 
@@ -239,7 +239,7 @@ class FastLane:
                 lengths += [codes.numel() * codes.element_size(), scales.numel(), mins.numel(),
                             0 if layer.bias is None else layer.bias.numel()]
         cos, sin = _rope_tables(decoder.rotary_emb, max_context)
-        head: Int8Linear = model.get_output_embeddings()
+        head: Int8GroupLinear = model.get_output_embeddings()
         head_codes = head.weight_int8.contiguous()
         self._keep.append(head_codes)
         self._layers = layers
@@ -380,8 +380,8 @@ def _check_model(model: DecoderModel) -> None:
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(decoder, "rotary_emb"):
         raise FastLaneUnavailable("the decoder is not laid out as model.model.layers")
     head = model.get_output_embeddings()
-    if not isinstance(head, Int8Linear) or head.bias is not None:
-        raise FastLaneUnavailable("the output head is not int8 (serve with --weights int4)")
+    if not isinstance(head, Int8GroupLinear) or head.bias is not None or head.group_size != 32:
+        raise FastLaneUnavailable("the output head is not int8 per group of 32 (serve with --weights int4)")
     if not isinstance(decoder.embed_tokens, nn.Embedding):
         raise FastLaneUnavailable("the input embedding is not a plain table")
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads

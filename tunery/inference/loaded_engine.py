@@ -48,6 +48,7 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     """Load `ref` into a (not yet started) engine; a LoRA run comes as its base plus its adapter.
 
     `weights` is `full`, `int8` or `int4` (see `tunery.inference.quant`); adapters stay in `dtype`.
+    Quantized weights are made from the model loaded in fp32 unless `dtype` says otherwise.
     `decode` is `auto`, `torch` or `lane` (see `tunery.inference.backend`; None: TUNERY_DECODE or auto).
     """
     from tunery.inference.calibration import calibration_ids
@@ -57,6 +58,10 @@ def load_engine(ref: str | Path, *, dtype: str = "auto", weights: str = "full", 
     check_weight_format(weights)
     decode = decode_choice(decode)  # a bad choice fails before the model loads
     resolved = resolve_model(ref)
+    if weights != "full" and dtype == "auto":
+        # Quantize the checkpoint's own values: `auto` picks bf16 on CPUs with fast bf16, which would
+        # round them first (a Q4_1 decoder off its grid); the fast lane computes in fp32 anyway.
+        dtype = "fp32"
     model, tokenizer = load_model(resolved, dtype=dtype, with_adapter=False)
     quantization = quantize_model(model, weights, calibration_ids(tokenizer) if weights == "int4" else None)
     log.info("%s", quantization.summary())
