@@ -4,10 +4,13 @@ JSON schemas always validate, tool calls round-trip, logprobs, penalties, logit_
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import jsonschema
 import openai
 import pytest
+
+from tests.chat_templates import LLAMA31_TOOLS
 
 TICKET = {"type": "object",
           "properties": {"category": {"type": "string", "enum": ["network", "hardware", "access", "email"]},
@@ -22,6 +25,17 @@ WEATHER = {"type": "function", "function": {
                                                     "unit": {"type": "string", "enum": ["c", "f"]}},
                    "required": ["city", "unit"], "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "Printer on floor 3 is offline, please triage."}]
+
+
+@contextmanager
+def chat_template(tokenizer, template: str):
+    """The tokenizer renders with TEMPLATE inside the block, and with its own again after it."""
+    plain = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        yield
+    finally:
+        tokenizer.chat_template = plain
 
 
 def schema_format(strict: bool = True) -> dict:
@@ -244,9 +258,7 @@ def test_tools_reach_a_template_that_renders_them(live):
     from tunery.data.template import encode_prompt
 
     tokenizer = live.state.tokenizer
-    plain = tokenizer.chat_template
-    tokenizer.chat_template = QWEN_STYLE
-    try:
+    with chat_template(tokenizer, QWEN_STYLE):
         client = live.client()
         messages = [{"role": "user", "content": "What is the weather in Paris?"}]
         first = client.chat.completions.create(model=live.base, messages=messages, tools=[WEATHER], max_tokens=200,
@@ -264,81 +276,6 @@ def test_tools_reach_a_template_that_renders_them(live):
         assert "<tool_call>\n{\"name\": \"get_weather\"" in expected and "<tool_response>" in expected
         prompt_ids = encode_prompt(tokenizer, messages, tools=[WEATHER])  # contents tokenized apart, as in training
         assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
-    finally:
-        tokenizer.chat_template = plain
-
-
-# Llama 3.1's chat template as Meta ships it, less its built-in tools (brave_search, wolfram_alpha) branches.
-LLAMA31_TOOLS = """{{- bos_token }}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- set date_string = "26 Jul 2024" %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
-{%- if tools is not none %}
-    {{- "Environment: ipython\\n" }}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\\n" }}
-{{- "Today Date: " + date_string + "\\n\\n" }}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-{%- if tools_in_user_message and not tools is none %}
-    {%- if messages | length != 0 %}
-        {%- set first_user_message = messages[0]['content']|trim %}
-        {%- set messages = messages[1:] %}
-    {%- else %}
-        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
-    {%- endif %}
-    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}
-    {{- "Given the following functions, please respond with a JSON for a function call " }}
-    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\\n\\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\\n\\n" }}
-    {%- endfor %}
-    {{- first_user_message + "<|eot_id|>"}}
-{%- endif %}
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- elif 'tool_calls' in message %}
-        {%- if not message.tool_calls|length == 1 %}
-            {{- raise_exception("This model only supports single tool-calls at once!") }}
-        {%- endif %}
-        {%- set tool_call = message.tool_calls[0].function %}
-        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
-        {{- '{"name": "' + tool_call.name + '", ' }}
-        {{- '"parameters": ' }}
-        {{- tool_call.arguments | tojson }}
-        {{- "}" }}
-        {{- "<|eot_id|>" }}
-    {%- elif message.role == "tool" or message.role == "ipython" %}
-        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}
-        {%- if message.content is mapping or message.content is iterable %}
-            {{- message.content | tojson }}
-        {%- else %}
-            {{- message.content }}
-        {%- endif %}
-        {{- "<|eot_id|>" }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
-{%- endif %}
-"""
 
 
 def test_llama31_calls_are_read_as_the_template_writes_them():
@@ -373,9 +310,7 @@ def test_a_llama31_template_gets_tools_natively_and_its_calls_round_trip(live):
     from tunery.data.tools import LLAMA_JSON, native_tool_syntax
 
     tokenizer = live.state.tokenizer
-    plain = tokenizer.chat_template
-    tokenizer.chat_template = LLAMA31_TOOLS
-    try:
+    with chat_template(tokenizer, LLAMA31_TOOLS):
         assert native_tool_syntax(tokenizer) == LLAMA_JSON
         client = live.client()
         unit = {"type": "function", "function": {"name": "unit", "parameters": {  # short: the tiny model's context
@@ -403,8 +338,6 @@ def test_a_llama31_template_gets_tools_natively_and_its_calls_round_trip(live):
         assert "<|start_header_id|>ipython<|end_header_id|>" in expected
         prompt_ids = encode_prompt(tokenizer, history, tools=[unit])
         assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
-    finally:
-        tokenizer.chat_template = plain
 
 
 # Mistral 7B Instruct v0.3's chat template (tool calls as `[TOOL_CALLS]` and a list, ids of 9 characters).
@@ -525,9 +458,7 @@ def test_a_mistral_template_gets_tools_natively_with_its_short_call_ids(live):
     from tunery.data.tools import MISTRAL_LIST, native_tool_syntax, short_call_ids
 
     tokenizer = live.state.tokenizer
-    plain = tokenizer.chat_template
-    tokenizer.chat_template = MISTRAL_TOOLS
-    try:
+    with chat_template(tokenizer, MISTRAL_TOOLS):
         assert native_tool_syntax(tokenizer) == MISTRAL_LIST
         client = live.client()
         messages = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -549,8 +480,6 @@ def test_a_mistral_template_gets_tools_natively_with_its_short_call_ids(live):
         assert "[AVAILABLE_TOOLS]" in expected and '[TOOL_CALLS] [{"name": "get_weather"' in expected
         prompt_ids = encode_prompt(tokenizer, history, tools=[WEATHER])
         assert tokenizer.decode(prompt_ids) == expected and second.usage.prompt_tokens == len(prompt_ids)
-    finally:
-        tokenizer.chat_template = plain
 
 
 def test_embeddings_through_the_openai_client(live):
