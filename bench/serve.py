@@ -85,10 +85,12 @@ def hf_batched(model, tokenizer, prompts, max_new_tokens) -> tuple[float, int]:
     return time.perf_counter() - start, (out.shape[1] - width) * len(prompts)
 
 
-def engine_run(engine, prompts, max_new_tokens, texts: list | None = None) -> tuple[float, int, list[float]]:
+def engine_run(engine, prompts, max_new_tokens, texts: list | None = None,
+               adapters: list[str | None] | None = None) -> tuple[float, int, list[float]]:
     """All prompts submitted at once (concurrent clients): (seconds, tokens, time to first token each).
 
-    The completions' texts go into `texts`, in prompt order, when given."""
+    The completions' texts go into `texts`, in prompt order, when given; prompt i runs on the loaded
+    adapter `adapters[i]` when given (None: the base model)."""
     from tunery.inference import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
@@ -112,7 +114,7 @@ def engine_run(engine, prompts, max_new_tokens, texts: list | None = None) -> tu
         return on_event
 
     for i, ids in enumerate(prompts):
-        engine.submit(ids, params, sink(i))
+        engine.submit(ids, params, sink(i), adapters[i] if adapters else None)
     done.wait()
     seconds = time.perf_counter() - start
     if texts is not None:
