@@ -87,7 +87,8 @@ def comparison(data: dict) -> dict:
     out = {"rows": rows, "peak_bf16": bf16, "peak_fp32": fp32, "ratios": {}, "baseline": baseline,
            "square_bf16": best_peak(data["peaks"], "bf16", "square"),
            "square_fp32": best_peak(data["peaks"], "fp32", "square"),
-           "model_shaped_peaks": all("linear_bf16" in p for p in data["peaks"])}
+           "model_shaped_peaks": all("linear_bf16" in p for p in data["peaks"]),
+           "peak_threads": sorted({p["threads"] for p in data["peaks"] if p.get("threads")})}
     t, b = rows.get("tunery-lora"), rows.get(baseline)
     if t and b:
         delta = t["val_loss"]["median"] - b["val_loss"]["median"] if t["val_loss"] and b["val_loss"] else None
@@ -248,7 +249,9 @@ def peak_kind(comp: dict) -> str:
 
 
 def peak_lines(comp: dict) -> list[str]:
-    lines = [f"- measured peaks (best of the run), {peak_kind(comp)}: bf16 {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "
+    threads = comp.get("peak_threads")
+    at = f", {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}" if threads else ""
+    lines = [f"- measured peaks (best of the run{at}), {peak_kind(comp)}: bf16 {comp['peak_bf16'] / 1e12:.3f} TFLOP/s, "
              f"fp32 {comp['peak_fp32'] / 1e12:.3f} TFLOP/s (bf16 {comp['peak_bf16'] / comp['peak_fp32']:.2f}x fp32)"]
     if comp["model_shaped_peaks"]:
         lines.append(f"- square matmul (1024-4096) for reference: bf16 {comp['square_bf16'] / 1e12:.3f} TFLOP/s, "
@@ -351,7 +354,8 @@ HOW = [
     "LoRA adds 6 r (d_in + d_out) per adapted linear, causal attention 12 x attention width x layers x mean "
     "context, and the output head 4 V d only on trained (loss) tokens. Computed from the model shape and the "
     "data, the same for both sides, whatever each implementation actually computes.",
-    "- **peaks**: in bf16 and in fp32, with torch's default threads (one per core), measured at the start and "
+    "- **peaks**: in bf16 and in fp32, at the threads the runs use (`--threads`; without it torch's default, one "
+    "per core; results saved before this was fixed measured at torch's default whatever `--threads` said), measured at the start and "
     "the end of the run, the best kept (other processes share this CPU, so every number here is noisy): "
     "`F.linear` at the model's own shapes (each decoder linear over a 256-token micro-batch, tunery's "
     "`micro_batch_tokens`), and square `torch.matmul` (1024-4096) for reference. MFU is taken against the "

@@ -34,9 +34,14 @@ def main(argv: list[str]) -> int:
         from bench.evaluate import validation_loss
         result = validation_loss(**spec)
     elif job == "peak":
+        import torch
+
         from bench.flops import measure_linear_peak, measure_matmul_peak
+        if spec.get("threads"):  # the runs' --threads; else torch's default, as the runs have then
+            torch.set_num_threads(spec["threads"])
         dtypes = spec.get("dtypes", ["bf16", "fp32"])
         result = {name: measure_matmul_peak(name).to_dict() for name in dtypes}
+        result["threads"] = torch.get_num_threads()
         if spec.get("linear_shapes"):  # the peak at the model's own shapes (what MFU is taken against)
             result.update({f"linear_{name}": measure_linear_peak(name, spec["linear_shapes"],
                                                                  spec.get("tokens", 256)).to_dict()

@@ -254,3 +254,27 @@ def test_lever_section_shows_each_lever_kept_or_not_and_both_peaks():
     assert "bf16 200 GFLOP/s, fp32 50 GFLOP/s (bf16 4.0x fp32)" in text
     assert "| fast | 1.30x | yes | a |" in text and "| slow | 0.70x | no | b |" in text
     assert "20.0% before, 30.0% after" in text
+
+
+def test_peaks_are_measured_at_the_threads_the_runs_use(tmp_path, monkeypatch):
+    import torch
+
+    import bench.flops
+    from bench import worker
+    from bench.flops import MatmulPeak
+
+    seen = []
+    monkeypatch.setattr(bench.flops, "measure_matmul_peak",
+                        lambda name: seen.append(torch.get_num_threads()) or MatmulPeak(name, 1024, 1e9))
+    monkeypatch.setattr(bench.flops, "measure_linear_peak",
+                        lambda name, shapes, tokens: seen.append(torch.get_num_threads()) or MatmulPeak(name, tokens, 1e9))
+    before = torch.get_num_threads()
+    spec, out = tmp_path / "spec.json", tmp_path / "out.json"
+    spec.write_text(json.dumps({"dtypes": ["bf16"], "linear_shapes": [["q", 8, 8]], "threads": 1}))
+    try:
+        assert worker.main(["peak", str(spec), str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1] and json.loads(out.read_text())["threads"] == 1
+    data = {"peaks": [{"bf16": {"flops_per_s": 1e12}, "fp32": {"flops_per_s": 5e11}, "threads": 1}], "runs": {}}
+    assert "best of the run, 1 thread)" in report.peak_lines(report.comparison(data))[0]
