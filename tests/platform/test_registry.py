@@ -138,3 +138,33 @@ def test_a_gate_without_tasks_or_a_malformed_gate_is_refused_before_anything_mov
     malformed = cli("models", "promote", "gated@2", "--tasks", tasks, "--gate", "exact_match>>0.9")
     assert malformed.exit_code == 2 and "invalid_gate" in malformed.output, malformed.output
     assert resolve_version(open_store(), "gated").ref == "gated@1"
+
+
+# One gated comparison through the int4 fast lane on the tiny model (the lane's library compiles once).
+@pytest.mark.timeout(1800)
+def test_promote_with_weights_scores_what_is_served_and_the_audit_records_it(runs, tmp_path):
+    first, second, tasks = runs
+    store = open_store()
+    register_run(store, first, "served", alias="production")
+    register_run(store, second, "served")
+    assert "--weights" in cli("models", "promote", "--help").output
+    unknown = cli("models", "promote", "served@2", "--tasks", tasks, "--weights", "int3")
+    assert unknown.exit_code == 2 and "unknown weights format 'int3'" in unknown.output, unknown.output
+    unscored = cli("models", "promote", "served@2", "--weights", "int4")  # no tasks: the weights would score nothing
+    assert unscored.exit_code == 2 and "weights_without_tasks" in unscored.output, unscored.output
+    assert resolve_version(store, "served").ref == "served@1"
+    assert [m["outcome"] for m in describe(store, "served")["history"]] == ["moved"]  # refused before any audit row
+
+    moved = cli("models", "promote", "served@2", "--tasks", tasks, "--weights", "int4", "--gate", "exact_match>=0",
+                "--out", tmp_path / "gate")
+    assert moved.exit_code == 0, moved.output
+    assert resolve_version(store, "served").ref == "served@2"
+    gate = describe(store, "served")["history"][-1]["gate"]
+    assert gate["weights"] == "int4" and [c["decode"] for c in gate["comparisons"]] == ["lane"]
+    summary = json.loads((tmp_path / "gate" / "tasks-0" / "summary.json").read_text())
+    assert [(m["settings"]["weights"], m["settings"]["decode"]) for m in summary["models"]] == [("int4", "lane")] * 2
+    recorded = json.loads((second / "gates.jsonl").read_text().splitlines()[-1])  # what `tunery export` carries
+    assert recorded["weights"] == "int4" and recorded["decode"] == "lane" and recorded["passed"]
+    shown = cli("models", "show", "served")
+    lines = " ".join(shown.output.split())  # the console wraps long lines
+    assert "promote production: 1 -> 2 moved by local, gated on int4 weights (lane)" in lines, shown.output

@@ -100,6 +100,12 @@ def test_admin_registry_routes(tiny_model_dir, tmp_path):
         missing = call("GET", "/models/nope@3")
         assert missing.status_code == 404 and "Traceback" not in missing.text
         assert call("POST", "/promote", json={"version": "bad name"}).status_code == 400
+        bad_weights = call("POST", "/promote", json={"version": "desk@1", "tasks": [{"prompt": "a", "reference": "b"}],
+                                                     "weights": "int3"})
+        assert bad_weights.status_code == 400 and "weights" in bad_weights.text
+        unscored = call("POST", "/promote", json={"version": "desk@1", "weights": "int4"})  # no tasks: nothing to score
+        assert unscored.status_code == 400 and "weights_without_tasks" in unscored.text
+        assert call("GET", "/models/desk").json()["aliases"] == ["production"]  # desk@2 still holds it
     finally:
         server.should_exit = True
         thread.join(30)

@@ -165,12 +165,22 @@ def _parent_of(store: Store, init_from: object) -> str | None:
 def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Path | None = None,
             gates: list[str] | tuple[str, ...] = (), general: bool = False, out_dir: str | Path | None = None,
             force: bool = False, reason: str | None = None, actor: str | None = None, limit: int | None = None,
-            gate_report: dict | None = None) -> dict:
+            gate_report: dict | None = None, weights: str | None = None) -> dict:
     """Move `to` to the version `ref` names, after the gates pass on `tasks` (against the alias's holder).
 
-    `gate_report`: gates already passed by the caller (the loop's), recorded in the audit as they are."""
+    `gate_report`: gates already passed by the caller (the loop's), recorded in the audit as they are.
+    `weights`: score both versions as `tunery serve --weights W` serves them (full, int8 or int4,
+    through the serving engine); the gate report in the audit records the weights either way."""
     if force and not (reason or "").strip():
         raise ConfigError("--force needs --reason: the audit records why a gate was overridden", code="reason_required")
+    if weights is not None:
+        from tunery.inference.quant import check_weight_format  # loads torch: only when weights are asked for
+
+        check_weight_format(weights)
+        if tasks is None and not general:  # nothing would be scored with them
+            raise ConfigError("--weights chooses what the gates score, and no gate runs without tasks",
+                              code="weights_without_tasks",
+                              hint="give a task file (--tasks; over HTTP, task rows) or --general as well")
     if not NAME.fullmatch(to):
         raise ConfigError(f"alias {to!r} must be letters, digits and ._-", code="invalid_model_ref")
     for rule in gates:
@@ -194,7 +204,7 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
             raise ConfigError(f"{version.ref} was trained on {version.base_model}, {holder.ref} on "
                               f"{holder.base_model}: a server cannot swap one for the other", code="base_mismatch")
         gate_report = run_gates(holder, version, tasks=tasks, gates=list(gates) or list(DEFAULT_GATES),
-                                general=general, out_dir=out_dir, limit=limit)
+                                general=general, out_dir=out_dir, limit=limit, weights=weights)
         if not gate_report["passed"] and not force:
             rows.record_refusal(store, version.name, to, current, version.version, actor=actor, action="promote",
                                 gate=gate_report)
@@ -212,8 +222,11 @@ def promote(store: Store, ref: str, *, to: str = DEFAULT_ALIAS, tasks: str | Pat
 
 
 def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], general: bool, out_dir,
-              limit: int | None = None, max_new_tokens: int | None = None) -> dict:
-    """Compare candidate with holder on the tasks (and the general-skills file); the gates' verdict."""
+              limit: int | None = None, max_new_tokens: int | None = None, weights: str | None = None) -> dict:
+    """Compare candidate with holder on the tasks (and the general-skills file); the gates' verdict.
+
+    `weights`: generate through the serving engine with these weights (None: Hugging Face generate
+    on full precision); the verdict records them and the candidate's decode backend."""
 
     from tunery.evaluation.compare import compare_models
     from tunery.evaluation.general_skills import GENERAL_TASKS_PATH
@@ -227,11 +240,12 @@ def run_gates(holder: Version, candidate: Version, *, tasks, gates: list[str], g
     for index, path in enumerate(task_files):
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         summary = compare_models([served_ref(holder), served_ref(candidate)], path, out / f"tasks-{index}",
-                                 gates=gates, limit=limit, **extra)
+                                 gates=gates, limit=limit, weights=weights, **extra)
         results.append({"tasks": str(path), "report": summary.report_path, "passed": summary.passed,
-                        "gates": [g.as_dict() for g in summary.gates]})
+                        "gates": [g.as_dict() for g in summary.gates],
+                        "decode": summary.models[-1].settings.get("decode")})
     return {"passed": all(r["passed"] for r in results), "baseline": holder.ref, "candidate": candidate.ref,
-            "gates": [g for r in results for g in r["gates"]], "comparisons": results}
+            "weights": weights or "full", "gates": [g for r in results for g in r["gates"]], "comparisons": results}
 
 
 def served_ref(version: Version) -> str:

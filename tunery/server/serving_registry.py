@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,9 @@ class PromoteRequest(BaseModel):
     gates: list[str] = Field([], max_length=20, description="Gate rules (default no-regression).")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows of each task set.")
     force: bool = Field(False, description="Promote even when a gate fails (needs a reason).")
+    weights: Literal["full", "int8", "int4"] | None = Field(
+        None, description="Score both versions as `tunery serve --weights W` serves them, through the serving "
+                          "engine (needs tasks or general); default: Hugging Face generate on full precision.")
 
 
 class RollbackRequest(BaseModel):
@@ -70,7 +74,8 @@ def promote(state: ServerState, body: PromoteRequest, caller: Caller) -> dict:
         try:
             result = registry.promote(state.store, body.version, to=body.to, tasks=tasks, gates=body.gates,
                                       general=body.general, out_dir=Path(folder) / "reports", force=body.force,
-                                      reason=body.reason, actor=_who(caller), limit=body.limit)
+                                      reason=body.reason, actor=_who(caller), limit=body.limit,
+                                      weights=body.weights)
         except registry.GateFailed as exc:
             exc.public_report = public_report(exc.report)
             raise
