@@ -170,12 +170,13 @@ def test_other_builds_compute_the_same(int4_tiny, march):
 
 
 def test_wider_layers_with_an_odd_pair_of_groups(tmp_path):
-    """hidden 192 (three pairs of groups: one 512-bit step and a 256-bit tail), intermediate 320 (five
-    pairs), head_dim 64, a bias on q/k/v (qwen2), three query heads per key/value head."""
+    """hidden 192 (three pairs of groups: one 512-bit step and a 256-bit tail), intermediate 704 (eleven
+    pairs: with AVX-512 two octets of groups, a quad and a pair), head_dim 64, a bias on q/k/v (qwen2),
+    three query heads per key/value head."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(3)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=192, intermediate_size=320, num_hidden_layers=2,
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=192, intermediate_size=704, num_hidden_layers=2,
                                          num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=128,
                                          tie_word_embeddings=False)).eval()
     with torch.no_grad():
@@ -201,6 +202,7 @@ def test_wider_layers_with_an_odd_pair_of_groups(tmp_path):
         draft = fast.forward([0] * 4, tokens, [20, 21, 22, 23], [0] * 4).clone()
         fast.load(0, cache_tensors(cache), 20, capacity=32)
         single = torch.stack([fast.forward([0], [t], [20 + i], [0])[0].clone() for i, t in enumerate(tokens)])
+        assert torch.equal(draft, single)  # a row computes the same whatever rows run beside it
         for ours in (draft, single):
             assert ((ours - want).abs().max(-1).values <= 0.002 * spread(want)).all()
 

@@ -115,7 +115,8 @@ static inline int pair_byte(int g, int i) { int t = i % 16; return ((t / 4) * 2 
  * pair of weight groups (the weights are unpacked once for both). Codes go in the weights' order,
  * four groups (two pairs, 128 bytes) at a time: the low-nibble inputs of both pairs, then their
  * high-nibble inputs, so that one 512-bit load meets two pairs' low (or high) nibbles and one 256-bit
- * load one pair's. Rows are padded to a multiple of 128 inputs. */
+ * load one pair's; with AVX-512, whole octets of groups go in octet_slot's order instead (below).
+ * Rows are padded to a multiple of 128 inputs. */
 typedef struct {
     int8_t *q;      /* [rows][stride] */
     int8_t *lo;     /* [rows][stride], in the same order */
@@ -126,6 +127,71 @@ typedef struct {
 } fd_qx;
 
 static inline int x_slot(int g, int i) { return (g / 4) * 128 + (i / 16) * 64 + ((g / 2) % 2) * 32 + pair_byte(g, i); }
+
+#if defined(__AVX2__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+#define FD_OCTETS 1
+#else
+#define FD_OCTETS 0
+#endif
+
+/* With AVX-512, eight groups (four pairs, 128 code bytes, 256 inputs) go through at a time: their
+ * two 512-bit loads of codes are shuffled by 128-bit quarters (see q4_rows) so that every 32-bit lane
+ * of the four nibble vectors belongs to one group, lane j to group 2 * (j / 4) + j % 2. A lane then
+ * sums 16 products of one group instead of 8, and the fp32 scaling that follows each integer dot
+ * product runs once per eight groups instead of once per four. The slot of input i of group g (0..7)
+ * of such an octet, in 256 bytes: vector (low nibbles, then high; first shuffle, then second),
+ * lane, byte. The groups past the last whole octet keep the quad layout of x_slot. */
+static inline int octet_slot(int g, int i) {
+    const int lane = ((i % 16) / 4) * 2 + g % 2; /* the code byte's 32-bit lane within its pair */
+    const int vector = (i / 16) * 2 + lane / 4, j = (g / 4) * 8 + ((g / 2) % 2) * 4 + lane % 4;
+    return vector * 64 + j * 4 + i % 4;
+}
+
+/* Where input i of group g of a row of `groups` groups sits in the quantized row. */
+static inline int x_at(int groups, int g, int i) {
+    return FD_OCTETS && g < groups / 8 * 8 ? (g / 8) * 256 + octet_slot(g % 8, i) : x_slot(g, i);
+}
+
+/* Where group g's scale goes among a row's lane scales: two lanes of its octet's 16, or four of its
+ * quad's (lane pairs, as a pair of groups meets a 512-bit dot product). */
+static inline void place_lanes(float *lanes, int groups, int g, float scale) {
+    if (FD_OCTETS && g < groups / 8 * 8) {
+        const int j = 4 * ((g % 8) / 2) + g % 2;
+        lanes[(g / 8) * 32 + j] = lanes[(g / 8) * 32 + j + 2] = scale;
+        return;
+    }
+    for (int j = 0; j < 4; j++) lanes[(g / 4) * 16 + ((g / 2) % 2) * 8 + 2 * j + g % 2] = scale;
+}
+
+/* One group's two codes per input (hq: the value, hl: its residual), in input order; returns the sum
+ * of 256 * hq + hl. `inv` takes an input to steps of hq. */
+static int quantize_group(const float *xg, float inv, int8_t *hq, int8_t *hl) {
+#if FD_OCTETS
+    /* cvtps2dq rounds as lrintf does (to nearest even, in the default mode): the same codes */
+    __m512i total = _mm512_setzero_si512();
+    for (int half = 0; half < 2; half++) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xg + 16 * half), _mm512_set1_ps(inv));
+        const __m512i high = _mm512_cvtps_epi32(v);
+        const __m512 rest = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_cvtepi32_ps(high)), _mm512_set1_ps(256.0f));
+        const __m512i low = _mm512_min_epi32(_mm512_set1_epi32(127),
+                                             _mm512_max_epi32(_mm512_set1_epi32(-127), _mm512_cvtps_epi32(rest)));
+        _mm_storeu_si128((__m128i *)(hq + 16 * half), _mm512_cvtepi32_epi8(high));
+        _mm_storeu_si128((__m128i *)(hl + 16 * half), _mm512_cvtepi32_epi8(low));
+        total = _mm512_add_epi32(total, _mm512_add_epi32(_mm512_slli_epi32(high, 8), low));
+    }
+    return _mm512_reduce_add_epi32(total);
+#else
+    int total = 0;
+    for (int i = 0; i < FD_GROUP; i++) {
+        const float v = xg[i] * inv; /* in steps of hq: |v| <= 127 */
+        const int high = (int)lrintf(v), low = imin(127, imax(-127, (int)lrintf((v - (float)high) * 256.0f)));
+        hq[i] = (int8_t)high;
+        hl[i] = (int8_t)low;
+        total += 256 * high + low;
+    }
+    return total;
+#endif
+}
 
 static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
     const int groups = k / FD_GROUP, quads = (groups + 3) / 4;
@@ -144,17 +210,15 @@ static void quantize_rows(const float *x, int rows, int k, fd_qx *out) {
 #pragma omp simd reduction(max : top)
             for (int i = 0; i < FD_GROUP; i++) top = fmax_plain(top, fabsf(xg[i]));
             const float scale = top / (127.0f * 256.0f), inv = top > 0.0f ? 127.0f / top : 0.0f;
-            int total = 0;
-            for (int i = 0; i < FD_GROUP; i++) {
-                const float v = xg[i] * inv; /* in steps of q: |v| <= 127 */
-                const int high = (int)lrintf(v), low = imin(127, imax(-127, (int)lrintf((v - (float)high) * 256.0f)));
-                q[x_slot(g, i)] = (int8_t)high;
-                lo[x_slot(g, i)] = (int8_t)low;
-                total += 256 * high + low;
+            int8_t hq[FD_GROUP], hl[FD_GROUP];
+            const int total = quantize_group(xg, inv, hq, hl);
+            for (int i = 0; i < FD_GROUP; i += 4) { /* four inputs in a row stay together in both layouts */
+                memcpy(q + x_at(groups, g, i), hq + i, 4);
+                memcpy(lo + x_at(groups, g, i), hl + i, 4);
             }
             out->scale[(size_t)m * groups + g] = scale;
             out->sum[(size_t)m * groups + g] = scale * (float)total;
-            for (int j = 0; j < 4; j++) lanes[(g / 4) * 16 + ((g / 2) % 2) * 8 + 2 * j + g % 2] = scale;
+            place_lanes(lanes, groups, g, scale);
         }
     }
 }
@@ -337,7 +401,9 @@ static inline __m256 pair_scales(const uint16_t *scales) {
 
 #if defined(__AVX2__)
 /* Several input rows against output rows [n0, n1): each pair of groups is unpacked once for all.
- * With AVX-512 (BW, VNNI) two pairs go through each instruction; an odd last pair takes 256 bits. */
+ * With AVX-512 (BW, VNNI) two pairs go through each instruction, an octet of groups (four pairs) to
+ * one fp32 scaling per row; a quad left over takes one 512-bit step, an odd last pair 256 bits.
+ * Every row count runs the same steps, so a row's numbers do not depend on the rows beside it. */
 static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
                                                           int n1, const int rows) {
     const int k = w->k, groups = k / FD_GROUP, half = k / 2, pairs = groups / 2;
@@ -352,6 +418,31 @@ static inline __attribute__((always_inline)) void q4_rows(const fd_q4 *w, const 
         for (int m = 0; m < rows; m++) wide[m] = _mm512_setzero_ps();
         const __m512i low4 = _mm512_set1_epi8(15);
         const __m256i spread_pairs = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        const __m512i spread_octet = _mm512_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7);
+        for (; p + 4 <= pairs; p += 4) { /* an octet of groups: lane j of every vector is group 2 * (j / 4) + j % 2 */
+            const __m512i c1 = _mm512_loadu_si512((const void *)(codes + p * 32)),
+                          c2 = _mm512_loadu_si512((const void *)(codes + p * 32 + 64));
+            const __m512i first = _mm512_shuffle_i32x4(c1, c2, 0x88), second = _mm512_shuffle_i32x4(c1, c2, 0xdd);
+            const __m512i low1 = _mm512_and_si512(first, low4), low2 = _mm512_and_si512(second, low4);
+            const __m512i high1 = _mm512_and_si512(_mm512_srli_epi16(first, 4), low4),
+                          high2 = _mm512_and_si512(_mm512_srli_epi16(second, 4), low4);
+            const __m512 s = _mm512_permutexvar_ps(spread_octet, _mm512_castps256_ps512(
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + 2 * p)))));
+            for (int m = 0; m < rows; m++) {
+                const size_t at = (size_t)m * x->stride + (p / 4) * 256;
+                const int8_t *xq = x->q + at, *xl = x->lo + at;
+                __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low1, _mm512_loadu_si512((const void *)xq));
+                d = _mm512_dpbusd_epi32(d, low2, _mm512_loadu_si512((const void *)(xq + 64)));
+                d = _mm512_dpbusd_epi32(d, high1, _mm512_loadu_si512((const void *)(xq + 128)));
+                d = _mm512_slli_epi32(_mm512_dpbusd_epi32(d, high2, _mm512_loadu_si512((const void *)(xq + 192))), 8);
+                d = _mm512_dpbusd_epi32(d, low1, _mm512_loadu_si512((const void *)xl));
+                d = _mm512_dpbusd_epi32(d, low2, _mm512_loadu_si512((const void *)(xl + 64)));
+                d = _mm512_dpbusd_epi32(d, high1, _mm512_loadu_si512((const void *)(xl + 128)));
+                d = _mm512_dpbusd_epi32(d, high2, _mm512_loadu_si512((const void *)(xl + 192)));
+                const __m512 xs = _mm512_loadu_ps(x->lanes + ((size_t)m * ((groups + 3) / 4) + p / 2) * 16);
+                wide[m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), xs), s, wide[m]);
+            }
+        }
         for (; p + 2 <= pairs; p += 2) {
             const __m512i c = _mm512_loadu_si512((const void *)(codes + p * 32));
             const __m512i low = _mm512_and_si512(c, low4), high = _mm512_and_si512(_mm512_srli_epi16(c, 4), low4);
@@ -446,7 +537,7 @@ static void q4_matmul(const fd_q4 *w, const fd_qx *x, float *y, int ldy, int n0,
                 int dot = 0;
                 for (int i = 0; i < FD_GROUP; i++) {
                     const int at = (g / 2) * 32 + pair_byte(g, i), code = i < 16 ? codes[at] & 15 : codes[at] >> 4;
-                    dot += code * (256 * q[x_slot(g, i)] + lo[x_slot(g, i)]);
+                    dot += code * (256 * q[x_at(groups, g, i)] + lo[x_at(groups, g, i)]);
                 }
                 acc += half_to_float(w->scales[(size_t)n * groups + g]) * x->scale[(size_t)m * groups + g] * (float)dot;
             }
