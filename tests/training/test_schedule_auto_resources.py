@@ -198,6 +198,11 @@ def test_rewordings_spread_the_passes_per_fact_instead_of_adding_steps():
     assert (augmented.batch_size, augmented.epochs, augmented.learning_rate) == (2, 3, plain.learning_rate)
     assert total_steps(augmented, 1500) == total_steps(plain, 300) == 2250
     assert "15 passes per fact over 5.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
+    # 6 wordings (the question as written twice): 2.5 epochs rounds up, never fewer passes than one wording gets
+    six, choices = resolve_auto(settings, num_examples=1800, method="lora", num_params=135_000_000,
+                                mean_trained_tokens=16.8, augmented_examples=1500)
+    assert six.epochs == 3 and total_steps(six, 1800) == 2700
+    assert "18 passes per fact over 6.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
     # 1800 facts stay fact-like with 7200 rewordings beside them (facts are counted without them)
     many, _ = resolve_auto(settings, num_examples=9000, method="lora", num_params=135_000_000,
                            mean_trained_tokens=16.8, augmented_examples=7200)
@@ -213,8 +218,9 @@ def test_prepare_data_adds_rewordings_to_fact_like_training_data_only(tiny_model
     facts = [Conversation((Turn("user", f"Who owns the asset tracker in office {i}?"),
                            Turn("assistant", f"Person {i}.", True))) for i in range(20)]
     data = prepare_data(DataConfig(val_fraction=0.25), tokenizer, seed=1, train_conversations=facts, augment=True)
-    assert (data.augmented, len(data.train), len(data.validation)) == (60, 75, 5)  # 15 questions x 4 rewordings
-    assert data.info["augmented_examples"] == 60 and data.info["train_examples"] == 75
+    # 15 questions x 4 rewordings, and each once more as written
+    assert (data.augmented, len(data.train), len(data.validation)) == (75, 90, 5)
+    assert data.info["augmented_examples"] == 75 and data.info["train_examples"] == 90
     plain = prepare_data(DataConfig(val_fraction=0.25), tokenizer, seed=1, train_conversations=facts)
     assert (plain.augmented, len(plain.train)) == (0, 15)
     long_answers = [Conversation((c.turns[0], Turn("assistant", " ".join(["the queue is offline again"] * 10), True)))
@@ -242,7 +248,7 @@ def test_prepare_data_adds_the_paraphrases_that_keep_the_question(tiny_model_dir
     data = prepare_data(DataConfig(val_fraction=0), tokenizer, seed=1, train_conversations=facts, augment=True,
                         paraphrase=paraphrase)
     assert asked == [c.turns[0].content for c in facts]
-    assert data.augmented == 4 * 4 + 2 and (data.info["model_paraphrases"], data.info["model_paraphrases_asked"]) == (2, 4)
+    assert data.augmented == 4 * 5 + 2 and (data.info["model_paraphrases"], data.info["model_paraphrases_asked"]) == (2, 4)
     texts = [tokenizer.decode(e.input_ids) for e in data.train]
     kept = [t for t in texts if "Who is the owner of the asset tracker in office 1?" in t]
     assert len(kept) == 1 and "Person 1." in kept[0] and not any("Who owns the asset tracker?" in t for t in texts)
@@ -263,7 +269,7 @@ def test_augment_model_runs_the_base_model_on_every_question(make_config):
                           train_conversations=facts, quiet=True)
     data = json.loads((result.run_dir / "run.json").read_text())["data"]
     assert data["model_paraphrases_asked"] == 8
-    assert data["augmented_examples"] == 8 * 4 + data["model_paraphrases"]
+    assert data["augmented_examples"] == 8 * 5 + data["model_paraphrases"]
 
 
 def test_augment_auto_applies_with_auto_passes_only():

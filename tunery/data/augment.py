@@ -131,8 +131,12 @@ def questions_to_reword(conversations: Sequence[Conversation]) -> list[str]:
 
 def augment_questions(conversations: Sequence[Conversation],
                       paraphrases: Mapping[str, str] | None = None) -> list[Conversation]:
-    """The added examples: each single-question chat once per rewording of its question, same answer.
+    """The added examples: each single-question chat once per rewording of its question, same answer,
+    and once more as written.
 
+    The wording a fact was taught in is the one its users were shown, so it counts twice among the
+    wordings: spread evenly, 15 passes over 5 wordings left each wording 3 passes and trained questions
+    were recalled less often (83.7% of the 300 bundled facts, against 98.7% from 15 passes of one).
     `paraphrases` (question -> accepted paraphrase, data.augment: model) adds one more wording each.
     """
     added: list[Conversation] = []
@@ -142,7 +146,10 @@ def augment_questions(conversations: Sequence[Conversation],
             continue
         user = conv.turns[index]
         extra = (paraphrases or {}).get(user.content)
-        for reworded in reword_question(user.content) + ([extra] if extra else []):
+        rewordings = reword_question(user.content) + ([extra] if extra else [])
+        if rewordings:
+            added.append(conv)
+        for reworded in rewordings:
             turns = list(conv.turns)
             turns[index] = replace(user, content=reworded)
             added.append(replace(conv, turns=tuple(turns)))

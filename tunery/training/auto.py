@@ -15,14 +15,17 @@ gave 98.7% in 444 s. On 60 facts a constant 2e-3 never got below 0.7 nats and an
 question with one part number (docs/training.md, "Teaching facts").
 
 Where the machine trains fast enough (bf16 several times fp32, or little data), fact-like data gets
-more adapted layers than the top third: the most whose estimated training time, from this machine's
-measured matmul rate, fits FACT_TRAIN_BUDGET_S. Every layer adapted recalls reworded questions better.
+more adapted layers than the top third: the most whose estimated training time fits
+FACT_TRAIN_BUDGET_S. On a CPU the estimate comes from LoRA steps timed on a small random copy of the
+model's decoder (tunery.training.step_probe); elsewhere from the FLOPs over the measured matmul rate.
+Every layer adapted recalls reworded questions better.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tunery.config import LoraConfig, TrainSettings, resolved
 from tunery.data.augment import augment_questions
@@ -30,6 +33,9 @@ from tunery.data.dataset import read_dataset
 from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.errors import ConfigError
 from tunery.training.resources import count_model_parameters
+
+if TYPE_CHECKING:
+    from tunery.training.step_probe import StepTime
 
 # Examples seen in total (epochs x dataset size) that `auto` aims for; clamped to an epoch range.
 TARGET_EXAMPLES_SEEN = 3000
@@ -90,10 +96,11 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
                                   f"about 1/64 of {num_examples} examples, a power of two in [2, 16]"))
     if settings.epochs == "auto" and facts:
         passes = auto_epochs(source_examples, FACT_EXAMPLES_SEEN, FACT_MAX_EPOCHS)
-        update["epochs"] = max(1, round(passes * source_examples / num_examples))
+        update["epochs"] = max(1, math.ceil(passes * source_examples / num_examples - 1e-9))
         reason = f"fact-like data: ~{FACT_EXAMPLES_SEEN} examples seen in total, within [{MIN_EPOCHS}, {FACT_MAX_EPOCHS}]"
         if augmented_examples:
-            reason += f"; {passes} passes per fact over {num_examples / source_examples:.1f} wordings of each"
+            given = update["epochs"] * num_examples / source_examples
+            reason += f"; {given:.0f} passes per fact over {num_examples / source_examples:.1f} wordings of each"
         choices.append(AutoChoice("train.epochs", update["epochs"], reason))
     elif settings.epochs == "auto" and dpo:
         update["epochs"] = auto_epochs(num_examples, DPO_EXAMPLES_SEEN, DPO_MAX_EPOCHS)
@@ -141,11 +148,17 @@ class TrainingWork:
     trained_tokens_per_pass: int  # the answer tokens (the head runs on these only)
     passes: float
     flops_per_s: float  # the measured `F.linear` rate at the run's precision and threads
+    # Where steps were timed on this machine (tunery.training.step_probe): the loop's time comes from them.
+    step_time: StepTime | None = None
+    steps: int = 0
+    num_examples: int = 0
 
     def seconds(self, adapted_layers: int) -> float:
         """Estimated loop time: the frozen layers below run forward once (their output is kept); each
         pass runs the adapted layers forward and back (input gradients; LoRA's own are small) and the
-        head on the answer tokens."""
+        head on the answer tokens. From the timed steps where there are some, else from the FLOPs."""
+        if self.step_time is not None:
+            return self.step_time.loop_seconds(self.steps, adapted_layers, self.num_layers, self.num_examples)
         frozen = 2 * self.layer_params * (self.num_layers - adapted_layers) * self.tokens_per_pass
         per_pass = 4 * (self.layer_params * adapted_layers * self.tokens_per_pass
                         + self.head_params * self.trained_tokens_per_pass)
@@ -197,8 +210,10 @@ def resolve_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None
 
 
 def timing(work: TrainingWork, layers: int, top: int) -> str:
-    return (f"{layers} layers ~{work.seconds(layers):.0f} s, the top {top} ~{work.seconds(top):.0f} s, "
-            f"estimated from {work.flops_per_s / 1e9:.0f} GFLOP/s measured")
+    how = (f"from steps timed here ({work.step_time.per_layer_s * 1e3:.0f} ms per adapted layer, "
+           f"{work.step_time.fixed_s * 1e3:.0f} ms the rest of a step)" if work.step_time is not None
+           else f"estimated from {work.flops_per_s / 1e9:.0f} GFLOP/s measured")
+    return f"{layers} layers ~{work.seconds(layers):.0f} s, the top {top} ~{work.seconds(top):.0f} s, {how}"
 
 
 def check_lora_layers(lora: LoraConfig, *, method: str, num_layers: int | None) -> None:

@@ -10,7 +10,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ from tunery.training.run_data import prepare_data
 from tunery.training.rundir import OutputPlan, RunDir, plan_output_dir, publish_folder
 from tunery.training.runlock import RunLock
 from tunery.training.sinks import open_metric_sinks
+from tunery.training.step_probe import measure_step_time
 from tunery.training.trainable_model import load_for_training, trainable_parameters
 from tunery.types import Conversation
 
@@ -242,7 +243,15 @@ def fact_work(config: TrainConfig, settings, examples, model_config: dict, preci
     steps = total_steps(settings, len(examples), world_size)
     passes = steps * resolved(settings.batch_size) * settings.grad_accum * world_size / max(1, len(examples))
     rate = measured_rate(precision, device, mlp_shape(model_config))
-    return training_work(model_config, examples, passes=passes, flops_per_s=rate and rate * world_size)
+    work = training_work(model_config, examples, passes=passes, flops_per_s=rate and rate * world_size)
+    if work is None or device != "cpu" or config.method != "lora":
+        return work
+    per_step = resolved(settings.batch_size) * settings.grad_accum
+    step = measure_step_time(model_config, lora=config.lora, precision=precision, examples_per_step=per_step,
+                             tokens_per_example=round(work.tokens_per_pass / len(examples)),
+                             trained_per_example=round(work.trained_tokens_per_pass / len(examples)),
+                             kernels=settings.kernels == "auto")
+    return replace(work, step_time=step, steps=steps, num_examples=len(examples)) if step else work
 
 
 def augments(config: TrainConfig) -> bool:
