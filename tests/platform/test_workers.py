@@ -105,7 +105,9 @@ def test_a_killed_worker_s_job_resumes_elsewhere_and_ends_like_an_uninterrupted_
         file = save_upload(store, LOCAL_OWNER, [chat_lines(24)], filename="t.jsonl", purpose="fine-tune")
         body = tiny_job_body(str(tiny_model_dir), file["id"], seed=3)
         # Long enough that the kill lands mid-run, not after the run finished on its own.
-        body["tunery"]["train"].update(max_steps=120, save_every_steps=4, batch_size=2)
+        # One precision for both jobs: `auto` measures each run afresh, and on a busy machine the tiny model's
+        # bf16/fp32 ratio can fall on either side of the threshold (a resume keeps its run's own choice).
+        body["tunery"]["train"].update(max_steps=120, save_every_steps=4, batch_size=2, precision="fp32")
         killed_job = jobs.create_job(store, LOCAL_OWNER, body)["id"]
         first = start_worker(env, "--lease-s", "3")
         try:

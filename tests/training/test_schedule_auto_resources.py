@@ -308,3 +308,25 @@ def test_planned_length_says_what_will_run_after_caps():
     full = TrainSettings(epochs=2, batch_size=4, grad_accum=2)
     assert planned_length(full, total_steps(full, 24, 2), 24, world_size=2) == \
         "4 steps = 2.00 epochs of 24 examples (batch 4 x accum 2 x 2 processes)"
+
+
+def test_a_resumed_run_computes_in_the_precision_its_first_session_chose(tmp_path):
+    """`precision: auto` measures once per run: a resume near the threshold must not come out the other way."""
+    import json
+
+    import torch
+
+    from tunery.config import TrainConfig
+    from tunery.training.run import run_precision
+    from tunery.training.rundir import RunDir
+
+    config = TrainConfig.model_validate({"data": {"train": "x.jsonl"}})  # precision: auto
+    run = RunDir(tmp_path)
+    for recorded, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        run.run_json_path.write_text(json.dumps({"precision": {"compute": recorded, "reason": "auto: measured"}}))
+        chosen = run_precision(run, config, tmp_path, "cpu", {"hidden_size": 64, "intermediate_size": 128})
+        assert chosen.compute == dtype and chosen.reason == "resumed with the run's own choice (auto: measured)"
+    fixed = TrainConfig.model_validate({"data": {"train": "x.jsonl"}, "train": {"precision": "fp32"}})
+    assert run_precision(run, fixed, tmp_path, "cpu", {}).reason == "fp32 requested"  # a setting is the setting
+    fresh = run_precision(run, config, None, "cpu", {"hidden_size": 64, "intermediate_size": 128})
+    assert not fresh.reason.startswith("resumed")  # a new run measures

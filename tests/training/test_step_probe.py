@@ -71,3 +71,4 @@ def test_a_cpu_run_on_a_buildable_model_times_its_steps(tiny_model_dir):
     assert work is not None and work.step_time is not None
     assert (work.steps, work.num_examples, work.step_time.examples_per_step) == (9, 6, 2)
     assert work.seconds(2) == pytest.approx(work.step_time.loop_seconds(9, 2, 2, 6))
+

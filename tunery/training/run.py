@@ -46,7 +46,7 @@ from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_mo
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
 from tunery.training.paraphrase import model_paraphraser
-from tunery.training.precision import choose_precision, measured_rate, set_threads
+from tunery.training.precision import Precision, choose_precision, measured_rate, set_threads
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.run_data import prepare_data
@@ -110,7 +110,7 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     threads = set_threads(config.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
-    precision = choose_precision(config.train.precision, config.method, device, mlp_shape(model_config))
+    precision = run_precision(run, config, resume, device, model_config)
     tokenizer = load_tokenizer(source)
     apply_chat_template_override(tokenizer, config.data.chat_template)
     paraphrase = model_paraphraser(source, tokenizer, device) if config.data.augment == "model" else None
@@ -252,6 +252,17 @@ def fact_work(config: TrainConfig, settings, examples, model_config: dict, preci
                              trained_per_example=round(work.trained_tokens_per_pass / len(examples)),
                              kernels=settings.kernels == "auto")
     return replace(work, step_time=step, steps=steps, num_examples=len(examples)) if step else work
+
+
+def run_precision(run: RunDir, config: TrainConfig, resume, device: str, model_config: dict) -> Precision:
+    """The compute precision: `auto` measures once per run. A resumed run computes in the precision its first
+    session chose (run.json), or its remaining steps would not be the ones an uninterrupted run takes (a
+    measurement near the threshold can come out the other way on a busier machine)."""
+    recorded = run.read_run_json().get("precision") or {} if resume and config.train.precision == "auto" else {}
+    if recorded.get("compute") in ("bf16", "fp32"):
+        chosen = choose_precision(recorded["compute"], config.method, device, mlp_shape(model_config))
+        return replace(chosen, reason=f"resumed with the run's own choice ({recorded.get('reason', 'auto')})")
+    return choose_precision(config.train.precision, config.method, device, mlp_shape(model_config))
 
 
 def augments(config: TrainConfig) -> bool:
