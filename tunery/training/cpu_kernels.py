@@ -81,7 +81,7 @@ def adapter_of(layer, x: torch.Tensor, args, kwargs) -> str | None:
     if (type(base) is not torch.nn.Linear or base.weight.requires_grad or base.weight.dtype != torch.bfloat16
             or (base.bias is not None and base.bias.requires_grad)):
         return None
-    if x.dtype not in (torch.bfloat16, torch.float32) or x.device.type != "cpu":
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu":
         return None
     return name
 
@@ -92,7 +92,7 @@ def kernel_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     cache = self.__dict__["_tunery_bf16"]
-    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # an fp32 residual stream's input, rounded as autocast would
+    x2 = x.reshape(-1, x.shape[-1])
     out = _LoraLinear.apply(x2, self.base_layer.weight, self.base_layer.bias, bf16_copy(cache, a),
                             bf16_copy(cache, b), a, b, float(self.scaling[name]))
     return out.view(*x.shape[:-1], out.shape[-1])

@@ -106,7 +106,7 @@ def frozen_prefix(model, *, passes: float, total_tokens: int, sharded: bool) -> 
     if start == 0 or any(draws_random_numbers(layer) for layer in layers[:start]):
         return None
     hidden = unwrap_causal_lm(model).config.hidden_size
-    element = 4  # the residual stream is fp32 even on a bf16 base (trainable_model.keep_residual_fp32)
+    element = 4 if next(model.parameters()).dtype == torch.float32 else 2
     if total_tokens * hidden * element > MAX_BYTES:
         return None
     return FrozenPrefix(layers=layers, start=start)

@@ -30,8 +30,6 @@ def load_for_training(config: TrainConfig, precision: Precision, device: str | N
     dtype = precision.weights if not quantize else precision.compute
     model, tokenizer = load_model(source, dtype=dtype, load_in_4bit=quantize, device=device,
                                   with_adapter=config.method != "full", is_trainable=True)
-    if config.method == "lora" and dtype == torch.bfloat16:
-        keep_residual_fp32(model)
     apply_chat_template_override(tokenizer, config.data.chat_template)
     if quantize:
         keep_4bit_weights_trainable(model)
@@ -54,23 +52,6 @@ def load_for_training(config: TrainConfig, precision: Precision, device: str | N
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model, tokenizer
-
-
-def keep_residual_fp32(model) -> None:
-    """On a bf16 base, only the linear layers' weights stay bf16: activations between them are fp32.
-
-    The embeddings' output is cast to fp32 and the norms' weights are fp32, so the residual stream,
-    the norms and the gradients through them are fp32, as under autocast on an fp32 model (which
-    rounds each matmul's weight to bf16 just the same). A bf16 residual stream measured a final
-    validation loss 0.03 above fp32's on the helpdesk benchmark (docs/training.md).
-    """
-    model.get_input_embeddings().register_forward_hook(lambda module, args, output: output.float())
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
-            continue
-        for param in module.parameters(recurse=False):
-            if param.dtype == torch.bfloat16:
-                param.data = param.data.float()
 
 
 def keep_4bit_weights_trainable(model) -> None:
