@@ -102,14 +102,14 @@ def test_kept_frozen_outputs_give_the_same_training_as_running_every_layer(make_
     computed = []
     real_compute = prefix_module.FrozenPrefix._compute
 
-    def counting(self, model, example):
-        computed.append(example)
-        return real_compute(self, model, example)
+    def counting(self, model, examples, group):
+        computed.extend(group)
+        return real_compute(self, model, examples, group)
 
     monkeypatch.setattr(prefix_module.FrozenPrefix, "_compute", counting)
     sections = {"lora": {"layers": 1}, "train": {"epochs": 3}}
     kept = tunery.train(make_config("kept", **sections), train_conversations=conversations, quiet=True)
-    assert len(computed) == len(conversations)  # once per example, not once per epoch
+    assert sorted(computed) == list(range(len(conversations)))  # once per example, not once per epoch
     monkeypatch.setattr(prefix_module, "MAX_BYTES", 0)  # too big to keep: every step runs every layer
     plain = tunery.train(make_config("plain", **sections), train_conversations=conversations, quiet=True)
     assert json.loads((kept.run_dir / "run.json").read_text())["reused_frozen_layers"] == 1

@@ -11,7 +11,8 @@ run's precision, LoRA settings and CPU kernels), a packed row of the run's mean 
 forward, backward and the optimizer step, the two sizes in turn, a few times each after a warm-up
 (medians kept). The two sizes give what one more adapted layer adds to a step and what the rest of
 the step (embedding, head on the answer tokens, loss, optimizer, Python) costs; the frozen layers'
-forward, once per example, is timed on the same row. A few seconds; None where the model cannot be
+forward, once per example, is timed on a row packed as the training packs it (tunery.training.prefix:
+about GROUP_TOKENS tokens). A few seconds; None where the model cannot be
 built from its config (then the FLOP estimate stands).
 """
 
@@ -30,6 +31,7 @@ from tunery.training.batch_loss import compute_loss
 from tunery.training.cpu_kernels import cpu_kernels
 from tunery.training.optim import build_optimizer
 from tunery.training.precision import Precision
+from tunery.training.prefix import GROUP_TOKENS
 from tunery.training.trainable_model import attach_lora, decoder_layers, trainable_parameters
 from tunery.types import TokenizedExample
 
@@ -43,12 +45,13 @@ class StepTime:
 
     fixed_s: float  # embedding, head and loss on the answer tokens, optimizer step, Python
     per_layer_s: float  # one adapted decoder layer, forward and backward
-    frozen_layer_s: float  # one frozen layer's forward over the same row (no gradient)
+    frozen_layer_s: float  # one frozen layer's forward over a row of examples_per_forward examples (no gradient)
     examples_per_step: int
+    examples_per_forward: int = 0  # 0: examples_per_step
 
     def loop_seconds(self, steps: int, adapted: int, num_layers: int, num_examples: int) -> float:
         """The loop: every step through the adapted layers; the frozen layers below once per example."""
-        frozen_passes = num_examples / max(1, self.examples_per_step)
+        frozen_passes = num_examples / max(1, self.examples_per_forward or self.examples_per_step)
         return (steps * (self.fixed_s + adapted * self.per_layer_s)
                 + frozen_passes * (num_layers - adapted) * self.frozen_layer_s)
 
@@ -86,7 +89,8 @@ def measure_step_time(model_config: dict, *, lora: LoraConfig, precision: Precis
     if per_layer <= 0:
         return None
     return StepTime(fixed_s=max(0.0, median(steps[low]) - low * per_layer), per_layer_s=per_layer,
-                    frozen_layer_s=max(0.0, frozen), examples_per_step=examples_per_step)
+                    frozen_layer_s=max(0.0, frozen), examples_per_step=examples_per_step,
+                    examples_per_forward=probes[0].forward_examples)
 
 
 class _Probe:
@@ -109,6 +113,10 @@ class _Probe:
                                      labels=[-100] * (length - trained) + torch.randint(0, vocab, (trained,)).tolist())
                     for _ in range(max(1, rows))]
         self.batch = make_batch(examples, packing=True, pad_token_id=0)
+        # the frozen layers' forward runs on groups of examples packed to about GROUP_TOKENS tokens
+        self.forward_examples = max(len(examples), GROUP_TOKENS // length)
+        self.forward_batch = make_batch((examples * self.forward_examples)[:self.forward_examples], packing=True,
+                                        pad_token_id=0)
         self.optimizer = build_optimizer(trainable_parameters(self.model), learning_rate=1e-5, weight_decay=0.0)
         self.precision = precision
 
@@ -132,5 +140,5 @@ class _Probe:
             return 0.0
         started = time.perf_counter()
         with torch.no_grad(), self.autocast():
-            decoder(input_ids=self.batch.input_ids, position_ids=self.batch.position_ids)
+            decoder(input_ids=self.forward_batch.input_ids, position_ids=self.forward_batch.position_ids)
         return time.perf_counter() - started
