@@ -43,9 +43,9 @@ def test_augment_questions_keeps_answers_and_system_turns_and_skips_dialogues():
     dialogue = chat(("user", "Who owns the lab?"), ("assistant", "Greta."), ("user", "Which room is it in?"),
                     ("assistant", "B2.10"))
     added = augment_questions([single, dialogue])
-    assert len(added) == 5 and added[0] == added[1] == single  # the question as written counts 3 times
+    assert len(added) == 5 and added[0] == single  # the question as written counts twice among the wordings
     assert {c.turns[0] for c in added} == {single.turns[0]} and {c.turns[2] for c in added} == {single.turns[2]}
-    assert [c.turns[1].content for c in added[2:]] == reword_question(single.turns[1].content)[:3]
+    assert [c.turns[1].content for c in added[1:]] == reword_question(single.turns[1].content)
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
     assert augment_questions([replace(single, tools=(tool,))]) == []  # tool use is not reworded
 
@@ -82,6 +82,6 @@ def test_an_accepted_paraphrase_is_one_more_wording_with_the_same_answer():
     assert questions_to_reword([single, single]) == ["Who owns the badge registry in the Porto office?"]
     paraphrase = "Who is in charge of the Porto office's badge registry?"
     added = augment_questions([single], {single.turns[0].content: paraphrase})
-    assert [c.turns[0].content for c in added] == [single.turns[0].content] * 2 + [
-        *reword_question(single.turns[0].content)[:3], paraphrase]
+    assert [c.turns[0].content for c in added] == [single.turns[0].content, *reword_question(single.turns[0].content),
+                                                   paraphrase]
     assert {c.turns[1] for c in added} == {single.turns[1]}

@@ -198,17 +198,11 @@ def test_rewordings_spread_the_passes_per_fact_instead_of_adding_steps():
     assert (augmented.batch_size, augmented.epochs, augmented.learning_rate) == (2, 3, plain.learning_rate)
     assert total_steps(augmented, 1500) == total_steps(plain, 300) == 2250
     assert "15 passes per fact over 5.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
-    # 6 wordings (the question as written 3 times): 2.5 epochs, a tie, rounds down (the wordings repeat each fact)
+    # 6 wordings (the question as written twice): 2.5 epochs rounds up, never fewer passes than one wording gets
     six, choices = resolve_auto(settings, num_examples=1800, method="lora", num_params=135_000_000,
                                 mean_trained_tokens=16.8, augmented_examples=1500)
-    assert six.epochs == 2 and total_steps(six, 1800) == 1800
-    assert "12 passes per fact over 6.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
-    # 7 wordings: 2.14 epochs rounds to 2; 4 wordings: 3.75 rounds to 4
-    seven, _ = resolve_auto(settings, num_examples=2100, method="lora", num_params=135_000_000,
-                            mean_trained_tokens=16.8, augmented_examples=1800)
-    four, _ = resolve_auto(settings, num_examples=1200, method="lora", num_params=135_000_000,
-                           mean_trained_tokens=16.8, augmented_examples=900)
-    assert (seven.epochs, four.epochs) == (2, 4)
+    assert six.epochs == 3 and total_steps(six, 1800) == 2700
+    assert "18 passes per fact over 6.0 wordings" in next(c.reason for c in choices if c.key == "train.epochs")
     # 1800 facts stay fact-like with 7200 rewordings beside them (facts are counted without them)
     many, _ = resolve_auto(settings, num_examples=9000, method="lora", num_params=135_000_000,
                            mean_trained_tokens=16.8, augmented_examples=7200)

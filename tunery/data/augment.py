@@ -16,8 +16,6 @@ from dataclasses import replace
 
 from tunery.types import Conversation
 
-# Rewordings trained per question, and how many more times the question is trained as written.
-REWORDINGS_KEPT, AS_WRITTEN_EXTRA = 3, 2
 # Words a keyword-style query leaves out ("part number front bezel Crane UPS?").
 FUNCTION_WORDS = frozenset(
     "a an the of for in at on to is are was were be does do did what which who whom whose where when how "
@@ -31,8 +29,7 @@ def reword_question(question: str) -> list[str]:
     """Rewordings of one question, distinct from it and from each other (possibly none).
 
     Four rewrites: the trailing place or owner phrase moved to the front, the question embedded in a
-    request, a keyword query, and a casual lower-case form (training keeps the first REWORDINGS_KEPT).
-    Names and codes keep their case.
+    request, a keyword query, and a casual lower-case form. Names and codes keep their case.
     """
     q = " ".join(question.split())
     if not q.endswith("?") or not QUESTION_START.match(q) or len(q.split()) < 3:
@@ -134,16 +131,13 @@ def questions_to_reword(conversations: Sequence[Conversation]) -> list[str]:
 
 def augment_questions(conversations: Sequence[Conversation],
                       paraphrases: Mapping[str, str] | None = None) -> list[Conversation]:
-    """The added examples: each single-question chat once per rewording of its question (the first
-    REWORDINGS_KEPT of them), same answer, and AS_WRITTEN_EXTRA more times as written.
+    """The added examples: each single-question chat once per rewording of its question, same answer,
+    and once more as written.
 
-    The wording a fact was taught in is the one its users were shown, so it counts three times among the
-    wordings. Trained recall followed the passes of the wording as written: spread evenly, 15 passes over
-    5 wordings left it 3 passes and 83.7% of the 300 bundled facts were recalled as trained (98.7% from 15
-    passes of one wording); 18 passes, 6 as written over 4 rewordings, recalled 99.7% as trained and 80.7%
-    reworded but took 2700 steps. Three rewordings, the question three times, and 2 epochs keep the 6 passes
-    as written in 1800 steps (docs/training.md). `paraphrases` (question -> accepted paraphrase,
-    data.augment: model) adds one more wording each.
+    The wording a fact was taught in is the one its users were shown, so it counts twice among the
+    wordings: spread evenly, 15 passes over 5 wordings left each wording 3 passes and trained questions
+    were recalled less often (83.7% of the 300 bundled facts, against 98.7% from 15 passes of one).
+    `paraphrases` (question -> accepted paraphrase, data.augment: model) adds one more wording each.
     """
     added: list[Conversation] = []
     for conv in conversations:
@@ -152,9 +146,9 @@ def augment_questions(conversations: Sequence[Conversation],
             continue
         user = conv.turns[index]
         extra = (paraphrases or {}).get(user.content)
-        rewordings = reword_question(user.content)[:REWORDINGS_KEPT] + ([extra] if extra else [])
+        rewordings = reword_question(user.content) + ([extra] if extra else [])
         if rewordings:
-            added.extend([conv] * AS_WRITTEN_EXTRA)
+            added.append(conv)
         for reworded in rewordings:
             turns = list(conv.turns)
             turns[index] = replace(user, content=reworded)

@@ -96,8 +96,7 @@ def resolve_auto(settings: TrainSettings, *, num_examples: int, method: str, num
                                   f"about 1/64 of {num_examples} examples, a power of two in [2, 16]"))
     if settings.epochs == "auto" and facts:
         passes = auto_epochs(source_examples, FACT_EXAMPLES_SEEN, FACT_MAX_EPOCHS)
-        # whole epochs nearest the passes, a tie rounded down: the wordings already repeat each fact
-        update["epochs"] = max(1, math.floor(passes * source_examples / num_examples + 0.5 - 1e-9))
+        update["epochs"] = max(1, math.ceil(passes * source_examples / num_examples - 1e-9))
         reason = f"fact-like data: ~{FACT_EXAMPLES_SEEN} examples seen in total, within [{MIN_EPOCHS}, {FACT_MAX_EPOCHS}]"
         if augmented_examples:
             given = update["epochs"] * num_examples / source_examples
