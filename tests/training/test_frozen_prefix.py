@@ -179,3 +179,31 @@ def test_qlora_keeps_the_outputs_of_its_frozen_4bit_layers(make_config, conversa
     losses = train_losses(result.run_dir)
     assert result.status == "completed" and losses[-1] < losses[0]
     assert all(".layers.1." in name for name in adapter_weights(result.run_dir))
+
+
+def test_frozen_outputs_of_a_packed_group_equal_each_example_alone(tiny_model_dir, monkeypatch):
+    """The groups are packed rows: each example attends to itself only, so its kept output is the one it
+    has alone; and the partition follows the example indices, whatever order the steps ask in."""
+    from transformers import AutoModelForCausalLM
+
+    from tunery.training.prefix import frozen_prefix
+    from tunery.training.trainable_model import attach_lora
+
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(layers=1))
+    generator = torch.Generator().manual_seed(3)
+    examples = [TokenizedExample(input_ids=torch.randint(3, 200, (n,), generator=generator).tolist(), labels=[IGNORE_INDEX] * n)
+                for n in (9, 30, 5, 17, 40, 12, 7)]
+    monkeypatch.setattr(prefix_module, "GROUP_TOKENS", 50)
+    grouped = frozen_prefix(model, passes=3, total_tokens=200, sharded=False)
+    assert grouped is not None
+    assert [grouped._group(examples, i) for i in (0, 2, 3, 4, 6)] == [[0, 1, 2], [0, 1, 2], [3], [4], [5, 6]]
+    for index in (4, 0, 6, 2):  # asked out of order, as a shuffled epoch does
+        grouped.inputs_embeds(model, examples, [index], prefix_module.pack_examples([examples[index]]))
+    assert sorted(grouped.states) == [0, 1, 2, 4, 5, 6]  # the groups asked for, whole; example 3 not yet
+    grouped.inputs_embeds(model, examples, [3], prefix_module.pack_examples([examples[3]]))
+    monkeypatch.setattr(prefix_module, "GROUP_TOKENS", 0)  # every example alone
+    alone = frozen_prefix(model, passes=3, total_tokens=200, sharded=False)
+    for index in range(len(examples)):
+        alone.inputs_embeds(model, examples, [index], prefix_module.pack_examples([examples[index]]))
+        assert alone._group(examples, index) == [index]
+        torch.testing.assert_close(grouped.states[index], alone.states[index], rtol=1e-5, atol=1e-5)
