@@ -201,8 +201,7 @@ def test_frozen_outputs_of_a_packed_group_equal_each_example_alone(tiny_model_di
         grouped.inputs_embeds(model, examples, [index], prefix_module.pack_examples([examples[index]]))
     assert sorted(grouped.states) == [0, 1, 2, 4, 5, 6]  # the groups asked for, whole; example 3 not yet
     grouped.inputs_embeds(model, examples, [3], prefix_module.pack_examples([examples[3]]))
-    monkeypatch.setattr(prefix_module, "GROUP_TOKENS", 0)  # every example alone
-    alone = frozen_prefix(model, passes=3, total_tokens=200, sharded=False)
+    alone = frozen_prefix(model, passes=3, total_tokens=200, sharded=False, packing=False)  # every example alone
     for index in range(len(examples)):
         alone.inputs_embeds(model, examples, [index], prefix_module.pack_examples([examples[index]]))
         assert alone._group(examples, index) == [index]

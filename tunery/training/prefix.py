@@ -11,7 +11,8 @@ GROUP_TOKENS tokens (each example still attends to itself only): on short rows, 
 60 tokens in steps of 2, one forward per step cost more in fixed per-operation time than in
 arithmetic. The groups are a fixed partition of the example indices (not of the shuffled order), so
 an example's output is the same whichever step asks for it first, and a resumed run computes the
-same values as a straight one.
+same values as a straight one. With `data.packing: false` (a model whose packed rows are not to be
+trusted) each example runs alone, as the training steps' padded rows do.
 
 Not used when anything below that layer trains or draws random numbers (dropout), for FSDP
 shards, for a single pass over the data, or when the kept outputs would need more than MAX_BYTES.
@@ -48,6 +49,7 @@ class FrozenPrefix:
     layers: torch.nn.ModuleList
     start: int
     states: dict[int, torch.Tensor] = field(default_factory=dict)
+    group_tokens: int = GROUP_TOKENS  # 0: every example alone
     group_of: list[int] = field(default_factory=list)  # example index -> first index of its group
 
     def inputs_embeds(self, model, examples: list, indices: list[int], batch: Batch) -> torch.Tensor:
@@ -65,12 +67,12 @@ class FrozenPrefix:
         return out
 
     def _group(self, examples: list, index: int) -> list[int]:
-        """The indices packed with `index`: consecutive examples up to GROUP_TOKENS tokens (fixed by the data)."""
+        """The indices packed with `index`: consecutive examples up to `group_tokens` tokens (fixed by the data)."""
         if len(self.group_of) != len(examples):
             self.group_of, first, size = [], 0, 0
             for i, example in enumerate(examples):
                 n = len(example.input_ids)
-                if i > first and size + n > GROUP_TOKENS:
+                if i > first and size + n > self.group_tokens:
                     first, size = i, 0
                 self.group_of.append(first)
                 size += n
@@ -117,10 +119,12 @@ def _swap_layers(layers: torch.nn.ModuleList, which):
             layers[i] = layer
 
 
-def frozen_prefix(model, *, passes: float, total_tokens: int, sharded: bool) -> FrozenPrefix | None:
+def frozen_prefix(model, *, passes: float, total_tokens: int, sharded: bool,
+                  packing: bool = True) -> FrozenPrefix | None:
     """A FrozenPrefix when layers at the bottom of the decoder are frozen and reusing them is exact.
 
-    `passes`: how many times training goes over the examples (nothing to reuse in one).
+    `passes`: how many times training goes over the examples (nothing to reuse in one). `packing`: the
+    frozen layers may run on packed groups of examples (else one example at a time).
     """
     if sharded or passes <= 1:
         return None
@@ -138,7 +142,7 @@ def frozen_prefix(model, *, passes: float, total_tokens: int, sharded: bool) -> 
     element = 4 if next(model.parameters()).dtype == torch.float32 else 2
     if total_tokens * hidden * element > MAX_BYTES:
         return None
-    return FrozenPrefix(layers=layers, start=start)
+    return FrozenPrefix(layers=layers, start=start, group_tokens=GROUP_TOKENS if packing else 0)
 
 
 def draws_random_numbers(layer: torch.nn.Module) -> bool:

@@ -175,7 +175,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
     passes = steps * resolved(settings.batch_size) * settings.grad_accum * dist.world_size / max(1, len(data.train))
     # DPO's reference passes run the same frozen layers on other inputs: nothing to reuse.
     prefix = None if dpo_setup else frozen_prefix(model, passes=passes, sharded=dist.sharded,
-                                                  total_tokens=sum(len(e.input_ids) for e in data.train))
+                                                  total_tokens=sum(len(e.input_ids) for e in data.train),
+                                                  packing=config.data.packing)
     trainer = Trainer(model=model, optimizer=optimizer, params=params, settings=settings, data=data,
                       packing=config.data.packing, pad_token_id=tokenizer.pad_token_id,
                       autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
