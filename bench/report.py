@@ -269,10 +269,11 @@ def lever_lines(levers: dict) -> list[str]:
     load that changes over minutes touches both alike; absolute rates on a shared machine do not.
     """
     m = levers["machine"]
+    how = levers.get("peak_how", "interleaved with the steps, median")
+    threads = f"{levers['peak_threads']} thread{'s' if levers['peak_threads'] != 1 else ''}"
     lines = ["", f"## Speed levers: {m['cpu']} ({' '.join(m['flags'])})", "",
              f"{levers['date_utc']}; {levers['conditions']}", "",
-             f"- measured peaks (`F.linear` at the model's shapes, {levers['peak_threads']} thread, interleaved "
-             f"with the steps, median): bf16 {levers['peak_gflops_per_s']['bf16']:.0f} GFLOP/s, fp32 "
+             f"- measured peaks (`F.linear` at the model's shapes, {threads}, {how}): bf16 {levers['peak_gflops_per_s']['bf16']:.0f} GFLOP/s, fp32 "
              f"{levers['peak_gflops_per_s']['fp32']:.0f} GFLOP/s (bf16 "
              f"{levers['peak_gflops_per_s']['bf16'] / levers['peak_gflops_per_s']['fp32']:.1f}x fp32)",
              f"- workload: {levers['workload']}",
