@@ -8,6 +8,7 @@ per example, so an example's last token never learns to predict the next example
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +88,20 @@ def pad_examples(examples: list[TokenizedExample], pad_token_id: int) -> Batch:
 
 def make_batch(examples: list[TokenizedExample], *, packing: bool, pad_token_id: int) -> Batch:
     return pack_examples(examples) if packing else pad_examples(examples, pad_token_id)
+
+
+def split_by_tokens(items: list, max_tokens: int, length: Callable) -> list[list]:
+    """Consecutive groups of at most `max_tokens` tokens (an item longer than that stands alone)."""
+    if max_tokens <= 0:
+        return [items]
+    groups: list[list] = []
+    current: list = []
+    size = 0
+    for item in items:
+        n = length(item)
+        if current and size + n > max_tokens:
+            groups.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    return [*groups, current] if current else groups

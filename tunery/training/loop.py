@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tunery.config import TrainSettings, resolved
-from tunery.data.packing import make_batch
+from tunery.data.packing import make_batch, split_by_tokens
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
 from tunery.training import dpo, fsdp
@@ -194,23 +194,6 @@ def piece_loss(trainer: Trainer, batch, indices: list[int] | None):
     embeds = prefix.inputs_embeds(trainer.model, trainer.data.train, indices, batch)
     with prefix.skipping():
         return compute_loss(trainer.model, batch, impl=trainer.loss_impl, inputs_embeds=embeds)
-
-
-def split_by_tokens(items: list, max_tokens: int, length: Callable) -> list[list]:
-    """Consecutive groups of at most `max_tokens` tokens (an item longer than that stands alone)."""
-    if max_tokens <= 0:
-        return [items]
-    groups: list[list] = []
-    current: list = []
-    size = 0
-    for item in items:
-        n = length(item)
-        if current and size + n > max_tokens:
-            groups.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += n
-    return [*groups, current] if current else groups
 
 
 def autocast(trainer: Trainer):

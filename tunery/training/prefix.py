@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunery.data.packing import Batch, pack_examples
+from tunery.data.packing import Batch, pack_examples, split_by_tokens
 from tunery.training.batch_loss import model_inputs, unwrap_causal_lm
 from tunery.training.trainable_model import decoder_layers
 
@@ -50,7 +50,7 @@ class FrozenPrefix:
     start: int
     states: dict[int, torch.Tensor] = field(default_factory=dict)
     group_tokens: int = GROUP_TOKENS  # 0: every example alone
-    group_of: list[int] = field(default_factory=list)  # example index -> first index of its group
+    group_of: list[list[int]] = field(default_factory=list)  # example index -> the indices of its group
 
     def inputs_embeds(self, model, examples: list, indices: list[int], batch: Batch) -> torch.Tensor:
         """Layer `start`'s input for `batch` (the `examples[i]` for i in `indices`, packed or padded
@@ -69,18 +69,10 @@ class FrozenPrefix:
     def _group(self, examples: list, index: int) -> list[int]:
         """The indices packed with `index`: consecutive examples up to `group_tokens` tokens (fixed by the data)."""
         if len(self.group_of) != len(examples):
-            self.group_of, first, size = [], 0, 0
-            for i, example in enumerate(examples):
-                n = len(example.input_ids)
-                if i > first and size + n > self.group_tokens:
-                    first, size = i, 0
-                self.group_of.append(first)
-                size += n
-        first = self.group_of[index]
-        end = first
-        while end < len(examples) and self.group_of[end] == first:
-            end += 1
-        return list(range(first, end))
+            groups = split_by_tokens(list(range(len(examples))), max(1, self.group_tokens),
+                                     lambda i: len(examples[i].input_ids))
+            self.group_of = [group for group in groups for _ in group]
+        return self.group_of[index]
 
     @torch.no_grad()
     def _compute(self, model, examples: list, group: list[int]) -> None:
