@@ -128,3 +128,17 @@ def test_a_registry_reference_given_as_a_path_says_where_the_run_directory_is():
         resolve_model("helpdesk@3")
     assert "not available in this version" not in raised.value.message  # the registry exists
     assert "tunery models show helpdesk@3" in raised.value.hint
+
+
+def test_loading_never_takes_compiled_kernels_from_the_hub(tiny_model_dir):
+    """transformers enables Hub kernels by default when the `kernels` package is there (a dependency of
+    transformers itself): on a GPU that downloads compiled code at `model.train()` and fails offline.
+    tunery loads with them off, so what runs is torch's own code on every device."""
+    pytest.importorskip("kernels")
+    from transformers import AutoModelForCausalLM
+
+    default = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), trust_remote_code=False)
+    assert default.use_kernels, "transformers no longer enables Hub kernels by default: this test is moot"
+    model, _ = load_model(str(tiny_model_dir), dtype="fp32")
+    model.train()
+    assert not model.use_kernels

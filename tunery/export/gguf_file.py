@@ -168,7 +168,8 @@ def reload_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                 use_kernels=False)
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 

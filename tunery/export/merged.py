@@ -67,7 +67,7 @@ def reload_merged(folder: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=False)
+                                                 trust_remote_code=False, use_kernels=False)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 

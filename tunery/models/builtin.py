@@ -105,7 +105,7 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
         )
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, use_kernels=False)
     # The weights are de-quantised already; the GGUF quantizer marker makes save_pretrained refuse.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -116,7 +116,9 @@ def load_model(
     resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
     device = device or default_device()
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else select_dtype(dtype, device)
-    kwargs: dict = {"trust_remote_code": False, "dtype": torch_dtype}
+    # use_kernels: transformers otherwise fetches compiled kernels from the Hub on a GPU (code from the
+    # network, and an error offline); the torch implementation is what tunery measures and trusts.
+    kwargs: dict = {"trust_remote_code": False, "use_kernels": False, "dtype": torch_dtype}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
     else:
