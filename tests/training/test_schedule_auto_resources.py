@@ -330,3 +330,18 @@ def test_a_resumed_run_computes_in_the_precision_its_first_session_chose(tmp_pat
     assert run_precision(run, fixed, tmp_path, "cpu", {}).reason == "fp32 requested"  # a setting is the setting
     fresh = run_precision(run, config, None, "cpu", {"hidden_size": 64, "intermediate_size": 128})
     assert not fresh.reason.startswith("resumed")  # a new run measures
+
+
+def test_a_gpu_run_takes_each_micro_batch_in_one_pass_unless_told_otherwise():
+    """The 256-token pieces that help a CPU's caches only multiply kernel launches on a GPU."""
+    from tunery.training.run import gpu_micro_batch_tokens
+
+    settings = TrainSettings()
+    assert settings.micro_batch_tokens == 256
+    on_cpu, choices = gpu_micro_batch_tokens(settings, set(), "cpu")
+    assert on_cpu.micro_batch_tokens == 256 and choices == []
+    on_gpu, choices = gpu_micro_batch_tokens(settings, set(), "cuda")
+    assert on_gpu.micro_batch_tokens == 0 and [c.key for c in choices] == ["train.micro_batch_tokens"]
+    told = TrainSettings(micro_batch_tokens=128)
+    kept, choices = gpu_micro_batch_tokens(told, told.model_fields_set, "cuda")
+    assert kept.micro_batch_tokens == 128 and choices == []
