@@ -5,6 +5,7 @@ Pure functions over the results dictionary that `bench.run` collects (no torch e
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 from pathlib import Path
@@ -313,7 +314,27 @@ def gpu_lines() -> list[str]:
              "config with random weights (throughput only), 100 steps of batch 4, two repetitions, under 8 minutes."]
     if not results:
         return lines + ["", "**It has not run yet**: no GPU has been lent to the sessions that produced this page."]
-    return lines + ["", *(f"- `{_rel(str(path))}`" for path in results)]
+    lines += ["", "| run | GPU | model | tunery tokens/s | TRL tokens/s (bf16) | tunery / TRL | GPU memory "
+              "tunery / TRL (max allocated) | complete | code |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    notes = []
+    for path in results:
+        run = json.loads(path.read_text(encoding="utf-8"))
+        sides = {side: run["runs"].get(f"{side}-lora", []) for side in ("tunery", "trl")}
+        speed = {side: statistics.median(r["tokens"] / r["train_wall_s"] for r in rs) if rs else None
+                 for side, rs in sides.items()}
+        memory = {side: max((r.get("cuda_max_allocated_bytes") or 0) for r in rs) / 2**30 if rs else None
+                  for side, rs in sides.items()}
+        ratio = f"{speed['tunery'] / speed['trl']:.2f}x" if speed["tunery"] and speed["trl"] else "-"
+        mem = f"{memory['tunery']:.2f} / {memory['trl']:.2f} GiB" if memory["tunery"] and memory["trl"] else "-"
+        reps = ", ".join(f"{side} {len(rs)}" for side, rs in sides.items())
+        lines.append(f"| `{_rel(str(path))}` | {run['machine'].get('cuda') or '-'} | "
+                     f"{Path(run['workload']['model_path']).name} | "
+                     + " | ".join(f"{speed[side]:.0f}" if speed[side] else "-" for side in ("tunery", "trl"))
+                     + f" | {ratio} | {mem} | {'yes' if run.get('complete') else 'no'} ({reps} repetitions) | "
+                     f"{run.get('code', {}).get('start', '-')} |")
+        if run.get("note"):
+            notes.append(f"- `{_rel(str(path))}`: {run['note']}")
+    return lines + ["", *notes] if notes else lines
 
 
 def scrub_paths(text: str, runs: list[dict]) -> str:

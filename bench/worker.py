@@ -51,6 +51,10 @@ def main(argv: list[str]) -> int:
         return 2
     result["process_wall_s"] = time.perf_counter() - started
     result["vm_hwm_bytes"] = read_vm_hwm_bytes()  # cross-check of the parent's ru_maxrss
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():  # on a GPU the device's peak is the memory that matters
+        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        result["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
     out_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
 
