@@ -38,7 +38,11 @@ from tunery.paths import cache_dir
 SOURCE = Path(__file__).with_name("fastdecode.c")
 MAX_ROWS = 16  # FD_MAX_ROWS: rows per pass (sequences' tokens, or a draft plus the last token)
 # -fopenmp-simd: the `omp simd` reductions vectorize (no OpenMP runtime is linked).
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd")
+# -ffp-contract=off: a row computes the same whatever rows run beside it. GCC's Zen tuning (-mtune=znver3,
+# which -march=native picks there) fuses a*b+c into FMAs in some loops and not in others depending on their
+# shape, so a batch of rows and a single row rounded differently (1e-6 apart); the FMAs written as
+# intrinsics are kept.
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-ffp-contract=off")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
