@@ -433,9 +433,10 @@ def observations(data: dict, comp: dict) -> list[str]:
     out, rows, flags = [], comp["rows"], data["machine"]["flags"]
     ratio = comp["peak_bf16"] / comp["peak_fp32"]
     if ratio < 1:
-        out.append(f"- bf16 matmuls run at {ratio:.2f}x the fp32 rate here: the CPU exposes avx512_bf16 "
-                   f"{'but no AMX' if not flags.get('amx_bf16') else 'and AMX'}, so bf16 compute does not pay "
-                   "on this machine; MFU against the bf16 peak therefore flatters every row.")
+        units = ("no bf16 units (neither avx512_bf16 nor AMX)" if not (flags.get("avx512_bf16") or flags.get("amx_bf16"))
+                 else f"avx512_bf16 {'but no AMX' if not flags.get('amx_bf16') else 'and AMX'}")
+        out.append(f"- bf16 matmuls run at {ratio:.2f}x the fp32 rate here: the CPU exposes {units}, so bf16 "
+                   "compute does not pay on this machine; MFU against the bf16 peak therefore flatters every row.")
     else:
         out.append(f"- bf16 matmuls run at {ratio:.1f}x the fp32 rate here.")
     t, b = rows.get("tunery-lora"), rows.get(comp["baseline"])
