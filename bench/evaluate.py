@@ -22,8 +22,10 @@ def validation_loss(model_path: str, val_file: str, *, adapter_dir: str | None =
     from tunery.data.template import encode_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from tunery.models.load import LOCAL_ONLY
+
     model = AutoModelForCausalLM.from_pretrained(model_dir or model_path, dtype=torch.float32, use_safetensors=True,
-                                                 use_kernels=False)
+                                                 **LOCAL_ONLY)
     if adapter_dir:
         from peft import PeftModel
 

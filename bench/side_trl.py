@@ -74,7 +74,7 @@ def run_trl(work: Workload, output_dir: Path) -> dict:
         gradient_checkpointing=False, padding_free=True, max_length=None, assistant_only_loss=True,
         chat_template_path=str(template) if template else None, report_to="none", logging_steps=1,
         save_strategy="no", eval_strategy="no", dataloader_num_workers=0, disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32, "use_kernels": False},
+        model_init_kwargs={"dtype": torch.float32, "trust_remote_code": False, "use_kernels": False},
     )
     peft_config = LoraConfig(r=work.rank, lora_alpha=work.alpha, lora_dropout=0.0,
                              target_modules=work.targets, bias="none", task_type="CAUSAL_LM")

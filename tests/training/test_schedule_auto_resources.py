@@ -165,6 +165,24 @@ def test_default_threads_leave_out_the_cores_other_processes_keep_busy_now(monke
         torch.set_num_threads(before)
 
 
+def test_cpu_runs_bound_onednn_kernel_cache_unless_the_user_sized_it(monkeypatch):
+    import os
+
+    from tunery.training.precision import ONEDNN_CACHE_CAPACITY, limit_kernel_cache
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
+    assert limit_kernel_cache() is True
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")  # the user's size stays
+    assert limit_kernel_cache() is False
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "4096"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "0")  # oneDNN's older name counts too
+    assert limit_kernel_cache() is False
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+
+
 def test_preview_auto_names_the_choices_a_run_would_make(tmp_path, tiny_model_dir):
     """What the console shows before a job starts: the same choices `train` makes, with reasons."""
     import json

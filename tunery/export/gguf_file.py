@@ -168,8 +168,10 @@ def reload_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunery.models.load import LOCAL_ONLY
+
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                 use_kernels=False)
+                                                 **LOCAL_ONLY)
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 

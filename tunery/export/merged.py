@@ -12,6 +12,7 @@ from pathlib import Path
 from tunery.data.template import stop_token_ids
 from tunery.errors import ExportError
 from tunery.models import load_model
+from tunery.models.load import LOCAL_ONLY
 from tunery.models.portable import make_folder_portable
 
 MERGED_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -66,8 +67,7 @@ def reload_merged(folder: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=False, use_kernels=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **LOCAL_ONLY)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 

@@ -96,6 +96,7 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
     """De-quantise a GGUF file into a Hugging Face safetensors folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunery.models.load import LOCAL_ONLY
     from tunery.models.portable import make_folder_portable
 
     if show_progress:
@@ -105,7 +106,7 @@ def _convert_gguf_folder(gguf_path: Path, target: Path, *, show_progress: bool) 
         )
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, use_kernels=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **LOCAL_ONLY)
     # The weights are de-quantised already; the GGUF quantizer marker makes save_pretrained refuse.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

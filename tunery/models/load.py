@@ -18,6 +18,11 @@ from tunery import host
 from tunery.errors import ModelError
 from tunery.models.resolve import ResolvedModel, resolve_model
 
+# What every transformers load in tunery passes: no code from the model's folder or the Hub. use_kernels: since
+# transformers 5.25, with the `kernels` package installed, `model.train()` on a GPU fetches compiled kernels from
+# the Hub (code from the network, and an error offline); the torch implementation is what tunery measures.
+LOCAL_ONLY: dict = {"trust_remote_code": False, "use_kernels": False}
+
 if TYPE_CHECKING:
     import torch
 
@@ -116,9 +121,7 @@ def load_model(
     resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
     device = device or default_device()
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else select_dtype(dtype, device)
-    # use_kernels: transformers otherwise fetches compiled kernels from the Hub on a GPU (code from the
-    # network, and an error offline); the torch implementation is what tunery measures and trusts.
-    kwargs: dict = {"trust_remote_code": False, "use_kernels": False, "dtype": torch_dtype}
+    kwargs: dict = {**LOCAL_ONLY, "dtype": torch_dtype}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
     else:

@@ -47,7 +47,13 @@ from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_mo
 from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
 from tunery.training.paraphrase import model_paraphraser
-from tunery.training.precision import Precision, choose_precision, measured_rate, set_threads
+from tunery.training.precision import (
+    Precision,
+    choose_precision,
+    limit_kernel_cache,
+    measured_rate,
+    set_threads,
+)
 from tunery.training.prefix import frozen_prefix
 from tunery.training.progress import Reporter, make_reporter
 from tunery.training.run_data import prepare_data
@@ -109,6 +115,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
         config = config.model_copy(update={"name": run.path.name, "output_dir": str(run.path)})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = set_threads(config.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
+    if device == "cpu":
+        limit_kernel_cache()
     source = resolve_model(config.init_from or config.base_model)
     num_params, model_config = resources.count_model_parameters(source.path)
     precision = run_precision(run, config, resume, device, model_config)
