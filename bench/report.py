@@ -149,6 +149,9 @@ def row_titles(data: dict) -> dict:
 def table_lines(comp: dict, titles: dict | None = None) -> list[str]:
     baseline = comp["baseline"]
     base = comp["rows"].get(baseline)
+    # Where bf16 products run slower than fp32 (no bf16 units), no run computes in bf16 and a share of that
+    # rate says nothing (it read 407% on an AVX2-only EPYC): the column is left empty.
+    bf16_meaningful = comp["peak_bf16"] >= comp["peak_fp32"]
     lines = ["| run | reps | real tokens/s | vs baseline | tokens per CPU-s | peak RSS GiB | vs baseline | "
              "final val loss | MFU (bf16 peak) | MFU (fp32 peak) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in comp["rows"].items():
@@ -158,7 +161,8 @@ def table_lines(comp: dict, titles: dict | None = None) -> list[str]:
             rss = f"{row['peak_rss_gib']['median'] / base['peak_rss_gib']['median']:.2f}x"
         lines.append(f"| {(titles or ROW_TITLES).get(name, name)} | {row['tokens_per_s']['n']} | {fmt(row['tokens_per_s'])} | "
                      f"{speed} | {fmt(row['tokens_per_cpu_s'])} | {fmt(row['peak_rss_gib'], '{:.2f}')} | {rss} | {fmt(row['val_loss'], '{:.4f}')} | "
-                     f"{fmt(row['mfu_bf16'], '{:.1f}%', 100)} | {fmt(row['mfu_fp32'], '{:.1f}%', 100)} |")
+                     f"{fmt(row['mfu_bf16'] if bf16_meaningful else None, '{:.1f}%', 100)} | "
+                     f"{fmt(row['mfu_fp32'], '{:.1f}%', 100)} |")
     return lines
 
 
@@ -194,7 +198,10 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
         f"- CPU flags: {flags}",
         f"- code: {data.get('code', {}).get('start', '?')} at start, {data.get('code', {}).get('end', '?')} at end",
         f"- load average (1 min) at start / end: {_load(data, 'start')} / {_load(data, 'end')} "
-        f"on {m['logical_cpus']} CPUs (other work shared the machine)",
+        f"on {m['logical_cpus']} CPUs (a decaying average: it counts work that ended up to a minute before, "
+        "the bench's own jobs included)",
+        *([f"- other tasks running at start / end (runnable tasks in /proc/stat, less the bench): "
+           f"{data['busy_cores']['start']} / {data['busy_cores']['end']}"] if data.get("busy_cores") else []),
         *peak_lines(comp), "",
         "## Workload (identical on both sides)", "",
         f"- model `{Path(w['model_path']).name}`; data: the first {ts['examples']} examples of "
@@ -375,7 +382,8 @@ HOW = [
     "linear weights (forward 2 N + backward to activations 2 N), 6 N for trained ones (adds weight gradients), "
     "LoRA adds 6 r (d_in + d_out) per adapted linear, causal attention 12 x attention width x layers x mean "
     "context, and the output head 4 V d only on trained (loss) tokens. Computed from the model shape and the "
-    "data, the same for both sides, whatever each implementation actually computes.",
+    "data, the same for both sides, whatever each implementation actually computes. The bf16 column is left "
+    "empty (-) where bf16 products measured slower than fp32: no run computes in bf16 on such a CPU.",
     "- **peaks**: in bf16 and in fp32, at the threads the runs use (`--threads`; without it torch's default, one "
     "per core; results saved before this was fixed measured at torch's default whatever `--threads` said), measured at the start and "
     "the end of the run, the best kept (other processes share this CPU, so every number here is noisy): "
@@ -441,7 +449,15 @@ def observations(data: dict, comp: dict) -> list[str]:
         out.append(f"- bf16 matmuls run at {ratio:.1f}x the fp32 rate here.")
     t, b = rows.get("tunery-lora"), rows.get(comp["baseline"])
     load, cpus = (data.get("load_avg", {}).get("start") or [0])[0], data["machine"].get("logical_cpus") or 1
-    if load > 0.5 * cpus:
+    busy = data.get("busy_cores")
+    if data.get("conditions"):  # written by whoever ran it, for results saved before busy_cores was recorded
+        out.append(f"- Conditions: {data['conditions']}")
+    elif busy:
+        if max(busy.values()) >= 1:
+            out.append(f"- **Contended machine**: other tasks kept {busy['start']} core(s) busy at the start and "
+                       f"{busy['end']} at the end (runnable tasks in /proc/stat, less the bench): these are not "
+                       "final figures; the targets are judged on a full run on an idle machine.")
+    elif load > 0.5 * cpus:
         out.append(f"- **Contended machine** (load average {load:.1f} on {cpus} CPUs at the start): other work "
                    "took the cores, so these are not final figures; the targets are judged on a full run "
                    "(`make bench`, at least 100 steps) on an idle machine.")

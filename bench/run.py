@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from tunery import host
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -186,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="tunery-bench-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    session = {"started": time.time(), "load_start": os.getloadavg(), "argv": argv, "peaks": [],
+    # Other tasks running now (/proc/stat): the 1-minute load average still counts work that ended a minute ago.
+    session = {"started": time.time(), "load_start": os.getloadavg(), "busy_start": host.busy_cores(),
+               "argv": argv, "peaks": [],
                "code_start": code_version(),
                "runs": {"tunery-lora": [], **{name: [] for name, _ in baseline_rows(args.baseline_precision)}},
                "failures": {}}
@@ -279,6 +283,7 @@ def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
         "peaks": session["peaks"], "runs": session["runs"], "failures": session["failures"],
         "load_avg": {"start": session["load_start"], "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
+        "busy_cores": {"start": session["busy_start"], "end": host.busy_cores()},
         "code": {"start": session["code_start"], "end": code_version()},
         "tunery_command": "tunery train empty.yaml " + " ".join(shlex.quote(o) for o in tunery_overrides(work, Path("RUN_DIR"))),
     }

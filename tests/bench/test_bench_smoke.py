@@ -149,6 +149,8 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     text = report.render_markdown(data)
     assert "python -m bench.run --quick" in text and "Test CPU" in text and "amx_bf16 no" in text
     assert "| tunery LoRA | 1 | 250 | 2.00x |" in text
+    # bf16 measured slower than fp32 here: its MFU column stays empty, the fp32 one is filled
+    assert "| tunery LoRA | 1 | 250 | 2.00x | - | 1.00 | 0.40x | 1.0000 | - | 250.0% |" in text
     assert "bf16 matmuls run at 0.50x the fp32 rate here" in text
     assert "2.00x the tokens/s of the default row" in text
     assert "| tunery LoRA + `train.precision=fp32` | 1 | 500 | 4.00x |" in text
@@ -158,6 +160,15 @@ def test_markdown_report_names_machine_command_and_bf16_finding(tmp_path):
     assert "**Contended machine** (load average 3.0 on 2 CPUs" in text
     assert "| Test CPU | avx512_bf16 | 2026-01-01 00:00 UTC | 0.50x | 2.00x |" in text  # machine kinds met
     assert "## GPU (`bench/gpu.sh`)" in text
+    # Runnable tasks at the start and end, where recorded, judge contention instead of the decaying load average
+    data["busy_cores"] = {"start": 0, "end": 0}
+    assert "Contended machine" not in report.render_markdown(data)
+    data["busy_cores"] = {"start": 0, "end": 1}
+    assert "other tasks kept 0 core(s) busy at the start and 1 at the end" in report.render_markdown(data)
+    assert "less the bench): 0 / 1" in report.render_markdown(data)
+    data["conditions"] = "idle: nothing else ran"
+    assert "- Conditions: idle: nothing else ran" in report.render_markdown(data)
+    del data["busy_cores"], data["conditions"]
     with_supplement = report.render_markdown(data, [data])
     assert "## Supplementary run (2026-01-01 00:00 UTC)" in with_supplement
     assert with_supplement.count("| tunery LoRA | 1 | 250 | 2.00x |") == 2
