@@ -62,6 +62,8 @@ CYCLES = [
     ("tunery.store.db", "tunery.store.migrations", "migrations run on a Store, which runs them when it opens"),
     ("tunery.models.builtin", "tunery.models.portable", "the converted built-in folder gets the fields other tools "
      "read, and portable names the built-in model's hub id"),
+    ("tunery.models.builtin", "tunery.models.load", "the conversion loads with load's LOCAL_ONLY options, and load "
+     "resolves names through the built-in models"),
     ("tunery.models.portable", "tunery.models.", "portable reads the built-in model and the resolver, which "
      "import it"),
 ]

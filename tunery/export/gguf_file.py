@@ -21,6 +21,7 @@ from tunery.export.gguf_meta import (
     write_special_vocab,
 )
 from tunery.export.ollama import modelfile_text
+from tunery.models.load import LOCAL_ONLY
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_FAMILY = {"llama"}
@@ -167,8 +168,6 @@ def reload_gguf(path: Path):
     """The GGUF read back through transformers' GGUF loader (de-quantised), computing in fp32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunery.models.load import LOCAL_ONLY
 
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                  **LOCAL_ONLY)

@@ -260,8 +260,9 @@ class JobRun:
         except TuneryError as exc:
             log.warning("job %s succeeded but was not registered: %s", self.row["id"], exc.message)
             return
-        with self.store.transaction() as conn:
-            job_rows.add_event(conn, self.row["id"], f"Registered as {version.ref}", data={"version": version.ref})
+        # retrying: the job has succeeded; a dropped connection here must not leave it running
+        self.store.retrying(lambda conn: job_rows.add_event(conn, self.row["id"], f"Registered as {version.ref}",
+                                                            data={"version": version.ref}))
 
     def readable(self, message: str) -> str:
         """Blob paths become the uploaded filenames; other paths are not shown to clients."""
