@@ -60,3 +60,13 @@ def test_two_promotions_at_once_one_wins_both_audited(store):
     assert reg.alias_version(store, "helpdesk", "production") == winner
     attempts = [m for m in reg.alias_history(store, "helpdesk") if m["actor"] in ("k2", "k3")]
     assert sorted(m["outcome"] for m in attempts) == ["conflict", "moved"]
+
+
+def test_a_job_registers_one_version_even_when_its_insert_is_retried(store):
+    # A retried insert whose first commit landed (acknowledgement lost with the connection) must not
+    # add a second version for the same job.
+    first = reg.insert_version(store, "helpdesk", run_dir="/runs/a", base_model="base", lineage={}, job_id="ftjob-1")
+    again = reg.insert_version(store, "helpdesk", run_dir="/runs/a", base_model="base", lineage={}, job_id="ftjob-1")
+    other = reg.insert_version(store, "helpdesk", run_dir="/runs/b", base_model="base", lineage={}, job_id="ftjob-2")
+    assert (first.ref, again.ref, other.ref) == ("helpdesk@1", "helpdesk@1", "helpdesk@2")
+    assert [v.ref for v in reg.list_versions(store, "helpdesk")] == ["helpdesk@1", "helpdesk@2"]

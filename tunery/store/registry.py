@@ -54,18 +54,29 @@ def _version(row) -> Version:
 def insert_version(store: Store, name: str, *, run_dir: str, base_model: str, lineage: dict,
                    base_weights_sha256: str | None = None, dataset_version: str | None = None,
                    parent: str | None = None, job_id: str | None = None, created_by: str | None = None) -> Version:
-    """Add NAME@(latest + 1); a concurrent insert of the same number is retried with the next one."""
+    """Add NAME@(latest + 1); a concurrent insert of the same number is retried with the next one.
+
+    A lock or a dropped connection is retried as everywhere in the store. If a commit landed but its
+    acknowledgement was lost with the connection, the retry finds the version this job already
+    registered and returns it instead of adding a second one."""
+    def insert(conn) -> dict:
+        if job_id is not None:
+            existing = conn.execute(sa.select(model_versions).where(
+                model_versions.c.name == name, model_versions.c.job_id == job_id)).mappings().first()
+            if existing is not None:
+                return dict(existing)
+        latest = conn.execute(sa.select(sa.func.max(model_versions.c.version))
+                              .where(model_versions.c.name == name)).scalar() or 0
+        row = {"name": name, "version": latest + 1, "run_dir": run_dir, "base_model": base_model,
+               "base_weights_sha256": base_weights_sha256, "dataset_version": dataset_version,
+               "parent": parent, "job_id": job_id, "created_by": created_by, "created_at": utc_now(),
+               "lineage_json": json.dumps(lineage, sort_keys=True), "reports_json": "[]"}
+        conn.execute(model_versions.insert().values(**row))
+        return row
+
     for _ in range(20):
         try:
-            with store.transaction() as conn:
-                latest = conn.execute(sa.select(sa.func.max(model_versions.c.version))
-                                      .where(model_versions.c.name == name)).scalar() or 0
-                row = {"name": name, "version": latest + 1, "run_dir": run_dir, "base_model": base_model,
-                       "base_weights_sha256": base_weights_sha256, "dataset_version": dataset_version,
-                       "parent": parent, "job_id": job_id, "created_by": created_by, "created_at": utc_now(),
-                       "lineage_json": json.dumps(lineage, sort_keys=True), "reports_json": "[]"}
-                conn.execute(model_versions.insert().values(**row))
-            return _version(row)
+            return _version(store.retrying(insert))
         except StoreError as error:
             if not isinstance(error.__cause__, exc.IntegrityError):
                 raise
