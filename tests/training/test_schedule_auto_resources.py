@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from tunery.config import TrainSettings
 from tunery.errors import ResourceError
@@ -351,15 +352,35 @@ def test_a_resumed_run_computes_in_the_precision_its_first_session_chose(tmp_pat
 
 
 def test_a_gpu_run_takes_each_micro_batch_in_one_pass_unless_told_otherwise():
-    """The 256-token pieces that help a CPU's caches only multiply kernel launches on a GPU."""
-    from tunery.training.run import gpu_micro_batch_tokens
+    """Short pieces only multiply kernel launches on a GPU."""
+    from tunery.training.run import micro_batch_pieces
 
     settings = TrainSettings()
-    assert settings.micro_batch_tokens == 256
-    on_cpu, choices = gpu_micro_batch_tokens(settings, set(), "cpu")
-    assert on_cpu.micro_batch_tokens == 256 and choices == []
-    on_gpu, choices = gpu_micro_batch_tokens(settings, set(), "cuda")
+    small = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
+    on_gpu, choices = micro_batch_pieces(settings, set(), "cuda", small, torch.bfloat16)
     assert on_gpu.micro_batch_tokens == 0 and [c.key for c in choices] == ["train.micro_batch_tokens"]
     told = TrainSettings(micro_batch_tokens=128)
-    kept, choices = gpu_micro_batch_tokens(told, told.model_fields_set, "cuda")
-    assert kept.micro_batch_tokens == 128 and choices == []
+    for device in ("cuda", "cpu"):
+        kept, choices = micro_batch_pieces(told, told.model_fields_set, device, small, torch.bfloat16)
+        assert kept.micro_batch_tokens == 128 and choices == []
+
+
+def test_cpu_pieces_are_as_long_as_the_model_s_activations_allow():
+    """Fewer, longer pieces on a CPU (fewer operations per step), bounded by the activations' estimate."""
+    from tunery.training.run import PIECE_ACTIVATION_BUDGET, activation_bytes_per_token, micro_batch_pieces
+
+    settings = TrainSettings()
+    small = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}  # the default model
+    large = {"num_hidden_layers": 24, "hidden_size": 2048, "intermediate_size": 8192}  # a 1.7B model
+    for dtype in (torch.bfloat16, torch.float32):
+        chosen, choices = micro_batch_pieces(settings, set(), "cpu", small, dtype)
+        assert chosen.micro_batch_tokens == 1024 and choices[0].value == 1024
+    assert micro_batch_pieces(settings, set(), "cpu", large, torch.bfloat16)[0].micro_batch_tokens == 512
+    kept, choices = micro_batch_pieces(settings, set(), "cpu", large, torch.float32)
+    assert kept.micro_batch_tokens == 256 and choices == []  # the field's own default: nothing to record
+    for tokens, config in ((512, large), (1024, small)):
+        assert tokens * activation_bytes_per_token(config, torch.bfloat16) <= PIECE_ACTIVATION_BUDGET
+    unknown, choices = micro_batch_pieces(settings, set(), "cpu", {}, torch.float32)
+    assert unknown.micro_batch_tokens == 256 and choices == []
+    whole = TrainSettings(micro_batch_tokens=0)
+    assert micro_batch_pieces(whole, whole.model_fields_set, "cpu", small, torch.float32)[0].micro_batch_tokens == 0
