@@ -387,8 +387,9 @@ HOW = [
     "- **peaks**: in bf16 and in fp32, at the threads the runs use (`--threads`; without it torch's default, one "
     "per core; results saved before this was fixed measured at torch's default whatever `--threads` said), measured at the start and "
     "the end of the run, the best kept (other processes share this CPU, so every number here is noisy): "
-    "`F.linear` at the model's own shapes (each decoder linear over a 256-token micro-batch, tunery's "
-    "`micro_batch_tokens`), and square `torch.matmul` (1024-4096) for reference. MFU is taken against the "
+    "`F.linear` at the model's own shapes (each decoder linear over a micro-batch of 256 and of 1024 tokens, "
+    "the faster kept: tunery's CPU pieces, 256 tokens until 2026-12-04, up to 1024 since; results saved before "
+    "then measured at 256 only), and square `torch.matmul` (1024-4096) for reference. MFU is taken against the "
     "model-shaped peaks (square ones for results saved before those were measured); the MFU target uses "
     "the peak of the precision tunery ran in (`precision: auto` measures and records both rates in run.json).",
     "- **baseline**: TRL + PEFT runs with bf16 autocast and in fp32 (`--baseline-precision both`, the "

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         session["runs"].setdefault(name, []).append(result)
         save_results(args, session, work_dir, final=False)  # a stopped bench still leaves what it measured
 
-    peak_spec = {"dtypes": ["bf16", "fp32"], "tokens": 256,  # tunery's micro_batch_tokens
+    peak_spec = {"dtypes": ["bf16", "fp32"], "tokens": [256, 1024],  # tunery's CPU pieces (256 until 2026-12-04)
                  "linear_shapes": session["prepared"][3].linear_shapes,
                  "threads": args.threads}  # the peaks the runs can reach: at their threads
     session["peaks"].append(run_job("peak", peak_spec, work_dir, "peak-0", args.job_timeout_s))
