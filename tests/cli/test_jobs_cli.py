@@ -44,3 +44,32 @@ def test_files_and_jobs_on_the_local_store(tmp_path, tiny_model_dir, monkeypatch
     assert missing.exit_code == 1 and "no fine-tuning job" in missing.output
     files = json.loads(runner.invoke(app, ["files", "list", "--json"]).stdout)
     assert {f["filename"] for f in files} >= {"train.jsonl", "bad.jsonl"}
+
+
+def test_a_refused_job_leaves_no_upload_behind(tmp_path, tiny_model_dir, monkeypatch):
+    """Files `jobs create` uploaded for a job it could not create are removed; files given by id stay."""
+    monkeypatch.delenv("TUNERY_URL", raising=False)
+    monkeypatch.delenv("TUNERY_DATABASE_URL", raising=False)
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(chat_lines())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": []}\n' * 12)
+
+    def files() -> list[dict]:
+        listed = runner.invoke(app, ["files", "list", "--json"])
+        assert listed.exit_code == 0, listed.output
+        return json.loads(listed.stdout)
+
+    kept = json.loads(runner.invoke(app, ["files", "upload", str(data), "--json"]).stdout)
+    refused = runner.invoke(app, ["jobs", "create", str(bad), "--model", str(tiny_model_dir)])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "removed the upload" in refused.output
+    both = runner.invoke(app, ["jobs", "create", str(data), "--model", str(tiny_model_dir),
+                               "--validation-file", str(bad)])
+    assert both.exit_code != 0 and both.output.count("removed the upload") == 2
+    by_id = runner.invoke(app, ["jobs", "create", kept["id"], "--model", "no-such-model-anywhere"])
+    assert by_id.exit_code != 0 and "removed the upload" not in by_id.output
+    assert [f["id"] for f in files()] == [kept["id"]]
+    created = runner.invoke(app, ["jobs", "create", str(data), "--model", str(tiny_model_dir), "--json"])
+    assert created.exit_code == 0, created.output
+    assert len(files()) == 2

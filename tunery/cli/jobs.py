@@ -16,7 +16,7 @@ from rich.table import Table
 from tunery.cli import app
 from tunery.cli.output import console, err_console, handle_errors, print_json
 from tunery.config import apply_override
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, TuneryError
 from tunery.platform.client import open_platform
 from tunery.platform.webhooks import WebhookSender
 from tunery.platform.worker import Worker, WorkerSettings
@@ -94,13 +94,18 @@ def jobs_create(
     tunery: dict = {}
     for item in overrides:
         apply_override(tunery, item)
-    body = {"model": model, "training_file": _file_id(platform, training_file), "suffix": suffix, "seed": seed,
-            "tunery": tunery}
-    if validation_file:
-        body["validation_file"] = _file_id(platform, validation_file)
-    if epochs is not None:
-        body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}
-    job = platform.create_job({k: v for k, v in body.items() if v is not None})
+    uploaded: list[str] = []
+    try:
+        body = {"model": model, "training_file": _file_id(platform, training_file, uploaded), "suffix": suffix,
+                "seed": seed, "tunery": tunery}
+        if validation_file:
+            body["validation_file"] = _file_id(platform, validation_file, uploaded)
+        if epochs is not None:
+            body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}
+        job = platform.create_job({k: v for k, v in body.items() if v is not None})
+    except BaseException:
+        _remove_uploads(platform, uploaded)
+        raise
     if json_output:
         return print_json(job)
     console.print(f"{job['id']} {job['status']}; follow it with `tunery jobs events {job['id']} --follow`",
@@ -115,12 +120,26 @@ def _epochs(text: str) -> int | None:
     return int(text)
 
 
-def _file_id(platform, value: str) -> str:
+def _file_id(platform, value: str, uploaded: list[str]) -> str:
+    """`value` as a file id: an id as given, or a path uploaded now (its id added to `uploaded`)."""
     if value.startswith("file-") and not Path(value).exists():
         return value
-    uploaded = platform.upload(Path(value))
-    err_console.print(f"uploaded {value} as {uploaded['id']} ({uploaded['status']})", highlight=False)
-    return uploaded["id"]
+    file = platform.upload(Path(value))
+    uploaded.append(file["id"])
+    err_console.print(f"uploaded {value} as {file['id']} ({file['status']})", highlight=False)
+    return file["id"]
+
+
+def _remove_uploads(platform, file_ids: list[str]) -> None:
+    """Delete the files this command uploaded for a job that was not created (files given by id stay)."""
+    for file_id in file_ids:
+        try:
+            platform.delete_file(file_id)
+        except TuneryError as exc:
+            err_console.print(f"could not remove the upload {file_id}: {exc}; `tunery files rm {file_id}` "
+                              "removes it", highlight=False)
+        else:
+            err_console.print(f"removed the upload {file_id}: no job was created", highlight=False)
 
 
 @jobs_app.command("list")
