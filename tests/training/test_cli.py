@@ -83,3 +83,20 @@ def test_fsdp_outside_torchrun_is_a_config_error(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, tiny_model_dir)
     result = runner.invoke(app, ["train", str(config), "train.fsdp=true", "method=full"])
     assert result.exit_code == 2 and "fsdp_single_process" in result.output
+
+
+def test_train_from_overrides_alone(tmp_path, tiny_model_dir):
+    """No YAML file: KEY=VALUE overrides start from the defaults; an argument that is neither says so."""
+    data = write_dataset(tmp_path / "train.jsonl")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train", f"base_model={tiny_model_dir}", f"data.train={data}", f"output_dir={out}",
+                                 "train.max_steps=1", "train.precision=fp32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["train"] == str(data)
+    nothing = runner.invoke(app, ["train"])
+    assert nothing.exit_code == 2 and "no config given" in nothing.output
+    missing = runner.invoke(app, ["train", str(tmp_path / "nofile.yaml")])
+    assert missing.exit_code != 0 and "nofile.yaml does not exist" in missing.output
+    typo = runner.invoke(app, ["train", f"base_model={tiny_model_dir}", f"data.train={data}", "train.lr=1"])
+    assert typo.exit_code == 2 and "train.learning_rate" in typo.output and "Traceback" not in typo.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -16,12 +17,15 @@ config_app = typer.Typer(help="Check and print training configs.", no_args_is_he
 app.add_typer(config_app, name="config")
 
 EXIT_INTERRUPTED = 130
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")  # KEY=VALUE, where a config path was expected
 
 
 @app.command("train", context_settings={"allow_extra_args": False})
 @handle_errors
 def train_command(
-    config: Path = typer.Argument(None, help="Training config (YAML). Not needed with --resume.", show_default=False),
+    config: Path = typer.Argument(None, help="Training config (YAML). Optional: KEY=VALUE overrides alone start from the "
+                                "defaults (`tunery train base_model=... data.train=...`). Not needed with --resume.",
+                                show_default=False),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. method=qlora train.max_steps=30.",
                                           show_default=False),
     resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly where it stopped."),
@@ -42,8 +46,11 @@ def train_command(
                               hint=f"tunery train --resume {resume}")
         result = tunery.train(resume=resume, quiet=quiet, json_logs=json_logs)
     else:
-        if config is None:
-            raise ConfigError("no config given", hint="tunery train CONFIG.yaml [KEY=VALUE ...], or --resume RUN_DIR")
+        if config is not None and OVERRIDE.match(str(config)) and not config.exists():  # overrides alone, no YAML
+            config, overrides = None, [str(config), *(overrides or [])]
+        if config is None and not overrides:
+            raise ConfigError("no config given", hint="tunery train CONFIG.yaml [KEY=VALUE ...], tunery train "
+                              "base_model=... data.train=... [KEY=VALUE ...], or --resume RUN_DIR")
         result = tunery.train(load_train_config(config, overrides or []), overwrite=overwrite, quiet=quiet,
                               json_logs=json_logs)
     if result.status == "interrupted":
