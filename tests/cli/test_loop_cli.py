@@ -69,7 +69,8 @@ def test_serve_checks_its_loop_flags_before_loading_the_model(registered, tmp_pa
 
 
 @pytest.mark.parametrize(("loop_arg", "said"), [("--nope", "No such option: --nope"),
-                                                ("--max-runs=0", "Invalid value for '--max-runs'")])
+                                                ("--max-runs=0", "Invalid value for '--max-runs'"),
+                                                ("--weights=int3", "unknown weights format 'int3'")])
 def test_serve_parses_its_loop_args_as_loop_watch_will(registered, tmp_path, loop_arg, said):
     result = cli("serve", "--model", tmp_path / "no-model", "--loop", registered, "--workers", "0",
                  f"--loop-arg={loop_arg}")
@@ -82,3 +83,14 @@ def test_loop_run_out_that_is_a_file_names_the_option_and_keeps_the_file(registe
     result = cli("loop", "run", registered, "--out", mine)
     assert result.exit_code == 2 and "--out" in result.output and "is a file" in result.output, result.output
     assert mine.read_text() == "mine\n"
+
+
+def test_loop_weights_are_checked_and_serve_passes_its_own_on(registered):
+    from tunery.cli.serve import loop_weights
+
+    refused = cli("loop", "run", registered, "--weights", "int3")
+    assert refused.exit_code == 2 and "unknown weights format 'int3'" in refused.output, refused.output
+    assert "--weights" in cli("loop", "watch", "--help").output
+    assert loop_weights("int4", ["--no-general"]) == ["--weights", "int4"]  # the gates score what is served
+    assert loop_weights("full", []) == []
+    assert loop_weights("int4", ["--weights=int8"]) == [] and loop_weights("int8", ["--weights", "full"]) == []

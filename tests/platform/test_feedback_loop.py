@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import tunery
 from tunery.cli import _register, app
 from tunery.config import TrainConfig
+from tunery.errors import ConfigError
 from tunery.platform import jobs
 from tunery.platform.feedback_loop import collect_examples, run_loop
 from tunery.platform.pii import Scrubber
@@ -168,3 +169,23 @@ def test_with_no_worker_the_pass_gives_up_after_its_timeout_and_cancels_its_job(
     report = json.loads((tmp_path / "t" / "report.json").read_text())
     assert report["status"] == "failed" and jobs.get_job(store, LOCAL_OWNER, report["job"])["status"] == "cancelled"
     assert resolve_version(store, "helpdesk").ref == "helpdesk@1"
+
+
+def test_the_gates_score_the_weights_asked_for(production, tmp_path):
+    """`weights`: both versions generate through the serving engine with those weights, and the report says so."""
+    from tunery.platform.loop_gate import gate_candidate
+
+    store = production
+    version = resolve_version(store, "helpdesk")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"What is part {i}?", "reference": f"Part {i} is TX-{i}."}) + "\n"
+                             for i in range(2)))
+    report = gate_candidate(version, version, trained=tasks, held_out=None, tasks=None, gates=[], general=False,
+                            out_dir=tmp_path / "int4", weights="int4")
+    assert report["weights"] == "int4" and [c["decode"] for c in report["comparisons"]] == ["lane"]
+    plain = gate_candidate(version, version, trained=tasks, held_out=None, tasks=None, gates=[], general=False,
+                           out_dir=tmp_path / "full")
+    assert plain["weights"] == "full" and [c["decode"] for c in plain["comparisons"]] != ["lane"]
+    with pytest.raises(ConfigError, match="unknown weights format 'int3'"):
+        run_loop(store, "helpdesk", weights="int3", out_dir=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()  # refused before the pass began

@@ -76,7 +76,8 @@ def serve_command(
     workers: int = typer.Option(1, "--workers", min=0, help="Fine-tuning worker processes to start beside the API "
                                 "(0: API only; more workers can run elsewhere with `tunery worker`)."),
     loop: list[str] = typer.Option([], "--loop", help="Run the feedback loop for this registered model beside the "
-                                   "server (`tunery loop watch NAME`; repeatable); its candidates train on the workers."),
+                                   "server (`tunery loop watch NAME`; repeatable); its candidates train on the workers, and the gates "
+                                   "score both versions with this server's --weights."),
     loop_every: str = typer.Option("1d", "--loop-every", help="How often each --loop runs a pass: 30m, 6h, 1d."),
     loop_min_feedback: int = typer.Option(50, "--loop-min-feedback", min=1, help="A --loop pass does nothing below "
                                           "this many new feedback examples."),
@@ -141,7 +142,7 @@ def serve_command(
             err_console.print("[yellow]--loop with --workers 0: candidates wait for a `tunery worker` elsewhere[/]")
         watch_args = ["--every", loop_every, "--min-feedback", str(loop_min_feedback),
                       *(["--tasks", str(loop_tasks)] if loop_tasks else []), *(["--review"] if loop_review else []),
-                      *loop_arg]
+                      *loop_weights(weights, loop_arg), *loop_arg]
         pool += start_loop_watchers(loop, watch_args)
         console.print(f"feedback loop for {', '.join(loop)} every {loop_every}", highlight=False)
     try:
@@ -270,3 +271,10 @@ def _stream_answer(engine, prompt: list[int], params, adapter: str | None) -> st
         console.print(" [dim](stopped)[/]", end="")
     console.print()
     return "".join(pieces)
+
+
+def loop_weights(weights: str, loop_arg: list[str]) -> list[str]:
+    """The --loop gates score what this server serves: its --weights, unless a --loop-arg names others."""
+    if weights == "full" or any(arg == "--weights" or arg.startswith("--weights=") for arg in loop_arg):
+        return []
+    return ["--weights", weights]

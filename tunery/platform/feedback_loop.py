@@ -113,10 +113,16 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
              limit: int | None = None, overrides: list[str] | None = None, seed: int = 0,
              approved_only: bool = False, on_event: Callable[[dict], None] | None = None, poll_s: float = 1.0,
              job_timeout_s: float | None = None, feedback_gate: str = FEEDBACK_GATE,
-             tolerance: float = TOLERANCE) -> LoopResult:
-    """One pass of the loop for NAME; never leaves production changed unless the gates passed."""
+             tolerance: float = TOLERANCE, weights: str | None = None) -> LoopResult:
+    """One pass of the loop for NAME; never leaves production changed unless the gates passed.
+
+    `weights`: the gates score both versions as `tunery serve --weights W` serves them (full, int8, int4)."""
     check_loop_inputs(name, tasks=tasks, gates=gates, feedback_gate=feedback_gate, tolerance=tolerance,
                       overrides=overrides)
+    if weights is not None:
+        from tunery.inference.quant import check_weight_format  # loads torch: only when weights are asked for
+
+        check_weight_format(weights)  # a typo stops the pass before any training
     with loop_lock(store, name) as lease:
         production = registry.resolve_version(store, name)
         out = Path(out_dir) if out_dir else tunery_home() / "loops" / name / time.strftime("%Y%m%d-%H%M%S")
@@ -136,14 +142,14 @@ def run_loop(store: Store, name: str, *, tasks: str | Path | None = None, gates:
             _train_and_gate(store, name, production, examples, result, out, lease, tasks=tasks, gates=gates,
                             general=general, limit=limit, overrides=overrides or [], review=review, seed=seed,
                             on_event=on_event, poll_s=poll_s, job_timeout_s=job_timeout_s,
-                            feedback_gate=feedback_gate, tolerance=tolerance)
+                            feedback_gate=feedback_gate, tolerance=tolerance, weights=weights)
         except TuneryError as exc:  # a failed candidate leaves production as it was
             result.status, result.message = "failed", f"{exc.code}: {exc.message}"
         return _finish(result, out)
 
 
 def _train_and_gate(store, name, production, examples, result, out, lease, *, tasks, gates, general, limit, overrides,
-                    review, seed, on_event, poll_s, job_timeout_s, feedback_gate, tolerance) -> None:
+                    review, seed, on_event, poll_s, job_timeout_s, feedback_gate, tolerance, weights) -> None:
     rng = random.Random(seed)
     rng.shuffle(examples)
     held = examples[:len(examples) // 5] if len(examples) >= 5 else []
@@ -173,7 +179,8 @@ def _train_and_gate(store, name, production, examples, result, out, lease, *, ta
     result.timeline.append({"step": "train", "job": job["id"], "run": str(run_dir), "version": candidate.ref,
                             "trained_tokens": job["trained_tokens"], "steps": job["tunery"]["step"]})
     report = gate_candidate(production, candidate, trained=trained, held_out=held_out, tasks=tasks, gates=list(gates),
-                            general=general, out_dir=out, feedback_gate=feedback_gate, tolerance=tolerance, limit=limit)
+                            general=general, out_dir=out, feedback_gate=feedback_gate, tolerance=tolerance, limit=limit,
+                            weights=weights)
     result.gate = report
     rows.attach_report(store, name, candidate.version, {"kind": "loop", "gate": report})
     result.timeline.append({"step": "compare", "passed": report["passed"]})

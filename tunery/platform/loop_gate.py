@@ -33,26 +33,31 @@ def write_feedback_tasks(path: Path, examples: list[dict]) -> Path:
 
 def gate_candidate(production: Version, candidate: Version, *, trained: Path, held_out: Path | None,
                    tasks: str | Path | None, gates: list[str], general: bool, out_dir: Path,
-                   feedback_gate: str = FEEDBACK_GATE, tolerance: float = TOLERANCE, limit: int | None = None) -> dict:
-    """Every comparison the loop gates on, merged into one report (`passed`, `gates`, `comparisons`)."""
+                   feedback_gate: str = FEEDBACK_GATE, tolerance: float = TOLERANCE, limit: int | None = None,
+                   weights: str | None = None) -> dict:
+    """Every comparison the loop gates on, merged into one report (`passed`, `gates`, `comparisons`).
+
+    `weights`: score both versions as `tunery serve --weights W` serves them (None: Hugging Face generate on
+    full precision), as `tunery models promote --weights` does."""
     keep = f"no-regression:{tolerance:g}"
     parts = [("trained feedback", run_gates(production, candidate, tasks=trained, gates=[feedback_gate],
                                             general=False, out_dir=out_dir / "compare-trained",
-                                            max_new_tokens=answer_budget(trained)))]
+                                            max_new_tokens=answer_budget(trained), weights=weights))]
     if held_out is not None:
         parts.append(("held-out feedback", run_gates(production, candidate, tasks=held_out, gates=[keep],
                                                      general=False, out_dir=out_dir / "compare-held-out",
-                                                     max_new_tokens=answer_budget(held_out))))
+                                                     max_new_tokens=answer_budget(held_out), weights=weights)))
     if tasks is not None:
         parts.append(("your tasks", run_gates(production, candidate, tasks=tasks, gates=list(gates) or [keep],
-                                              general=False, out_dir=out_dir / "compare", limit=limit)))
+                                              general=False, out_dir=out_dir / "compare", limit=limit, weights=weights)))
     if general:
         parts.append(("general skills", run_gates(production, candidate, tasks=None, gates=[keep], general=True,
-                                                  out_dir=out_dir / "compare-general", limit=limit)))
+                                                  out_dir=out_dir / "compare-general", limit=limit, weights=weights)))
     comparisons = [{**c, "kind": kind} for kind, report in parts for c in report["comparisons"]]
     return {"passed": all(report["passed"] for _, report in parts), "baseline": production.ref,
             "candidate": candidate.ref, "gates": [{**g, "kind": kind} for kind, report in parts for g in report["gates"]],
-            "comparisons": comparisons, "feedback_gate": feedback_gate, "tolerance": tolerance}
+            "comparisons": comparisons, "feedback_gate": feedback_gate, "tolerance": tolerance,
+            "weights": weights or "full"}
 
 
 def answer_budget(task_file: Path) -> int:
