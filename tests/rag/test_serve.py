@@ -237,3 +237,40 @@ def test_models_register_cli_attaches_an_index(tiny_model_dir, kb_index, tmp_pat
     assert f"retrieves from: {kb_index.resolve()}" in shown.stdout
     missing = tunery("models", "register", str(run), "--name", "desk", "--rag", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "tunery rag index DOCS... --out" in " ".join((missing.stdout + missing.stderr).split())
+
+
+def test_a_rebuilt_index_is_used_without_a_restart(tiny_model_dir, tmp_path, caplog):
+    """`tunery rag index --out` on the folder a running server answers from: the next request retrieves from
+    the new index; a broken rebuild is logged and the index opened before keeps answering."""
+    from tunery.server.settings import ServerSettings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "old.md").write_text("The Heron router battery is part MB-2222-C.\n", encoding="utf-8")
+    index = tmp_path / "idx"
+    build_index([docs / "old.md"], index, model=str(tiny_model_dir), chunk_tokens=40, overlap_tokens=0, top_k=1)
+    run = save_lora_run(tiny_model_dir, tmp_path / "runs" / "support", seed=1)
+    settings = ServerSettings(model=str(tiny_model_dir), served_name="tiny", adapters={"support": str(run)},
+                              rag={"support": str(index)}, database=tmp_path / "t.db", port=free_port(),
+                              dtype="fp32", no_auth=True, default_max_tokens=2)
+    app, server, thread = start_server(settings)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "Which part is the Heron router battery?"}]
+
+    def cited() -> list[str]:
+        answer = client.chat.completions.create(model="support", messages=question, max_tokens=2)
+        return [c["source"] for c in answer.model_extra["tunery"]["citations"]]
+
+    try:
+        assert cited() == ["old.md"]
+        (docs / "new.md").write_text("The Heron router battery is now part MB-3333-D.\n", encoding="utf-8")
+        build_index([docs / "new.md"], index, model=str(tiny_model_dir), chunk_tokens=40, overlap_tokens=0, top_k=1,
+                    rebuild=True)
+        assert cited() == ["new.md"]
+        (index / "manifest.json").write_text("{", encoding="utf-8")  # a rebuild gone wrong
+        with caplog.at_level("WARNING", logger="tunery.server"):
+            assert cited() == ["new.md"]
+        assert any("cannot be used" in r.getMessage() for r in caplog.records)
+    finally:
+        server.should_exit = True
+        thread.join(30)

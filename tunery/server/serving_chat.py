@@ -99,7 +99,7 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> Plan:
     messages = structure.messages
     citations = None
     try:
-        retriever = state.retrievers.get(req.model)
+        retriever = state.retriever_for(req.model)
         if retriever is not None:
             room = req.requested_max_tokens() or min(state.settings.default_max_tokens, state.engine.max_context // 4)
             prompt = retriever.prompt(messages, state.tokenizer, max_prompt_tokens=state.engine.max_context - room,
@@ -128,7 +128,7 @@ def plan_completion(state: ServerState, req: CompletionRequest) -> Plan:
     if not text:
         raise ApiError(400, "the prompt is empty", param="prompt")
     citations = None
-    retriever = state.retrievers.get(req.model)
+    retriever = state.retriever_for(req.model)
     if retriever is not None:  # the prompt is the query, and goes into the index's template
         room = req.max_tokens or min(state.settings.default_max_tokens, state.engine.max_context // 4)
         try:

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunery.errors import ConfigError, ModelError, NotFoundError
+from tunery.errors import ConfigError, ModelError, NotFoundError, TuneryError
 from tunery.inference.loaded_engine import load_engine
 from tunery.models import resolve_model
 from tunery.paths import check_name, runs_dir
 from tunery.platform.models import find_fine_tuned
 from tunery.platform.registry import parse_ref, resolve_version
 from tunery.rag import Retriever
+from tunery.rag.manifest import MANIFEST
 from tunery.server.settings import ServerSettings
 from tunery.store import Store, open_store
 from tunery.store.owners import Actor
@@ -47,7 +48,30 @@ class ServerState:
     weights_summary: str = "weights: full precision"  # the --weights choice and its reconstruction error
     decode_summary: str = ""  # which path decode steps take (the fast lane or the torch model)
     retrievers: dict[str, Retriever] = field(default_factory=dict)  # served name -> its index
+    retriever_stamps: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)  # its manifest, when opened
     metrics: ServerMetrics = field(init=False)  # set by create_app, over the store and the engine
+
+    def retriever_for(self, name: str) -> Retriever | None:
+        """The index `name` answers from; opened again when its folder was rebuilt since (`tunery rag index
+        --out` on the same folder swaps in a new manifest). A rebuild that cannot be opened, or no longer fits
+        the served tokenizer, is logged and the index already open keeps answering."""
+        retriever = self.retrievers.get(name)
+        if retriever is None:
+            return None
+        stamp = manifest_stamp(retriever.index.path)
+        if stamp is None or stamp == self.retriever_stamps.get(name):  # unchanged, or mid-swap: keep what is open
+            return retriever
+        self.retriever_stamps[name] = stamp  # tried once per rebuild, not on every request
+        try:
+            fresh = Retriever.open(retriever.index.path)  # as attach_retrievers opens it: the new manifest's depth
+            fresh.index.check_model(self.tokenizer, self.settings.model)
+        except TuneryError as exc:
+            log.warning("the index of %s at %s changed and cannot be used (%s: %s); still answering from the one "
+                        "opened before", name, retriever.index.path, exc.code, exc.message)
+            return retriever
+        log.info("the index of %s at %s was rebuilt: answering from the new one", name, retriever.index.path)
+        self.retrievers[name] = fresh
+        return fresh
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.engine.adapter_names()]
@@ -191,6 +215,17 @@ def attach_retrievers(state: ServerState, indexes: dict[str, str]) -> None:
         if name not in state.model_names():
             raise ConfigError(f"--rag {name}={index_dir}: no served model is named {name!r}", code="invalid_option",
                               hint=f"served models: {', '.join(state.model_names())}")
+        stamp = manifest_stamp(Path(index_dir).expanduser())
         retriever = Retriever.open(index_dir)
         retriever.index.check_model(state.tokenizer, state.settings.model)  # the rebuild hint's --model: the base
         state.retrievers[name] = retriever
+        state.retriever_stamps[name] = stamp
+
+
+def manifest_stamp(index_dir: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of an index's manifest, None while there is none: a rebuild renames a new folder in."""
+    try:
+        info = (index_dir / MANIFEST).stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
