@@ -239,10 +239,14 @@ def test_models_register_cli_attaches_an_index(tiny_model_dir, kb_index, tmp_pat
     assert missing.returncode != 0 and "tunery rag index DOCS... --out" in " ".join((missing.stdout + missing.stderr).split())
 
 
-def test_a_rebuilt_index_is_used_without_a_restart(tiny_model_dir, tmp_path, caplog):
+def test_a_rebuilt_index_is_used_without_a_restart(tiny_model_dir, tmp_path, caplog, monkeypatch):
     """`tunery rag index --out` on the folder a running server answers from: the next request retrieves from
-    the new index; a broken rebuild is logged and the index opened before keeps answering."""
+    the new index; a broken rebuild is logged and the index opened before keeps answering. (The server it
+    starts also shows that a server bounds oneDNN's primitive cache.)"""
     from tunery.server.settings import ServerSettings
+    from tunery.training.precision import ONEDNN_CACHE_CAPACITY
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -256,6 +260,8 @@ def test_a_rebuilt_index_is_used_without_a_restart(tiny_model_dir, tmp_path, cap
     app, server, thread = start_server(settings)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0)
     question = [{"role": "user", "content": "Which part is the Heron router battery?"}]
+    # A server bounds oneDNN's per-shape cache as training does (each prompt length is a new shape).
+    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == str(ONEDNN_CACHE_CAPACITY)
 
     def cited() -> list[str]:
         answer = client.chat.completions.create(model="support", messages=question, max_tokens=2)

@@ -182,6 +182,11 @@ def default_served_name(resolved) -> str:
 def build_state(settings: ServerSettings) -> ServerState:
     """Load the base model (and configured adapters), start the engine, open the store."""
     settings.check_exposure()
+    # Every new prompt length is a new GEMM shape: over 300 prompt lengths (default model, bf16, torch path)
+    # RSS reached 2.44 GiB with oneDNN's default cache of 1024 primitives and 1.74 GiB with 128, at the same speed.
+    from tunery.training.precision import limit_kernel_cache  # loads torch, as the engine does next
+
+    limit_kernel_cache()
     loaded = load_engine(settings.model, dtype=settings.dtype, weights=settings.weights,
                          decode=settings.decode, max_batch_size=settings.max_batch_size, max_adapters=settings.max_adapters)
     resolved = loaded.resolved
