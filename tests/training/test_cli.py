@@ -68,6 +68,14 @@ def test_config_validate_and_show(tmp_path, tiny_model_dir):
     assert shown.exit_code == 0
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["method"] == "qlora" and resolved["lora"]["rank"] == 16 and resolved["train"]["seed"] == 42
+    alone = runner.invoke(app, ["config", "show", "method=qlora", "train.seed=7"])  # no file: defaults + overrides
+    assert alone.exit_code == 0, alone.output
+    assert yaml.safe_load(alone.stdout)["train"]["seed"] == 7 and yaml.safe_load(alone.stdout)["method"] == "qlora"
+    valid = runner.invoke(app, ["config", "validate", f"base_model={tiny_model_dir}", "data.train=x.jsonl"])
+    assert valid.exit_code == 0 and "the overrides: valid" in valid.output, valid.output
+    typo = runner.invoke(app, ["config", "validate", "train.batch_sise=4"])
+    assert typo.exit_code == 2 and "train.batch_size" in typo.output
+    assert runner.invoke(app, ["config", "validate"]).exit_code == 2
 
 
 def test_enabled_metric_sink_that_is_not_installed_is_a_config_error(tmp_path, tiny_model_dir):

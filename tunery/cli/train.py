@@ -46,8 +46,7 @@ def train_command(
                               hint=f"tunery train --resume {resume}")
         result = tunery.train(resume=resume, quiet=quiet, json_logs=json_logs)
     else:
-        if config is not None and OVERRIDE.match(str(config)) and not config.exists():  # overrides alone, no YAML
-            config, overrides = None, [str(config), *(overrides or [])]
+        config, overrides = split_config(config, overrides)
         if config is None and not overrides:
             raise ConfigError("no config given", hint="tunery train CONFIG.yaml [KEY=VALUE ...], tunery train "
                               "base_model=... data.train=... [KEY=VALUE ...], or --resume RUN_DIR")
@@ -61,15 +60,27 @@ def train_command(
         console.print(f"run directory: {result.run_dir}", highlight=False)
 
 
+def split_config(config: Path | None, overrides: list[str] | None) -> tuple[Path | None, list[str]]:
+    """A first argument that is KEY=VALUE and no file is an override: no YAML, the defaults plus the overrides."""
+    if config is not None and OVERRIDE.match(str(config)) and not config.exists():
+        return None, [str(config), *(overrides or [])]
+    return config, list(overrides or [])
+
+
 @config_app.command("validate")
 @handle_errors
 def validate_command(
-    file: Path = typer.Argument(..., help="Training config (YAML)."),
+    file: Path | None = typer.Argument(None, help="Training config (YAML); without it, the defaults plus the overrides.",
+                                show_default=False),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides to check as well.", show_default=False),
 ):
     """Check a config strictly: unknown keys, wrong types and bad values fail with the closest valid key."""
-    load_train_config(file, overrides or [])
-    console.print(f"{file}: valid", highlight=False)
+    file, overrides = split_config(file, overrides)
+    if file is None and not overrides:
+        raise ConfigError("nothing to validate", hint="tunery config validate CONFIG.yaml [KEY=VALUE ...], or "
+                          "KEY=VALUE ... alone")
+    load_train_config(file, overrides)
+    console.print(f"{file or 'the overrides'}: valid", highlight=False)
 
 
 @config_app.command("show")
@@ -80,7 +91,7 @@ def show_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
 ):
     """Print the resolved config with every default filled in (`auto` values resolve when a run starts)."""
-    config = load_train_config(file, overrides or [])
+    config = load_train_config(*split_config(file, overrides))
     if json_output:
         print_json(config.model_dump(mode="json"))
     else:
