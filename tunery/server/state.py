@@ -65,9 +65,10 @@ class ServerState:
         try:
             fresh = Retriever.open(retriever.index.path)  # as attach_retrievers opens it: the new manifest's depth
             fresh.index.check_model(self.tokenizer, self.settings.model)
-        except TuneryError as exc:
-            log.warning("the index of %s at %s changed and cannot be used (%s: %s); still answering from the one "
-                        "opened before", name, retriever.index.path, exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 (a bad rebuild must not fail requests the open index can answer)
+            what = f"{exc.code}: {exc.message}" if isinstance(exc, TuneryError) else f"{type(exc).__name__}: {exc}"
+            log.warning("the index of %s at %s changed and cannot be used (%s); still answering from the one "
+                        "opened before", name, retriever.index.path, what)
             return retriever
         log.info("the index of %s at %s was rebuilt: answering from the new one", name, retriever.index.path)
         self.retrievers[name] = fresh
