@@ -78,6 +78,12 @@ def test_errors_never_echo_request_values(http):
     gone = http.delete(f"/v1/adapters/{MARKER}")
     assert_error_shape(gone, 404)
     assert MARKER not in gone.text
+    # Registry names in the path: unknown names, versions and aliases, and a rollback with nothing to go back to.
+    for method, path in [("POST", f"/v1/registry/models/{MARKER}0/rollback"), ("GET", f"/v1/registry/models/{MARKER}0"),
+                         ("GET", f"/v1/registry/models/{MARKER}0@05"), ("GET", f"/v1/registry/models/{MARKER}0@beta")]:
+        refused = http.request(method, path, json={} if method == "POST" else None)
+        assert_error_shape(refused)
+        assert MARKER not in refused.text, (path, refused.text)
 
 
 def test_names_ending_in_a_newline_are_refused(http, live, adapter_run):

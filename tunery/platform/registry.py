@@ -60,15 +60,21 @@ def resolve_version(store: Store, text: str, default_alias: str = DEFAULT_ALIAS)
     """The version a reference means: NAME -> NAME@production, NAME@3, NAME@candidate."""
     name, selector = parse_ref(text)
     selector = selector or default_alias
+    quoted = repr(text)  # the reference as given, quoted: a server takes its clients' own values out of messages
     if selector.isdigit():
-        if len(selector) > 18:  # past 2**63 no version exists, and the database cannot take the number
-            raise NotFoundError(f"no version {name}@{selector} in the registry", code="version_not_found",
+        missing = NotFoundError(f"no version {quoted} in the registry", code="version_not_found",
                                 hint="`tunery models list` shows the registered versions")
-        return rows.get_version(store, name, int(selector))
+        if len(selector) > 18:  # past 2**63 no version exists, and the database cannot take the number
+            raise missing
+        try:
+            return rows.get_version(store, name, int(selector))
+        except NotFoundError:
+            raise missing from None
     version = rows.alias_version(store, name, selector)
     if version is None:
         known = rows.list_versions(store, name)
-        raise NotFoundError(f"{name}@{selector} points at no version" if known else f"no model {name!r} in the registry",
+        raise NotFoundError(f"{quoted} points at no version (alias {selector!r})" if known
+                            else f"{quoted} names no model in the registry",
                             code="version_not_found", hint="`tunery models list` shows versions and aliases")
     return rows.get_version(store, name, version)
 
@@ -259,12 +265,12 @@ def rollback(store: Store, name: str, *, alias: str = DEFAULT_ALIAS, actor: str 
     name, _ = parse_ref(name)
     moves = [m for m in rows.alias_history(store, name, alias) if m["outcome"] == "moved"]
     if not moves or moves[-1]["from_version"] is None:
-        raise ConfigError(f"{name}@{alias} has no previous version to roll back to", code="no_previous_version",
+        raise ConfigError(f"the alias {alias!r} has no previous version to roll back to", code="no_previous_version",
                           hint="`tunery models show NAME` lists the alias's history")
     last = moves[-1]
     if not rows.move_alias(store, name, alias, last["from_version"], expected=last["to_version"], actor=actor,
                            action="rollback", reason=reason):
-        raise PromotionConflict(f"{name}@{alias} moved while rolling back", hint="look at `tunery models show`")
+        raise PromotionConflict(f"the alias {alias!r} moved while rolling back", hint="look at `tunery models show`")
     return {"name": name, "alias": alias, "from": last["to_version"], "to": last["from_version"]}
 
 
