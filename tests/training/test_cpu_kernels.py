@@ -132,6 +132,78 @@ def test_packed_attention_gives_each_example_its_own_attention(tiny_model_dir):
     assert torch.allclose(packed, alone, atol=1e-5)
 
 
+def packed_row(lengths, heads=6, kv_heads=2, dim=16, seed=0):
+    torch.manual_seed(seed)
+    tokens = sum(lengths)
+    q = (torch.randn(1, heads, tokens, dim) * 2).to(torch.bfloat16).requires_grad_(True)
+    k = (torch.randn(1, kv_heads, tokens, dim) * 2).to(torch.bfloat16).requires_grad_(True)
+    v = torch.randn(1, kv_heads, tokens, dim).to(torch.bfloat16).requires_grad_(True)
+    edges = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    return q, k, v, list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def per_example_fp64(q, k, v, bounds, scale):
+    """Each example alone through torch's own attention in fp64: what the packed kernels approximate."""
+    q, k, v = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, scale=scale, enable_gqa=True)
+        for s, e in bounds], dim=2).transpose(1, 2)
+    return out, (q, k, v)
+
+
+@pytest.mark.parametrize("lengths", [(7, 30, 1, 12), (40,), (1, 1, 1)])
+def test_short_attention_matches_each_example_alone(lengths):
+    q, k, v, bounds = packed_row(lengths)
+    scale = 0.25
+    assert cpu_kernels.short_enough(q, bounds)
+    out = cpu_kernels._ShortCausalAttention.apply(q, k, v, bounds, scale)
+    ref, ref_inputs = per_example_fp64(q, k, v, bounds, scale)
+    grad = torch.randn(out.shape)
+    out.float().mul(grad).sum().backward()
+    ref.mul(grad.double()).sum().backward()
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert rel(out.double(), ref) < 1e-2
+    for ours, theirs in zip((q, k, v), ref_inputs, strict=True):
+        assert (ours.grad.double() - theirs.grad).norm() <= 2e-2 * theirs.grad.norm()  # 0 for 1-token examples' q
+    # an example's gradients come from its own tokens only: the first example's are unchanged by the others
+    if len(lengths) > 1:
+        first = lengths[0]
+        q1, k1, v1 = (t.detach()[:, :, :first].clone().requires_grad_(True) for t in (q, k, v))
+        cpu_kernels._ShortCausalAttention.apply(q1, k1, v1, [(0, first)], scale).float().mul(
+            grad[:, :first]).sum().backward()
+        assert torch.equal(q1.grad, q.grad[:, :, :first]) and torch.equal(k1.grad, k.grad[:, :, :first])
+
+
+def test_short_attention_is_for_short_bf16_rows_only():
+    q, _, _, bounds = packed_row((30, 12))
+    assert cpu_kernels.short_enough(q, bounds)
+    assert not cpu_kernels.short_enough(q.float(), bounds)  # fp32 rows keep torch's kernel
+    long_q, _, _, long_bounds = packed_row((cpu_kernels.SHORT_EXAMPLE_TOKENS + 1,), dim=4)
+    assert not cpu_kernels.short_enough(long_q, long_bounds)  # its weights would be kept whole
+    many_heads = torch.zeros(1, 64, 4 * 512, 4, dtype=torch.bfloat16)
+    assert not cpu_kernels.short_enough(many_heads, [(i * 512, (i + 1) * 512) for i in range(4)])
+
+
+def test_packed_bf16_attention_uses_the_short_kernel(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16).eval()
+    calls = []
+    real_apply = cpu_kernels._ShortCausalAttention.apply
+    monkeypatch.setattr(cpu_kernels._ShortCausalAttention, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    torch.manual_seed(1)
+    examples = [torch.randint(0, 300, (n,)) for n in (7, 12, 5)]
+    ids = torch.cat(examples)[None]
+    positions = torch.cat([torch.arange(len(e)) for e in examples])[None]
+    with torch.no_grad():
+        alone = torch.cat([model.float()(input_ids=e[None]).logits[0] for e in examples])
+        model.to(torch.bfloat16)
+        with kernels_on(model, None, True):
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+    assert calls  # every layer's attention went through the short kernel
+    assert rel(packed.float(), alone) < 2e-2
+
+
 def test_example_bounds():
     positions = torch.tensor([0, 1, 2, 0, 1, 0, 0, 1, 2, 3])
     assert cpu_kernels.example_bounds(positions) == [(0, 3), (3, 5), (5, 6), (6, 10)]

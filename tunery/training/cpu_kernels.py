@@ -9,7 +9,9 @@ A's and B's gradients come back in fp32.
 Packed attention: transformers hands a packed row to SDPA with one block-diagonal mask (or, for one
 example, `is_causal` in bf16), and torch's CPU kernel runs slowly on it; per example with
 `is_causal` in fp32 the same attention took about half the time forward and backward (256-token
-pieces, 9 heads of 64).
+pieces, 9 heads of 64). In a bf16 row whose examples are all short (at most 512 tokens), each
+example's attention is instead a few bf16 batched products with an fp32 softmax between them
+(`_ShortCausalAttention`), which ran 1.8x faster than that forward and backward on a Zen 4 EPYC.
 
 Each applies only to the case measured and passes everything else (DoRA, dropout, several adapters,
 fp32 bases, padded rows, caches, sliding windows, other devices) to PEFT's or transformers' own path.
@@ -133,14 +135,87 @@ def packed_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
     if position_ids is None or not handles(module, query, key, position_ids, dropout, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    bounds = example_bounds(position_ids[0])
+    if short_enough(query, bounds):
+        return _ShortCausalAttention.apply(query, key, value, bounds,
+                                           query.shape[-1] ** -0.5 if scaling is None else float(scaling)), None
     outputs = []
     with torch.autocast("cpu", enabled=False):  # fp32 here: torch's CPU kernel is faster in fp32 than bf16
-        for start, end in example_bounds(position_ids[0]):
+        for start, end in bounds:
             outputs.append(F.scaled_dot_product_attention(
                 query[:, :, start:end].float(), key[:, :, start:end].float(), value[:, :, start:end].float(),
                 is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]))
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+SHORT_EXAMPLE_TOKENS = 512  # longest example attended with the bf16 products below
+SHORT_SAVED_BYTES = 16 << 20  # most bytes of attention weights one layer keeps for its backward pass
+
+
+def short_enough(query: torch.Tensor, bounds: list[tuple[int, int]]) -> bool:
+    """bf16 rows whose examples are all short: their full attention weights are small enough to keep."""
+    if query.dtype != torch.bfloat16:
+        return False
+    lengths = [end - start for start, end in bounds]
+    return max(lengths) <= SHORT_EXAMPLE_TOKENS and 2 * query.shape[1] * sum(n * n for n in lengths) <= SHORT_SAVED_BYTES
+
+
+class _ShortCausalAttention(torch.autograd.Function):
+    """Causal attention of each example in a packed bf16 row, as bf16 batched products.
+
+    Per example and key-value head, the query heads that share it are stacked into one
+    (heads x tokens, head_dim) matrix, so each product is one `bmm` over the key-value heads; scores
+    are scaled, masked and softmaxed in fp32 and the weights kept in bf16 for the backward pass
+    (transformers' eager attention under autocast computes the same). For examples of a few hundred
+    tokens these products run near the bf16 GEMM rate, where torch's fused CPU kernel runs its
+    per-block loops (in fp32 here, its faster precision at these lengths) at a fraction of it.
+    The row's query, key and value gradients are written in place, one buffer each.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, bounds, scale: float):  # (1, heads, tokens, head_dim) -> (1, tokens, heads, head_dim)
+        heads, tokens, dim = query.shape[1:]
+        groups = heads // key.shape[1]
+        out = query.new_empty(1, tokens, heads, dim)
+        saved = []
+        with torch.autocast("cpu", enabled=False):
+            for start, end in bounds:
+                n = end - start
+                q = query[0, :, start:end].reshape(key.shape[1], groups * n, dim)
+                scores = torch.bmm(q, key[0, :, start:end].transpose(1, 2)).view(key.shape[1], groups, n, n)
+                scores = torch.add(CAUSAL_BIAS[:n, :n], scores, alpha=scale)  # fp32, scaled and masked in one pass
+                weights = torch.softmax(scores, dim=-1).to(query.dtype).view(key.shape[1], groups * n, n)
+                o = torch.bmm(weights, value[0, :, start:end])
+                out[0, start:end] = o.view(heads, n, dim).transpose(0, 1)
+                saved += [q, weights]
+        ctx.bounds, ctx.scale, ctx.groups = bounds, scale, groups
+        ctx.save_for_backward(key, value, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        key, value, *saved = ctx.saved_tensors
+        kv_heads, tokens, dim = key.shape[1:]
+        heads = kv_heads * ctx.groups
+        grad_q = key.new_empty(1, heads, tokens, dim)
+        grad_k, grad_v = torch.empty_like(key), torch.empty_like(value)
+        with torch.autocast("cpu", enabled=False):
+            for i, (start, end) in enumerate(ctx.bounds):
+                q, weights = saved[2 * i: 2 * i + 2]
+                n = end - start
+                g = grad_out[0, start:end].transpose(0, 1).reshape(kv_heads, ctx.groups * n, dim).to(key.dtype)
+                grad_v[0, :, start:end] = torch.bmm(weights.transpose(1, 2), g)
+                grad_weights = torch.bmm(g, value[0, :, start:end].transpose(1, 2))
+                # softmax's Jacobian applied to the rounded dP itself, in fp32: each row's gradient sums to 0
+                rows = weights.float().mul_(grad_weights).sum(-1, keepdim=True)
+                grad_scores = torch.sub(grad_weights, rows).mul_(weights).to(key.dtype)  # the scale goes on dq, dk
+                grad_q[0, :, start:end] = torch.bmm(grad_scores, key[0, :, start:end]).mul_(ctx.scale).view(heads, n, dim)
+                grad_k[0, :, start:end] = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, None, None
+
+
+CAUSAL_BIAS = torch.full((SHORT_EXAMPLE_TOKENS, SHORT_EXAMPLE_TOKENS), float("-inf")).triu(1)  # 0 where a query may attend
 
 
 def handles(module, query: torch.Tensor, key: torch.Tensor, position_ids: torch.Tensor, dropout: float, kwargs: dict) -> bool:
