@@ -86,6 +86,21 @@ def test_errors_never_echo_request_values(http):
         assert MARKER not in refused.text, (path, refused.text)
 
 
+def test_registry_refusals_on_existing_versions_never_echo_the_names_given(http, live, adapter_run):
+    from tunery.platform.registry import register_run
+
+    name = MARKER + "1"  # a registered model and alias named by the client: short, unquoted in our wording
+    register_run(live.state.store, adapter_run, name, alias=MARKER)
+    for body in ({"version": f"{name}@1", "to": MARKER}, {"version": f"{name}@{MARKER}", "to": MARKER},
+                 {"version": f"{name}@1", "to": MARKER + "!"}):
+        refused = http.post("/v1/registry/promote", json=body)
+        assert_error_shape(refused)
+        assert MARKER not in refused.text, (body, refused.text)
+    rollback = http.post(f"/v1/registry/models/{name}/rollback", json={"alias": MARKER})
+    assert_error_shape(rollback)
+    assert MARKER not in rollback.text, rollback.text
+
+
 def test_names_ending_in_a_newline_are_refused(http, live, adapter_run):
     response = http.post("/v1/adapters", json={"name": "support2\n", "run": str(adapter_run)})
     assert_error_shape(response, 400)

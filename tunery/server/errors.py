@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Collection
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,13 +58,24 @@ def request_values(request: Request) -> set[str]:
     return {v for v in values if v}
 
 
-def without_request_values(message: str, values: set[str]) -> str:
+GIVEN = "(the given value)"
+
+
+def without_request_values(message: str, values: set[str], names: Collection[str] = ()) -> str:
     """Library messages name values for the CLI user; a remote client never gets its own values back
-    (they may be 5,000 characters, or another user's id): quoted ones, and long ones anywhere, go."""
-    for value in sorted(values, key=len, reverse=True):
-        message = message.replace(repr(value), "(the given value)")
+    (they may be 5,000 characters, or another user's id): quoted ones, and long ones anywhere, go; so
+    do shorter ones wherever they stand as a word of the message, unless they are a plain lowercase
+    word ("user", "production") that our own wording may use; NAME of a NAME@VERSION too. `names` (the
+    path's parameters, such as a registry reference) go as words whatever they look like."""
+    words = {part for v in values for part in (v, v.partition("@")[0])
+             if len(part) >= 4 and not (part.isascii() and part.isalpha() and part.islower())}
+    words |= {part for v in names for part in (v, v.partition("@")[0]) if len(part) >= 2}
+    for value in sorted(values | words, key=len, reverse=True):
+        message = message.replace(repr(value), GIVEN)
         if len(value) >= 16:
-            message = message.replace(value, "(the given value)")
+            message = message.replace(value, GIVEN)
+        elif value in words:
+            message = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w-])", GIVEN, message)
     return message
 
 
@@ -143,7 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             said = exc.hint and exc.hint in exc.message  # a key's "did you mean" is in both
             message = scrub_paths(exc.message + (f" ({exc.hint})" if exc.hint and not said else ""))
-        message = without_request_values(message, request_values(request))
+        message = without_request_values(message, request_values(request),
+                                         {str(v) for v in request.path_params.values()})
         response = error_body(message, type_, exc.code, exc.param)
         gate = getattr(exc, "public_report", None)
         if gate is not None:  # a refused promotion: the gates' numbers, no paths
