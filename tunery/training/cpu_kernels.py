@@ -21,6 +21,7 @@ Knows nothing of the training loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from collections.abc import Iterator
 
@@ -166,8 +167,10 @@ class _ShortCausalAttention(torch.autograd.Function):
 
     Per example and key-value head, the query heads that share it are stacked into one
     (heads x tokens, head_dim) matrix, so each product is one `bmm` over the key-value heads; scores
-    are scaled, masked and softmaxed in fp32 and the weights kept in bf16 for the backward pass
-    (transformers' eager attention under autocast computes the same). For examples of a few hundred
+    are scaled and masked in the product's fp32 accumulators, rounded to bf16 once, softmaxed with
+    fp32 inside, and the bf16 weights kept for the backward pass (transformers' eager attention under
+    autocast rounds the same way). Forward and backward each make one elementwise pass over the
+    weights (softmax, and softmax's backward), the rest is products. For examples of a few hundred
     tokens these products run near the bf16 GEMM rate, where torch's fused CPU kernel runs its
     per-block loops (in fp32 here, its faster precision at these lengths) at a fraction of it.
     The row's query, key and value gradients are written in place, one buffer each.
@@ -183,9 +186,9 @@ class _ShortCausalAttention(torch.autograd.Function):
             for start, end in bounds:
                 n = end - start
                 q = query[0, :, start:end].reshape(key.shape[1], groups * n, dim)
-                scores = torch.bmm(q, key[0, :, start:end].transpose(1, 2)).view(key.shape[1], groups, n, n)
-                scores = torch.add(CAUSAL_BIAS[:n, :n], scores, alpha=scale)  # fp32, scaled and masked in one pass
-                weights = torch.softmax(scores, dim=-1).to(query.dtype).view(key.shape[1], groups * n, n)
+                # scaled and masked inside the product (its fp32 accumulators), rounded to bf16 once
+                scores = torch.baddbmm(causal_bias(n, groups), q, key[0, :, start:end].transpose(1, 2), alpha=scale)
+                weights = torch.softmax(scores, dim=-1)  # bf16 in and out, fp32 inside
                 o = torch.bmm(weights, value[0, :, start:end])
                 out[0, start:end] = o.view(heads, n, dim).transpose(0, 1)
                 saved += [q, weights]
@@ -207,15 +210,23 @@ class _ShortCausalAttention(torch.autograd.Function):
                 g = grad_out[0, start:end].transpose(0, 1).reshape(kv_heads, ctx.groups * n, dim).to(key.dtype)
                 grad_v[0, :, start:end] = torch.bmm(weights.transpose(1, 2), g)
                 grad_weights = torch.bmm(g, value[0, :, start:end].transpose(1, 2))
-                # softmax's Jacobian applied to the rounded dP itself, in fp32: each row's gradient sums to 0
-                rows = weights.float().mul_(grad_weights).sum(-1, keepdim=True)
-                grad_scores = torch.sub(grad_weights, rows).mul_(weights).to(key.dtype)  # the scale goes on dq, dk
+                # softmax's Jacobian applied to the rounded dP itself (fp32 inside, one pass): each row's
+                # gradient sums to 0; the scale goes on dq, dk
+                grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, key.dtype)
                 grad_q[0, :, start:end] = torch.bmm(grad_scores, key[0, :, start:end]).mul_(ctx.scale).view(heads, n, dim)
                 grad_k[0, :, start:end] = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
         return grad_q, grad_k, grad_v, None, None
 
 
-CAUSAL_BIAS = torch.full((SHORT_EXAMPLE_TOKENS, SHORT_EXAMPLE_TOKENS), float("-inf")).triu(1)  # 0 where a query may attend
+@functools.cache
+def causal_mask() -> torch.Tensor:
+    """(SHORT_EXAMPLE_TOKENS, SHORT_EXAMPLE_TOKENS) bf16: 0 where a query may attend, -inf above the diagonal."""
+    return torch.full((SHORT_EXAMPLE_TOKENS, SHORT_EXAMPLE_TOKENS), float("-inf"), dtype=torch.bfloat16).triu(1)
+
+
+def causal_bias(n: int, groups: int) -> torch.Tensor:
+    """The causal mask of an n-token example for `groups` query heads stacked: (1, groups * n, n)."""
+    return causal_mask()[:n, :n].expand(groups, n, n).reshape(1, groups * n, n)
 
 
 def handles(module, query: torch.Tensor, key: torch.Tensor, position_ids: torch.Tensor, dropout: float, kwargs: dict) -> bool:
