@@ -171,8 +171,9 @@ class _ShortCausalAttention(torch.autograd.Function):
     fp32 inside, and the bf16 weights kept for the backward pass (transformers' eager attention under
     autocast rounds the same way). Forward and backward each make one elementwise pass over the
     weights (softmax, and softmax's backward), the rest is products. For examples of a few hundred
-    tokens these products run near the bf16 GEMM rate, where torch's fused CPU kernel runs its
-    per-block loops (in fp32 here, its faster precision at these lengths) at a fraction of it.
+    tokens these products run as bf16 GEMMs (with a 64-wide inner dimension, a fraction of the
+    machine's `F.linear` rate), where torch's fused CPU kernel runs its per-block loops in fp32 (its
+    faster precision at these lengths): 1.8x faster on a Zen 4 EPYC, 1.7x on a Xeon with AMX.
     The row's query, key and value gradients are written in place, one buffer each.
     """
 
