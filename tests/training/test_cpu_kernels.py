@@ -2,7 +2,7 @@
 
 LoRA's GEMM chain: the same function as PEFT's layer, closer to fp32 than PEFT's bf16 path, with
 adapter copies refreshed after every update. Packed attention: each example in a packed row
-attends exactly as alone. Whole runs: fp32 is unchanged (1e-5), bf16 stays on fp32's loss curve.
+attends exactly as alone. RMSNorm: transformers' output bit for bit, without the fp32 copy. Whole runs: fp32 is unchanged (1e-5), bf16 stays on fp32's loss curve.
 """
 
 from __future__ import annotations
@@ -207,6 +207,96 @@ def test_packed_bf16_attention_uses_the_short_kernel(tiny_model_dir, monkeypatch
 def test_example_bounds():
     positions = torch.tensor([0, 1, 2, 0, 1, 0, 0, 1, 2, 3])
     assert cpu_kernels.example_bounds(positions) == [(0, 3), (3, 5), (5, 6), (6, 10)]
+
+
+def llama_norm(width=96, dtype=torch.bfloat16, trainable=False):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(width, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.2, 2.0)
+    return norm.to(dtype).requires_grad_(trainable)
+
+
+def norm_grad(norm, x, grad):
+    x = x.clone().requires_grad_(True)
+    out = norm(x)
+    out.backward(grad)
+    return out, x.grad
+
+
+def test_rms_norm_kernel_computes_transformers_norm_with_half_the_saved_memory():
+    norm = llama_norm()
+    x = (torch.randn(2, 37, 96) * 4).to(torch.bfloat16)
+    grad = torch.randn(2, 37, 96).to(torch.bfloat16)
+    own_out, own_grad = norm_grad(norm, x, grad)
+    saved = []
+    with kernels_on(norm, None, True), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        assert "forward" in norm.__dict__
+        out, x_grad = norm_grad(norm, x, grad)
+    assert "forward" not in norm.__dict__ and "_tunery_eps" not in norm.__dict__
+    assert torch.equal(out, own_out)  # the same operations forward: the same bits
+    x64 = x.double().requires_grad_(True)
+    (norm.weight.double() * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5)).backward(grad.double())
+    assert rel(x_grad.double(), x64.grad) <= rel(own_grad.double(), x64.grad) * 1.1 + 1e-4
+    assert rel(x_grad.double(), x64.grad) < 1e-2
+    # the bf16 input and one fp32 scale per row, not an fp32 copy of the input
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert big and all(t.dtype == torch.bfloat16 for t in big)
+
+
+def gemma_like_norm():
+    class ShiftedRMSNorm(torch.nn.Module):  # Gemma's norm scales by (1 + weight): not the kernel's formula
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.full((32,), 0.5, dtype=torch.bfloat16), requires_grad=False)
+            self.eps = 1e-6
+
+        def forward(self, x):
+            xf = x.float()
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+    return ShiftedRMSNorm()
+
+
+@pytest.mark.parametrize("make", [gemma_like_norm, lambda: llama_norm(dtype=torch.float32),
+                                  lambda: llama_norm(trainable=True)],
+                         ids=["other-formula", "fp32-weight", "trainable-weight"])
+def test_rms_norm_kernel_leaves_other_norms_alone(monkeypatch, make):
+    norm = make()
+    monkeypatch.setattr(cpu_kernels._RMSNorm, "apply", lambda *a: pytest.fail("kernel used"))
+    with kernels_on(norm, None, True):
+        assert "forward" not in norm.__dict__
+        norm(torch.randn(3, norm.weight.shape[0]).to(norm.weight.dtype))
+
+
+def test_rms_norm_kernel_passes_fp32_inputs_and_trainable_weights_to_the_module(monkeypatch):
+    norm = llama_norm()
+    monkeypatch.setattr(cpu_kernels._RMSNorm, "apply", lambda *a: pytest.fail("kernel used"))
+    with kernels_on(norm, None, True):
+        norm(torch.randn(3, 96))  # fp32 input
+        norm.weight.requires_grad_(True)  # unfrozen while the kernels are on
+        norm(torch.randn(3, 96).to(torch.bfloat16)).sum().backward()
+    assert norm.weight.grad is not None
+
+
+def test_every_norm_of_a_bf16_lora_model_uses_the_kernel(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16).requires_grad_(False)
+    calls = []
+    real_apply = cpu_kernels._RMSNorm.apply
+    monkeypatch.setattr(cpu_kernels._RMSNorm, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        own = model(input_ids=ids).logits
+        with cpu_kernels.rms_norm_kernel(model, True):
+            kernel = model(input_ids=ids).logits
+    assert len(calls) == 2 * model.config.num_hidden_layers + 1  # two per decoder layer and the final norm
+    assert torch.equal(kernel, own)
 
 
 def losses(make_config, conversations, name: str, **train) -> list[float]:

@@ -1,4 +1,4 @@
-"""CPU training kernels for what PEFT and transformers compute slowly on a CPU: LoRA linears and packed attention.
+"""CPU training kernels for what PEFT and transformers compute slowly on a CPU: LoRA linears, packed attention, RMSNorm.
 
 LoRA on a bf16 base: PEFT computes `base(x) + B(A(x)) * scaling` under autocast: x is cast to fp32
 and back, A and B are cast to bf16 in every call, and the scale and the sum are separate passes over
@@ -12,6 +12,14 @@ example, `is_causal` in bf16), and torch's CPU kernel runs slowly on it; per exa
 pieces, 9 heads of 64). In a bf16 row whose examples are all short (at most 512 tokens), each
 example's attention is instead a few bf16 batched products with an fp32 softmax between them
 (`_ShortCausalAttention`), which ran 1.8x faster than that forward and backward on a Zen 4 EPYC.
+
+RMSNorm with a frozen bf16 weight (LoRA's case): transformers' Llama-style norm upcasts the input
+to fp32 and keeps that copy for the backward pass, and autograd runs each of its eight operations
+backward on its own. `_RMSNorm` computes the same forward (the same operations, so the same bits:
+a module is switched only when a probe on its own weight gives bit-identical output) and keeps the
+bf16 input and one fp32 scale per row; its backward runs in place on two fp32 temporaries. Half
+the norms' saved memory (56 MiB less per 850-token piece of the default model); 1.3-1.5x on the
+norm alone, forward and backward (850 rows of 576, Intel Xeon with AMX).
 
 Each applies only to the case measured and passes everything else (DoRA, dropout, several adapters,
 fp32 bases, padded rows, caches, sliding windows, other devices) to PEFT's or transformers' own path.
@@ -37,7 +45,7 @@ def cpu_kernels(model, optimizer: torch.optim.Optimizer | None, enabled: bool) -
 
     `optimizer` is the one updating the adapters: after each of its steps their bf16 copies are made again.
     """
-    with lora_kernel(model, optimizer, enabled), packed_attention(model, enabled):
+    with lora_kernel(model, optimizer, enabled), packed_attention(model, enabled), rms_norm_kernel(model, enabled):
         yield
 
 
@@ -124,6 +132,85 @@ def lora_kernel(model, optimizer: torch.optim.Optimizer | None, enabled: bool) -
         for layer in layers:
             del layer.forward
             del layer.__dict__["_tunery_bf16"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' Llama RMSNorm, operation for operation, and the fp32 scale of each row."""
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * (xf * rstd).to(x.dtype), rstd
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        out, rstd = rms_norm(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # y = w * bf16(h), h = x * rstd: dL/dx = rstd * (gh - h * mean(gh * h)), gh = grad * w
+        x, weight, rstd = ctx.saved_tensors
+        h = x.float().mul_(rstd)
+        gh = (grad * weight).float()
+        dot = (gh * h).mean(-1, keepdim=True)
+        return gh.sub_(h.mul_(dot)).mul_(rstd).to(x.dtype), None, None
+
+
+def norm_epsilon(module) -> float | None:
+    """The epsilon of a Llama-style RMSNorm module with a frozen 1-D bf16 weight, or None."""
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if (not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1 or weight.dtype != torch.bfloat16
+            or weight.requires_grad or weight.device.type != "cpu" or not isinstance(eps, float)):
+        return None
+    return eps
+
+
+def computes_like_kernel(module, eps: float) -> bool:
+    """Whether the module's own forward gives `_RMSNorm`'s output bit for bit (a probe on random rows)."""
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, module.weight.shape[0], generator=generator) * 3).to(torch.bfloat16)
+    with torch.no_grad():
+        try:
+            own = type(module).forward(module, x)
+        except Exception:  # a norm that takes other arguments is not the one measured
+            return False
+        return isinstance(own, torch.Tensor) and own.dtype == x.dtype and torch.equal(own, rms_norm(x, module.weight, eps)[0])
+
+
+def norm_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    if args or kwargs or x.dtype != torch.bfloat16 or x.device.type != "cpu" or self.weight.requires_grad:
+        return type(self).forward(self, x, *args, **kwargs)
+    return _RMSNorm.apply(x, self.weight, self.__dict__["_tunery_eps"])
+
+
+def rms_norms(model) -> list[tuple[torch.nn.Module, float]]:
+    """The RMSNorm modules `_RMSNorm` computes exactly, with their epsilons."""
+    found = []
+    for module in model.modules():
+        if "RMSNorm" not in type(module).__name__ or "forward" in module.__dict__:
+            continue
+        eps = norm_epsilon(module)
+        if eps is not None and computes_like_kernel(module, eps):
+            found.append((module, eps))
+    return found
+
+
+@contextlib.contextmanager
+def rms_norm_kernel(model, enabled: bool) -> Iterator[None]:
+    """RMSNorms with frozen bf16 weights compute through `_RMSNorm` while the block runs."""
+    norms = rms_norms(model) if enabled else []
+    for module, eps in norms:
+        module.forward = types.MethodType(norm_forward, module)
+        module.__dict__["_tunery_eps"] = eps
+    try:
+        yield
+    finally:
+        for module, _ in norms:
+            del module.forward
+            del module.__dict__["_tunery_eps"]
 
 
 def packed_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
