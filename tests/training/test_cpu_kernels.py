@@ -319,3 +319,22 @@ def test_bf16_training_stays_on_the_fp32_curve(make_config):
     for kernels in ("auto", "reference"):
         bf16 = losses(make_config, conversations, f"bf16-{kernels}", precision="bf16", kernels=kernels)
         assert bf16 == pytest.approx(fp32, abs=0.02), kernels
+
+
+def test_a_cpu_run_fills_its_rows_but_counts_only_real_tokens(make_config, monkeypatch):
+    """Rows go to the model at a multiple of FILLER_MULTIPLE tokens; the run's token counts are the examples'."""
+    from tunery.training import loop
+
+    seen = []
+    real_compute = loop.compute_loss
+    monkeypatch.setattr(loop, "compute_loss", lambda model, batch, **kw: seen.append(batch) or real_compute(model, batch, **kw))
+    conversations = make_conversations(24)
+    result = tunery.train(make_config("filled", train={"max_steps": 3, "batch_size": 4}),
+                          train_conversations=conversations, quiet=True)
+    assert seen and all(b.input_ids.shape[1] % loop.FILLER_MULTIPLE == 0 for b in seen)
+    assert any(b.filler_tokens for b in seen)
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["type"] == "train"]
+    assert sum(e["tokens"] for e in steps) == sum(b.num_tokens for b in seen) == sum(
+        b.input_ids.shape[1] - b.filler_tokens for b in seen)
+

@@ -7,7 +7,7 @@ import torch
 
 import tunery.training.batch_loss as loss_module
 from tests.training.conftest import make_conversations
-from tunery.data.packing import pack_examples, pad_examples
+from tunery.data.packing import pack_examples, pad_examples, pad_packed_row
 from tunery.data.template import IGNORE_INDEX, encode_conversation
 from tunery.models import load_model
 from tunery.training.batch_loss import chunked_loss, reference_loss
@@ -62,6 +62,60 @@ def test_targets_never_cross_example_boundaries(tiny):
     ends = torch.tensor([len(e.input_ids) for e in examples]).cumsum(0) - 1
     assert (packed.targets[0, ends] == IGNORE_INDEX).all()
     assert packed.num_trained_tokens == sum(e.num_trained for e in examples)
+
+
+def loss_and_grads(model, batch, loss=chunked_loss):
+    model.zero_grad(set_to_none=True)
+    sums = loss(model, batch)
+    sums.loss_sum.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return sums, grads
+
+
+@pytest.mark.parametrize("loss", [chunked_loss, reference_loss, lambda m, b: chunked_loss(m, b, row_multiple=32)],
+                         ids=["chunked", "reference", "chunked-head-rows"])
+def test_a_filler_lengthens_a_packed_row_without_changing_its_loss_or_gradients(tiny, loss):
+    model, tokenizer = tiny
+    examples = encode(tokenizer, 3)
+    row = pack_examples(examples)
+    n = row.input_ids.shape[1]
+    padded = pad_packed_row(row, 64, tokenizer.pad_token_id)
+    assert padded.input_ids.shape[1] % 64 == 0 and padded.filler_tokens == padded.input_ids.shape[1] - n > 0
+    assert padded.position_ids[0, n] == 0 and padded.position_ids[0, -1] == padded.filler_tokens - 1  # its own example
+    assert (padded.targets[0, n:] == IGNORE_INDEX).all()
+    assert (padded.num_tokens, padded.num_trained_tokens, padded.num_examples) == (
+        row.num_tokens, row.num_trained_tokens, row.num_examples)
+    plain, plain_grads = loss_and_grads(model, row, loss)
+    filled, filled_grads = loss_and_grads(model, padded, loss)
+    assert (filled.num_tokens, filled.num_correct) == (plain.num_tokens, plain.num_correct)
+    assert filled.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
+    assert plain_grads.keys() == filled_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        assert torch.allclose(filled_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_output_head_on_a_multiple_of_rows_gives_the_same_loss_and_gradients(tiny):
+    model, tokenizer = tiny
+    row = pack_examples(encode(tokenizer, 3))
+    assert row.num_trained_tokens % 32  # so zero rows are added
+    plain, plain_grads = loss_and_grads(model, row)
+    filled, filled_grads = loss_and_grads(model, row, lambda m, b: chunked_loss(m, b, row_multiple=32))
+    assert (filled.num_tokens, filled.num_correct) == (plain.num_tokens, plain.num_correct)
+    assert filled.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(filled_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_a_filler_is_added_only_where_a_packed_row_needs_one(tiny):
+    _, tokenizer = tiny
+    examples = encode(tokenizer, 2)
+    row = pack_examples(examples)
+    padded = pad_packed_row(row, 64, tokenizer.pad_token_id)
+    assert pad_packed_row(padded, 64, tokenizer.pad_token_id) is padded  # already a multiple
+    assert pad_packed_row(row, 0, tokenizer.pad_token_id) is row  # off
+    rows = pad_examples(examples, tokenizer.pad_token_id)
+    assert pad_packed_row(rows, 64, tokenizer.pad_token_id) is rows  # padded rows have their own layout
 
 
 def test_padded_and_packed_batches_give_the_same_loss(tiny):

@@ -30,6 +30,7 @@ class Batch:
     targets: torch.Tensor
     attention_mask: torch.Tensor | None
     num_examples: int
+    filler_tokens: int = 0  # a packed row's trailing filler example (pad_packed_row)
 
     @property
     def num_trained_tokens(self) -> int:
@@ -37,9 +38,9 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
+        """Real (non-padding, non-filler) tokens in the batch."""
         if self.attention_mask is None:
-            return int(self.input_ids.numel())
+            return int(self.input_ids.numel()) - self.filler_tokens
         return int(self.attention_mask.sum())
 
 
@@ -84,6 +85,31 @@ def pad_examples(examples: list[TokenizedExample], pad_token_id: int) -> Batch:
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(input_ids=input_ids, position_ids=positions, targets=targets, attention_mask=mask,
                  num_examples=len(examples))
+
+
+def pad_packed_row(batch: Batch, multiple: int, pad_token_id: int) -> Batch:
+    """A packed row lengthened to a multiple of `multiple` tokens by one filler example at its end.
+
+    The filler's positions restart at 0, so it attends only to itself and no example attends to it,
+    and its targets are all ignored: the row's loss, its gradients and every real token's output are
+    those of the row without it. What changes is the row's length, which then takes one of a few
+    values: oneDNN builds (JIT-compiles) a GEMM for every new row count, and on a CPU that costs more
+    than the filler's compute (see `FILLER_MULTIPLE` in tunery.training.loop).
+    """
+    if batch.attention_mask is not None or multiple <= 1 or batch.input_ids.shape[0] != 1:
+        return batch
+    extra = -batch.input_ids.shape[1] % multiple
+    if extra == 0:
+        return batch
+    filler = torch.arange(extra, dtype=torch.long)[None]
+    return Batch(
+        input_ids=torch.cat([batch.input_ids, torch.full((1, extra), pad_token_id, dtype=torch.long)], dim=1),
+        position_ids=torch.cat([batch.position_ids, filler], dim=1),
+        targets=torch.cat([batch.targets, torch.full((1, extra), IGNORE_INDEX, dtype=torch.long)], dim=1),
+        attention_mask=None,
+        num_examples=batch.num_examples,
+        filler_tokens=batch.filler_tokens + extra,
+    )
 
 
 def make_batch(examples: list[TokenizedExample], *, packing: bool, pad_token_id: int) -> Batch:

@@ -34,14 +34,17 @@ class LossSums:
     num_correct: int
 
 
-def compute_loss(model, batch: Batch, *, impl: str = "chunked", inputs_embeds: torch.Tensor | None = None) -> LossSums:
+def compute_loss(model, batch: Batch, *, impl: str = "chunked", inputs_embeds: torch.Tensor | None = None,
+                 row_multiple: int = 0) -> LossSums:
     """Summed next-token loss over the batch's trained targets.
 
     `inputs_embeds` replaces the token embeddings (the training loop passes kept outputs of frozen
     layers this way, with those layers passing their input through: tunery.training.prefix).
+    `row_multiple`: the chunked path runs the output head on a multiple of this many rows (zero
+    rows with ignored targets after the trained ones), so its GEMMs see a few row counts only.
     """
     if impl == "chunked" and supports_chunked_loss(model):
-        return chunked_loss(model, batch, inputs_embeds=inputs_embeds)
+        return chunked_loss(model, batch, inputs_embeds=inputs_embeds, row_multiple=row_multiple)
     return reference_loss(model, batch, inputs_embeds=inputs_embeds)
 
 
@@ -78,7 +81,7 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[to
 
 
 def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
-                 inputs_embeds: torch.Tensor | None = None) -> LossSums:
+                 inputs_embeds: torch.Tensor | None = None, row_multiple: int = 0) -> LossSums:
     """Hidden states → output head at trained positions only, chunk by chunk (large chunks recomputed)."""
     causal_lm = unwrap_causal_lm(model)
     device = next(model.parameters()).device
@@ -87,6 +90,11 @@ def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
     mask = targets != IGNORE_INDEX
     hidden = hidden[mask]
     targets = targets[mask]
+    trained = int(targets.numel())
+    extra = -trained % row_multiple if row_multiple > 1 and chunk_tokens % row_multiple == 0 else 0
+    if extra:  # zero rows whose targets are ignored: no loss, no gradient, no hit
+        hidden = torch.cat([hidden, hidden.new_zeros(extra, hidden.shape[-1])])
+        targets = torch.cat([targets, targets.new_full((extra,), IGNORE_INDEX)])
     head = causal_lm.get_output_embeddings()
     loss_sum = hidden.new_zeros((), dtype=torch.float32)
     correct = 0
@@ -99,7 +107,7 @@ def chunked_loss(model, batch: Batch, chunk_tokens: int = CHUNK_TOKENS,
             part, hits = checkpoint(_chunk_cross_entropy, h, head, t, use_reentrant=False)
         loss_sum = loss_sum + part
         correct += int(hits)
-    return LossSums(loss_sum, int(targets.numel()), correct)
+    return LossSums(loss_sum, trained, correct)
 
 
 def decoder_hidden_states(model, causal_lm, inputs: dict) -> torch.Tensor:

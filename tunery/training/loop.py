@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tunery.config import TrainSettings, resolved
-from tunery.data.packing import make_batch, split_by_tokens
+from tunery.data.packing import make_batch, pad_packed_row, split_by_tokens
 from tunery.errors import TrainingError
 from tunery.training import checkpoints as ckpt
 from tunery.training import dpo, fsdp
@@ -34,6 +34,15 @@ from tunery.training.prefix import FrozenPrefix
 from tunery.training.run_data import TrainingData, epoch_order, step_micro_batches
 
 EVAL_BATCH_SIZE = 8
+# A CPU run's packed rows are lengthened to a multiple of this many tokens by a filler example
+# (tunery.data.packing.pad_packed_row), and the output head runs on a multiple of it too. oneDNN builds
+# (JIT-compiles) a GEMM for each new row count and keeps 128 (tunery.training.precision): on an Intel
+# Xeon with AMX a 576x1536 bf16 GEMM of 850 rows took 2 ms with its kernel built and 8-12 ms the first
+# time. Over 40 steps of the benchmark's job, oneDNN's own count: 1496 kernels built in 4.85 s as the
+# rows came, 1090 in 2.66 s at multiples of 32 (898 in 2.28 s at 64, for twice the filler); peak RSS
+# 2.17 GiB against 2.41-2.56 (fewer kernels built and dropped). The filler adds ~16 tokens to a row
+# of ~850 (2%): speed about even, memory 0.88x.
+FILLER_MULTIPLE = 32
 
 
 @dataclass
@@ -77,6 +86,7 @@ class Trainer:
     prefix: FrozenPrefix | None = None
     dpo: dpo.DpoSetup | None = None  # set for preference tuning: pairs instead of answers
     phase: Callable[[str], None] = lambda label: None  # what the bar says the run is doing now
+    row_multiple: int = 0  # packed rows lengthened to a multiple of this (FILLER_MULTIPLE on a CPU; 0: as they are)
 
     @property
     def global_batch(self) -> int:
@@ -165,8 +175,9 @@ def run_step(trainer: Trainer, indices: list[int], *, step: int) -> dict:
 def backward_answers(trainer: Trainer, pieces: list[list[int]], indices: list[int]) -> dict:
     """Gradients of the next-token loss per trained token of the whole step (SFT)."""
     dist = trainer.dist
-    batches = [make_batch([trainer.data.train[i] for i in piece], packing=trainer.packing,
-                          pad_token_id=trainer.pad_token_id) for piece in pieces]
+    batches = [pad_packed_row(make_batch([trainer.data.train[i] for i in piece], packing=trainer.packing,
+                                         pad_token_id=trainer.pad_token_id), trainer.row_multiple, trainer.pad_token_id)
+               for piece in pieces]
     # Normalise by the trained tokens of the whole step (all micro-batches, all processes), so the
     # update does not depend on how the step is cut into micro-batches or processes.
     step_tokens = dist.sum_int(sum(b.num_trained_tokens for b in batches))
@@ -190,10 +201,11 @@ def piece_loss(trainer: Trainer, batch, indices: list[int] | None):
     """The loss of one micro-batch piece, starting above the frozen layers when their outputs are kept."""
     prefix = trainer.prefix
     if prefix is None or indices is None:
-        return compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+        return compute_loss(trainer.model, batch, impl=trainer.loss_impl, row_multiple=trainer.row_multiple)
     embeds = prefix.inputs_embeds(trainer.model, trainer.data.train, indices, batch)
     with prefix.skipping():
-        return compute_loss(trainer.model, batch, impl=trainer.loss_impl, inputs_embeds=embeds)
+        return compute_loss(trainer.model, batch, impl=trainer.loss_impl, inputs_embeds=embeds,
+                            row_multiple=trainer.row_multiple)
 
 
 def autocast(trainer: Trainer):
@@ -217,10 +229,10 @@ def evaluate(trainer: Trainer) -> dict:
     for n in range(passes):
         # A sharded model needs the same number of passes on every process: extra ones count nothing.
         chunk = mine[starts[n]:starts[n] + EVAL_BATCH_SIZE] if n < len(starts) else []
-        batch = make_batch([examples[i] for i in chunk or [0]], packing=trainer.packing,
-                           pad_token_id=trainer.pad_token_id)
+        batch = pad_packed_row(make_batch([examples[i] for i in chunk or [0]], packing=trainer.packing,
+                                          pad_token_id=trainer.pad_token_id), trainer.row_multiple, trainer.pad_token_id)
         with autocast(trainer):
-            sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl)
+            sums = compute_loss(trainer.model, batch, impl=trainer.loss_impl, row_multiple=trainer.row_multiple)
         if not chunk:
             continue
         loss_sum += float(sums.loss_sum)

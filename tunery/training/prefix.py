@@ -59,8 +59,9 @@ class FrozenPrefix:
             if index not in self.states:
                 self._compute(model, examples, self._group(examples, index))
         rows = [self.states[i] for i in indices]
-        if batch.attention_mask is None:  # packed: one row, examples back to back
-            return torch.cat(rows).unsqueeze(0)
+        if batch.attention_mask is None:  # packed: one row, examples back to back (and a filler's zeros)
+            filler = [rows[0].new_zeros((batch.filler_tokens, rows[0].shape[-1]))] if batch.filler_tokens else []
+            return torch.cat(rows + filler).unsqueeze(0)
         out = rows[0].new_zeros((len(rows), batch.input_ids.shape[1], rows[0].shape[-1]))
         for row, state in enumerate(rows):
             out[row, :state.shape[0]] = state

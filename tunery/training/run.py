@@ -44,7 +44,7 @@ from tunery.training.cpu_kernels import cpu_kernels
 from tunery.training.distributed import setup_distributed
 from tunery.training.dpo import make_dpo_setup
 from tunery.training.fsdp import check_fsdp_config, gather_model_state, shard_model
-from tunery.training.loop import Trainer, TrainState, restore_training_checkpoint, train_loop
+from tunery.training.loop import FILLER_MULTIPLE, Trainer, TrainState, restore_training_checkpoint, train_loop
 from tunery.training.optim import build_optimizer
 from tunery.training.paraphrase import model_paraphraser
 from tunery.training.precision import (
@@ -194,7 +194,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                       autocast_dtype=precision.compute if precision.compute != torch.float32 else None,
                       device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
                       emit=emit, loss_impl=settings.loss_impl, prefix=prefix, dpo=dpo_setup,
-                      phase=reporter.phase if dist.is_main else Trainer.phase)
+                      phase=reporter.phase if dist.is_main else Trainer.phase,
+                      row_multiple=FILLER_MULTIPLE if settings.kernels == "auto" and device == "cpu" else 0)
     state = resume_state(trainer, run, reporter) if resume else TrainState()
     if resume and dist.is_main:  # the summary's first loss and speeds are the whole run's, not this session's
         events[:0] = run.read_metrics()
