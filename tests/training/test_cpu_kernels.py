@@ -321,15 +321,21 @@ def test_bf16_training_stays_on_the_fp32_curve(make_config):
         assert bf16 == pytest.approx(fp32, abs=0.02), kernels
 
 
-def test_a_cpu_run_fills_its_rows_but_counts_only_real_tokens(make_config, monkeypatch):
-    """Rows go to the model at a multiple of FILLER_MULTIPLE tokens; the run's token counts are the examples'."""
+def test_a_bf16_cpu_run_fills_its_rows_but_counts_only_real_tokens(make_config, monkeypatch):
+    """Rows go to the model at a multiple of FILLER_MULTIPLE tokens; the run's token counts are the examples'.
+
+    Only bf16 runs: oneDNN builds a bf16 GEMM per row count, while fp32 GEMMs (MKL) build nothing."""
     from tunery.training import loop
 
     seen = []
     real_compute = loop.compute_loss
     monkeypatch.setattr(loop, "compute_loss", lambda model, batch, **kw: seen.append(batch) or real_compute(model, batch, **kw))
     conversations = make_conversations(24)
-    result = tunery.train(make_config("filled", train={"max_steps": 3, "batch_size": 4}),
+    tunery.train(make_config("fp32", train={"max_steps": 2, "batch_size": 4}), train_conversations=conversations,
+                 quiet=True)
+    assert seen and not any(b.filler_tokens for b in seen)
+    seen.clear()
+    result = tunery.train(make_config("filled", train={"max_steps": 3, "batch_size": 4, "precision": "bf16"}),
                           train_conversations=conversations, quiet=True)
     assert seen and all(b.input_ids.shape[1] % loop.FILLER_MULTIPLE == 0 for b in seen)
     assert any(b.filler_tokens for b in seen)

@@ -34,11 +34,11 @@ from tunery.training.prefix import FrozenPrefix
 from tunery.training.run_data import TrainingData, epoch_order, step_micro_batches
 
 EVAL_BATCH_SIZE = 8
-# A CPU run's packed rows are lengthened to a multiple of this many tokens by a filler example
+# A bf16 CPU run's packed rows are lengthened to a multiple of this many tokens by a filler example
 # (tunery.data.packing.pad_packed_row), and the output head runs on a multiple of it too. oneDNN builds
-# (JIT-compiles) a GEMM for each new row count and keeps 128 (tunery.training.precision): on an Intel
+# (JIT-compiles) a bf16 GEMM for each new row count and keeps 128 (tunery.training.precision): on an Intel
 # Xeon with AMX a 576x1536 bf16 GEMM of 850 rows took 2 ms with its kernel built and 8-12 ms the first
-# time. Over 40 steps of the benchmark's job, oneDNN's own count: 1496 kernels built in 4.85 s as the
+# time (fp32 GEMMs go to MKL, which builds nothing per shape: a new row count cost nothing there). Over 40 steps of the benchmark's job, oneDNN's own count: 1496 kernels built in 4.85 s as the
 # rows came, 1090 in 2.66 s at multiples of 32 (898 in 2.28 s at 64, for twice the filler); peak RSS
 # 2.17 GiB against 2.41-2.56 (fewer kernels built and dropped). The filler adds ~16 tokens to a row
 # of ~850 (2%): speed about even, memory 0.88x.

@@ -195,7 +195,8 @@ def run_training(run: RunDir, config: TrainConfig, *, resume, plan: OutputPlan |
                       device=device, total_steps=steps, checkpoints_dir=run.checkpoints_dir, dist=dist,
                       emit=emit, loss_impl=settings.loss_impl, prefix=prefix, dpo=dpo_setup,
                       phase=reporter.phase if dist.is_main else Trainer.phase,
-                      row_multiple=FILLER_MULTIPLE if settings.kernels == "auto" and device == "cpu" else 0)
+                      row_multiple=FILLER_MULTIPLE if settings.kernels == "auto" and device == "cpu"
+                      and precision.compute == torch.bfloat16 else 0)
     state = resume_state(trainer, run, reporter) if resume else TrainState()
     if resume and dist.is_main:  # the summary's first loss and speeds are the whole run's, not this session's
         events[:0] = run.read_metrics()
