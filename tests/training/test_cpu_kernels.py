@@ -106,11 +106,29 @@ def test_lora_kernel_leaves_other_variants_to_peft(monkeypatch, setting):
     forward_backward(model, torch.randn(1, 8, 64).to(torch.bfloat16), kernels=True)
 
 
-def test_fp32_base_keeps_peft_path(monkeypatch):
+def test_lora_kernel_on_an_fp32_base_computes_peft_fp32_layer(monkeypatch):
+    """A CPU without fast bf16 trains in fp32: the kernel runs on the fp32 adapters themselves."""
     model = lora_layer(dtype=torch.float32)
-    monkeypatch.setattr(cpu_kernels._LoraLinear, "apply", lambda *a: pytest.fail("kernel used"))
-    with kernels_on(model, None, True):
-        model(torch.randn(1, 8, 64))
+    calls = []
+    real_apply = cpu_kernels._LoraLinear.apply
+    monkeypatch.setattr(cpu_kernels._LoraLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    x0 = torch.randn(2, 40, 64)
+    results = {}
+    for kernels in (False, True):
+        x = x0.clone().requires_grad_(True)
+        with kernels_on(model, None, kernels):
+            out = model(x)
+        out.square().sum().backward()
+        results[kernels] = [out, x.grad] + [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad(set_to_none=True)
+    assert len(calls) == 1
+    assert len(results[True]) == 4  # output, input gradient, A's and B's gradients
+    for ours, peft in zip(results[True], results[False], strict=True):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, peft, rtol=1e-5, atol=1e-6)
+    with kernels_on(model, None, True), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x0)  # an fp32 base under autocast keeps PEFT's path
+    assert len(calls) == 1
 
 
 def test_packed_attention_gives_each_example_its_own_attention(tiny_model_dir):
@@ -247,6 +265,30 @@ def test_rms_norm_kernel_computes_transformers_norm_with_half_the_saved_memory()
     assert big and all(t.dtype == torch.bfloat16 for t in big)
 
 
+def test_rms_norm_kernel_on_fp32_keeps_the_input_and_transformers_bits(monkeypatch):
+    """fp32 training (a CPU without fast bf16): the same output bits, the gradient to rounding, and the
+    saved input (the caller's own tensor, not a copy) left as it was by the backward pass."""
+    norm = llama_norm(dtype=torch.float32)
+    x = torch.randn(2, 37, 96) * 4
+    grad = torch.randn(2, 37, 96)
+    own_out, own_grad = norm_grad(norm, x, grad)
+    calls, saved = [], []
+    real_apply = cpu_kernels._RMSNorm.apply
+    leaf = x.clone().requires_grad_(True)
+    before = leaf.detach().clone()
+    monkeypatch.setattr(cpu_kernels._RMSNorm, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    with kernels_on(norm, None, True), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        out = norm(leaf)
+        out.backward(grad)
+    assert calls == [1]
+    assert torch.equal(out, own_out)
+    torch.testing.assert_close(leaf.grad, own_grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(leaf.detach(), before)
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == leaf.data_ptr()  # the input itself, no fp32 copy
+
+
 def gemma_like_norm():
     class ShiftedRMSNorm(torch.nn.Module):  # Gemma's norm scales by (1 + weight): not the kernel's formula
         def __init__(self):
@@ -262,9 +304,9 @@ def gemma_like_norm():
     return ShiftedRMSNorm()
 
 
-@pytest.mark.parametrize("make", [gemma_like_norm, lambda: llama_norm(dtype=torch.float32),
+@pytest.mark.parametrize("make", [gemma_like_norm, lambda: llama_norm(dtype=torch.float16),
                                   lambda: llama_norm(trainable=True)],
-                         ids=["other-formula", "fp32-weight", "trainable-weight"])
+                         ids=["other-formula", "fp16-weight", "trainable-weight"])
 def test_rms_norm_kernel_leaves_other_norms_alone(monkeypatch, make):
     norm = make()
     monkeypatch.setattr(cpu_kernels._RMSNorm, "apply", lambda *a: pytest.fail("kernel used"))
