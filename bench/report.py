@@ -393,7 +393,9 @@ HOW = [
     "model-shaped peaks (square ones for results saved before those were measured); the MFU target uses "
     "the peak of the precision tunery ran in (`precision: auto` measures and records both rates in run.json).",
     "- **baseline**: TRL + PEFT runs with bf16 autocast and in fp32 (`--baseline-precision both`, the "
-    "default); the faster one by median tokens/s is the baseline every ratio is taken against.",
+    "default); the faster one by median tokens/s is the baseline every ratio is taken against. Where the "
+    "CPU's bf16 `F.linear` at the model's shapes measures below 0.75x its fp32 (bf16 emulated, no bf16 "
+    "units), the bf16 row cannot be the faster one and is not run (the observations say so).",
 ]
 
 
@@ -448,6 +450,8 @@ def observations(data: dict, comp: dict) -> list[str]:
                    "compute does not pay on this machine; MFU against the bf16 peak therefore flatters every row.")
     else:
         out.append(f"- bf16 matmuls run at {ratio:.1f}x the fp32 rate here.")
+    for name, why in (data.get("baseline_skipped") or {}).items():
+        out.append(f"- {ROW_TITLES.get(name, name)} not run: {why}.")
     t, b = rows.get("tunery-lora"), rows.get(comp["baseline"])
     load, cpus = (data.get("load_avg", {}).get("start") or [0])[0], data["machine"].get("logical_cpus") or 1
     busy = data.get("busy_cores")

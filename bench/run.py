@@ -209,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                  "linear_shapes": session["prepared"][3].linear_shapes,
                  "threads": args.threads}  # the peaks the runs can reach: at their threads
     session["peaks"].append(run_job("peak", peak_spec, work_dir, "peak-0", args.job_timeout_s))
+    session["baseline_skipped"] = slow_bf16_baseline(args.baseline_precision, session["peaks"][0])
+    for name, why in session["baseline_skipped"].items():
+        print(f"[bench] {name} not run: {why}", flush=True)
     sides = [("tunery", "tunery-lora", work)] + ([] if args.no_baseline else [
-        ("trl", name, replace(work, precision=precision)) for name, precision in baseline_rows(args.baseline_precision)])
+        ("trl", name, replace(work, precision=precision)) for name, precision in baseline_rows(args.baseline_precision)
+        if name not in session["baseline_skipped"]])
     for rep in range(args.repetitions):
         seed = args.seed + rep if args.vary_seed else args.seed
         for side, name, side_work in (sides if rep % 2 == 0 else sides[::-1]):
@@ -227,6 +231,29 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render_summary(data), flush=True)
     print(f"[bench] wrote {args.output} and {work_dir / 'results.json'}", flush=True)
     return 0
+
+
+# With `--baseline-precision both`, TRL's bf16 autocast row is left out where this CPU's bf16 GEMMs at the
+# model's shapes run below this fraction of its fp32 ones: torch emulates bf16 on a CPU without bf16 units
+# (0.13x fp32 on an AMD EPYC with AVX2 only, where TRL's bf16 autocast ran 16x slower than its fp32 and a
+# 100-step run would take hours), so that row could not be TRL's faster precision. A margin below 1:
+# autocast only casts the GEMMs' inputs, and near 1 the bf16 row might still win on memory traffic.
+SLOW_BF16_FRACTION = 0.75
+
+
+def slow_bf16_baseline(precision: str, peak: dict) -> dict[str, str]:
+    """{row name: why} for a baseline row not worth running on this CPU (see SLOW_BF16_FRACTION)."""
+    bf16, fp32 = peak.get("linear_bf16"), peak.get("linear_fp32")
+    if precision != "both" or not bf16 or not fp32 or not fp32.get("flops_per_s"):
+        return {}
+    ratio = bf16["flops_per_s"] / fp32["flops_per_s"]
+    if ratio >= SLOW_BF16_FRACTION:
+        return {}
+    return {"trl-lora-bf16": (
+        f"bf16 `F.linear` at the model's shapes measured {ratio:.2f}x fp32 on this CPU "
+        f"({bf16['flops_per_s'] / 1e9:.0f} against {fp32['flops_per_s'] / 1e9:.0f} GFLOP/s), so TRL's bf16 "
+        "autocast cannot be its faster precision here and TRL runs in fp32 only; "
+        "`--baseline-precision bf16` runs it anyway")}
 
 
 def baseline_rows(precision: str) -> list[tuple[str, str]]:
@@ -282,6 +309,7 @@ def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
                         "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
         "peaks": session["peaks"], "runs": session["runs"], "failures": session["failures"],
+        "baseline_skipped": session.get("baseline_skipped", {}),
         "load_avg": {"start": session["load_start"], "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
         "busy_cores": {"start": session["busy_start"], "end": host.busy_cores()},
         "code": {"start": session["code_start"], "end": code_version()},

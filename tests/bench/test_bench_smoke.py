@@ -289,3 +289,25 @@ def test_peaks_are_measured_at_the_threads_the_runs_use(tmp_path, monkeypatch):
     assert seen == [1, 1] and json.loads(out.read_text())["threads"] == 1
     data = {"peaks": [{"bf16": {"flops_per_s": 1e12}, "fp32": {"flops_per_s": 5e11}, "threads": 1}], "runs": {}}
     assert "best of the run, 1 thread)" in report.peak_lines(report.comparison(data))[0]
+
+
+def test_trl_bf16_is_left_out_only_where_bf16_is_measured_slow():
+    """On a CPU that emulates bf16, TRL's bf16 autocast cannot be its faster precision: not run (it took hours)."""
+    from bench.run import slow_bf16_baseline
+
+    def peak(bf16, fp32):
+        return {"linear_bf16": {"flops_per_s": bf16}, "linear_fp32": {"flops_per_s": fp32}}
+
+    skipped = slow_bf16_baseline("both", peak(18.7e9, 139.5e9))
+    assert list(skipped) == ["trl-lora-bf16"] and "0.13x fp32" in skipped["trl-lora-bf16"]
+    assert slow_bf16_baseline("both", peak(100e9, 120e9)) == {}  # near fp32: it might still win, so it runs
+    assert slow_bf16_baseline("both", peak(400e9, 190e9)) == {}
+    assert slow_bf16_baseline("bf16", peak(18.7e9, 139.5e9)) == {}  # asked for by name: runs anyway
+    assert slow_bf16_baseline("both", {}) == {}  # peaks from before the model-shaped measurement
+    data = {"peaks": [{"bf16": {"flops_per_s": 1e9}, "fp32": {"flops_per_s": 1e11}}],
+            "runs": {"tunery-lora": [result(1000, 4.0, 1.0, 1.0)], "trl-lora-fp32": [result(1000, 8.0, 2.5, 1.1)]},
+            "machine": {"flags": {}}, "workload": {}, "baseline_skipped": skipped}
+    lines = report.observations(data, report.comparison(data))
+    assert any(line.startswith("- TRL SFTTrainer + PEFT LoRA, bf16 autocast not run: bf16 `F.linear`")
+               for line in lines)
+    assert report.comparison(data)["baseline"] == "trl-lora-fp32"
