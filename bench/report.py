@@ -133,7 +133,7 @@ ROW_TITLES = {"tunery-lora": "tunery LoRA", "trl-lora": "TRL SFTTrainer + PEFT L
               "trl-lora-bf16": "TRL SFTTrainer + PEFT LoRA, bf16 autocast",
               "trl-lora-fp32": "TRL SFTTrainer + PEFT LoRA, fp32",
               "tunery-lora-extra": "tunery LoRA, extra overrides", "tunery-qlora": "tunery QLoRA",
-              "tunery-full": "tunery full fine-tuning"}
+              "tunery-full": "tunery full fine-tuning", "profile": "tunery's step profile"}
 
 
 def row_titles(data: dict) -> dict:
@@ -219,6 +219,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
         *table_lines(comp, titles=row_titles(data)), "",
         "## Targets (issue 20)", "", "| target | bound | tunery | status |", "|---|---|---|---|",
         *target_lines(comp["ratios"], comp["rows"]), "",
+        *profile_lines(data, comp),
         *(across_runs(data, supplements) if supplements else []),
         "## Settings each side used", "",
         f"- tunery: `{data['tunery_command']}` (an empty empty.yaml; the harness calls `tunery.train` with the same overrides); "
@@ -238,6 +239,7 @@ def render_markdown(data: dict, supplements: list[dict] | None = None, render_co
                   *table_lines(comparison(extra), titles=row_titles(extra)), "",
                   "| target | bound | tunery | status |", "|---|---|---|---|",
                   *target_lines(comparison(extra)["ratios"], comparison(extra)["rows"]), "",
+                  *profile_lines(extra, comparison(extra)),
                   f"- tunery: {_settings(comparison(extra)['rows'].get('tunery-lora'))}",
                   f"- baseline: {_settings(comparison(extra)['rows'].get(comparison(extra)['baseline']))}"]
     for measured in levers or []:
@@ -439,6 +441,33 @@ def _load(data: dict, when: str) -> str:
     return f"{value[0]:.1f}" if value else "?"
 
 
+def profile_lines(data: dict, comp: dict) -> list[str]:
+    """Where tunery's step time went (the bench's `profile` job), or nothing for results without one."""
+    prof = data.get("profile")
+    if not prof or not prof.get("wall_s"):
+        return []
+    steps, wall, parts = prof["steps"], prof["wall_s"], prof["parts_s"]
+    rest = max(wall - sum(parts.values()), 0.0)
+    rows = [*parts.items(), ("outside torch's operations (Python, autograd's bookkeeping, the profiler)", rest)]
+    lines = ["### Where tunery's step time goes", "",
+             f"torch's profiler over steps {prof['skip'] + 1}-{prof['skip'] + steps} of a separate tunery run of the "
+             f"same job ({prof['tokens']} tokens, {prof['tokens'] / wall:.0f} tokens/s with the profiler on): each "
+             "operation's self CPU time on the main thread (its intra-op threads work inside it), summed by part.", "",
+             "| part | s a step | share of the step |", "|---|---|---|",
+             *(f"| {name} | {seconds / steps:.3f} | {seconds / wall:.0%} |" for name, seconds in rows), ""]
+    t, runs = comp["rows"].get("tunery-lora"), data["runs"].get("tunery-lora") or []
+    if t and runs and runs[0].get("model_flops") and parts.get("GEMMs"):
+        dtype = compute_dtype(t)
+        rate = runs[0]["model_flops"] / runs[0]["tokens"] * prof["tokens"] / parts["GEMMs"]
+        lines += [f"- The GEMMs ran at about {rate / 1e9:.0f} GFLOP/s, {rate / comp[f'peak_{dtype}']:.0%} of the "
+                  f"measured {dtype} peak (all the model's FLOPs over the GEMMs' time, attention's few percent "
+                  "included).", ""]
+    top = ", ".join(f"`{name}` {seconds / steps:.3f} s" for name, seconds in prof.get("top_ops_s", {}).items())
+    if top:
+        lines += [f"- Largest operations a step: {top}.", ""]
+    return lines
+
+
 def observations(data: dict, comp: dict) -> list[str]:
     """Plain statements the numbers support, so a regenerated report stays honest without hand edits."""
     out, rows, flags = [], comp["rows"], data["machine"]["flags"]
@@ -466,6 +495,15 @@ def observations(data: dict, comp: dict) -> list[str]:
         out.append(f"- **Contended machine** (load average {load:.1f} on {cpus} CPUs at the start): other work "
                    "took the cores, so these are not final figures; the targets are judged on a full run "
                    "(`make bench`, at least 100 steps) on an idle machine.")
+    speed_bound = next(bound for _, key, _, bound in TARGETS if key == "speed_ratio")
+    ratio_now = comp["ratios"].get("speed_ratio")
+    if t and b and ratio_now is not None and ratio_now < speed_bound:
+        dtype = compute_dtype(t)
+        theirs = b[f"mfu_{dtype}"]["median"]
+        out.append(f"- The baseline ran at {theirs:.1%} of this machine's {dtype} peak (the MFU column): with the same "
+                   f"work in the same precision, tunery at the whole peak would be {1 / theirs:.2f}x its tokens/s, "
+                   f"so {speed_bound:g}x needs {speed_bound * theirs:.0%} MFU here (tunery: "
+                   f"{comp['ratios']['mfu_own']:.1%}).")
     if t and b:
         ours, theirs = t["settings"].get("threads"), b["settings"].get("torch_threads")
         if ours != theirs:

@@ -81,10 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levers", metavar="LEVERS_JSON", action="append", default=[],
                    help="With --render: add a section of speed levers measured on one machine kind (A/B interleaved "
                         "in one process; see bench/results/*levers*.json).")
+    p.add_argument("--profile-steps", type=int, default=8,
+                   help="After the runs, profile this many tunery steps (after 3 warm-up steps) of the same job "
+                        "with torch's profiler: the report shows where a step's time goes (0: no profile; "
+                        "--quick: 0 unless given).")
     p.add_argument("--job-timeout-s", type=float, default=3600, help="Kill a job that runs longer than this.")
     if "--quick" in (argv if argv is not None else sys.argv[1:]):
         # --quick changes defaults only: explicit options still win (e.g. --quick --repetitions 1).
-        p.set_defaults(steps=5, batch_size=4, repetitions=2, val_examples=16)
+        p.set_defaults(steps=5, batch_size=4, repetitions=2, val_examples=16, profile_steps=0)
     return p.parse_args(argv)
 
 
@@ -226,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:  # a failed extra row is reported, not fatal to the comparison
             session["failures"][name] = str(exc).splitlines()[-1][:300]
             print(f"[bench] {name} failed: {session['failures'][name]}", flush=True)
+    if args.profile_steps > 0 and not args.throughput_only:
+        try:
+            session["profile"] = run_job("profile", {"workload": asdict(work), "output_dir": str(work_dir / "runs" / "profile"),
+                                                     "skip": PROFILE_WARMUP_STEPS, "steps": args.profile_steps},
+                                         work_dir, "profile", args.job_timeout_s)
+        except RuntimeError as exc:  # a failed profile is reported, not fatal to the comparison
+            session["failures"]["profile"] = str(exc).splitlines()[-1][:300]
     session["peaks"].append(run_job("peak", peak_spec, work_dir, "peak-1", args.job_timeout_s))
     data = save_results(args, session, work_dir, final=True)
     print(report.render_summary(data), flush=True)
@@ -239,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 # 100-step run would take hours), so that row could not be TRL's faster precision. A margin below 1:
 # autocast only casts the GEMMs' inputs, and near 1 the bf16 row might still win on memory traffic.
 SLOW_BF16_FRACTION = 0.75
+PROFILE_WARMUP_STEPS = 3  # steps before the profiled ones: first-step allocations and kernel builds
 
 
 def slow_bf16_baseline(precision: str, peak: dict) -> dict[str, str]:
@@ -309,7 +321,7 @@ def save_results(args, session: dict, work_dir: Path, *, final: bool) -> dict:
                         "lora_params": shape.lora_params(work.rank), "layers": shape.num_layers,
                         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size},
         "peaks": session["peaks"], "runs": session["runs"], "failures": session["failures"],
-        "baseline_skipped": session.get("baseline_skipped", {}),
+        "baseline_skipped": session.get("baseline_skipped", {}), "profile": session.get("profile"),
         "load_avg": {"start": session["load_start"], "end": os.getloadavg()}, "extra_tunery": args.extra_tunery,
         "busy_cores": {"start": session["busy_start"], "end": host.busy_cores()},
         "code": {"start": session["code_start"], "end": code_version()},

@@ -66,3 +66,69 @@ def run_tunery(work: Workload, output_dir: Path) -> dict:
         "settings": {"precision": info.get("precision"), "threads": info.get("threads"),
                      "packing": True, "loss_impl": info.get("hyperparameters", {}).get("loss_impl")},
     }
+
+
+# What each profiled operation counts as (self CPU time on the main thread; intra-op threads work inside it).
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::addbmm"}
+PARTS = ("GEMMs", "attention kernel", "softmax and loss", "optimizer", "elementwise, copies and the rest")
+
+
+def op_part(name: str) -> str | None:
+    """The part of a step an operation belongs to, or None for what is not a torch operation (autograd
+    nodes, Python ranges: their time is in the steps' wall time less the operations')."""
+    if name in GEMM_OPS:
+        return "GEMMs"
+    if "scaled_dot_product" in name or "flash_attention" in name:
+        return "attention kernel"
+    if "softmax" in name or "nll_loss" in name or "cross_entropy" in name:
+        return "softmax and loss"
+    if "adam" in name or name.startswith("aten::_foreach"):
+        return "optimizer"
+    if name.startswith("aten::"):
+        return PARTS[-1]
+    return None
+
+
+def profile_tunery(work: Workload, output_dir: Path, skip: int, steps: int) -> dict:
+    """Where tunery's step time goes: torch's profiler over `steps` steps after `skip` (warm-up) steps of
+    the same job, each operation's self CPU time summed into the parts of `PARTS`."""
+    from dataclasses import replace
+
+    from torch.profiler import ProfilerActivity, profile
+
+    import tunery
+    from tunery.config import load_train_config
+    from tunery.training.progress import Reporter
+
+    profiler = profile(activities=[ProfilerActivity.CPU])
+    seen: dict = {"steps": 0, "tokens": 0}
+
+    class StepProfiler(Reporter):
+        def event(self, event: dict) -> None:
+            if event.get("type") != "train":
+                return
+            seen["steps"] += 1
+            if seen["steps"] == skip:
+                profiler.start()
+                seen["start"] = time.perf_counter()
+            elif skip < seen["steps"] <= skip + steps:
+                seen["tokens"] += int(event["tokens"])
+                if seen["steps"] == skip + steps:
+                    profiler.stop()
+                    seen["wall_s"] = time.perf_counter() - seen["start"]
+
+    config = load_train_config(None, tunery_overrides(replace(work, steps=skip + steps), output_dir))
+    tunery.train(config, reporter=StepProfiler())
+    if "wall_s" not in seen:
+        raise RuntimeError(f"the run stopped after {seen['steps']} steps, before the {skip + steps} profiled")
+    parts = dict.fromkeys(PARTS, 0.0)
+    ops: dict[str, float] = {}
+    for average in profiler.key_averages():
+        part = op_part(average.key)
+        if part is not None:
+            seconds = average.self_cpu_time_total / 1e6
+            parts[part] += seconds
+            ops[average.key] = ops.get(average.key, 0.0) + seconds
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
+    return {"side": "tunery", "skip": skip, "steps": steps, "wall_s": seen["wall_s"], "tokens": seen["tokens"],
+            "parts_s": parts, "top_ops_s": dict(top)}

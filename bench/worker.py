@@ -1,7 +1,8 @@
 """One measured job in its own process: `python -m bench.worker JOB SPEC.json OUT.json`.
 
-JOB is `tunery` or `trl` (train), `eval` (validation loss of a trained result) or `peak` (matmul
-peaks: square `matmul`, and `F.linear` at the model's shapes when the spec lists them). The parent reads peak RSS from the process's own rusage (`os.wait4`), so each job is alone.
+JOB is `tunery` or `trl` (train), `eval` (validation loss of a trained result), `profile` (where a
+tunery step's time goes) or `peak` (matmul peaks: square `matmul`, and `F.linear` at the model's
+shapes when the spec lists them). The parent reads peak RSS from the process's own rusage (`os.wait4`), so each job is alone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def main(argv: list[str]) -> int:
         else:
             from bench.side_trl import run_trl
             result = run_trl(work, output_dir)
+    elif job == "profile":
+        from bench.side_tunery import profile_tunery
+        from bench.workload import Workload
+
+        result = profile_tunery(Workload(**spec["workload"]), Path(spec["output_dir"]), spec["skip"], spec["steps"])
     elif job == "eval":
         from bench.evaluate import validation_loss
         result = validation_loss(**spec)

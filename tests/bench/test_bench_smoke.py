@@ -311,3 +311,47 @@ def test_trl_bf16_is_left_out_only_where_bf16_is_measured_slow():
     assert any(line.startswith("- TRL SFTTrainer + PEFT LoRA, bf16 autocast not run: bf16 `F.linear`")
                for line in lines)
     assert report.comparison(data)["baseline"] == "trl-lora-fp32"
+
+
+def test_profile_job_splits_a_tunery_step_into_its_parts(tiny_model_dir, tmp_path):
+    """The bench's `profile` job: a real tunery run of the tiny model under torch's profiler."""
+    from transformers import AutoTokenizer
+
+    from bench.run import run_job
+    from bench.side_tunery import PARTS
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train = prepare_subset(write_chat(tmp_path / "src.jsonl", 24), tmp_path / "train.jsonl", tokenizer,
+                           count=20, max_seq_len=128)
+    work = Workload(model_path=str(tiny_model_dir), train_file=str(tmp_path / "train.jsonl"),
+                    val_file=str(tmp_path / "train.jsonl"), rank=4, alpha=8, learning_rate=1e-3, warmup_steps=0,
+                    batch_size=4, steps=100, max_seq_len=128, precision="fp32")
+    prof = run_job("profile", {"workload": work.__dict__, "output_dir": str(tmp_path / "run"), "skip": 1, "steps": 3},
+                   tmp_path, "profile", 600)
+    assert prof["steps"] == 3 and prof["skip"] == 1
+    assert 0 < prof["tokens"] < train.tokens  # steps 2-4 of 5, not the whole subset
+    assert list(prof["parts_s"]) == list(PARTS)
+    assert prof["parts_s"]["GEMMs"] > 0 and prof["parts_s"]["optimizer"] > 0
+    assert 0 < sum(prof["parts_s"].values()) < prof["wall_s"]
+    assert any(name in prof["top_ops_s"] for name in ("aten::mm", "aten::addmm"))
+    data = {"profile": prof, "runs": {"tunery-lora": [result(1000, 4.0, 1.0, 1.0)]}}
+    comp = {"rows": {"tunery-lora": {"settings": {}}}, "peak_fp32": 1e12, "peak_bf16": 1e12}
+    text = "\n".join(report.profile_lines(data, comp))
+    assert "### Where tunery's step time goes" in text and "steps 2-4" in text
+    assert "| GEMMs |" in text and "| outside torch's operations" in text and "GFLOP/s" in text
+    assert report.profile_lines({"runs": {}}, comp) == []  # results saved before profiles existed
+
+
+def test_a_missed_speed_target_states_the_ceiling_the_baseline_leaves():
+    """TRL at 34.6% of the fp32 peak: at equal precision tunery can be at most 2.89x it; 2.5x needs 86%."""
+    peak = 1e11
+    data = {"peaks": [{"bf16": {"flops_per_s": 1e10}, "fp32": {"flops_per_s": peak}}],
+            "runs": {"tunery-lora": [result(1000, 1.0, 1.0, 1.0, flops=0.6 * peak)],
+                     "trl-lora-fp32": [result(1000, 1.6, 2.5, 1.0, flops=0.6 * peak)]},
+            "machine": {"flags": {}}, "workload": {}}
+    comp = report.comparison(data)
+    assert comp["ratios"]["speed_ratio"] == pytest.approx(1.6)
+    line = next(x for x in report.observations(data, comp) if x.startswith("- The baseline ran at"))
+    assert "37.5% of this machine's fp32 peak" in line and "2.67x its tokens/s" in line and "needs 94% MFU" in line
+    data["runs"]["trl-lora-fp32"] = [result(1000, 3.0, 2.5, 1.0, flops=0.6 * peak)]  # 3x: met, no such line
+    assert not any(x.startswith("- The baseline ran at") for x in report.observations(data, report.comparison(data)))

@@ -73,9 +73,16 @@ def loss_and_grads(model, batch, loss=chunked_loss):
     return sums, grads
 
 
-@pytest.mark.parametrize("loss", [chunked_loss, reference_loss, lambda m, b: chunked_loss(m, b, row_multiple=32)],
+def head_rows(m, b):
+    return chunked_loss(m, b, row_multiple=32)
+
+
+# (the loss of the row as packed, the loss of the filled row): the last case also runs the head on a
+# multiple of 32 rows for the filled row only, so the comparison covers both paddings at once
+@pytest.mark.parametrize(("plain_loss", "loss"), [(chunked_loss, chunked_loss), (reference_loss, reference_loss),
+                                                  (chunked_loss, head_rows)],
                          ids=["chunked", "reference", "chunked-head-rows"])
-def test_a_filler_lengthens_a_packed_row_without_changing_its_loss_or_gradients(tiny, loss):
+def test_a_filler_lengthens_a_packed_row_without_changing_its_loss_or_gradients(tiny, plain_loss, loss):
     model, tokenizer = tiny
     examples = encode(tokenizer, 3)
     row = pack_examples(examples)
@@ -86,7 +93,7 @@ def test_a_filler_lengthens_a_packed_row_without_changing_its_loss_or_gradients(
     assert (padded.targets[0, n:] == IGNORE_INDEX).all()
     assert (padded.num_tokens, padded.num_trained_tokens, padded.num_examples) == (
         row.num_tokens, row.num_trained_tokens, row.num_examples)
-    plain, plain_grads = loss_and_grads(model, row, loss)
+    plain, plain_grads = loss_and_grads(model, row, plain_loss)
     filled, filled_grads = loss_and_grads(model, padded, loss)
     assert (filled.num_tokens, filled.num_correct) == (plain.num_tokens, plain.num_correct)
     assert filled.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
@@ -100,7 +107,7 @@ def test_the_output_head_on_a_multiple_of_rows_gives_the_same_loss_and_gradients
     row = pack_examples(encode(tokenizer, 3))
     assert row.num_trained_tokens % 32  # so zero rows are added
     plain, plain_grads = loss_and_grads(model, row)
-    filled, filled_grads = loss_and_grads(model, row, lambda m, b: chunked_loss(m, b, row_multiple=32))
+    filled, filled_grads = loss_and_grads(model, row, head_rows)
     assert (filled.num_tokens, filled.num_correct) == (plain.num_tokens, plain.num_correct)
     assert filled.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
     for name, grad in plain_grads.items():
@@ -116,6 +123,9 @@ def test_a_filler_is_added_only_where_a_packed_row_needs_one(tiny):
     assert pad_packed_row(row, 0, tokenizer.pad_token_id) is row  # off
     rows = pad_examples(examples, tokenizer.pad_token_id)
     assert pad_packed_row(rows, 64, tokenizer.pad_token_id) is rows  # padded rows have their own layout
+    no_pad = pad_packed_row(row, 64, None)  # a tokenizer without a pad token: the row's last token fills
+    assert torch.equal(no_pad.position_ids, padded.position_ids) and torch.equal(no_pad.targets, padded.targets)
+    assert (no_pad.input_ids[0, row.input_ids.shape[1]:] == row.input_ids[0, -1]).all()
 
 
 def test_padded_and_packed_batches_give_the_same_loss(tiny):

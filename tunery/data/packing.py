@@ -87,14 +87,15 @@ def pad_examples(examples: list[TokenizedExample], pad_token_id: int) -> Batch:
                  num_examples=len(examples))
 
 
-def pad_packed_row(batch: Batch, multiple: int, pad_token_id: int) -> Batch:
+def pad_packed_row(batch: Batch, multiple: int, pad_token_id: int | None) -> Batch:
     """A packed row lengthened to a multiple of `multiple` tokens by one filler example at its end.
 
     The filler's positions restart at 0, so it attends only to itself and no example attends to it,
     and its targets are all ignored: the row's loss, its gradients and every real token's output are
     those of the row without it. What changes is the row's length, which then takes one of a few
     values: oneDNN builds (JIT-compiles) a GEMM for every new row count, and on a CPU that costs more
-    than the filler's compute (see `FILLER_MULTIPLE` in tunery.training.loop).
+    than the filler's compute (see `FILLER_MULTIPLE` in tunery.training.loop). Its tokens are the pad
+    token, or for a tokenizer without one the row's last token (nothing reads them).
     """
     if batch.attention_mask is not None or multiple <= 1 or batch.input_ids.shape[0] != 1:
         return batch
@@ -102,8 +103,9 @@ def pad_packed_row(batch: Batch, multiple: int, pad_token_id: int) -> Batch:
     if extra == 0:
         return batch
     filler = torch.arange(extra, dtype=torch.long)[None]
+    token = int(batch.input_ids[0, -1]) if pad_token_id is None else pad_token_id
     return Batch(
-        input_ids=torch.cat([batch.input_ids, torch.full((1, extra), pad_token_id, dtype=torch.long)], dim=1),
+        input_ids=torch.cat([batch.input_ids, torch.full((1, extra), token, dtype=torch.long)], dim=1),
         position_ids=torch.cat([batch.position_ids, filler], dim=1),
         targets=torch.cat([batch.targets, torch.full((1, extra), IGNORE_INDEX, dtype=torch.long)], dim=1),
         attention_mask=None,
