@@ -170,6 +170,44 @@ def per_example_fp64(q, k, v, bounds, scale):
 
 
 @pytest.mark.parametrize("lengths", [(7, 30, 1, 12), (40,), (1, 1, 1)])
+def test_fp32_packed_attention_is_torchs_kernel_per_example_with_one_output_kept(lengths):
+    """fp32 rows: the same kernel calls as SDPA per example (the same bits, forward and backward), and the
+    row's output, which the output projection reads, is the one copy kept for the backward pass."""
+    q, k, v, bounds = packed_row(lengths)
+    q, k, v = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    grad = torch.randn(1, sum(lengths), q.shape[1], q.shape[3])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = cpu_kernels._PackedFlashAttention.apply(q, k, v, bounds, 0.25)
+    out.backward(grad)
+    mine = [out.detach(), q.grad, k.grad, v.grad]
+    q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q2[:, :, s:e], k2[:, :, s:e], v2[:, :, s:e], is_causal=True, scale=0.25, enable_gqa=True)
+        for s, e in bounds], dim=2).transpose(1, 2)
+    ref.backward(grad)
+    for ours, theirs in zip(mine, [ref.detach(), q2.grad, k2.grad, v2.grad], strict=True):
+        assert torch.equal(ours, theirs)
+    row_sized = [t for t in saved if t.numel() == out.numel()]
+    assert len(row_sized) == 2 and {t.data_ptr() for t in row_sized} == {q.data_ptr(), out.data_ptr()}
+
+
+def test_fp32_packed_rows_of_a_model_use_the_one_node_attention(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    calls = []
+    real_apply = cpu_kernels._PackedFlashAttention.apply
+    monkeypatch.setattr(cpu_kernels._PackedFlashAttention, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    with kernels_on(model, None, True):
+        model(input_ids=torch.randint(0, 300, (1, 12)), position_ids=positions, use_cache=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an fp32 model under autocast: the loop as before
+            model(input_ids=torch.randint(0, 300, (1, 12)), position_ids=positions, use_cache=False)
+    assert len(calls) == model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("lengths", [(7, 30, 1, 12), (40,), (1, 1, 1)])
 def test_short_attention_matches_each_example_alone(lengths):
     q, k, v, bounds = packed_row(lengths)
     scale = 0.25
