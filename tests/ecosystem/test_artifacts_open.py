@@ -126,10 +126,12 @@ def test_gguf_answers_in_llama_cpp_as_in_tunery(gguf_type, exports, chats, ecosy
     request = {"kind": "gguf", "path": str(path), "texts": TEXTS, "chats": chats, "max_new_tokens": MAX_NEW_TOKENS}
     seen = run_probe(ecosystem_python, request, workdir)
     assert seen["tokens"] == reference["tokens"]
-    if gguf_type == "q8_0":
+    if gguf_type in ("q8_0", "bf16"):
         # llama.cpp multiplies q8_0 weights with activations rounded to 8 bits as well (ggml's q8_0 x q8_0
-        # dot product), tunery with the dequantized weights in fp32: a near-tie can flip a greedy token
-        # (seen on the ticket prompt). A damaged file answers nothing alike; one whole answer must agree.
+        # dot product), and bf16 weights with activations rounded to bf16 (its bf16 x bf16 dot product);
+        # tunery computes with the dequantized weights in fp32: a near-tie can flip a greedy token (seen on
+        # the ticket prompt in q8_0; in bf16 on the capital prompt after 12 words alike, with a 3-step
+        # adapter trained on an AVX2-only EPYC). A damaged file answers nothing alike; one whole answer must agree.
         assert any(a == b for a, b in zip(seen["answers"], reference["answers"], strict=True)), \
             (seen["answers"], reference["answers"])
     else:
