@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # With `--baseline-precision both`, TRL's bf16 autocast row is left out where this CPU's bf16 GEMMs at the
 # model's shapes run below this fraction of its fp32 ones: torch emulates bf16 on a CPU without bf16 units
-# (0.13x fp32 on an AMD EPYC with AVX2 only, where TRL's bf16 autocast ran 16x slower than its fp32 and a
+# (0.11x fp32 on an AMD EPYC with AVX2 only, where TRL's bf16 autocast ran 16x slower than its fp32 and a
 # 100-step run would take hours), so that row could not be TRL's faster precision. A margin below 1:
 # autocast only casts the GEMMs' inputs, and near 1 the bf16 row might still win on memory traffic.
 SLOW_BF16_FRACTION = 0.75

@@ -128,7 +128,7 @@ def profile_tunery(work: Workload, output_dir: Path, skip: int, steps: int) -> d
         if part is not None:
             seconds = average.self_cpu_time_total / 1e6
             parts[part] += seconds
-            ops[average.key] = ops.get(average.key, 0.0) + seconds
+            ops[average.key] = seconds  # key_averages() has one entry per operation name
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
     return {"side": "tunery", "skip": skip, "steps": steps, "wall_s": seen["wall_s"], "tokens": seen["tokens"],
             "parts_s": parts, "top_ops_s": dict(top)}

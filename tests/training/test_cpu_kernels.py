@@ -131,6 +131,126 @@ def test_lora_kernel_on_an_fp32_base_computes_peft_fp32_layer(monkeypatch):
     assert len(calls) == 1
 
 
+class Projections(torch.nn.Module):
+    """q, k and v read one input (k and v with frozen biases, as Qwen's); `change` edits it in place between q and k."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj = torch.nn.Linear(64, 96, bias=False)
+        self.k_proj = torch.nn.Linear(64, 32)
+        self.v_proj = torch.nn.Linear(64, 32)
+
+    def forward(self, x, change: bool = False, other: torch.Tensor | None = None):
+        q = self.q_proj(x)
+        if change:
+            x.mul_(2.0)  # the same tensor, changed in place between the calls (run without autograd)
+        k = self.k_proj(x if other is None else other)
+        return torch.cat([q, k, self.v_proj(x)], dim=-1)
+
+
+def projections(dtype, **lora):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(Projections().to(dtype), LoraConfig(target_modules=["q_proj", "k_proj", "v_proj"], **lora))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            with torch.no_grad():
+                p.normal_(0, 0.05)
+    return model
+
+
+def run_projections(model, x, kernels: bool, **kwargs):
+    x = x.clone().requires_grad_(True)
+    with kernels_on(model, None, kernels):
+        out = model(x, **kwargs)
+    out.float().square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    return [out.float(), x.grad.float()] + grads
+
+
+def counting(monkeypatch, cls) -> list:
+    calls = []
+    real_apply = cls.apply
+    monkeypatch.setattr(cls, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lora", [{"r": 8, "lora_alpha": 16}, {"r": 8, "lora_alpha": 16, "rank_pattern": {"k_proj": 4}, "alpha_pattern": {"k_proj": 8}}])
+def test_sibling_projections_compute_as_each_alone(monkeypatch, dtype, lora):
+    """q, k and v through one group kernel: the outputs and every gradient of each layer through its own."""
+    model = projections(dtype, **lora)
+    groups = counting(monkeypatch, cpu_kernels._LoraGroup)
+    x = torch.randn(2, 24, 64).to(dtype)
+    grouped = run_projections(model, x, True)
+    assert len(groups) == 1
+    monkeypatch.setattr(cpu_kernels, "SIBLINGS", ())
+    alone = run_projections(model, x, True)
+    peft = run_projections(model, x, False)
+    assert len(groups) == 1 and len(grouped) == 8  # output, input gradient, 3 A's and 3 B's gradients
+    for ours, theirs, reference in zip(grouped, alone, peft, strict=True):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        if dtype == torch.float32:
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+        else:  # the same products, summed in another order
+            assert rel(ours, theirs) < 1e-2
+
+
+@pytest.mark.parametrize("kwargs", [{"change": True}, {"other": "new"}])
+def test_a_sibling_called_on_another_or_a_changed_input_computes_on_it(monkeypatch, kwargs):
+    model = projections(torch.float32, r=8, lora_alpha=16)
+    x = torch.randn(1, 12, 64)
+    if kwargs.get("other"):
+        kwargs = {"other": torch.randn(1, 12, 64)}
+    results = {}
+    for kernels in (True, False):
+        with kernels_on(model, None, kernels), torch.no_grad():
+            results[kernels] = model(x.clone(), **kwargs)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-5, atol=1e-6)
+    with kernels_on(model, None, True), torch.inference_mode():  # tensors without a version counter
+        torch.testing.assert_close(model(x.clone(), **kwargs), results[False], rtol=1e-5, atol=1e-6)
+
+
+def test_siblings_with_different_scalings_are_computed_each_alone(monkeypatch):
+    model = projections(torch.bfloat16, r=8, lora_alpha=16, alpha_pattern={"v_proj": 32})
+    groups = counting(monkeypatch, cpu_kernels._LoraGroup)
+    singles = counting(monkeypatch, cpu_kernels._LoraLinear)
+    x = torch.randn(1, 12, 64).to(torch.bfloat16)
+    ours = run_projections(model, x, True)
+    assert not groups and len(singles) == 3
+    monkeypatch.setattr(cpu_kernels, "SIBLINGS", ())
+    theirs = run_projections(model, x, True)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_lora_model_computes_its_projections_in_groups(tiny_model_dir, monkeypatch):
+    """Each decoder layer: q, k, v as one group and gate, up as another; o and down alone. Nothing kept after."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    groups = counting(monkeypatch, cpu_kernels._LoraGroup)
+    singles = counting(monkeypatch, cpu_kernels._LoraLinear)
+    layers = model.config.num_hidden_layers
+    ids = torch.randint(0, model.config.vocab_size, (1, 20))
+    with kernels_on(model, None, True):
+        model(input_ids=ids).logits.float().sum().backward()
+        kept = [m.__dict__["_tunery_siblings"] for m in cpu_kernels.lora_layers(model)
+                if "_tunery_siblings" in m.__dict__]
+        assert len(groups) == 2 * layers and len(singles) == 2 * layers
+        assert len(kept) == 5 * layers and all(group.kept is None for group in kept)  # every output was taken
+        attention = model.base_model.model.model.layers[0].self_attn
+        attention.q_proj(torch.randn(1, 3, model.config.hidden_size, dtype=torch.bfloat16))  # k and v never asked
+        assert attention.q_proj.__dict__["_tunery_siblings"].kept is not None
+    assert all(group.kept is None for group in kept)  # nothing held once the block ends
+    assert not any("_tunery_siblings" in m.__dict__ for m in cpu_kernels.lora_layers(model))
+
+
 def test_packed_attention_gives_each_example_its_own_attention(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -7,7 +7,9 @@ the output, forward and backward. Here A and B are cast once per optimizer step 
 A's and B's gradients come back in fp32. On an fp32 base (a CPU without fast bf16) the same
 function runs on the fp32 adapters as they are: no casts, but the scale and the sum still fused
 into the GEMMs (the decoder stack's forward and backward 1.04-1.08x with the fp32 norm below, AMD
-EPYC with AVX2).
+EPYC with AVX2). Projections a module calls on one input (a layer's q, k and v; gate and up) run as
+one `_LoraGroup`: their A products as one GEMM over the input, and one input gradient that every
+member's products accumulate into, instead of one per member summed by autograd.
 
 Packed attention: transformers hands a packed row to SDPA with one block-diagonal mask (or, for one
 example, `is_causal` in bf16), and torch's CPU kernel runs slowly on it; per example with
@@ -108,6 +110,11 @@ def adapter_of(layer, x: torch.Tensor, args, kwargs) -> str | None:
 
 
 def kernel_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    siblings = self.__dict__.get("_tunery_siblings")
+    if siblings is not None:
+        out = siblings.output(self, x, args, kwargs)
+        if out is not None:
+            return out
     name = adapter_of(self, x, args, kwargs)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
@@ -117,6 +124,115 @@ def kernel_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     a_x, b_x = (bf16_copy(cache, a), bf16_copy(cache, b)) if x.dtype == torch.bfloat16 else (a.detach(), b.detach())
     out = _LoraLinear.apply(x2, self.base_layer.weight, self.base_layer.bias, a_x, b_x, a, b, float(self.scaling[name]))
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class _LoraGroup(torch.autograd.Function):
+    """`count` LoRA linears reading the same input: `_LoraLinear`'s chain for each, with the A products as one
+    GEMM (`a` stacks the members' A, `xa` is read in slices), and in backward one input gradient buffer that
+    every member's products accumulate into (autograd would sum `count` separate ones)."""
+
+    @staticmethod
+    def forward(ctx, x, scaling: float, count: int, *tensors):
+        # tensors: weights, biases (or None), the stacked A (compute dtype), each B (compute dtype), each A, each B
+        weights, biases = tensors[:count], tensors[count:2 * count]
+        a = tensors[2 * count]
+        bs = tensors[2 * count + 1:3 * count + 1]
+        xa = x @ a.t()
+        outs, start = [], 0
+        for weight, bias, b in zip(weights, biases, bs):
+            rank = b.shape[1]
+            outs.append(F.linear(x, weight, bias).addmm_(xa[:, start:start + rank], b.t(), alpha=scaling))
+            start += rank
+        ctx.save_for_backward(x, a, xa, *weights, *bs)
+        ctx.scaling, ctx.count = scaling, count
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, a, xa, *rest = ctx.saved_tensors
+        count, s = ctx.count, ctx.scaling
+        weights, bs = rest[:count], rest[count:]
+        grad_xa = torch.cat([grad @ b for grad, b in zip(grads, bs)], dim=1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grads[0] @ weights[0]
+            for grad, weight in zip(grads[1:], weights[1:]):
+                grad_x.addmm_(grad, weight)
+            grad_x.addmm_(grad_xa, a, alpha=s)
+        ranks = [b.shape[1] for b in bs]
+        first_a = 3 + 3 * count + 1  # needs_input_grad's index of the first member's A parameter
+        grad_as: list = [None] * count
+        if any(ctx.needs_input_grad[first_a:first_a + count]):
+            grad_as = list((grad_xa.t() @ x).float().mul_(s).split(ranks))
+        grad_bs, start = [], 0
+        for i, (grad, rank) in enumerate(zip(grads, ranks)):
+            wanted = ctx.needs_input_grad[first_a + count + i]
+            grad_bs.append((grad.t() @ xa[:, start:start + rank]).float().mul_(s) if wanted else None)
+            start += rank
+        return (grad_x, None, None) + (None,) * (3 * count + 1) + tuple(grad_as) + tuple(grad_bs)
+
+
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # projections a module calls on one input
+
+
+class _Siblings:
+    """LoRA linears of one module that its forward calls one after another on the same tensor (a layer's q, k
+    and v projections; gate and up): the first call computes every member's output with `_LoraGroup` and
+    keeps the others' for their own calls, which must come with that very tensor, unchanged since."""
+
+    def __init__(self, layers: list, cache: dict):
+        self.layers, self.cache = layers, cache
+        self.kept: tuple | None = None  # (input, its version, {layer: output})
+
+    def output(self, layer, x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
+        kept = self.kept
+        if kept is not None and kept[0] is x and kept[1] == x._version and layer in kept[2]:
+            out = kept[2].pop(layer)
+            if not kept[2]:
+                self.kept = None
+            return out
+        self.kept = None
+        if x.is_inference():  # no version counter to tell a change between the calls
+            return None
+        names = [adapter_of(m, x, args, kwargs) for m in self.layers]
+        if None in names or len({float(m.scaling[n]) for m, n in zip(self.layers, names)}) != 1:
+            return None
+        a_params = [m.lora_A[n].weight for m, n in zip(self.layers, names)]
+        b_params = [m.lora_B[n].weight for m, n in zip(self.layers, names)]
+        bs = [bf16_copy(self.cache, b) if x.dtype == torch.bfloat16 else b.detach() for b in b_params]
+        x2 = x.reshape(-1, x.shape[-1])
+        outs = _LoraGroup.apply(x2, float(self.layers[0].scaling[names[0]]), len(self.layers),
+                                *[m.base_layer.weight for m in self.layers], *[m.base_layer.bias for m in self.layers],
+                                stacked_copy(self.cache, a_params, x.dtype), *bs, *a_params, *b_params)
+        outs = {m: out.view(*x.shape[:-1], out.shape[-1]) for m, out in zip(self.layers, outs)}
+        mine = outs.pop(layer)
+        self.kept = (x, x._version, outs)
+        return mine
+
+
+def stacked_copy(cache: dict, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """`params` stacked along their first dimension in `dtype`, made again when any of them changed (as `bf16_copy`)."""
+    key = tuple(id(p) for p in params)
+    versions = tuple(p._version for p in params)
+    kept = cache.get(key)
+    if kept is None or kept[0] != versions:
+        kept = (versions, torch.cat([p.detach() for p in params]).to(dtype))
+        cache[key] = kept
+    return kept[1]
+
+
+def sibling_groups(model, cache: dict) -> list[_Siblings]:
+    """A `_Siblings` for each module with two or more PEFT LoRA linears named in one `SIBLINGS` set."""
+    from peft.tuners.lora.layer import Linear
+
+    groups = []
+    for module in model.modules():
+        for names in SIBLINGS:
+            layers = [module._modules.get(n) for n in names]  # its own children (PEFT's wrappers forward getattr)
+            layers = [m for m in layers if type(m) is Linear]
+            if len(layers) > 1:
+                groups.append(_Siblings(layers, cache))
+    return groups
 
 
 def lora_layers(model) -> list[torch.nn.Module]:
@@ -134,11 +250,19 @@ def lora_kernel(model, optimizer: torch.optim.Optimizer | None, enabled: bool) -
     for layer in layers:
         layer.forward = types.MethodType(kernel_forward, layer)
         layer.__dict__["_tunery_bf16"] = cache
+    groups = sibling_groups(model, cache) if layers else []
+    for group in groups:
+        for layer in group.layers:
+            layer.__dict__["_tunery_siblings"] = group
     try:
         yield
     finally:
         if hook is not None:
             hook.remove()
+        for group in groups:
+            group.kept = None
+            for layer in group.layers:
+                del layer.__dict__["_tunery_siblings"]
         for layer in layers:
             del layer.forward
             del layer.__dict__["_tunery_bf16"]
