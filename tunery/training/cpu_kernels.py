@@ -77,12 +77,21 @@ class _LoraLinear(torch.autograd.Function):
 
 
 def bf16_copy(cache: dict, param: torch.Tensor) -> torch.Tensor:
-    """`param` in bf16, cast again after it changed: the cache is emptied after each optimizer step (the
-    fused AdamW kernel leaves version counters alone), and an in-place change elsewhere bumps the version."""
-    kept = cache.get(id(param))
-    if kept is None or kept[0] != param._version:
-        kept = (param._version, param.detach().to(torch.bfloat16))
-        cache[id(param)] = kept
+    """`param` in bf16, cast again after it changed (see `stacked_copy`)."""
+    return stacked_copy(cache, [param], torch.bfloat16)
+
+
+def stacked_copy(cache: dict, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """`params` stacked along their first dimension in `dtype`, made again after any of them changed: the cache
+    is emptied after each optimizer step (the fused AdamW kernel leaves version counters alone), and an
+    in-place change elsewhere bumps a version."""
+    key = tuple(id(p) for p in params)
+    versions = tuple(p._version for p in params)
+    kept = cache.get(key)
+    if kept is None or kept[0] != versions:
+        stacked = torch.cat([p.detach() for p in params]) if len(params) > 1 else params[0].detach()
+        kept = (versions, stacked.to(dtype))
+        cache[key] = kept
     return kept[1]
 
 
@@ -208,17 +217,6 @@ class _Siblings:
         mine = outs.pop(layer)
         self.kept = (x, x._version, outs)
         return mine
-
-
-def stacked_copy(cache: dict, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """`params` stacked along their first dimension in `dtype`, made again when any of them changed (as `bf16_copy`)."""
-    key = tuple(id(p) for p in params)
-    versions = tuple(p._version for p in params)
-    kept = cache.get(key)
-    if kept is None or kept[0] != versions:
-        kept = (versions, torch.cat([p.detach() for p in params]).to(dtype))
-        cache[key] = kept
-    return kept[1]
 
 
 def sibling_groups(model, cache: dict) -> list[_Siblings]:
