@@ -192,9 +192,9 @@ def test_sibling_projections_compute_as_each_alone(monkeypatch, dtype, lora):
     assert len(groups) == 1 and len(grouped) == 8  # output, input gradient, 3 A's and 3 B's gradients
     for ours, theirs, reference in zip(grouped, alone, peft, strict=True):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-        if dtype == torch.float32:
-            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+        if dtype == torch.float32:  # the same products in other GEMMs: summed in another order (2e-6 apart on AVX-512)
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
         else:  # the same products, summed in another order
             assert rel(ours, theirs) < 1e-2
 
